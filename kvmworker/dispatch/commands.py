@@ -1,0 +1,120 @@
+"""How a handler declares its commands: a decorator that only attaches metadata.
+
+A handler is a plain class with a ``name`` and one method per command::
+
+    class SystemHandler:
+        name = "SystemHandler"
+
+        @command(PingData)
+        def ping(self, data: PingData, ctx: Context) -> dict: ...
+
+The decorated method stays an ordinary callable; ``HandlerRegistry`` finds it by its metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.errors import UnknownCommand, UnknownHandler
+
+_MARK = "__kvm_command__"
+
+
+class NoData(BaseModel):
+    """For commands that take no parameters (unknown keys are ignored, as legacy callers send extras)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+ResourceOf = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    model: type[BaseModel]
+    resource: ResourceOf | None
+    invalid_code: Code | None
+    mutates: bool
+
+
+def command(
+    model: type[BaseModel] = NoData,
+    *,
+    resource: ResourceOf | None = None,
+    invalid_code: Code | None = None,
+    mutates: bool = True,
+    name: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a handler method as a command.
+
+    ``resource`` maps the validated data to a key: commands with the same key run one after another.
+    ``invalid_code`` overrides the handler's code for data that fails validation.
+    ``mutates=False`` marks read-only commands (their dry run is the real thing).
+    """
+
+    def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates))
+        return fn
+
+    return attach
+
+
+@dataclass(frozen=True)
+class BoundCommand:
+    handler: str
+    spec: CommandSpec
+    call: Callable[[BaseModel, Any], Any]
+    invalid_code: Code
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class HandlerRegistry:
+    """Handlers by name and their commands by name; duplicate registrations are refused."""
+
+    def __init__(self, handlers: Iterable[object] = ()):
+        self._commands: dict[str, dict[str, BoundCommand]] = {}
+        for handler in handlers:
+            self.add(handler)
+
+    def add(self, handler: object) -> None:
+        name = getattr(handler, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(handler).__name__} has no 'name' attribute")
+        if name in self._commands:
+            raise ValueError(f"handler {name!r} is already registered")
+        invalid_code = getattr(handler, "invalid_code", Code.INVALID_PARAMETER)
+        commands = {}
+        for attr in dir(type(handler)):
+            spec = getattr(getattr(type(handler), attr), _MARK, None)
+            if spec is None:
+                continue
+            if spec.name in commands:
+                raise ValueError(f"{name}.{spec.name} is declared twice")
+            commands[spec.name] = BoundCommand(name, spec, getattr(handler, attr), spec.invalid_code or invalid_code)
+        self._commands[name] = commands
+
+    def lookup(self, handler: str, command: str) -> BoundCommand:
+        commands = self._commands.get(handler)
+        if commands is None:
+            raise UnknownHandler(f"no handler named {handler!r}", field="handler")
+        bound = commands.get(command)
+        if bound is None:
+            known = ", ".join(sorted(commands))
+            raise UnknownCommand(f"{handler} has no command {command!r}; it has: {known}", field="command")
+        return bound
+
+    def catalogue(self) -> dict[str, list[str]]:
+        return {name: sorted(commands) for name, commands in sorted(self._commands.items())}
+
+    def commands(self) -> Iterable[BoundCommand]:
+        for commands in self._commands.values():
+            yield from commands.values()

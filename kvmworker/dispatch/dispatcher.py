@@ -1,0 +1,120 @@
+"""Envelope → reply. Knows nothing of kombu, HTTP or JSON transports; it sees a ``Request``.
+
+Two phases, so that the transport can schedule by resource before a thread is spent:
+``admit`` (decode, validate, route; cheap, on the consumer thread) and ``execute`` (on the pool).
+Any exception in either phase becomes a reply in ``reply_for_exception``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ValidationError
+
+from kvmworker.dispatch.commands import BoundCommand, HandlerRegistry
+from kvmworker.dispatch.middleware import MiddlewareChain
+from kvmworker.dispatch.replies import reply_for_exception
+from kvmworker.dispatch.request import Context, Request
+from kvmworker.protocol.codec import DEFAULT_MAX_BODY, decode_body
+from kvmworker.protocol.envelope import Envelope, Reply
+from kvmworker.protocol.errors import InvalidRequest
+
+log = logging.getLogger("kvmworker.dispatch")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request: Request
+    command: BoundCommand
+    data: BaseModel
+    resource: str | None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        middleware: MiddlewareChain | None = None,
+        *,
+        host: str = "",
+        max_body: int = DEFAULT_MAX_BODY,
+    ):
+        self.registry = registry
+        self.middleware = middleware or MiddlewareChain()
+        self.host = host
+        self.max_body = max_body
+
+    def admit(self, request: Request) -> Admitted | Reply:
+        """Decode and validate; a Reply here means the command will not run."""
+        try:
+            answer = self.middleware.first_answer("on_receive", request)
+            if answer is not None:
+                return answer
+            envelope = parse_envelope(decode_body(request.body, request.content_type, self.max_body))
+            request.envelope = envelope
+            request.assign_msg_id()
+            bound = self.registry.lookup(envelope.handler, envelope.command)
+        except Exception as exc:
+            request.assign_msg_id()
+            return reply_for_exception(exc, context=_label(request))
+        try:
+            data = bound.spec.model.model_validate(envelope.data)
+        except Exception as exc:
+            return reply_for_exception(exc, invalid_code=bound.invalid_code, context=_label(request))
+        resource = bound.spec.resource(data) if bound.spec.resource else None
+        return Admitted(request, bound, data, resource)
+
+    def execute(self, admitted: Admitted) -> Reply:
+        request = admitted.request
+        try:
+            answer = self.middleware.first_answer("before_execute", request)
+            if answer is not None:
+                return answer
+            result = admitted.command.call(admitted.data, self.context(request))
+        except Exception as exc:
+            return reply_for_exception(exc, invalid_code=admitted.command.invalid_code, context=_label(request))
+        return result if isinstance(result, Reply) else Reply.ok(_plain(result))
+
+    def handle(self, request: Request) -> Reply:
+        """Both phases in the calling thread, with the after-reply hooks (tests, embedded callers)."""
+        started = time.perf_counter()
+        outcome = self.admit(request)
+        reply = self.execute(outcome) if isinstance(outcome, Admitted) else outcome
+        self.middleware.notify("after_reply", request, reply, time.perf_counter() - started)
+        return reply
+
+    def context(self, request: Request) -> Context:
+        envelope = request.envelope
+        deadline = request.received_at + envelope.timeout if envelope and envelope.timeout else None
+        return Context(
+            msg_id=request.msg_id,
+            dry_run=bool(envelope and envelope.dry_run),
+            host=self.host,
+            deadline=deadline,
+            request=request,
+        )
+
+
+def parse_envelope(payload: object) -> Envelope:
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return Envelope.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
+
+
+def _label(request: Request) -> str:
+    env = request.envelope
+    name = f"{env.handler}.{env.command}" if env else "?"
+    return f"[{request.msg_id or '-'} {name}] "
+
+
+def _plain(result: object) -> object:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return result

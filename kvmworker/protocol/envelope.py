@@ -1,0 +1,69 @@
+"""The wire models: the request envelope and the reply (INTERFACE §1)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.errors import KvmError
+
+MAX_TIMEOUT_S = 24 * 3600
+
+
+class Envelope(BaseModel):
+    """What every caller sends: ``{command, handler, data}`` plus our optional extensions."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    command: StrictStr = Field(min_length=1, max_length=64)
+    handler: StrictStr = Field(min_length=1, max_length=64)
+    data: dict[str, Any]
+    msg_id: uuid.UUID | None = Field(default=None, description="Idempotency key; generated when absent.")
+    dry_run: StrictBool = Field(default=False, description="Validate and return the plan; change nothing.")
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds the caller will wait.")
+    token: StrictStr | None = Field(default=None, description="Bridge session token (alternative to a Bearer header).")
+
+    def ensure_msg_id(self) -> Envelope:
+        return self if self.msg_id else self.model_copy(update={"msg_id": uuid.uuid4()})
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict, without absent optional fields (legacy callers never see them)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"data": self.data}
+
+
+class ErrorData(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+class Reply(BaseModel):
+    """What every caller gets back: ``msg`` is always exactly the table text of ``code``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: int
+    msg: str
+    data: Any = None
+
+    @classmethod
+    def ok(cls, data: Any = None) -> Reply:
+        return cls(code=Code.OK, msg=Code.OK.msg, data=data)
+
+    @classmethod
+    def error(cls, code: Code, detail: str, field: str | None = None, **extra: Any) -> Reply:
+        data: dict[str, Any] = {"detail": detail}
+        if field is not None:
+            data["field"] = field
+        return cls(code=code, msg=code.msg, data=data | extra)
+
+    @classmethod
+    def from_error(cls, exc: KvmError) -> Reply:
+        return cls(code=exc.code, msg=exc.code.msg, data=exc.data())
+
+    @property
+    def succeeded(self) -> bool:
+        return self.code == Code.OK
+
