@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_nested_delimiter="__")
 
     # the worker
-    host: str = Field(default_factory=socket.gethostname, description="This host's name: its queue is kvmworker.<host>.")
+    host: str = Field(
+        default_factory=socket.gethostname, description="This host's name: its queue is kvmworker.<host>."
+    )
     broker_url: str = Field(default="memory://", description="amqp://, redis:// or memory://")
     state_dir: Path = Field(default=Path("/var/lib/kvmworker"), description="SQLite state: networks, journal.")
     netns: str | None = Field(default=None, description="Operate inside this network namespace.")

@@ -82,6 +82,7 @@ class HandlerRegistry:
 
     def __init__(self, handlers: Iterable[object] = ()):
         self._commands: dict[str, dict[str, BoundCommand]] = {}
+        self.handlers: list[object] = []
         for handler in handlers:
             self.add(handler)
 
@@ -101,6 +102,7 @@ class HandlerRegistry:
                 raise ValueError(f"{name}.{spec.name} is declared twice")
             commands[spec.name] = BoundCommand(name, spec, getattr(handler, attr), spec.invalid_code or invalid_code)
         self._commands[name] = commands
+        self.handlers.append(handler)
 
     def lookup(self, handler: str, command: str) -> BoundCommand:
         commands = self._commands.get(handler)

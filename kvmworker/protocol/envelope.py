@@ -66,4 +66,3 @@ class Reply(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.code == Code.OK
-
