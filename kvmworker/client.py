@@ -1,0 +1,172 @@
+"""The orchestrator's client: ``call(host, handler, command, data, timeout)`` → the reply.
+
+One reply queue per client (never one per call), consumed by one background thread; replies are
+matched to callers by correlation id. No reply in time → a ``-1`` reply carrying the ``msg_id``,
+so that the caller can ask ``SystemHandler.result`` later. Thread-safe: share one client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Consumer, Message
+
+from kvmworker.protocol.codec import encode
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.envelope import Envelope, Reply
+from kvmworker.transport.connection import connection_errors, open_connection
+from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, command_exchange, reply_queue
+from kvmworker.transport.publisher import Publisher
+
+log = logging.getLogger("kvmworker.client")
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    msg_id: str
+    correlation_id: str
+    future: Future  # resolves to a Reply
+
+
+class Client:
+    def __init__(self, broker_url: str, *, confirms: bool = True, persistent: bool = True, signer: Any = None):
+        self._consumer_conn = open_connection(broker_url)
+        self._publisher = Publisher(open_connection(broker_url, confirms=confirms))
+        self._persistent = persistent
+        self._signer = signer
+        self._reply_queue = reply_queue()
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._consume_replies, name="kvmworker-replies", daemon=True)
+        self._thread.start()
+
+    # -- calling ---------------------------------------------------------------
+
+    def call(
+        self,
+        host: str,
+        handler: str,
+        command: str,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        dry_run: bool = False,
+        msg_id: str | None = None,
+    ) -> Reply:
+        envelope = Envelope(
+            handler=handler, command=command, data=data or {}, dry_run=dry_run, timeout=timeout, msg_id=msg_id
+        )
+        return self.wait(self.submit(host, envelope, timeout=timeout), timeout)
+
+    def submit(
+        self, host: str, envelope: Envelope | dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> PendingCall:
+        """Publish and return at once; the future resolves to the reply (the bridge awaits it)."""
+        envelope = (envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)).ensure_msg_id()
+        if envelope.timeout is None:
+            envelope = envelope.model_copy(update={"timeout": timeout})
+        msg_id = str(envelope.msg_id)
+        correlation_id = uuid.uuid4().hex
+        future: Future = Future()
+        if not self._ready.wait(timeout):
+            future.set_result(unknown_outcome(msg_id, "the broker could not be reached"))
+            return PendingCall(msg_id, correlation_id, future)
+        with self._lock:
+            self._pending[correlation_id] = future
+        try:
+            self._publish(host, envelope, msg_id, correlation_id, timeout)
+        except Exception as exc:
+            self.forget(correlation_id)
+            log.warning("[%s] publish failed: %s", msg_id, exc)
+            future.set_result(unknown_outcome(msg_id, f"the command could not be published: {exc}"))
+        return PendingCall(msg_id, correlation_id, future)
+
+    def wait(self, pending: PendingCall, timeout: float) -> Reply:
+        try:
+            return pending.future.result(timeout)
+        except FutureTimeout:
+            self.forget(pending.correlation_id)
+            return unknown_outcome(pending.msg_id, f"no reply within {timeout:g} s")
+
+    def forget(self, correlation_id: str) -> None:
+        with self._lock:
+            self._pending.pop(correlation_id, None)
+
+    def _publish(self, host: str, envelope: Envelope, msg_id: str, correlation_id: str, timeout: float) -> None:
+        body = encode(envelope.wire())
+        issued = time.time()
+        headers = {HEADER_HOST: host, HEADER_ISSUED_AT: round(issued, 6), HEADER_EXPIRES_AT: round(issued + timeout, 6)}
+        if self._signer is not None:
+            headers.update(self._signer.sign(body, msg_id, host, self._reply_queue.name, headers))
+        self._publisher.publish(
+            body,
+            exchange=command_exchange(),
+            routing_key=host,
+            persistent=self._persistent,
+            headers=headers,
+            message_id=msg_id,
+            correlation_id=correlation_id,
+            reply_to=self._reply_queue.name,
+        )
+
+    # -- the reply consumer ----------------------------------------------------
+
+    def _consume_replies(self) -> None:
+        backoff = 0.2
+        while not self._closing.is_set():
+            try:
+                with self._consumer_conn.clone() as conn:
+                    conn.ensure_connection(max_retries=1)
+                    with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
+                        self._ready.set()
+                        backoff = 0.2
+                        while not self._closing.is_set():
+                            try:
+                                conn.drain_events(timeout=0.2)
+                            except TimeoutError:
+                                conn.heartbeat_check()
+            except connection_errors(self._consumer_conn) as exc:
+                self._ready.clear()
+                if not self._closing.is_set():
+                    log.warning("reply connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                    self._closing.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    def _on_reply(self, message: Message) -> None:
+        correlation_id = message.properties.get("correlation_id")
+        with self._lock:
+            future = self._pending.pop(correlation_id, None)
+        if future is None:
+            log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
+            return
+        try:
+            future.set_result(Reply.model_validate_json(message.body))
+        except Exception as exc:
+            future.set_result(Reply.error(Code.INTERNAL_ERROR, f"the worker's reply could not be read: {exc}"))
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=2)
+        self._publisher.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def unknown_outcome(msg_id: str, detail: str) -> Reply:
+    """-1: the command may or may not have run; ``SystemHandler.result`` tells later."""
+    return Reply.error(Code.UNKNOWN_OUTCOME, detail, msg_id=msg_id)

@@ -1,0 +1,23 @@
+"""How a section fails alone: the OS errors of reading it become that section's coded error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import NetlinkError
+
+from kvmworker.protocol.errors import KvmError
+
+# What reading the machine can raise: missing or unreadable files, unparsable text, netlink refusals.
+READ_ERRORS = (OSError, ValueError, LookupError, NetlinkError)
+
+
+@contextmanager
+def failing_as(error: type[KvmError], what: str) -> Iterator[None]:
+    try:
+        yield
+    except KvmError:
+        raise
+    except READ_ERRORS as exc:
+        raise error(f"reading {what} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,30 @@
+"""Broker connections: the URL picks the transport; only the transport options differ."""
+
+from __future__ import annotations
+
+from kombu import Connection
+
+HEARTBEAT_S = 30
+# The memory transport polls; 2 ms keeps the embedded default responsive without spinning.
+MEMORY_POLL_S = 0.002
+
+
+def open_connection(url: str, *, confirms: bool = True, visibility_timeout: float | None = None) -> Connection:
+    """A kombu connection (not yet connected) with the options each transport needs."""
+    scheme = url.split("://", 1)[0].lower()
+    options: dict[str, object] = {}
+    heartbeat = 0
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        options["confirm_publish"] = confirms
+        heartbeat = HEARTBEAT_S
+    elif scheme in ("redis", "rediss"):
+        if visibility_timeout:
+            options["visibility_timeout"] = visibility_timeout
+        options["polling_interval"] = 0.05
+    elif scheme == "memory":
+        options["polling_interval"] = MEMORY_POLL_S
+    return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
+
+
+def connection_errors(conn: Connection) -> tuple[type[BaseException], ...]:
+    return tuple(conn.connection_errors) + tuple(conn.channel_errors) + (OSError,)

@@ -1,0 +1,183 @@
+"""The per-host consumer: one path for a message — consume → admit → pool → reply → ack.
+
+kombu connections are not thread-safe, so the consumer thread alone touches the consuming channel:
+commands run on the pool and publish their reply over the publisher's own connection, then hand
+the message back to the consumer thread to be settled (acked only after the reply is published).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from kombu import Connection, Consumer, Message
+
+from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
+from kvmworker.dispatch.executor import KeyedExecutor
+from kvmworker.dispatch.request import Request
+from kvmworker.protocol.codec import encode_reply
+from kvmworker.protocol.envelope import Reply
+from kvmworker.transport.connection import connection_errors
+from kvmworker.transport.names import HEADER_MSG_ID, host_queue
+from kvmworker.transport.publisher import Publisher
+
+log = logging.getLogger("kvmworker.worker")
+
+DRAIN_TIMEOUT_S = 0.05
+ACK, REQUEUE = "ack", "requeue"
+
+
+class Worker:
+    def __init__(
+        self,
+        connection: Connection,
+        publisher: Publisher,
+        dispatcher: Dispatcher,
+        host: str,
+        *,
+        prefetch: int = 32,
+        workers: int = 16,
+        on_connected: Callable[[bool], None] | None = None,
+    ):
+        self._connection = connection
+        self._publisher = publisher
+        self._dispatcher = dispatcher
+        self._queue = host_queue(host)
+        self._prefetch = prefetch
+        self._executor = KeyedExecutor(workers)
+        self._settle_queue: SimpleQueue[tuple[Message, str]] = SimpleQueue()
+        self._in_flight = 0
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self.connected = threading.Event()
+        self._on_connected = on_connected or (lambda up: None)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until ``stop()``; reconnect with backoff whenever the broker goes away."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._consume_once()
+                backoff = 0.5
+            except connection_errors(self._connection) as exc:
+                self._set_connected(False)
+                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._executor.shutdown(wait=True)
+        self._stopped.set()
+        log.info("worker stopped")
+
+    def stop(self) -> None:
+        """Finish what is running; give back what has not started (SIGTERM)."""
+        self._stopping.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def _consume_once(self) -> None:
+        with self._connection.clone() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            consumer = Consumer(channel, queues=[self._queue], on_message=self._on_message, auto_declare=True)
+            consumer.qos(prefetch_count=self._prefetch)
+            consumer.consume()
+            self._set_connected(True)
+            log.info("consuming %s on %s", self._queue.name, conn.as_uri())
+            while not self._stopping.is_set():
+                self._drain(conn)
+            consumer.cancel()
+            self._finish_in_flight(conn)
+
+    def _drain(self, conn: Connection) -> None:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=DRAIN_TIMEOUT_S)
+        conn.heartbeat_check()
+        self._settle()
+
+    def _finish_in_flight(self, conn: Connection) -> None:
+        while self._in_flight > 0:
+            self._drain(conn)
+
+    def _set_connected(self, up: bool) -> None:
+        (self.connected.set if up else self.connected.clear)()
+        self._on_connected(up)
+
+    # -- one message -----------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
+        self._in_flight += 1
+        if self._stopping.is_set():
+            self._settle_queue.put((message, REQUEUE))
+            return
+        request = request_from_message(message)
+        started = time.perf_counter()
+        outcome = self._dispatcher.admit(request)
+        if isinstance(outcome, Admitted):
+            self._executor.submit(outcome.resource, lambda: self._execute(message, outcome, started))
+        else:
+            self._answer(message, request, outcome, started)
+
+    def _execute(self, message: Message, admitted: Admitted, started: float) -> None:
+        if self._stopping.is_set():
+            self._settle_queue.put((message, REQUEUE))
+            return
+        reply = self._dispatcher.execute(admitted)
+        self._answer(message, admitted.request, reply, started)
+
+    def _answer(self, message: Message, request: Request, reply: Reply, started: float) -> None:
+        """Record, publish, then settle: a reply that cannot be published sends the message back."""
+        self._dispatcher.middleware.notify("after_reply", request, reply, time.perf_counter() - started)
+        try:
+            self.publish_reply(request, reply)
+        except Exception:
+            log.exception("[%s] reply could not be published; message goes back to the queue", request.msg_id)
+            self._settle_queue.put((message, REQUEUE))
+            return
+        self._dispatcher.middleware.notify("after_publish", request, reply)
+        self._settle_queue.put((message, ACK))
+
+    def publish_reply(self, request: Request, reply: Reply) -> None:
+        if not request.reply_to:
+            log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
+            return
+        self._publisher.publish(
+            encode_reply(reply),
+            routing_key=request.reply_to,
+            correlation_id=request.correlation_id or request.msg_id,
+            message_id=request.msg_id,
+            headers={HEADER_MSG_ID: request.msg_id},
+        )
+
+    def _settle(self) -> None:
+        while True:
+            try:
+                message, action = self._settle_queue.get_nowait()
+            except Empty:
+                return
+            self._in_flight -= 1
+            try:
+                message.ack() if action == ACK else message.requeue()
+            except Exception as exc:  # the channel it came on is gone; the broker redelivers it
+                log.info("could not %s a message from a closed channel: %s", action, exc)
+
+
+def request_from_message(message: Message) -> Request:
+    props: dict[str, Any] = message.properties
+    body = message.body
+    return Request(
+        body=body if isinstance(body, bytes) else str(body).encode(),
+        content_type=message.content_type,
+        headers=dict(message.headers or {}),
+        message_id=props.get("message_id"),
+        correlation_id=props.get("correlation_id"),
+        reply_to=props.get("reply_to"),
+        redelivered=bool(message.delivery_info.get("redelivered")),
+    )

@@ -1,0 +1,1 @@
+"""libvirt plumbing for the VmHandler: the connection, domain XML, storage rules."""

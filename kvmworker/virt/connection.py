@@ -1,0 +1,182 @@
+"""One long-lived libvirt connection per worker: opened lazily, kept alive, reopened after it breaks.
+
+libvirt's client is thread-safe, so one ``virConnect`` serves every command thread. A broken
+connection is noticed three ways: the close callback (daemon gone, socket EOF), keepalive (daemon
+hung: no answer for ``interval * count`` seconds) and ``isAlive()`` after a failed call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import libvirt
+
+from kvmworker.protocol.errors import HypervisorUnavailable
+from kvmworker.virt.events import LifecycleEvents
+
+log = logging.getLogger("kvmworker.virt")
+
+# libvirt accepts one event implementation per process, registered before the first connection is
+# opened; this guard is the process-wide fact, not configuration, hence module state.
+_loop_lock = threading.Lock()
+_loop_thread: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event loop once per process and drive it from a daemon thread."""
+    global _loop_thread
+    with _loop_lock:
+        if _loop_thread is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        # libvirt prints every error to stderr by default; ours are raised as exceptions instead.
+        libvirt.registerErrorHandler(_ignore_error, None)
+        _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
+        _loop_thread.start()
+
+
+def _ignore_error(opaque: object, error: object) -> None:
+    return None
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+class LibvirtConnection:
+    """The worker's connection to ``uri``; ``open()`` gives a live ``virConnect`` or raises 30009."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        open_timeout: float = 5.0,
+        keepalive_interval: int = 2,
+        keepalive_count: int = 3,
+        events: LifecycleEvents | None = None,
+    ):
+        self.uri = uri
+        self.events = events or LifecycleEvents()
+        self._open_timeout = open_timeout
+        self._keepalive = (keepalive_interval, keepalive_count)
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+
+    def open(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is not None and _alive(conn):
+            return conn
+        with self._lock:
+            if self._conn is None or not _alive(self._conn):
+                self._discard()
+                self._conn = self._connect()
+            return self._conn
+
+    @contextmanager
+    def session(self) -> Iterator[libvirt.virConnect]:
+        """The connection, with a failure of the connection itself (not of the call) turned into 30009."""
+        conn = self.open()
+        try:
+            yield conn
+        except libvirt.libvirtError as exc:
+            if not _alive(conn):
+                self._forget(conn)
+                raise HypervisorUnavailable(f"lost the connection to {self.uri}: {_message(exc)}") from None
+            raise
+
+    def version(self) -> dict[str, Any]:
+        with self.session() as conn:
+            return {
+                "available": True,
+                "uri": self.uri,
+                "library": _dotted(libvirt.getVersion()),
+                "daemon": _dotted(conn.getLibVersion()),
+                "hypervisor": f"{conn.getType()} {_dotted(conn.getVersion())}",
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def _connect(self) -> libvirt.virConnect:
+        ensure_event_loop()
+        conn = _open_within(self.uri, self._open_timeout)
+        try:
+            conn.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError:
+            pass  # local drivers (test://) have no keepalive: nothing there can hang
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.events.on_event, None)
+        log.info("connected to %s", self.uri)
+        return conn
+
+    def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
+        log.warning("libvirt connection to %s closed (reason %d)", self.uri, reason)
+        self._forget(conn)
+
+    def _forget(self, conn: libvirt.virConnect) -> None:
+        # Runs on the event loop thread too: no lock, just stop handing this connection out.
+        if self._conn is conn:
+            self._conn = None
+        self.events.interrupt_all()
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # already broken: closing is only to free it
+
+
+def _open_within(uri: str, timeout: float) -> libvirt.virConnect:
+    """``libvirt.open`` bounded in time: a daemon that accepts but never answers must not hang a command."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def attempt() -> None:
+        try:
+            outcome["conn"] = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            outcome["error"] = exc
+        done.set()
+        if outcome.get("late"):
+            _close_quietly(outcome.get("conn"))
+
+    threading.Thread(target=attempt, name="libvirt-open", daemon=True).start()
+    if not done.wait(timeout):
+        outcome["late"] = True
+        raise HypervisorUnavailable(f"no answer from {uri} within {timeout:g} s")
+    if "error" in outcome:
+        raise HypervisorUnavailable(f"cannot connect to {uri}: {_message(outcome['error'])}")
+    return outcome["conn"]
+
+
+def _close_quietly(conn: libvirt.virConnect | None) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass  # it is being abandoned anyway
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _message(exc: libvirt.libvirtError) -> str:
+    return exc.get_error_message() or str(exc)
+
+
+def _dotted(version: int) -> str:
+    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
