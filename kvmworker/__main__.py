@@ -1,0 +1,5 @@
+import sys
+
+from kvmworker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,22 @@
+"""``kvmworker schema``: write the JSON Schemas (the committed ``schemas/`` are its output)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kvmworker.app import build_registry
+from kvmworker.schema import write_schemas
+from kvmworker.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("schema", help="write the JSON schemas of the envelope, reply and every command")
+    parser.add_argument("--out", type=Path, default=Path("schemas"), help="directory to write into (default: schemas)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in write_schemas(build_registry(Settings(host="schema")), args.out):
+        print(path)
+    return 0

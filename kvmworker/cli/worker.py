@@ -1,0 +1,50 @@
+"""``kvmworker worker``: the per-host worker in the foreground until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
+from kvmworker.runtime import build_worker
+
+log = logging.getLogger("kvmworker")
+
+WORKER_FLAGS = (
+    "host",
+    "broker",
+    "state-dir",
+    "netns",
+    "libvirt-uri",
+    "prefetch",
+    "workers",
+    "max-body",
+    "publish-confirms",
+    "physical-interfaces",
+    "storage-dirs",
+    "storage-pool",
+    "health-port",
+    "keys-file",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("worker", help="run the per-host worker")
+    add_settings_flags(parser, *WORKER_FLAGS)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings)
+    worker, dispatcher = build_worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    log.info("worker for host %s on %s", settings.host, settings.broker_url)
+    worker.run()
+    for handler in dispatcher.registry.handlers:
+        close = getattr(handler, "close", None)
+        if close:
+            close()
+    return 0

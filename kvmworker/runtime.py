@@ -1,0 +1,60 @@
+"""Running a worker: settings → handlers → dispatcher → a consuming worker thread, and a clean stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from kvmworker.app import build_dispatcher, build_middleware
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.settings import Settings
+from kvmworker.transport.connection import open_connection
+from kvmworker.transport.publisher import Publisher
+from kvmworker.transport.worker import Worker
+
+log = logging.getLogger("kvmworker.runtime")
+
+
+@dataclass
+class RunningWorker:
+    worker: Worker
+    dispatcher: Dispatcher
+    thread: threading.Thread
+
+    def stop(self, timeout: float | None = None) -> bool:
+        self.worker.stop()
+        stopped = self.worker.wait_stopped(timeout)
+        for handler in self.dispatcher.registry.handlers:
+            _call_quietly(handler, "close")
+        return stopped
+
+
+def build_worker(settings: Settings, extra_handlers: list[object] | None = None) -> tuple[Worker, Dispatcher]:
+    dispatcher = build_dispatcher(settings, extra_handlers, build_middleware(settings))
+    for handler in dispatcher.registry.handlers:
+        _call_quietly(handler, "on_start")
+    connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)
+    publisher = Publisher(open_connection(settings.broker_url, confirms=settings.publish_confirms))
+    worker = Worker(
+        connection, publisher, dispatcher, settings.host, prefetch=settings.prefetch, workers=settings.workers
+    )
+    return worker, dispatcher
+
+
+def start_worker(settings: Settings, extra_handlers: list[object] | None = None) -> RunningWorker:
+    """The worker on a thread of its own (embedded mode, tests); ``stop()`` ends it cleanly."""
+    worker, dispatcher = build_worker(settings, extra_handlers)
+    thread = threading.Thread(target=worker.run, name="kvmworker-consumer", daemon=True)
+    thread.start()
+    return RunningWorker(worker, dispatcher, thread)
+
+
+def _call_quietly(handler: object, hook: str) -> None:
+    fn = getattr(handler, hook, None)
+    if fn is None:
+        return
+    try:
+        fn()
+    except Exception:
+        log.exception("%s.%s failed", type(handler).__name__, hook)
