@@ -9,6 +9,7 @@ from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
 from kvmworker.handlers.system import SystemHandler
+from kvmworker.handlers.vm import create_vm_handler
 from kvmworker.settings import Settings
 
 
@@ -24,7 +25,9 @@ def build_registry(settings: Settings, extra_handlers: list[object] | None = Non
 
 def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
     # Each handler issue adds its factory here; a factory may register kernel/libvirt feature probes.
-    return []
+    handlers: list[object] = []
+    handlers.append(create_vm_handler(settings, features))
+    return handlers
 
 
 def build_dispatcher(

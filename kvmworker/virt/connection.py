@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import libvirt
@@ -106,10 +106,9 @@ class LibvirtConnection:
     def _connect(self) -> libvirt.virConnect:
         ensure_event_loop()
         conn = _open_within(self.uri, self._open_timeout)
-        try:
+        # Local drivers (test://) have no keepalive: nothing there can hang.
+        with suppress(libvirt.libvirtError):
             conn.setKeepAlive(*self._keepalive)
-        except libvirt.libvirtError:
-            pass  # local drivers (test://) have no keepalive: nothing there can hang
         conn.registerCloseCallback(self._on_close, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.events.on_event, None)
         log.info("connected to %s", self.uri)
@@ -127,12 +126,7 @@ class LibvirtConnection:
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass  # already broken: closing is only to free it
+        _close_quietly(conn)
 
 
 def _open_within(uri: str, timeout: float) -> libvirt.virConnect:
@@ -159,12 +153,10 @@ def _open_within(uri: str, timeout: float) -> libvirt.virConnect:
 
 
 def _close_quietly(conn: libvirt.virConnect | None) -> None:
-    if conn is None:
-        return
-    try:
-        conn.close()
-    except libvirt.libvirtError:
-        pass  # it is being abandoned anyway
+    # Broken or abandoned: closing only frees it, so its failure changes nothing.
+    if conn is not None:
+        with suppress(libvirt.libvirtError):
+            conn.close()
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

@@ -1,0 +1,116 @@
+"""The structured VM spec a caller may send instead of domain XML, validated at the edge."""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.types import IfName, LooseInt, MacAddress, coded
+
+_VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+_LOOKUP_NAME = re.compile(r"[^\x00-\x1f/]{1,255}")
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+
+
+def _check_vm_name(name: str) -> str:
+    if not _VM_NAME.fullmatch(name):
+        raise coded(Code.INVALID_PARAMETER, "a VM name is 1-64 of [A-Za-z0-9_.+-], not starting with '.', '-' or '+'")
+    return name
+
+
+def _check_lookup_name(name: str) -> str:
+    # VMs defined by others may have any name libvirt accepts; only refuse what libvirt never would.
+    if not _LOOKUP_NAME.fullmatch(name):
+        raise coded(Code.INVALID_PARAMETER, "a VM name is 1-255 characters without '/' or control characters")
+    return name
+
+
+def _check_plain(name: str) -> str:
+    if ".." in name or not _PLAIN.fullmatch(name):
+        raise coded(Code.INVALID_PARAMETER, "use a plain name: [A-Za-z0-9_.+-], no '/', no '..', no NUL")
+    return name
+
+
+VmName = Annotated[str, AfterValidator(_check_vm_name)]
+"""A name for a VM this worker defines."""
+LookupName = Annotated[str, AfterValidator(_check_lookup_name)]
+"""A name to look an existing VM up by."""
+PlainName = Annotated[str, AfterValidator(_check_plain)]
+"""A volume or pool name: never a path."""
+DomainType = Literal["kvm", "qemu"]
+
+
+class VmRef(BaseModel):
+    """A VM addressed by ``name`` or ``uuid`` (the uuid wins when both are given and they must agree)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: LookupName | None = None
+    uuid: uuidlib.UUID | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> VmRef:
+        if self.name is None and self.uuid is None:
+            raise coded(Code.INVALID_PARAMETER, "address the VM by 'name' or 'uuid'")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"vm:{self.uuid or self.name}"
+
+    @property
+    def label(self) -> str:
+        return str(self.uuid or self.name)
+
+
+class InterfaceSpec(BaseModel):
+    """A NIC on a network created by NetworkHandler (``network_id``) or on any bridge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network_id: uuidlib.UUID | None = None
+    bridge: IfName | None = None
+    mac: MacAddress | None = None
+    model: Literal["virtio", "e1000", "e1000e", "rtl8139"] = "virtio"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InterfaceSpec:
+        if (self.network_id is None) == (self.bridge is None):
+            raise coded(Code.INVALID_PARAMETER, "an interface names exactly one of 'network_id' or 'bridge'")
+        return self
+
+
+class DiskSpec(BaseModel):
+    """``image`` (an existing file), ``volume`` (an existing pool volume) or ``size_gib`` (a new qcow2 volume)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(default=None, max_length=4096)
+    volume: PlainName | None = None
+    pool: PlainName | None = None
+    size_gib: float | None = Field(default=None, gt=0, le=65536)
+    bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiskSpec:
+        if self.image is not None and (self.volume or self.pool or self.size_gib):
+            raise coded(Code.INVALID_PARAMETER, "a disk is either an 'image' or a pool 'volume'/'size_gib'")
+        if self.image is None and self.volume is None and self.size_gib is None:
+            raise coded(Code.INVALID_PARAMETER, "a disk needs 'image', 'volume' or 'size_gib'")
+        return self
+
+
+class DomainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: VmName
+    vcpus: Annotated[LooseInt, Field(ge=1, le=512)] = 1
+    memory_mib: Annotated[LooseInt, Field(ge=16, le=16 * 1024 * 1024)] = 512
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=26)
+    interfaces: list[InterfaceSpec] = Field(default_factory=list, max_length=32)
+    domain_type: DomainType | None = None
+    graphics: bool = False
