@@ -22,7 +22,14 @@ from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.transport.connection import connection_errors, open_connection
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, command_exchange, reply_queue
+from kvmworker.transport.names import (
+    HEADER_EXPIRES_AT,
+    HEADER_HOST,
+    HEADER_ISSUED_AT,
+    command_exchange,
+    host_queue,
+    reply_queue,
+)
 from kvmworker.transport.publisher import Publisher
 
 log = logging.getLogger("kvmworker.client")
@@ -113,6 +120,7 @@ class Client:
             body,
             exchange=command_exchange(),
             routing_key=host,
+            declare=(host_queue(host),),
             persistent=self._persistent,
             headers=headers,
             message_id=msg_id,

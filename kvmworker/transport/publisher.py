@@ -31,6 +31,7 @@ class Publisher:
         exchange: Exchange | str = "",
         persistent: bool = False,
         headers: dict[str, Any] | None = None,
+        declare: tuple[Any, ...] = (),
         **properties: Any,
     ) -> None:
         with self._lock:
@@ -45,7 +46,7 @@ class Publisher:
                 headers=headers or {},
                 retry=True,
                 retry_policy=RETRY_POLICY,
-                declare=[exchange] if isinstance(exchange, Exchange) else [],
+                declare=list(declare),
                 **properties,
             )
 

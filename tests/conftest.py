@@ -1,0 +1,69 @@
+"""Fixtures shared by every suite: brokers, unique names, a running worker, a client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from kvmworker.client import Client
+from kvmworker.runtime import RunningWorker, start_worker
+from kvmworker.settings import Settings
+from tests.support.handlers import ProbeHandler
+
+AMQP_URL = os.environ.get("KVMWORKER_TEST_AMQP", "amqp://guest:guest@localhost:5672//")
+REDIS_URL = os.environ.get("KVMWORKER_TEST_REDIS", "redis://localhost:6379/0")
+BROKERS = {"memory": "memory://", "amqp": AMQP_URL, "redis": REDIS_URL}
+
+
+def unique(prefix: str = "kvt") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def broker_reachable(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=list(BROKERS), ids=list(BROKERS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url = BROKERS[request.param]
+    if request.param != "memory" and not broker_reachable(url):
+        if os.environ.get("CI"):
+            pytest.fail(f"{request.param} broker at {url} is not reachable; .ci/run should have started it")
+        pytest.skip(f"{request.param} broker at {url} is not reachable (start it with .ci/services.sh)")
+    return url
+
+
+@pytest.fixture
+def host() -> str:
+    return unique("kvt-host-")
+
+
+@pytest.fixture
+def worker_settings(broker_url: str, host: str, tmp_path) -> Settings:
+    return Settings(host=host, broker_url=broker_url, state_dir=tmp_path / "state", workers=8)
+
+
+@pytest.fixture
+def running_worker(worker_settings: Settings, tmp_path) -> Iterator[RunningWorker]:
+    counters = tmp_path / "counters"
+    counters.mkdir()
+    running = start_worker(worker_settings, extra_handlers=[ProbeHandler(counters)])
+    assert running.worker.connected.wait(15), "worker did not connect to the broker"
+    yield running
+    running.stop(timeout=10)
+
+
+@pytest.fixture
+def client(broker_url: str) -> Iterator[Client]:
+    with Client(broker_url) as c:
+        yield c

@@ -1,0 +1,66 @@
+"""Handlers that exist only for tests: observable effects without touching the host."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.request import Context
+
+
+class SleepData(BaseModel):
+    seconds: float = Field(ge=0, le=60)
+    key: str | None = None
+
+
+class EchoData(BaseModel):
+    text: str = Field(max_length=1000)
+
+
+class CountData(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    sleep: float = Field(default=0, ge=0, le=60)
+
+
+class ProbeHandler:
+    """``sleep`` holds a pool thread; ``count`` appends to a file (an effect a test can count) then sleeps."""
+
+    name = "ProbeHandler"
+
+    def __init__(self, counter_dir: Path | None = None):
+        self._counter_dir = counter_dir
+        self._lock = threading.Lock()
+
+    @command(SleepData, resource=lambda d: d.key)
+    def sleep(self, data: SleepData, ctx: Context) -> dict:
+        if ctx.dry_run:
+            return {"dry_run": True, "plan": [f"sleep {data.seconds} s"]}
+        time.sleep(data.seconds)
+        return {"slept": data.seconds}
+
+    @command(EchoData, mutates=False)
+    def echo(self, data: EchoData, ctx: Context) -> dict:
+        return {"text": data.text, "msg_id": ctx.msg_id}
+
+    @command(CountData, resource=lambda d: f"count:{d.name}")
+    def count(self, data: CountData, ctx: Context) -> dict:
+        assert self._counter_dir is not None, "ProbeHandler needs a counter_dir for count"
+        path = self._counter_dir / f"{data.name}.count"
+        with self._lock, path.open("a") as f:
+            f.write(f"{ctx.msg_id}\n")
+            f.flush()
+        time.sleep(data.sleep)
+        return {"counted": data.name}
+
+    @command(mutates=False)
+    def boom(self, data: object, ctx: Context) -> dict:
+        raise RuntimeError("a bug inside a handler")
+
+
+def count_of(counter_dir: Path, name: str) -> int:
+    path = counter_dir / f"{name}.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
