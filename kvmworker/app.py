@@ -8,6 +8,7 @@ from typing import Any
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
+from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.system import SystemHandler
 from kvmworker.handlers.vm import create_vm_handler
 from kvmworker.settings import Settings
@@ -27,6 +28,7 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
     # Each handler issue adds its factory here; a factory may register kernel/libvirt feature probes.
     handlers: list[object] = []
     handlers.append(create_vm_handler(settings, features))
+    handlers.append(create_host_handler(settings, features))
     return handlers
 
 

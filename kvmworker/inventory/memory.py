@@ -33,8 +33,12 @@ class MemoryInventory:
 
     def headline(self, full: dict[str, Any]) -> dict[str, Any]:
         ram = full["ram"]
-        return {"total": ram["total"], "available": ram["available"], "used_percent": ram["used_percent"],
-                "swap_total": full["swap"]["total"]}
+        return {
+            "total": ram["total"],
+            "available": ram["available"],
+            "used_percent": ram["used_percent"],
+            "swap_total": full["swap"]["total"],
+        }
 
     def _hugepages(self, info: dict[str, int]) -> dict[str, Any]:
         sizes = [self._hugepage_size(d) for d in subdirs(self._mm / "hugepages") if _HUGEPAGE_DIR.fullmatch(d.name)]

@@ -1,7 +1,7 @@
-"""libvirt storage pools, through a short read-only connection of their own.
+"""libvirt storage pools, read through the worker's libvirt connection (``kvmworker.virt.connection``).
 
-``StorageInventory`` accepts any zero-argument callable returning the pool list; this is the default one until
-the VM handler's connection can be shared. Unreachable libvirt raises ``HypervisorUnavailable``.
+``StorageInventory`` accepts any zero-argument callable returning the pool list; this is the usual one. A libvirt
+that cannot be reached raises ``HypervisorUnavailable`` (bounded in time by the connection).
 """
 
 from __future__ import annotations
@@ -9,26 +9,18 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import libvirt
-
-from kvmworker.protocol.errors import HypervisorUnavailable
+from kvmworker.virt.connection import LibvirtConnection
 
 POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
 
 
 class LibvirtPools:
-    def __init__(self, uri: str):
-        self._uri = uri
+    def __init__(self, connection: LibvirtConnection):
+        self._connection = connection
 
     def __call__(self) -> list[dict[str, Any]]:
-        try:
-            conn = libvirt.openReadOnly(self._uri)
-        except libvirt.libvirtError as exc:
-            raise HypervisorUnavailable(f"cannot connect to {self._uri}: {exc.get_error_message()}") from exc
-        try:
+        with self._connection.session() as conn:
             return [pool_record(pool) for pool in conn.listAllStoragePools(0)]
-        finally:
-            conn.close()
 
 
 def pool_record(pool: Any) -> dict[str, Any]:

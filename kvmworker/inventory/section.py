@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 from pyroute2 import NetlinkError
 
 from kvmworker.protocol.errors import KvmError
 
-# What reading the machine can raise: missing or unreadable files, unparsable text, netlink refusals.
-READ_ERRORS = (OSError, ValueError, LookupError, NetlinkError)
+# What reading the machine can raise: missing or unreadable files, unparsable text, netlink refusals, a process
+# table that changed under psutil, an optional client library that is not installed.
+READ_ERRORS = (OSError, ValueError, LookupError, NetlinkError, psutil.Error, ImportError)
 
 
 @contextmanager

@@ -40,8 +40,11 @@ class StorageInventory:
     def headline(self, full: dict[str, Any]) -> dict[str, Any]:
         disks = [d for d in full["block_devices"] if not _is_virtual(d["name"])]
         root = next((fs for fs in full["filesystems"] if fs["mountpoint"] == "/"), None)
-        return {"disks": len(disks), "disk_bytes": sum(d["size"] or 0 for d in disks),
-                "root": {k: root[k] for k in ("device", "fstype", "total", "free", "used_percent")} if root else None}
+        return {
+            "disks": len(disks),
+            "disk_bytes": sum(d["size"] or 0 for d in disks),
+            "root": {k: root[k] for k in ("device", "fstype", "total", "free", "used_percent")} if root else None,
+        }
 
     def _device(self, path: Path, io: dict[str, dict[str, int]]) -> dict[str, Any]:
         device = path / "device"

@@ -1,0 +1,113 @@
+"""HostHandler: what an orchestrator needs to place VMs and an operator needs to understand a host.
+
+Every command is read-only. Each section fails alone with its own code (40001 … 40501); ``summary`` reports a
+failing section inside its answer instead of failing as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.request import Context
+from kvmworker.inventory.cpu import CpuInventory
+from kvmworker.inventory.hardware import HardwareInventory
+from kvmworker.inventory.identity import HostIdentity
+from kvmworker.inventory.memory import MemoryInventory
+from kvmworker.inventory.network import NetworkInventory
+from kvmworker.inventory.pools import LibvirtPools
+from kvmworker.inventory.services import ServiceInventory
+from kvmworker.inventory.storage import StorageInventory
+from kvmworker.protocol.errors import KvmError
+from kvmworker.settings import Settings
+from kvmworker.virt.connection import LibvirtConnection
+
+# systemd's unit name characters; the leading character may not be '-' (it would read as an option elsewhere)
+UnitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$")]
+
+
+class ServicesData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    names: list[UnitName] | None = Field(
+        default=None, max_length=64, description="Units to report besides libvirtd, virtlogd and kvmworker."
+    )
+
+
+class HostHandler:
+    name = "HostHandler"
+
+    def __init__(
+        self,
+        cpu: CpuInventory,
+        memory: MemoryInventory,
+        storage: StorageInventory,
+        network: NetworkInventory,
+        hardware: HardwareInventory,
+        services: ServiceInventory,
+        identity: HostIdentity,
+    ):
+        self._cpu, self._memory, self._storage = cpu, memory, storage
+        self._network, self._hardware, self._services = network, hardware, services
+        self._identity = identity
+
+    @command(mutates=False)
+    def cpu(self, data: Any, ctx: Context) -> dict[str, Any]:
+        return self._cpu.read()
+
+    @command(mutates=False)
+    def memory(self, data: Any, ctx: Context) -> dict[str, Any]:
+        return self._memory.read()
+
+    @command(mutates=False)
+    def storage(self, data: Any, ctx: Context) -> dict[str, Any]:
+        return self._storage.read()
+
+    @command(mutates=False)
+    def network(self, data: Any, ctx: Context) -> dict[str, Any]:
+        return self._network.read()
+
+    @command(mutates=False)
+    def hardware(self, data: Any, ctx: Context) -> dict[str, Any]:
+        return self._hardware.read()
+
+    @command(ServicesData, mutates=False)
+    def services(self, data: ServicesData, ctx: Context) -> dict[str, Any]:
+        return self._services.read(data.names)
+
+    @command(mutates=False)
+    def summary(self, data: Any, ctx: Context) -> dict[str, Any]:
+        """The headline of each section; libvirt pools are left to ``storage`` so a slow libvirtd never slows it."""
+        sections = {
+            "cpu": (self._cpu, self._cpu.read),
+            "memory": (self._memory, self._memory.read),
+            "storage": (self._storage, lambda: self._storage.read(with_pools=False)),
+            "network": (self._network, self._network.read),
+            "hardware": (self._hardware, self._hardware.read),
+            "services": (self._services, self._services.read),
+        }
+        return {**self._identity.read(), **{name: _headline(*pair) for name, pair in sections.items()}}
+
+
+def _headline(section: Any, read: Any) -> dict[str, Any]:
+    try:
+        return section.headline(read())
+    except KvmError as exc:
+        return {"error": {"code": int(exc.code), "msg": exc.code.msg, "detail": exc.detail}}
+
+
+def create_host_handler(
+    settings: Settings, features: dict[str, Any] | None = None, libvirt: LibvirtConnection | None = None
+) -> HostHandler:
+    """``libvirt``: the worker's shared connection when the wiring has one; otherwise one of its own (opened lazily)."""
+    return HostHandler(
+        cpu=CpuInventory(),
+        memory=MemoryInventory(),
+        storage=StorageInventory(pools=LibvirtPools(libvirt or LibvirtConnection(settings.libvirt_uri))),
+        network=NetworkInventory(netns=settings.netns),
+        hardware=HardwareInventory(),
+        services=ServiceInventory(),
+        identity=HostIdentity(),
+    )
