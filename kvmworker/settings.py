@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     default_host: str | None = None
     users_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a reply.")
+    token_ttl: float = Field(default=3600.0, gt=0, description="Bridge: seconds a login token stays valid.")
 
     # logging
     log_level: str = "INFO"
