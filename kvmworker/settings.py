@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     )
     storage_pool: str = Field(default="default", description="libvirt pool for new volumes.")
     health_port: int | None = Field(default=None, description="Worker /healthz, /readyz, /metrics port.")
+    health_bind: str = Field(default="0.0.0.0", description="Address of the health port (probes come from outside).")
     keys_file: Path | None = Field(default=None, description="HMAC signing keys (key id → secret).")
     journal_max_age_days: float = Field(default=30.0, gt=0)
     journal_max_mb: float = Field(default=512.0, gt=0)
