@@ -1,0 +1,196 @@
+"""The ASGI application: ``POST /`` and ``POST /hosts/<host>`` (INTERFACE §5), probes, metrics, OpenAPI.
+
+Every POST is answered HTTP 200 with ``{code, msg, data}``: any failure, expected or not, becomes a
+reply in ``Bridge.post`` alone. ``UserHandler`` is answered here; everything else goes to a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kvmworker.app import build_registry
+from kvmworker.bridge.auth import USER_HANDLER, Authenticator, LoginData, LogoutData, bearer_token
+from kvmworker.bridge.body import BodyTooLarge, check_host, read_envelope
+from kvmworker.bridge.forwarder import Forwarder
+from kvmworker.bridge.health import BrokerProbe
+from kvmworker.bridge.metrics import BridgeMetrics
+from kvmworker.bridge.openapi import Command, build_openapi
+from kvmworker.bridge.throttle import Throttle
+from kvmworker.bridge.tokens import TokenStore
+from kvmworker.bridge.users import UsersFile
+from kvmworker.client import Client
+from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.replies import reply_for_exception
+from kvmworker.protocol.codec import encode_reply
+from kvmworker.protocol.envelope import Envelope, Reply
+from kvmworker.protocol.errors import UnknownCommand
+from kvmworker.settings import Settings
+
+log = logging.getLogger("kvmworker.bridge")
+
+JSON_UTF8 = "application/json; charset=utf-8"
+USER_COMMANDS: list[Command] = [(USER_HANDLER, "login", LoginData), (USER_HANDLER, "logout", LogoutData)]
+# argon2 is slow and memory-hungry on purpose: a few verifications at a time, whatever the load
+LOGIN_THREADS = 2
+
+
+class Bridge:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        default_host: str,
+        max_body: int,
+        auth: Authenticator | None,
+        metrics: BridgeMetrics,
+        probe: BrokerProbe,
+        openapi: dict,
+    ):
+        self._forwarder = forwarder
+        self._default_host = default_host
+        self._max_body = max_body
+        self._auth = auth
+        self._metrics = metrics
+        self._probe = probe
+        self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
+        self._login_pool = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="bridge-login")
+
+    # -- POST ------------------------------------------------------------------
+
+    async def post_default(self, request: HttpRequest) -> Response:
+        return await self.post(request, request.headers.get("x-kvm-host") or self._default_host)
+
+    async def post_host(self, request: HttpRequest) -> Response:
+        return await self.post(request, request.path_params["host"])
+
+    async def post(self, request: HttpRequest, host: str) -> Response:
+        started = time.perf_counter()
+        envelope = None
+        self._metrics.in_flight.inc()
+        try:
+            envelope = await read_envelope(request, self._max_body)
+            reply = await self._answer(request, envelope, host)
+        except Exception as exc:
+            reply = reply_for_exception(exc, context=f"[bridge {request.client.host if request.client else '-'}] ")
+            if isinstance(exc, BodyTooLarge):
+                return self._respond(reply, envelope, started, close=True)
+        return self._respond(reply, envelope, started)
+
+    async def _answer(self, request: HttpRequest, envelope: Envelope, host: str) -> Reply:
+        if envelope.handler == USER_HANDLER:
+            return await self._user_command(request, envelope)
+        if self._auth is not None:
+            self._auth.user_of(_token(request, envelope))
+        return await self._forwarder.forward(check_host(host), envelope)
+
+    async def _user_command(self, request: HttpRequest, envelope: Envelope) -> Reply:
+        if envelope.command == "login":
+            data = LoginData.model_validate(envelope.data)
+            return Reply.ok(await self._login(data, request.client.host if request.client else ""))
+        if envelope.command == "logout":
+            if self._auth is not None:
+                self._auth.logout(_token(request, envelope))
+            return Reply.ok({})
+        raise UnknownCommand(
+            f"{USER_HANDLER} has no command {envelope.command!r}; it has: login, logout", field="command"
+        )
+
+    async def _login(self, data: LoginData, address: str) -> dict:
+        if self._auth is None:
+            # no users file: nothing to check, but legacy callers log in first and must not break
+            return {"token": "", "expires_in": 0, "auth": "disabled"}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._login_pool, self._auth.login, data.username, data.password, address)
+
+    def _respond(self, reply: Reply, envelope: Envelope | None, started: float, close: bool = False) -> Response:
+        self._metrics.in_flight.dec()
+        self._metrics.observe(envelope, reply, time.perf_counter() - started)
+        headers = {"connection": "close"} if close else None
+        return Response(encode_reply(reply), media_type=JSON_UTF8, headers=headers)
+
+    # -- probes, metrics, schema -------------------------------------------------
+
+    async def healthz(self, request: HttpRequest) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: HttpRequest) -> Response:
+        problem = await asyncio.get_running_loop().run_in_executor(None, self._probe.problem)
+        if problem:
+            return JSONResponse({"status": "unready", "detail": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(self, request: HttpRequest) -> Response:
+        body, content_type = self._metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def openapi(self, request: HttpRequest) -> Response:
+        return Response(self._openapi, media_type=JSON_UTF8)
+
+    def close(self) -> None:
+        self._forwarder.close()
+        self._login_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _token(request: HttpRequest, envelope: Envelope) -> str | None:
+    return bearer_token(request.headers.get("authorization")) or envelope.token
+
+
+def create_app(
+    settings: Settings,
+    client: Client,
+    users: Authenticator | None = None,
+    registry: HandlerRegistry | None = None,
+) -> Starlette:
+    """The bridge over ``client``. ``users`` defaults to the settings' users file (none: no login needed)."""
+    registry = registry or build_registry(settings)
+    commands = [*((b.handler, b.name, b.spec.model) for b in registry.commands()), *USER_COMMANDS]
+    bridge = Bridge(
+        Forwarder(client, settings.timeout),
+        settings.host_for_bridge,
+        settings.max_body,
+        users or authenticator_from(settings),
+        BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
+        BrokerProbe(settings.broker_url),
+        build_openapi(commands),
+    )
+    if bridge._auth is None:
+        log.warning("no users file: the bridge accepts every caller without a token")
+    app = Starlette(routes=_routes(bridge), lifespan=_closing(bridge))
+    app.state.bridge = bridge
+    return app
+
+
+def _closing(bridge: Bridge):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        bridge.close()
+
+    return lifespan
+
+
+def authenticator_from(settings: Settings) -> Authenticator | None:
+    if settings.users_file is None:
+        return None
+    return Authenticator(UsersFile(settings.users_file), TokenStore(settings.token_ttl), Throttle())
+
+
+def _routes(bridge: Bridge) -> Iterable[Route]:
+    return [
+        Route("/", bridge.post_default, methods=["POST"]),
+        Route("/hosts/{host}", bridge.post_host, methods=["POST"]),
+        Route("/healthz", bridge.healthz, methods=["GET"]),
+        Route("/readyz", bridge.readyz, methods=["GET"]),
+        Route("/metrics", bridge.metrics, methods=["GET"]),
+        Route("/openapi.json", bridge.openapi, methods=["GET"]),
+    ]

@@ -1,0 +1,49 @@
+"""Envelope → the host's worker → reply, without ever blocking the event loop on the broker.
+
+The client has one reply queue and one consumer thread for every request in flight; here a request
+is a future awaited with its deadline. Publishing (with publisher confirms, or while the broker is
+away) can block, so it runs on a small thread pool of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from kvmworker.client import Client, PendingCall, unknown_outcome
+from kvmworker.protocol.envelope import Envelope, Reply
+
+
+class Forwarder:
+    def __init__(self, client: Client, default_timeout: float, publish_threads: int = 4):
+        self._client = client
+        self.default_timeout = default_timeout
+        self._pool = ThreadPoolExecutor(publish_threads, thread_name_prefix="bridge-publish")
+
+    async def forward(self, host: str, envelope: Envelope) -> Reply:
+        """The worker's reply, or ``-1`` with ``data.msg_id`` once the request's deadline has passed."""
+        timeout = envelope.timeout or self.default_timeout
+        # the msg_id is fixed here so that even a publish stuck past the deadline can be asked about later
+        envelope = envelope.model_copy(update={"token": None, "timeout": timeout}).ensure_msg_id()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        submit = partial(self._client.submit, host, envelope, timeout=timeout)
+        try:
+            pending = await asyncio.wait_for(loop.run_in_executor(self._pool, submit), timeout)
+            return await self._await_reply(pending, deadline - loop.time(), timeout, host)
+        except TimeoutError:
+            return unknown_outcome(str(envelope.msg_id), f"the command could not be published within {timeout:g} s")
+
+    async def _await_reply(self, pending: PendingCall, remaining: float, timeout: float, host: str) -> Reply:
+        # asyncio.wait, not wait_for: a timeout must not cancel the client's future, which its
+        # consumer thread may be resolving at this very moment
+        waiter = asyncio.wrap_future(pending.future)
+        done, _ = await asyncio.wait({waiter}, timeout=max(remaining, 0))
+        if done:
+            return waiter.result()
+        self._client.forget(pending.correlation_id)
+        return unknown_outcome(pending.msg_id, f"no reply from host {host!r} within {timeout:g} s")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

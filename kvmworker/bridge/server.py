@@ -1,0 +1,67 @@
+"""uvicorn on a socket bound before it starts, so that port 0 works and the real port is known at once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import uvicorn
+from starlette.applications import Starlette
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+class BridgeServer:
+    def __init__(self, app: Starlette, bind: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        self.socket = bind_socket(bind, port)
+        config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.socket.getsockname()[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """In the foreground until SIGINT/SIGTERM (uvicorn installs its handlers on the main thread)."""
+        self._server.run(sockets=[self.socket])
+
+    def start(self) -> None:
+        """On a thread of its own (tests, the embedded mode's callers); ``stop()`` ends it."""
+        self._thread = threading.Thread(target=self.run, name="kvmworker-bridge-http", daemon=True)
+        self._thread.start()
+        if not _wait(lambda: self._server.started or not self._thread.is_alive(), STARTUP_TIMEOUT_S):
+            raise RuntimeError("the bridge's HTTP server did not start")
+        if not self._server.started:
+            raise RuntimeError("the bridge's HTTP server failed to start; see its log")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.socket.close()
+
+
+def bind_socket(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _wait(condition, timeout: float) -> bool:
+    event = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return True
+        event.wait(0.01)
+    return condition()

@@ -1,0 +1,64 @@
+"""A real bridge: uvicorn on a loopback port, over the parametrised broker, in front of a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from kvmworker.bridge.app import create_app
+from kvmworker.bridge.auth import Authenticator
+from kvmworker.bridge.server import BridgeServer
+from kvmworker.client import Client
+from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.settings import Settings
+
+
+@dataclass
+class RunningBridge:
+    url: str
+    http: httpx.Client
+    settings: Settings
+
+    def post(self, body: object, path: str = "/", **kwargs) -> httpx.Response:
+        return self.http.post(self.url + path, json=body, **kwargs)
+
+    def call(self, handler: str, command: str, data: dict | None = None, **extra) -> dict:
+        response = self.post({"handler": handler, "command": command, "data": data or {}, **extra})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@contextmanager
+def serving(
+    settings: Settings, authenticator: Authenticator | None = None, registry: HandlerRegistry | None = None
+) -> Iterator[RunningBridge]:
+    with Client(settings.broker_url) as client:
+        app = create_app(settings, client, authenticator, registry or HandlerRegistry())
+        server = BridgeServer(app, "127.0.0.1", 0)
+        server.start()
+        try:
+            with httpx.Client(timeout=30) as http:
+                yield RunningBridge(server.url, http, settings)
+        finally:
+            server.stop()
+            app.state.bridge.close()
+
+
+@pytest.fixture
+def bridge_settings(worker_settings: Settings) -> Settings:
+    return worker_settings.model_copy(update={"default_host": worker_settings.host, "timeout": 10.0})
+
+
+@pytest.fixture
+def bridge(bridge_settings: Settings, running_worker) -> Iterator[RunningBridge]:
+    with serving(bridge_settings, registry=running_worker.dispatcher.registry) as running:
+        yield running
+
+
+@pytest.fixture
+def make_bridge() -> Callable[..., object]:
+    return serving
