@@ -9,18 +9,23 @@ from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
 from kvmworker.handlers.host import create_host_handler
-from kvmworker.handlers.system import SystemHandler
+from kvmworker.handlers.system import ResultLookup, SystemHandler
 from kvmworker.handlers.vm import create_vm_handler
+from kvmworker.journal.middleware import JournalMiddleware, create_journal
+from kvmworker.observability.logs import CommandLogMiddleware
+from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
 
 
-def build_registry(settings: Settings, extra_handlers: list[object] | None = None) -> HandlerRegistry:
+def build_registry(
+    settings: Settings, extra_handlers: list[object] | None = None, results: ResultLookup | None = None
+) -> HandlerRegistry:
     """Every handler of this worker. Each handler module exposes ``create_handler(settings)``."""
     registry = HandlerRegistry()
     features: dict[str, Callable[[], Any]] = {}
     for handler in [*_handler_factories(settings, features), *(extra_handlers or [])]:
         registry.add(handler)
-    registry.add(SystemHandler(settings.host, registry.catalogue, features))
+    registry.add(SystemHandler(settings.host, registry.catalogue, features, results=results))
     return registry
 
 
@@ -35,9 +40,12 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
 def build_dispatcher(
     settings: Settings, extra_handlers: list[object] | None = None, middleware: list[Middleware] | None = None
 ) -> Dispatcher:
+    middleware = middleware or []
+    # SystemHandler.result answers from the journal, when there is one.
+    results = next((mw.result for mw in middleware if isinstance(mw, JournalMiddleware)), None)
     return Dispatcher(
-        build_registry(settings, extra_handlers),
-        MiddlewareChain(middleware or []),
+        build_registry(settings, extra_handlers, results),
+        MiddlewareChain(middleware),
         host=settings.host,
         max_body=settings.max_body,
     )
@@ -45,4 +53,8 @@ def build_dispatcher(
 
 def build_middleware(settings: Settings) -> list[Middleware]:
     """Journal, signatures, metrics: the order here is the order of their hooks."""
-    return []
+    # Metrics first: it counts every message in (on_receive) and out (after_reply), whoever answers it.
+    metrics = WorkerMetrics()
+    journal = create_journal(settings, on_duplicate=lambda how: metrics.duplicates.labels(how).inc())
+    metrics.watch_journal(journal.store.size_bytes)
+    return [MetricsMiddleware(metrics), CommandLogMiddleware(), journal]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kvmworker.app import build_dispatcher, build_middleware
 from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.publisher import Publisher
@@ -39,6 +40,7 @@ def build_worker(settings: Settings, extra_handlers: list[object] | None = None)
     worker = Worker(
         connection, publisher, dispatcher, settings.host, prefetch=settings.prefetch, workers=settings.workers
     )
+    observe_worker(settings, worker, dispatcher)
     return worker, dispatcher
 
 

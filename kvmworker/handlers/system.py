@@ -5,14 +5,24 @@ from __future__ import annotations
 import platform
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import BaseModel
 
 from kvmworker import __version__
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.envelope import Reply
 
 FeatureProbe = Callable[[], Any]
+ResultLookup = Callable[[str], Reply]
+
+
+class ResultQuery(BaseModel):
+    msg_id: uuid.UUID
 
 
 class SystemHandler:
@@ -24,8 +34,10 @@ class SystemHandler:
         catalogue: Callable[[], Mapping[str, list[str]]],
         features: Mapping[str, FeatureProbe] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        results: ResultLookup | None = None,
     ):
         self._host = host
+        self._results = results
         self._catalogue = catalogue
         self._features = dict(features or {})
         self._clock = clock
@@ -49,6 +61,18 @@ class SystemHandler:
             "handlers": dict(self._catalogue()),
             "features": {name: _probe(fn) for name, fn in sorted(self._features.items())},
         }
+
+    @command(ResultQuery, mutates=False)
+    def result(self, data: ResultQuery, ctx: Context) -> Reply:
+        """The reply of an earlier command as it was sent, or -1 with ``state`` running/interrupted/never_seen."""
+        msg_id = str(data.msg_id)
+        if self._results is None:
+            return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)
+        return self._results(msg_id)
+
+    def feature_probe(self, name: str) -> FeatureProbe | None:
+        """A registered feature probe (the metrics ask ``libvirt`` at each scrape)."""
+        return self._features.get(name)
 
 
 def _probe(fn: FeatureProbe) -> Any:

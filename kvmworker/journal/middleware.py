@@ -1,0 +1,186 @@
+"""Record every message and its reply, and run each msg_id at most once (exactly-once effects).
+
+Delivery is at least once: a broker redelivers what a crashed worker had not acked, and a client
+may publish twice. Before a command runs, its msg_id is claimed here:
+
+- already answered → the stored reply is sent again, the command does not run;
+- running right now (a duplicate arrived meanwhile) → wait for it, send the same reply;
+- claimed by an earlier worker process that died before recording a reply → it may or may not
+  have taken effect, so it is not run again: the answer is -1 (outcome unknown), state ``interrupted``;
+- otherwise → claimed, recorded as ``running``, and run.
+
+The reply is recorded in ``after_reply``, before it is published, so a crash between publishing
+and acking still finds it on redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.request import Request
+from kvmworker.journal.redaction import redact, redact_text
+from kvmworker.journal.store import ANSWERED, INTERRUPTED, REFUSED, RUNNING, JournalStore, Received, journal_path
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.envelope import Reply
+from kvmworker.settings import Settings
+
+log = logging.getLogger("kvmworker.journal")
+
+OWNER, DUPLICATE = "owner", "duplicate"
+MAX_RAW_BODY = 64 * 1024
+
+
+def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | None = None) -> JournalMiddleware:
+    store = JournalStore(
+        journal_path(settings.state_dir),
+        max_age_days=settings.journal_max_age_days,
+        max_mb=settings.journal_max_mb,
+    )
+    return JournalMiddleware(store, settings.host, on_duplicate=on_duplicate)
+
+
+class JournalMiddleware(Middleware):
+    def __init__(self, store: JournalStore, host: str, *, on_duplicate: Callable[[str], None] | None = None):
+        self.store = store
+        self._host = host
+        self._on_duplicate = on_duplicate or (lambda how: None)
+        self._lock = threading.Lock()
+        self._running: dict[str, Future] = {}
+        # id(request) → OWNER | DUPLICATE, between before_execute and after_reply of that request
+        self._roles: dict[int, str] = {}
+
+    # -- hooks -----------------------------------------------------------------
+
+    def before_execute(self, request: Request) -> Reply | None:
+        with self._lock:
+            pending = self._running.get(request.msg_id)
+            entry = None if pending else self.store.find(request.msg_id)
+            role = DUPLICATE if pending or (entry and entry.state != REFUSED) else OWNER
+            self._roles[id(request)] = role
+            if role == OWNER:
+                self._running[request.msg_id] = Future()
+        if pending is not None:
+            return self._wait_for_first(request, pending)
+        if role == DUPLICATE:
+            return self._answer_from_journal(request, entry.state, entry.reply)
+        self.store.begin(self._received(request, "executed"))
+        return None
+
+    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+        with self._lock:
+            role = self._roles.pop(id(request), None)
+        if role == DUPLICATE:
+            return
+        if role == OWNER:
+            self._finish(request.msg_id, reply, duration)
+            return
+        self.store.refused(self._received(request, REFUSED), _stored(reply), duration)
+
+    # -- SystemHandler.result --------------------------------------------------
+
+    def result(self, msg_id: str) -> Reply:
+        """The stored reply of ``msg_id``, or -1 saying why there is none (running, interrupted, never seen)."""
+        with self._lock:
+            running = msg_id in self._running
+        if running:
+            return _unknown(msg_id, RUNNING, "the command is still running; ask again later")
+        entry = self.store.find(msg_id)
+        if entry is None:
+            return _unknown(msg_id, "never_seen", "this worker has no record of that msg_id (not received yet?)")
+        if entry.state == RUNNING:
+            return _unknown(msg_id, INTERRUPTED, _INTERRUPTED_DETAIL)
+        return Reply.model_validate(entry.reply)
+
+    # -- the cases -------------------------------------------------------------
+
+    def _wait_for_first(self, request: Request, pending: Future) -> Reply:
+        log.info("[%s] duplicate while the first delivery runs: waiting for its reply", request.msg_id)
+        self.store.add_delivery(request.msg_id, self._delivery(request, "waited"))
+        self._on_duplicate("waited")
+        return pending.result()
+
+    def _answer_from_journal(self, request: Request, state: str, stored: dict[str, Any] | None) -> Reply:
+        if state == RUNNING:
+            # A previous worker process claimed it and died before recording a reply.
+            log.warning("[%s] was interrupted by a worker crash; not running it again", request.msg_id)
+            reply = _unknown(request.msg_id, INTERRUPTED, _INTERRUPTED_DETAIL)
+            self.store.add_delivery(request.msg_id, self._delivery(request, INTERRUPTED))
+            self.store.finish(request.msg_id, INTERRUPTED, _stored(reply), 0.0)
+            self._on_duplicate(INTERRUPTED)
+            return reply
+        log.info("[%s] already answered (%s): sending the recorded reply again", request.msg_id, state)
+        self.store.add_delivery(request.msg_id, self._delivery(request, "journal"))
+        self._on_duplicate("journal")
+        return Reply.model_validate(stored)
+
+    def _finish(self, msg_id: str, reply: Reply, duration: float) -> None:
+        try:
+            self.store.finish(msg_id, ANSWERED, _stored(reply), duration)
+        finally:
+            # Waiting duplicates get the reply even if it could not be recorded.
+            with self._lock:
+                pending = self._running.pop(msg_id, None)
+            if pending is not None:
+                pending.set_result(reply)
+
+    # -- what is recorded ------------------------------------------------------
+
+    def _received(self, request: Request, answered: str) -> Received:
+        envelope = request.envelope
+        return Received(
+            msg_id=request.msg_id,
+            received_at=request.received_at,
+            host=self._host,
+            handler=envelope.handler if envelope else None,
+            command=envelope.command if envelope else None,
+            dry_run=bool(envelope and envelope.dry_run),
+            redelivered=request.redelivered,
+            envelope=_recorded_body(request.body),
+            properties={
+                "content_type": request.content_type,
+                "message_id": request.message_id,
+                "correlation_id": request.correlation_id,
+                "reply_to": request.reply_to,
+                "headers": redact(request.headers),
+            },
+            delivery=self._delivery(request, answered),
+        )
+
+    @staticmethod
+    def _delivery(request: Request, answered: str) -> dict[str, Any]:
+        return {
+            "received_at": request.received_at,
+            "redelivered": request.redelivered,
+            "correlation_id": request.correlation_id,
+            "reply_to": request.reply_to,
+            "answered": answered,
+        }
+
+
+_INTERRUPTED_DETAIL = (
+    "the worker stopped while this command ran; it may or may not have taken effect and is not run "
+    "again: check the state, then send it with a new msg_id"
+)
+
+
+def _unknown(msg_id: str, state: str, detail: str) -> Reply:
+    return Reply.error(Code.UNKNOWN_OUTCOME, detail, state=state, msg_id=msg_id)
+
+
+def _stored(reply: Reply) -> dict[str, Any]:
+    return redact(reply.model_dump(mode="json"))
+
+
+def _recorded_body(body: bytes) -> Any:
+    """The envelope as it came (unknown fields included), redacted; a body that is not JSON as masked text."""
+    try:
+        return redact(json.loads(body))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = body[:MAX_RAW_BODY].decode("utf-8", errors="replace")
+        return {"raw": redact_text(text), "raw_bytes": len(body)}

@@ -1,0 +1,64 @@
+"""Secrets never reach the journal file: passwords, tokens, keys and signatures are masked at any depth.
+
+A value is masked by the name of the key that holds it, so ``{"auth": {"password": ...}}`` and
+``[{"api_key": ...}]`` are caught wherever they sit. Bodies that are not JSON are masked by pattern.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "***"
+
+# Substrings that make any key sensitive, and whole words (between _ - . or space) that do.
+_SENSITIVE_PARTS = ("password", "passwd", "passphrase", "secret", "token", "credential", "authorization", "signature")
+_SENSITIVE_WORDS = frozenset({"key", "keys", "pwd", "pass", "cookie", "apikey", "privkey"})
+_WORD_SPLIT = re.compile(r"[_\-.\s]+")
+# In text that is not JSON: ``password=...``, ``"token": "..."``, ``Bearer ...``.
+_TEXT_SECRET = re.compile(
+    r"""(?ix)
+    (?P<name>["']?[\w.\-]*(?:pass(?:word|wd|phrase)?|pwd|secret|token|credential|authorization|signature|key)[\w\-]*["']?)
+    (?P<sep>\s*[:=]\s*)
+    (?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}\]]+)
+    """
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
+
+
+def is_sensitive(key: object) -> bool:
+    name = str(key).lower()
+    if any(part in name for part in _SENSITIVE_PARTS):
+        return True
+    return any(word in _SENSITIVE_WORDS for word in _WORD_SPLIT.split(name))
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with every sensitive key's value masked (the input is not changed)."""
+    if isinstance(value, dict):
+        return {k: MASK if is_sensitive(k) and v is not None else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+    return value
+
+
+def redact_text(text: str) -> str:
+    """For bodies that could not be decoded: mask ``name: value`` pairs whose name looks secret."""
+    text = _TEXT_SECRET.sub(lambda m: f"{m.group('name')}{m.group('sep')}{_masked_like(m.group('value'))}", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+
+def contains_mask(value: Any) -> bool:
+    """Whether a recorded value lost something to redaction (it cannot be replayed as it was)."""
+    if isinstance(value, dict):
+        return any(contains_mask(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_mask(v) for v in value)
+    return isinstance(value, str) and MASK in value
+
+
+def _masked_like(value: str) -> str:
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{quote}{MASK}{quote}"

@@ -1,0 +1,1 @@
+"""What the operator on call sees of a running worker: Prometheus metrics, probes and one log line per command."""

@@ -1,0 +1,50 @@
+"""Connect the metrics and logs middleware to the running worker, and open the health port if configured."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.observability.logs import CommandLogMiddleware, install_context_filter
+from kvmworker.observability.metrics import MetricsMiddleware
+from kvmworker.observability.server import HealthServer
+from kvmworker.settings import Settings
+from kvmworker.transport.worker import Worker
+
+
+def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -> HealthServer | None:
+    """Returns the health server (already serving), which stops by itself when the worker stops."""
+    chain = dispatcher.middleware.middleware
+    if any(isinstance(mw, CommandLogMiddleware) for mw in chain):
+        install_context_filter()
+    metrics = next((mw.metrics for mw in chain if isinstance(mw, MetricsMiddleware)), None)
+    if metrics is None or settings.health_port is None:
+        return None
+    metrics.watch_broker(worker.connected.is_set)
+    libvirt = _feature_probe(dispatcher, "libvirt")
+    if libvirt is not None:
+        metrics.watch_libvirt(libvirt)
+    server = HealthServer(
+        settings.health_port,
+        settings.health_bind,
+        alive=lambda: (not worker.wait_stopped(0), "the consumer has stopped"),
+        ready=lambda: (worker.connected.is_set(), "not connected to the broker"),
+        registry=metrics.registry,
+    ).start()
+    threading.Thread(target=_stop_with, args=(worker, server), name="kvmworker-health-stop", daemon=True).start()
+    return server
+
+
+def _stop_with(worker: Worker, server: HealthServer) -> None:
+    worker.wait_stopped()
+    server.stop()
+
+
+def _feature_probe(dispatcher: Dispatcher, name: str) -> Callable[[], Any] | None:
+    for handler in dispatcher.registry.handlers:
+        probe = getattr(handler, "feature_probe", None)
+        if probe is not None:
+            return probe(name)
+    return None

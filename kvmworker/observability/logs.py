@@ -1,0 +1,70 @@
+"""One structured log line per command, and the command's context on every line logged while it runs.
+
+With ``--log-json`` each line carries msg_id, correlation_id, handler, command (and, on the closing
+line, code and duration_ms); ``CommandContextFilter`` adds the first four to whatever a handler logs
+on the command's thread, so ``grep msg_id`` finds everything about one command.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.request import Request
+from kvmworker.protocol.envelope import Reply
+
+log = logging.getLogger("kvmworker.commands")
+
+# A command runs on one pool thread from before_execute to after_reply: the thread is the context.
+# Process-wide like the threads themselves, hence module state.
+_current = threading.local()
+
+
+def command_fields(request: Request) -> dict[str, Any]:
+    envelope = request.envelope
+    return {
+        "msg_id": request.msg_id,
+        "correlation_id": request.correlation_id,
+        "handler": envelope.handler if envelope else None,
+        "command": envelope.command if envelope else None,
+    }
+
+
+class CommandLogMiddleware(Middleware):
+    def before_execute(self, request: Request) -> Reply | None:
+        _current.fields = command_fields(request)
+        return None
+
+    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+        _current.fields = None
+        fields = command_fields(request) | {"code": reply.code, "duration_ms": round(duration * 1000, 3)}
+        name = f"{fields['handler']}.{fields['command']}" if fields["handler"] else "(undecodable message)"
+        log.log(
+            logging.INFO if reply.code == 0 else logging.WARNING,
+            "[%s] %s → %d in %.1f ms%s",
+            request.msg_id,
+            name,
+            reply.code,
+            fields["duration_ms"],
+            " (redelivered)" if request.redelivered else "",
+            extra=fields,
+        )
+
+
+class CommandContextFilter(logging.Filter):
+    """Put on a log handler: records logged during a command gain its fields (explicit ``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (getattr(_current, "fields", None) or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def install_context_filter(logger: logging.Logger | None = None) -> None:
+    """On every handler of ``logger`` (the root by default), once."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, CommandContextFilter) for f in handler.filters):
+            handler.addFilter(CommandContextFilter())

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one worker, in a registry of its own (no process-wide default registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.request import Request
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.envelope import Reply
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Names a caller made up must not become label values: one bogus handler per message would grow
+# the series without bound.
+UNROUTABLE = frozenset({Code.INVALID_REQUEST, Code.UNKNOWN_HANDLER, Code.UNKNOWN_COMMAND})
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.commands = Counter(
+            "kvmworker_commands", "Commands answered, by handler, command and reply code.",
+            ["handler", "command", "code"], registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "kvmworker_command_duration_seconds", "From receipt to reply, by handler and command.",
+            ["handler", "command"], buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("kvmworker_commands_in_flight", "Messages received and not yet answered.", registry=r)
+        self.redelivered = Counter("kvmworker_redelivered", "Messages the broker delivered again.", registry=r)
+        self.duplicates = Counter(
+            "kvmworker_duplicates", "Duplicate msg_ids answered without running again, by how.", ["how"], registry=r
+        )
+        self.broker_connected = Gauge("kvmworker_broker_connected", "1 while consuming from the broker.", registry=r)
+        self.journal_bytes = Gauge("kvmworker_journal_bytes", "Size of the journal file and its WAL.", registry=r)
+
+    def watch_broker(self, is_connected: Callable[[], bool]) -> None:
+        self.broker_connected.set_function(lambda: float(is_connected()))
+
+    def watch_journal(self, size_bytes: Callable[[], int]) -> None:
+        self.journal_bytes.set_function(lambda: float(size_bytes()))
+
+    def watch_libvirt(self, probe: Callable[[], Any]) -> None:
+        """``probe`` is the ``libvirt`` feature probe: a dict with ``available``, evaluated at each scrape."""
+        gauge = Gauge("kvmworker_libvirt_connected", "1 while libvirtd answers.", registry=self.registry)
+        gauge.set_function(lambda: float(_available(probe)))
+
+
+class MetricsMiddleware(Middleware):
+    """First in the chain, so every received message is counted in and out exactly once."""
+
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+
+    def on_receive(self, request: Request) -> Reply | None:
+        self.metrics.in_flight.inc()
+        if request.redelivered:
+            self.metrics.redelivered.inc()
+        return None
+
+    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+        self.metrics.in_flight.dec()
+        handler, command = command_labels(request, reply)
+        self.metrics.commands.labels(handler, command, str(reply.code)).inc()
+        self.metrics.duration.labels(handler, command).observe(duration)
+
+
+def command_labels(request: Request, reply: Reply) -> tuple[str, str]:
+    envelope = request.envelope
+    if envelope is None or reply.code in UNROUTABLE:
+        return "unknown", "unknown"
+    return envelope.handler, envelope.command
+
+
+def _available(probe: Callable[[], Any]) -> bool:
+    try:
+        value = probe()
+    except Exception:
+        return False
+    return bool(value.get("available")) if isinstance(value, dict) else bool(value)
