@@ -30,8 +30,14 @@ class SystemdUnits:
         """Unit name → its state; a unit systemd cannot load is reported with the reason, not raised."""
         from jeepney.io.blocking import open_dbus_connection
 
-        with open_dbus_connection(self._address, auth_timeout=self._timeout) as conn:
+        with self._connect(open_dbus_connection) as conn:
             return {unit: self._unit(conn, unit) for unit in units}
+
+    def _connect(self, open_dbus_connection: Any) -> Any:
+        try:
+            return open_dbus_connection(self._address, auth_timeout=self._timeout)
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to the D-Bus system bus at {self._address}: {exc}") from exc
 
     def _unit(self, conn: Any, unit: str) -> dict[str, Any]:
         from jeepney import DBusAddress, DBusErrorResponse, Properties, new_method_call

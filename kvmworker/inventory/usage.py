@@ -47,9 +47,11 @@ class CpuUsageSampler:
             if self._last is not None and self._base is not None and now - self._base[0] < MIN_WINDOW_S:
                 return self._last
             base_at, base = self._base or (None, {})
-            self._base = (now, times)
-            self._last = _usage(base, times, None if base_at is None else round(now - base_at, 3))
-            return self._last
+            usage = _usage(base, times, None if base_at is None else round(now - base_at, 3))
+            if usage.total is None:
+                return self._last or usage  # not one jiffy passed: keep the baseline for a real window
+            self._base, self._last = (now, times), usage
+            return usage
 
     def _sample(self) -> Times:
         return dict(_parse_line(line) for line in self._stat.read_text().splitlines() if line.startswith("cpu"))

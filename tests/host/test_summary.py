@@ -1,0 +1,40 @@
+import os
+import socket
+
+from kvmworker.app import build_registry
+from kvmworker.inventory.cpu import CpuInventory
+from kvmworker.protocol.codes import Code
+from kvmworker.settings import Settings
+from tests.host.conftest import host_handler
+
+
+def test_summary_names_the_host_and_gives_each_sections_headline(call):
+    reply = call(host_handler(), "summary")
+    assert reply.code == Code.OK
+    data = reply.data
+    assert data["hostname"] == socket.gethostname()
+    assert data["kernel"] == os.uname().release
+    assert data["uptime_s"] > 0
+    assert data["cpu"]["logical"] == os.cpu_count()
+    assert data["memory"]["total"] > 0
+    assert data["storage"]["root"]["total"] > 0
+    assert data["network"]["interfaces"] == len(socket.if_nameindex())
+    assert set(data["services"]) == {"libvirtd", "virtlogd", "kvmworker"}
+    assert "numa_nodes" in data["hardware"]
+
+
+def test_a_failing_section_is_reported_inside_the_summary_and_the_rest_still_answers(call, tmp_path):
+    reply = call(host_handler(cpu=CpuInventory(proc=tmp_path)), "summary")
+    assert reply.code == Code.OK
+    assert reply.data["cpu"]["error"]["code"] == Code.CPU_INFO_FAILED
+    assert "cpuinfo" in reply.data["cpu"]["error"]["detail"]
+    assert reply.data["memory"]["total"] > 0
+
+
+def test_the_worker_registers_the_host_handler_with_read_only_commands(tmp_path):
+    registry = build_registry(Settings(state_dir=tmp_path, libvirt_uri="test:///default"))
+    commands = [c for c in registry.commands() if c.handler == "HostHandler"]
+    assert sorted(c.name for c in commands) == sorted(
+        ["cpu", "memory", "storage", "network", "hardware", "services", "summary"]
+    )
+    assert not any(c.spec.mutates for c in commands)
