@@ -299,7 +299,7 @@ def _translate(exc: libvirt.libvirtError) -> Exception:
         return VmNotFound(detail)
     if code in _INVALID_CONFIG:
         return InvalidParameter(detail)
-    if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+    if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT):
         return OperationNotAllowed(detail)
     return exc
 

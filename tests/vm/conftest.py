@@ -1,0 +1,162 @@
+"""Fixtures of the VmHandler suites: a handler on libvirt's test driver, one on the real libvirtd, guests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from kvmworker.app import build_dispatcher
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.request import Request
+from kvmworker.protocol.envelope import Reply
+from kvmworker.settings import Settings
+from kvmworker.virt.connection import ensure_event_loop
+from tests.vm.guest import READY_LINE, GuestImage, guest_image
+
+SYSTEM_URI = os.environ.get("KVMWORKER_TEST_LIBVIRT", "qemu:///system")
+SERIAL_LOG_DIR = Path("/var/log/libvirt/qemu")
+
+Call = Callable[..., Reply]
+
+
+def vm_name() -> str:
+    return f"kvt-{uuid.uuid4().hex[:8]}"
+
+
+def caller(dispatcher: Dispatcher) -> Call:
+    """``call("start", name=...)`` → the Reply, through the real validation and error path."""
+
+    def call(command: str, dry_run: bool = False, **data: Any) -> Reply:
+        body = {"handler": "VmHandler", "command": command, "data": data, "dry_run": dry_run}
+        return dispatcher.handle(Request(body=json.dumps(body).encode(), content_type="application/json"))
+
+    return call
+
+
+def _dispatcher(tmp_path: Path, uri: str) -> Iterator[Dispatcher]:
+    settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=[tmp_path], state_dir=tmp_path / "state")
+    dispatcher = build_dispatcher(settings)
+    yield dispatcher
+    for handler in dispatcher.registry.handlers:
+        getattr(handler, "close", lambda: None)()
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """The one storage directory the handler under test may take images from."""
+    path = tmp_path / "images"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def test_driver(images: Path) -> Iterator[Dispatcher]:
+    yield from _dispatcher(images, "test:///default")
+
+
+@pytest.fixture
+def call(test_driver: Dispatcher) -> Call:
+    return caller(test_driver)
+
+
+def _libvirtd_answers() -> bool:
+    ensure_event_loop()  # before any connection of this process, as libvirt asks
+    try:
+        libvirt.open(SYSTEM_URI).close()
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+@pytest.fixture
+def system(images: Path) -> Iterator[Dispatcher]:
+    if not _libvirtd_answers():
+        if os.environ.get("CI"):
+            pytest.fail(f"libvirtd at {SYSTEM_URI} is not answering; .ci/run should have started it")
+        pytest.skip(f"libvirtd at {SYSTEM_URI} is not answering (start it with .ci/services.sh)")
+    yield from _dispatcher(images, SYSTEM_URI)
+
+
+@pytest.fixture
+def system_call(system: Dispatcher) -> Call:
+    return caller(system)
+
+
+@pytest.fixture
+def vms() -> Iterator[list[str]]:
+    """Names of VMs a test creates on the real libvirtd: destroyed and undefined afterwards, whatever happened."""
+    names: list[str] = []
+    yield names
+    conn = libvirt.open(SYSTEM_URI)
+    try:
+        for name in names:
+            _remove_domain(conn, name)
+            (SERIAL_LOG_DIR / f"{name}-serial.log").unlink(missing_ok=True)
+    finally:
+        conn.close()
+
+
+def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    if dom.isActive():
+        dom.destroy()
+    if dom.isPersistent():
+        dom.undefine()
+
+
+@pytest.fixture(scope="session")
+def guest() -> GuestImage:
+    return guest_image()
+
+
+def guest_xml(name: str, image: GuestImage) -> str:
+    """TCG, not KVM: stock kernels hit an emulation failure on this machine kind's nested KVM."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>96</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>{image.kernel}</kernel>
+    <initrd>{image.initrd}</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <serial type='file'><source path='{serial_log(name)}'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def serial_log(name: str) -> Path:
+    return SERIAL_LOG_DIR / f"{name}-serial.log"
+
+
+def wait_for_ready_line(name: str, timeout: float = 60.0) -> float:
+    """The power button is only handled once the guest says so; an earlier ACPI shutdown is lost."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        path = serial_log(name)
+        if path.exists() and READY_LINE in path.read_text(errors="replace"):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{name} printed no ready line in {timeout} s")
+
+
+def virsh(*args: str) -> str:
+    """An independent look at libvirt's view, for checking the handler's answers."""
+    return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], check=True, capture_output=True, text=True).stdout
