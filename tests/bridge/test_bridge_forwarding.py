@@ -1,0 +1,95 @@
+"""POST / over memory://, RabbitMQ and Redis: the legacy body in, the worker's reply out, unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+
+from kvmworker.protocol.codes import Code
+from kvmworker.runtime import start_worker
+from tests.conftest import unique
+from tests.support.handlers import ProbeHandler
+
+ECHO = {"handler": "ProbeHandler", "command": "echo", "data": {"text": "你好"}}
+
+
+def test_a_legacy_body_reaches_the_worker_and_its_reply_comes_back_unchanged(bridge):
+    msg_id = str(uuid.uuid4())
+    response = bridge.post({**ECHO, "msg_id": msg_id})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"code": 0, "msg": "成功", "data": {"text": "你好", "msg_id": msg_id}}
+
+
+def test_the_bridge_answers_exactly_what_the_client_library_gets(bridge, client, host):
+    body = {"handler": "ProbeHandler", "command": "sleep", "data": {"seconds": -1}}
+    direct = client.call(host, "ProbeHandler", "sleep", {"seconds": -1}, timeout=10)
+    assert bridge.post(body).json() == direct.model_dump(mode="json")
+
+
+def test_worker_errors_pass_through_with_their_codes(bridge):
+    reply = bridge.call("NoSuchHandler", "create")
+    assert (reply["code"], reply["msg"]) == (20002, "不支持的处理器")
+
+
+def test_the_target_host_can_be_named_by_path_or_header(bridge, host):
+    by_path = bridge.post(ECHO, path=f"/hosts/{host}").json()
+    by_header = bridge.post(ECHO, headers={"X-KVM-Host": host}).json()
+    assert by_path["code"] == by_header["code"] == 0
+    away = bridge.post({**ECHO, "timeout": 0.3}, headers={"X-KVM-Host": unique("kvt-nobody-")}).json()
+    assert away["code"] == -1
+
+
+def test_an_unknown_host_is_answered_minus_one_within_the_deadline_then_result_tells(bridge, broker_url, tmp_path):
+    nobody = unique("kvt-late-")
+    started = time.monotonic()
+    reply = bridge.post({**ECHO, "timeout": 1.0}, path=f"/hosts/{nobody}").json()
+    elapsed = time.monotonic() - started
+    assert (reply["code"], reply["msg"]) == (-1, "未知异常")
+    assert 0.9 <= elapsed < 2.5, elapsed
+    msg_id = reply["data"]["msg_id"]
+    late = start_worker(
+        bridge.settings.model_copy(update={"host": nobody, "state_dir": tmp_path / "late"}),
+        extra_handlers=[ProbeHandler()],
+    )
+    try:
+        assert late.worker.connected.wait(15)
+        outcome = _result_when_known(bridge, nobody, msg_id)
+    finally:
+        late.stop(timeout=10)
+    # it ran late (0, the echo) or was refused as expired (20005): either way the caller now knows
+    assert outcome["code"] in (Code.OK, Code.EXPIRED), outcome
+    if outcome["code"] == Code.OK:
+        assert outcome["data"]["msg_id"] == msg_id
+
+
+def _result_when_known(bridge, host: str, msg_id: str) -> dict:
+    for _ in range(100):
+        outcome = bridge.post(
+            {"handler": "SystemHandler", "command": "result", "data": {"msg_id": msg_id}}, path=f"/hosts/{host}"
+        ).json()
+        if outcome["code"] != -1:
+            return outcome
+        time.sleep(0.1)
+    return outcome
+
+
+def test_two_hundred_concurrent_requests_each_get_their_own_reply(bridge):
+    async def one(http: httpx.AsyncClient, i: int) -> tuple[int, dict]:
+        body = {"handler": "ProbeHandler", "command": "echo", "data": {"text": f"n{i}"}}
+        response = await http.post(bridge.url + "/", json=body)
+        return i, response.json()
+
+    async def all_of_them() -> list[tuple[int, dict]]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(200)))
+
+    answers = asyncio.run(all_of_them())
+    assert len(answers) == 200
+    for i, reply in answers:
+        assert reply["code"] == 0, reply
+        assert reply["data"]["text"] == f"n{i}"
