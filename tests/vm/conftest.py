@@ -100,7 +100,8 @@ def vms() -> Iterator[list[str]]:
     try:
         for name in names:
             _remove_domain(conn, name)
-            (SERIAL_LOG_DIR / f"{name}-serial.log").unlink(missing_ok=True)
+            serial_log(name).unlink(missing_ok=True)
+            (SERIAL_LOG_DIR / f"{name}.log").unlink(missing_ok=True)  # libvirt's own log of that domain
     finally:
         conn.close()
 
