@@ -42,6 +42,7 @@ def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | Non
         max_age_days=settings.journal_max_age_days,
         max_mb=settings.journal_max_mb,
     )
+    store.prune()  # a worker that was down for a while starts within its limits
     return JournalMiddleware(store, settings.host, on_duplicate=on_duplicate)
 
 

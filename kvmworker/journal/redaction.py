@@ -46,8 +46,9 @@ def redact(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     """For bodies that could not be decoded: mask ``name: value`` pairs whose name looks secret."""
-    text = _TEXT_SECRET.sub(lambda m: f"{m.group('name')}{m.group('sep')}{_masked_like(m.group('value'))}", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    # Bearer first: the pair pattern would take the word "Bearer" for the value and leave the token.
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    return _TEXT_SECRET.sub(lambda m: f"{m.group('name')}{m.group('sep')}{_masked_like(m.group('value'))}", text)
 
 
 def contains_mask(value: Any) -> bool:

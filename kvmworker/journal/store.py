@@ -121,7 +121,7 @@ class JournalStore:
         self.max_bytes = int(max_mb * 1024 * 1024)
         self._clock = clock
         self._lock = threading.Lock()
-        self._last_prune = 0.0
+        self._last_prune = clock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.row_factory = sqlite3.Row
@@ -234,8 +234,10 @@ class JournalStore:
                 "DELETE FROM entries WHERE received_at < ? AND state != 'running'",
                 (self._clock() - self.max_age_s,),
             ).rowcount
-            while self._live_bytes() > self.max_bytes:
-                batch = max(100, self._db.execute("SELECT count(*) / 10 FROM entries").fetchone()[0])
+            while (live := self._live_bytes()) > self.max_bytes:
+                # As many of the oldest rows as the excess is a share of the whole, and a few more.
+                rows = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+                batch = 1 + rows * (live - self.max_bytes) // live
                 deleted = self._db.execute(
                     """DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries WHERE state != 'running'
                        ORDER BY received_at LIMIT ?)""",

@@ -1,0 +1,74 @@
+"""Journal fixtures: a dispatcher wired as the worker wires it (real SQLite journal in tmp), brokers, requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmworker.app import build_dispatcher, build_middleware
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.request import Request
+from kvmworker.journal.middleware import JournalMiddleware
+from kvmworker.journal.store import journal_path
+from kvmworker.settings import Settings
+from tests.conftest import AMQP_URL, broker_reachable
+from tests.journal.effects import EffectsHandler
+
+
+@dataclass
+class Wired:
+    settings: Settings
+    dispatcher: Dispatcher
+    journal: JournalMiddleware
+    effects: Path
+
+    @property
+    def journal_file(self) -> Path:
+        return journal_path(self.settings.state_dir)
+
+    def send(self, handler: str, command: str, data: dict[str, Any], **extra: Any) -> Any:
+        return self.dispatcher.handle(request(handler, command, data, **extra))
+
+
+def request(handler: str, command: str, data: dict[str, Any], *, msg_id: str | None = None, **props: Any) -> Request:
+    body = {"handler": handler, "command": command, "data": data}
+    if msg_id:
+        body["msg_id"] = msg_id
+    if props.pop("dry_run", False):
+        body["dry_run"] = True
+    return Request(body=json.dumps(body).encode(), content_type="application/json", **props)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def wire(state_dir: Path, effects: Path, **settings: Any) -> Wired:
+    effects.mkdir(exist_ok=True)
+    config = Settings(host="kvt-journal", state_dir=state_dir, **settings)
+    middleware = build_middleware(config)
+    journal = next(mw for mw in middleware if isinstance(mw, JournalMiddleware))
+    return Wired(config, build_dispatcher(config, [EffectsHandler(effects)], middleware), journal, effects)
+
+
+@pytest.fixture
+def wired(tmp_path: Path) -> Iterator[Wired]:
+    w = wire(tmp_path / "state", tmp_path / "effects")
+    yield w
+    w.journal.store.close()
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    if not broker_reachable(AMQP_URL):
+        if os.environ.get("CI"):
+            pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable; .ci/run should have started it")
+        pytest.skip(f"RabbitMQ at {AMQP_URL} is not reachable (start it with .ci/services.sh)")
+    return AMQP_URL

@@ -1,0 +1,83 @@
+"""A test-only handler whose effects a test can count and undo: files in a directory the test owns."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.request import Context, Request
+from kvmworker.protocol.envelope import Reply
+
+NAME = r"^[a-z0-9-]{1,40}$"
+
+
+class BumpData(BaseModel):
+    name: str = Field(pattern=NAME)
+    sleep: float = Field(default=0, ge=0, le=60)
+
+
+class TouchData(BaseModel):
+    name: str = Field(pattern=NAME)
+    content: str = Field(default="", max_length=1000)
+
+
+class LoginData(BaseModel):
+    username: str
+    password: str
+    options: dict = Field(default_factory=dict)
+
+
+class EffectsHandler:
+    """``bump`` appends a line (count the runs), then sleeps; ``touch`` creates a file; ``login`` returns a token."""
+
+    name = "EffectsHandler"
+
+    def __init__(self, directory: Path):
+        self._dir = directory
+        self._lock = threading.Lock()
+
+    @command(BumpData)  # no resource: duplicates may run side by side unless the journal stops them
+    def bump(self, data: BumpData, ctx: Context) -> dict:
+        with self._lock, (self._dir / f"{data.name}.count").open("a") as f:
+            f.write(f"{ctx.msg_id}\n")
+        time.sleep(data.sleep)
+        return {"name": data.name, "run": uuid.uuid4().hex}
+
+    @command(TouchData, resource=lambda d: f"file:{d.name}")
+    def touch(self, data: TouchData, ctx: Context) -> dict:
+        path = self._dir / data.name
+        if ctx.dry_run:
+            return {"dry_run": True, "plan": [f"create {path.name}" if not path.exists() else "nothing to do"]}
+        created = not path.exists()
+        path.write_text(data.content)
+        return {"file": path.name, "created": created}
+
+    @command(LoginData)
+    def login(self, data: LoginData, ctx: Context) -> dict:
+        return {"user": data.username, "token": f"tok-{data.password[::-1]}"}
+
+
+def runs_of(directory: Path, name: str) -> int:
+    path = directory / f"{name}.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class PauseBeforePublish(Middleware):
+    """After the journal recorded the reply, before it is published and acked: touch a marker, then stall.
+
+    The window a SIGKILL must hit to show that a redelivery is answered from the journal.
+    """
+
+    def __init__(self, marker: Path, seconds: float = 60):
+        self._marker = marker
+        self._seconds = seconds
+
+    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+        self._marker.write_text(request.msg_id)
+        time.sleep(self._seconds)

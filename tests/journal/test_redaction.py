@@ -1,0 +1,66 @@
+"""Passwords, tokens and keys never reach the journal file, at any depth, in requests, headers or replies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmworker.journal.redaction import MASK, is_sensitive, redact, redact_text
+from kvmworker.protocol.codes import Code
+from tests.journal.conftest import new_id
+
+SECRET = "hunter2-kvt-do-not-store"
+
+
+def journal_bytes(state_dir: Path) -> bytes:
+    """The database, its WAL and shared memory: wherever SQLite may have put a page."""
+    return b"".join(p.read_bytes() for p in state_dir.iterdir() if p.is_file())
+
+
+def test_a_login_password_never_appears_in_the_journal_file(wired):
+    reply = wired.send("EffectsHandler", "login", {"username": "ops", "password": SECRET}, msg_id=new_id())
+    assert reply.code == Code.OK
+    stored = journal_bytes(wired.settings.state_dir)
+    assert b"ops" in stored  # the entry is there...
+    assert SECRET.encode() not in stored  # ...its password is not
+    assert SECRET[::-1].encode() not in stored  # nor the token in the reply
+
+
+def test_secrets_nested_in_data_and_headers_are_masked(wired):
+    msg_id = new_id()
+    data = {"username": "ops", "password": "x", "options": {"auth": [{"api_key": SECRET}], "ssh": {"privkey": SECRET}}}
+    wired.send("EffectsHandler", "login", data, msg_id=msg_id, headers={"Authorization": f"Bearer {SECRET}"})
+    entry = wired.journal.store.find(msg_id)
+    assert entry.envelope["data"]["options"]["auth"][0]["api_key"] == MASK
+    assert entry.envelope["data"]["options"]["ssh"]["privkey"] == MASK
+    assert entry.properties["headers"]["Authorization"] == MASK
+    assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)
+
+
+def test_a_body_that_is_not_json_is_recorded_with_its_secrets_masked(wired):
+    from kvmworker.dispatch.request import Request
+
+    body = f'{{"handler": "UserHandler", "command": "login", "data": {{"password": "{SECRET}",'.encode()
+    reply = wired.dispatcher.handle(Request(body=body, content_type="application/json"))
+    assert reply.code == Code.INVALID_REQUEST
+    assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)
+    assert b"UserHandler" in journal_bytes(wired.settings.state_dir)
+
+
+def test_ordinary_fields_that_merely_contain_key_like_letters_are_kept():
+    value = {"network_id": "n1", "monkey": 1, "keyboard": "us", "vlan_id": 7, "key": "k", "ssh_keys": ["a"]}
+    assert redact(value) == {"network_id": "n1", "monkey": 1, "keyboard": "us", "vlan_id": 7, "key": MASK,
+                             "ssh_keys": MASK}  # fmt: skip
+
+
+def test_sensitive_names_are_recognised_in_any_spelling():
+    for name in ("password", "Password", "db_passwd", "X-Auth-Token", "client_secret", "x-kvm-signature", "API-KEY"):
+        assert is_sensitive(name), name
+    for name in ("name", "network_type", "mtu", "keyboard"):
+        assert not is_sensitive(name), name
+
+
+def test_bearer_tokens_and_name_value_pairs_are_masked_in_free_text():
+    text = f"Authorization: Bearer {SECRET} password={SECRET}&user=ops 'token': '{SECRET}'"
+    masked = redact_text(text)
+    assert SECRET not in masked
+    assert "user=ops" in masked
