@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -45,10 +46,8 @@ class RawCaller:
 
         deadline = time.monotonic() + timeout
         while correlation_id not in self.replies and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.conn.drain_events(timeout=0.2)
-            except TimeoutError:
-                pass
         return self.replies[correlation_id]
 
     def close(self) -> None:
