@@ -1,0 +1,130 @@
+"""VmHandler latency: the worker's long-lived connection beside a fresh connection per call, same run.
+
+    .venv/bin/python bench/vm.py [--domains 500] [--rounds 50] [--system]
+
+``list`` over N defined domains and ``info`` of one, on libvirt's test driver (targets: list of 500
+≤ 50 ms, info ≤ 2 ms). ``--system`` adds ``info`` on the real libvirtd (qemu:///system), where a
+fresh connection also pays the socket and authentication handshake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+
+import libvirt
+
+from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.request import Request
+from kvmworker.handlers.vm import VmHandler
+from kvmworker.virt.connection import LibvirtConnection, ensure_event_loop
+from kvmworker.virt.storage import StorageRules
+
+
+def dispatcher_for(connection: LibvirtConnection) -> Dispatcher:
+    return Dispatcher(HandlerRegistry([VmHandler(connection, StorageRules(["/var/lib/libvirt/images"], "default"))]))
+
+
+def request(command: str, **data: object) -> Request:
+    body = {"handler": "VmHandler", "command": command, "data": data}
+    return Request(body=json.dumps(body).encode(), content_type="application/json")
+
+
+def timed(fn: Callable[[], object], rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def long_lived(uri: str, command: str, **data: object) -> Callable[[], object]:
+    dispatcher = dispatcher_for(LibvirtConnection(uri))
+
+    def run() -> None:
+        reply = dispatcher.handle(request(command, **data))
+        assert reply.code == 0, reply
+
+    return run
+
+
+def fresh_per_call(uri: str, command: str, **data: object) -> Callable[[], object]:
+    """The baseline: what a worker that opens libvirt for every command pays."""
+
+    def run() -> None:
+        connection = LibvirtConnection(uri)
+        reply = dispatcher_for(connection).handle(request(command, **data))
+        connection.close()
+        assert reply.code == 0, reply
+
+    return run
+
+
+def report(label: str, ours: list[float], baseline: list[float]) -> None:
+    p50, base50 = statistics.median(ours), statistics.median(baseline)
+    p95 = statistics.quantiles(ours, n=20)[18]
+    print(
+        f"{label:<34} long-lived p50 {p50:8.3f} ms  p95 {p95:8.3f} ms | "
+        f"fresh per call p50 {base50:8.3f} ms | ratio {base50 / p50:6.1f}x"
+    )
+
+
+def define_many(conn: libvirt.virConnect, count: int, prefix: str) -> list[libvirt.virDomain]:
+    xml = "<domain type='test'><name>{}</name><memory>65536</memory><os><type>hvm</type></os></domain>"
+    return [conn.defineXML(xml.format(f"{prefix}{i:04d}")) for i in range(count)]
+
+
+def bench_test_driver(domains: int, rounds: int) -> None:
+    uri = "test:///default"
+    keeper = libvirt.open(uri)  # the test driver's state lives as long as one connection to it does
+    prefix = f"kvb-{uuid.uuid4().hex[:6]}-"
+    defined = define_many(keeper, domains, prefix)
+    try:
+        total = len(keeper.listAllDomains(0))
+        report(f"list ({total} domains, test driver)", timed(long_lived(uri, "list"), rounds),
+               timed(fresh_per_call(uri, "list"), rounds))  # fmt: skip
+        name = f"{prefix}0000"
+        report("info (test driver)", timed(long_lived(uri, "info", name=name), rounds * 10),
+               timed(fresh_per_call(uri, "info", name=name), rounds * 10))  # fmt: skip
+    finally:
+        for dom in defined:
+            dom.undefine()
+        keeper.close()
+
+
+def bench_system(rounds: int) -> None:
+    uri = "qemu:///system"
+    conn = libvirt.open(uri)
+    name = f"kvb-{uuid.uuid4().hex[:8]}"
+    dom = conn.defineXML(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+                         "<os><type>hvm</type></os></domain>")  # fmt: skip
+    try:
+        report("info (qemu:///system, libvirtd)", timed(long_lived(uri, "info", name=name), rounds),
+               timed(fresh_per_call(uri, "info", name=name), rounds))  # fmt: skip
+        report("list (qemu:///system, libvirtd)", timed(long_lived(uri, "list"), rounds),
+               timed(fresh_per_call(uri, "list"), rounds))  # fmt: skip
+    finally:
+        dom.undefine()
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--system", action="store_true", help="also measure on qemu:///system")
+    args = parser.parse_args()
+    ensure_event_loop()
+    bench_test_driver(args.domains, args.rounds)
+    if args.system:
+        bench_system(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
