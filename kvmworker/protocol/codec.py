@@ -35,7 +35,6 @@ def decode_body(body: bytes, content_type: str | None, max_bytes: int = DEFAULT_
 
 
 def encode_reply(reply: Reply) -> bytes:
-    """Serialise a reply; one that cannot be serialised is itself an error, never a half-sent message."""
     return reply.model_dump_json().encode()
 
 

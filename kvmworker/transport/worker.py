@@ -19,6 +19,7 @@ from kombu import Connection, Consumer, Message
 
 from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
 from kvmworker.dispatch.executor import KeyedExecutor
+from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
@@ -134,9 +135,10 @@ class Worker:
 
     def _answer(self, message: Message, request: Request, reply: Reply, started: float) -> None:
         """Record, publish, then settle: a reply that cannot be published sends the message back."""
+        reply, body = serialisable(reply, request)
         self._dispatcher.middleware.notify("after_reply", request, reply, time.perf_counter() - started)
         try:
-            self.publish_reply(request, reply)
+            self.publish_reply(request, reply, body)
         except Exception:
             log.exception("[%s] reply could not be published; message goes back to the queue", request.msg_id)
             self._settle_queue.put((message, REQUEUE))
@@ -144,12 +146,12 @@ class Worker:
         self._dispatcher.middleware.notify("after_publish", request, reply)
         self._settle_queue.put((message, ACK))
 
-    def publish_reply(self, request: Request, reply: Reply) -> None:
+    def publish_reply(self, request: Request, reply: Reply, body: bytes) -> None:
         if not request.reply_to:
             log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
             return
         self._publisher.publish(
-            encode_reply(reply),
+            body,
             routing_key=request.reply_to,
             correlation_id=request.correlation_id or request.msg_id,
             message_id=request.msg_id,
@@ -167,6 +169,15 @@ class Worker:
                 message.ack() if action == ACK else message.requeue()
             except Exception as exc:  # the channel it came on is gone; the broker redelivers it
                 log.info("could not %s a message from a closed channel: %s", action, exc)
+
+
+def serialisable(reply: Reply, request: Request) -> tuple[Reply, bytes]:
+    """Check that the reply serialises before anything is recorded or sent (a handler bug becomes 99999)."""
+    try:
+        return reply, encode_reply(reply)
+    except Exception as exc:
+        error = reply_for_exception(exc, context=f"[{request.msg_id}] reply not serialisable: ")
+        return error, encode_reply(error)
 
 
 def request_from_message(message: Message) -> Request:

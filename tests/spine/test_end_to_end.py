@@ -55,6 +55,11 @@ def test_a_bug_inside_a_handler_is_answered_99999_and_the_worker_keeps_serving(r
     assert client.call(host, "SystemHandler", "ping", timeout=10).code == Code.OK
 
 
+def test_a_reply_that_cannot_be_serialised_is_answered_99999_not_requeued(running_worker, client, host):
+    assert client.call(host, "ProbeHandler", "unserialisable", timeout=10).code == 99999
+    assert client.call(host, "SystemHandler", "ping", timeout=10).code == Code.OK
+
+
 def test_a_slow_command_does_not_delay_a_ping_sent_after_it(running_worker, client, host):
     slow = client.submit(host, {"handler": "ProbeHandler", "command": "sleep", "data": {"seconds": 3}}, timeout=10)
     time.sleep(0.1)

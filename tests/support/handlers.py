@@ -57,6 +57,10 @@ class ProbeHandler:
         return {"counted": data.name}
 
     @command(mutates=False)
+    def unserialisable(self, data: object, ctx: Context) -> dict:
+        return {"handle": object()}
+
+    @command(mutates=False)
     def boom(self, data: object, ctx: Context) -> dict:
         raise RuntimeError("a bug inside a handler")
 
