@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from kvmworker.transport.connection import connection_errors, open_connection
+from kvmworker.transport.connection import open_connection
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -30,8 +30,10 @@ class BrokerProbe:
         conn = open_connection(self._url)
         try:
             conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT_S)
-        except connection_errors(conn) as exc:
-            return f"broker {conn.as_uri()} unreachable: {exc}"
+        except (
+            Exception
+        ) as exc:  # kombu re-raises as OperationalError, outside connection_errors: any failure is "not ready"
+            return f"broker {conn.as_uri()} unreachable: {type(exc).__name__}: {exc}"
         finally:
             conn.release()
         return None
