@@ -16,7 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Consumer, Message
+from kombu import Consumer, Message, Queue
 
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
@@ -52,6 +52,7 @@ class Client:
         self._signer = signer
         self._reply_queue = reply_queue()
         self._pending: dict[str, Future] = {}
+        self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closing = threading.Event()
@@ -95,6 +96,7 @@ class Client:
             self._publish(host, envelope, msg_id, correlation_id, timeout)
         except Exception as exc:
             self.forget(correlation_id)
+            self._declared.discard(host)
             log.warning("[%s] publish failed: %s", msg_id, exc)
             future.set_result(unknown_outcome(msg_id, f"the command could not be published: {exc}"))
         return PendingCall(msg_id, correlation_id, future)
@@ -120,13 +122,20 @@ class Client:
             body,
             exchange=command_exchange(),
             routing_key=host,
-            declare=(host_queue(host),),
+            declare=self._declare_once(host),
             persistent=self._persistent,
             headers=headers,
             message_id=msg_id,
             correlation_id=correlation_id,
             reply_to=self._reply_queue.name,
         )
+
+    def _declare_once(self, host: str) -> tuple[Queue, ...]:
+        """The host's queue is declared with the first command to it, so that it waits for a late worker."""
+        if host in self._declared:
+            return ()
+        self._declared.add(host)
+        return (host_queue(host),)
 
     # -- the reply consumer ----------------------------------------------------
 

@@ -29,7 +29,10 @@ from kvmworker.transport.publisher import Publisher
 
 log = logging.getLogger("kvmworker.worker")
 
-DRAIN_TIMEOUT_S = 0.05
+# Idle, the consumer thread wakes every 50 ms; while commands are in flight every millisecond, so that
+# a finished command's ack (and with it RabbitMQ's confirm to the publisher) is not held back.
+IDLE_DRAIN_S = 0.05
+BUSY_DRAIN_S = 0.001
 ACK, REQUEUE = "ack", "requeue"
 
 
@@ -99,7 +102,7 @@ class Worker:
 
     def _drain(self, conn: Connection) -> None:
         with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=DRAIN_TIMEOUT_S)
+            conn.drain_events(timeout=BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
         conn.heartbeat_check()
         self._settle()
 
