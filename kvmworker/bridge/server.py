@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 
@@ -30,7 +31,17 @@ class BridgeServer:
 
     def run(self) -> None:
         """In the foreground until SIGINT/SIGTERM (uvicorn installs its handlers on the main thread)."""
-        self._server.run(sockets=[self.socket])
+        if threading.current_thread() is not threading.main_thread():
+            self._server.run(sockets=[self.socket])
+            return
+        # uvicorn raises the signal it caught again once it has shut down; with the default handler
+        # that would kill the process before the caller's own clean-up (the embedded worker's stop)
+        previous = {sig: signal.signal(sig, _replayed) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def start(self) -> None:
         """On a thread of its own (tests, the embedded mode's callers); ``stop()`` ends it."""
@@ -46,6 +57,10 @@ class BridgeServer:
         if self._thread is not None:
             self._thread.join(timeout)
         self.socket.close()
+
+
+def _replayed(signum: int, frame: object) -> None:
+    """The signal uvicorn already acted on: nothing more to do."""
 
 
 def bind_socket(bind: str, port: int) -> socket.socket:
