@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,8 @@ from kvmworker.virt.states import LIST_FLAGS, StateFilter, state_name
 from kvmworker.virt.storage import Disk, Pools, StorageRules
 
 MAX_XML = 256 * 1024
+REPLY_MARGIN = 1.0
+"""Seconds kept back from the caller's deadline to send the reply."""
 
 
 class ListData(BaseModel):
@@ -160,7 +163,7 @@ class VmHandler:
                 return _plan(f"shutdown {dom.name()} (ACPI), wait up to {data.timeout:g} s, then {then}")
             if not dom.isActive():
                 return {**_identity(dom), "state": "shutoff", "changed": False}
-            return self._shutdown(dom, data)
+            return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
 
     @command(AutostartData, resource=_vm)
     def autostart(self, data: AutostartData, ctx: Context) -> dict[str, Any]:
@@ -225,16 +228,16 @@ class VmHandler:
             changed = act(dom)
             return {**_identity(dom), "state": state_name(dom.state()[0]), "changed": changed}
 
-    def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData) -> dict[str, Any]:
+    def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float) -> dict[str, Any]:
         with self._libvirt.events.watch(dom.UUIDString()) as waiter:
             dom.shutdown()
-            waiter.wait(data.timeout)
+            waiter.wait(budget)
         state = _state_or_gone(dom)
         if state == "shutoff":
             return {**_identity(dom), "state": state, "changed": True, "forced": False}
         if not data.force:
             raise VmShutdownFailed(
-                f"{dom.name()} still {state} after {data.timeout:g} s of ACPI shutdown",
+                f"{dom.name()} still {state} after {budget:g} s of ACPI shutdown",
                 extra={"state": state, "name": dom.name(), "uuid": dom.UUIDString()},
             )
         dom.destroy()
@@ -358,6 +361,13 @@ def _capacity(dom: libvirt.virDomain, target: str | None) -> int | None:
         return dom.blockInfo(target)[0]
     except libvirt.libvirtError:
         return None
+
+
+def _wait_budget(timeout: float, deadline: float | None) -> float:
+    """The requested wait, cut short so that the answer still reaches a caller who stops waiting earlier."""
+    if deadline is None:
+        return timeout
+    return max(0.0, min(timeout, deadline - time.time() - REPLY_MARGIN))
 
 
 def _start(dom: libvirt.virDomain) -> bool:

@@ -33,10 +33,15 @@ def vm_name() -> str:
 
 
 def caller(dispatcher: Dispatcher) -> Call:
-    """``call("start", name=...)`` → the Reply, through the real validation and error path."""
+    """``call("start", name=...)`` → the Reply, through the real validation and error path.
 
-    def call(command: str, dry_run: bool = False, **data: Any) -> Reply:
+    ``envelope_timeout`` is how long the caller says it waits for the reply (the envelope's ``timeout``).
+    """
+
+    def call(command: str, dry_run: bool = False, envelope_timeout: float | None = None, **data: Any) -> Reply:
         body = {"handler": "VmHandler", "command": command, "data": data, "dry_run": dry_run}
+        if envelope_timeout is not None:
+            body["timeout"] = envelope_timeout
         return dispatcher.handle(Request(body=json.dumps(body).encode(), content_type="application/json"))
 
     return call
