@@ -159,4 +159,3 @@ def test_info_reports_memory_vcpus_disks_and_persistence(call):
 def _id(call, name):
     info = call("info", name=name).data
     return {"name": info["name"], "uuid": info["uuid"]}
-
