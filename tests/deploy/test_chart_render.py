@@ -1,15 +1,16 @@
 """The chart rendered by Helm itself, and what it renders checked against Kubernetes' own schemas.
 
-Two ways to run Helm, each used where it is present: the ``helm`` binary (Debian 12 packages none and
-PyPI has no Linux build of it), and Helm's Go SDK as a library (PyPI ``helm-python-sdk``, in the test
-extras). Rendering needs no cluster; ``kubernetes-validate`` holds the API schemas of each release.
+Two ways to run Helm, each used where it is present: the ``helm`` binary (Debian 12 packages none;
+PyPI's helm-package holds only macOS and Windows builds), and Helm's Go SDK as a library (PyPI
+``helm-python-sdk``, in the test extras). Rendering needs no cluster; ``kubernetes-validate`` holds
+the API schemas of each Kubernetes release.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -83,7 +84,7 @@ class HelmSdk:
 def helm(request, tmp_path):
     if request.param == "helm binary":
         if shutil.which("helm") is None:
-            pytest.skip("no helm binary on PATH: Debian 12 packages none, PyPI has no Linux build of it")
+            pytest.skip("no helm binary on PATH: Debian 12 packages none; PyPI's helm-package is macOS/Windows only")
         return HelmBinary(tmp_path)
     sdk = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[test]')")
     return HelmSdk(sdk)
@@ -214,7 +215,7 @@ def test_an_existing_secret_replaces_the_charts_own(helm):
         secret_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")
         assert env_of(pod)["KVMWORKER_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "kvm-creds"
         assert secret_volume["secret"]["secretName"] == "kvm-creds"
-        assert env_of(pod)["KVMWORKER_KEYS_FILE"]["value"] == "/etc/kvmworker/secret/signing-keys"
+        assert env_of(pod)["KVMWORKER_KEYS_FILE"]["value"] == "/etc/kvmworker/secret/signing-keys.json"
 
 
 def test_without_signing_or_logins_no_secret_file_is_mounted(helm):
@@ -244,3 +245,21 @@ def test_the_notes_tell_how_to_label_a_node_and_warn_about_an_open_bridge(helm):
     notes = helm.notes(BROKER)
     assert "kubectl label node NODE kvmworker/hypervisor=true" in notes
     assert "WARNING: bridge.auth.enabled is false" in notes
+
+
+def test_the_example_secret_files_load_with_the_programs_own_readers_where_the_chart_mounts_them(helm, tmp_path):
+    from kvmworker.bridge.users import parse as parse_users
+    from kvmworker.trust.keys import load_keys
+
+    docs = helm.render(fleet())
+    secret = by_kind(docs)[("Secret", "kvm-kvmworker")]["stringData"]
+    for pod in (worker_pod(docs), bridge_pod(docs)):
+        keys_file = PurePosixPath(env_of(pod)["KVMWORKER_KEYS_FILE"]["value"])
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")
+        mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "secret")
+        assert keys_file.parent == PurePosixPath(mount["mountPath"])
+        assert {"key": "signing-keys", "path": keys_file.name} in volume["secret"]["items"]
+    local = tmp_path / keys_file.name  # the name's suffix decides how the key file is parsed
+    local.write_text(secret["signing-keys"])
+    assert load_keys(local).active == "k1"
+    assert list(parse_users(secret["bridge-users"])) == ["ops"]

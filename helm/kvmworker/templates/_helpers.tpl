@@ -60,6 +60,6 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
   value: {{ .Values.logJson | quote }}
 {{- if .Values.signing.enabled }}
 - name: KVMWORKER_KEYS_FILE
-  value: /etc/kvmworker/secret/signing-keys
+  value: /etc/kvmworker/secret/signing-keys.json
 {{- end }}
 {{- end }}
