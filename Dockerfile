@@ -38,13 +38,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The bridge runs as this user; the worker's pod overrides it with root (see the Helm chart).
+# The default state directory exists and is that user's, so the image also runs as it is.
 RUN groupadd --system --gid 10001 kvmworker \
     && useradd --system --uid 10001 --gid kvmworker --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin kvmworker
+       --home-dir /nonexistent --shell /usr/sbin/nologin kvmworker \
+    && install -d -o kvmworker -g kvmworker -m 0750 /var/lib/kvmworker
 
 # Installing from a bind mount keeps the wheelhouse out of the image's layers.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/kvmworker-*.whl
+    pip install --no-cache-dir --no-index --root-user-action=ignore --find-links=/wheels /wheels/kvmworker-*.whl
 
 ENV PYTHONUNBUFFERED=1 \
     KVMWORKER_LOG_JSON=true
