@@ -131,25 +131,44 @@ class LibvirtConnection:
 
 def _open_within(uri: str, timeout: float) -> libvirt.virConnect:
     """``libvirt.open`` bounded in time: a daemon that accepts but never answers must not hang a command."""
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
+    attempt = _OpenAttempt(uri)
+    threading.Thread(target=attempt.run, name="libvirt-open", daemon=True).start()
+    return attempt.result(timeout)
 
-    def attempt() -> None:
+
+class _OpenAttempt:
+    """One ``libvirt.open`` in its own thread; a connection that arrives after the caller gave up is closed."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self._conn: libvirt.virConnect | None = None
+        self._error: libvirt.libvirtError | None = None
+
+    def run(self) -> None:
         try:
-            outcome["conn"] = libvirt.open(uri)
+            conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            outcome["error"] = exc
-        done.set()
-        if outcome.get("late"):
-            _close_quietly(outcome.get("conn"))
+            self._error = exc
+            conn = None
+        with self._lock:
+            self._conn = conn
+            self._done.set()
+            abandoned = self._abandoned
+        if abandoned:
+            _close_quietly(conn)
 
-    threading.Thread(target=attempt, name="libvirt-open", daemon=True).start()
-    if not done.wait(timeout):
-        outcome["late"] = True
-        raise HypervisorUnavailable(f"no answer from {uri} within {timeout:g} s")
-    if "error" in outcome:
-        raise HypervisorUnavailable(f"cannot connect to {uri}: {_message(outcome['error'])}")
-    return outcome["conn"]
+    def result(self, timeout: float) -> libvirt.virConnect:
+        self._done.wait(timeout)
+        with self._lock:
+            if not self._done.is_set():
+                self._abandoned = True
+                raise HypervisorUnavailable(f"no answer from {self.uri} within {timeout:g} s")
+        if self._error is not None:
+            raise HypervisorUnavailable(f"cannot connect to {self.uri}: {_message(self._error)}")
+        return self._conn
 
 
 def _close_quietly(conn: libvirt.virConnect | None) -> None:

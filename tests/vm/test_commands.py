@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from xml.etree import ElementTree as ET
 
 from kvmworker.handlers.naming import bridge_name
@@ -159,3 +160,14 @@ def test_info_reports_memory_vcpus_disks_and_persistence(call):
 def _id(call, name):
     info = call("info", name=name).data
     return {"name": info["name"], "uuid": info["uuid"]}
+
+
+def test_commands_on_different_vms_run_at_once_over_the_one_connection(call):
+    names = [define(call) for _ in range(8)]
+
+    def lifecycle(name):
+        return [call(cmd, name=name).code for cmd in ("start", "suspend", "resume", "info", "destroy", "undefine")]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lifecycle, names))
+    assert outcomes == [[0, 0, 0, 0, 0, 0]] * 8

@@ -1,0 +1,75 @@
+"""The data of each VmHandler command, validated at the edge (unknown keys of a VM reference are ignored)."""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree as ET
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.types import MacAddress, coded
+from kvmworker.virt.spec import DomainSpec, InterfaceSpec, VmName, VmRef
+from kvmworker.virt.states import StateFilter
+
+MAX_XML = 256 * 1024
+
+
+class ListData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    state: StateFilter | None = None
+
+
+class ShutdownData(VmRef):
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+    force: bool = False
+
+
+class AutostartData(VmRef):
+    enabled: bool
+
+
+class UndefineData(VmRef):
+    remove_storage: bool = False
+
+
+class AttachInterfaceData(VmRef, InterfaceSpec):
+    model_config = ConfigDict(extra="ignore")
+
+
+class DetachInterfaceData(VmRef):
+    mac: MacAddress
+
+
+class DefineData(DomainSpec):
+    """Either ``xml`` (raw domain XML) or the structured spec's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    xml: str | None = Field(default=None, max_length=MAX_XML)
+    name: VmName | None = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _xml_or_spec(self) -> DefineData:
+        if self.xml is None and self.name is None:
+            raise coded(Code.INVALID_PARAMETER, "send 'xml' or a structured spec with at least 'name'")
+        if self.xml is not None:
+            self.name = xml_name(self.xml)
+        return self
+
+    def spec(self) -> DomainSpec:
+        return DomainSpec.model_validate(self.model_dump(exclude={"xml"}))
+
+
+def xml_name(xml: str) -> str:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise coded(Code.INVALID_PARAMETER, f"xml is not well-formed: {exc}") from None
+    name = root.findtext("name")
+    if root.tag != "domain" or not name:
+        raise coded(Code.INVALID_PARAMETER, "xml must be a <domain> with a <name>")
+    return name
+
+
+def vm_key(data: VmRef) -> str:
+    return data.key
