@@ -122,3 +122,12 @@ def test_the_documented_network_example_gets_a_documented_reply_like_the_client_
     assert Code(reply["code"]).msg == reply["msg"]
     direct = client.call(host, "NetworkHandler", "create", DOCUMENTED_EXAMPLE["data"], timeout=10)
     assert reply == direct.model_dump(mode="json")
+
+
+def test_a_reply_over_a_kept_alive_connection_does_not_wait_for_a_delayed_ack(bridge):
+    durations = []
+    for _ in range(30):
+        started = time.perf_counter()
+        bridge.post(ECHO)
+        durations.append(time.perf_counter() - started)
+    assert sorted(durations)[15] < 0.02, durations  # Nagle + delayed ACK would make it ~40 ms
