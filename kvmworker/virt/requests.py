@@ -52,6 +52,9 @@ class DefineData(DomainSpec):
     def _xml_or_spec(self) -> DefineData:
         if self.xml is None and self.name is None:
             raise coded(Code.INVALID_PARAMETER, "send 'xml' or a structured spec with at least 'name'")
+        if self.xml is not None and self.model_fields_set - {"xml"}:
+            mixed = ", ".join(sorted(self.model_fields_set - {"xml"}))
+            raise coded(Code.INVALID_PARAMETER, f"send either 'xml' or the spec's fields, not both (got {mixed})")
         if self.xml is not None:
             self.name = xml_name(self.xml)
         return self

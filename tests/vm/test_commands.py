@@ -77,6 +77,7 @@ def test_malformed_xml_and_a_bad_name_are_30006_before_libvirt_sees_them(call):
     assert call("define", xml="<domain><name>x</name>").code == 30006
     assert call("define", xml="<network><name>x</name></network>").code == 30006
     assert call("define", name="../etc").code == 30006
+    assert call("define", xml="<domain><name>x</name></domain>", vcpus=4).code == 30006
     assert call("define", name="kvt-x", interfaces=[{"network_id": NETWORK_ID, "bridge": "br0"}]).code == 30006
 
 
