@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,15 +29,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = actions.add_parser("list", help="entries, newest first, as a table (or --json)")
     _add_filters(listing, limit=50)
     listing.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-    listing.set_defaults(run=run_list)
+    listing.set_defaults(run=_reported(run_list))
     show = actions.add_parser("show", help="everything recorded about one msg_id (a unique prefix will do)")
     show.add_argument("msg_id", metavar="MSG_ID")
     add_settings_flags(show, "state-dir")
-    show.set_defaults(run=run_show)
+    show.set_defaults(run=_reported(run_show))
     export = actions.add_parser("export", help="entries as JSON Lines, oldest first (input of replay --file)")
     _add_filters(export, limit=None)
     export.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
-    export.set_defaults(run=run_export)
+    export.set_defaults(run=_reported(run_export))
+
+
+def _reported(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A missing journal or an unknown msg_id is a message for the operator, not a traceback."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (FileNotFoundError, LookupError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+
+    return guarded
 
 
 def _add_filters(parser: argparse.ArgumentParser, *, limit: int | None) -> None:
@@ -100,11 +114,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    try:
-        entry = find_entry(open_journal(args), args.msg_id)
-    except LookupError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    entry = find_entry(open_journal(args), args.msg_id)
     print(json.dumps(readable(entry), ensure_ascii=False, indent=2))
     return 0
 

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger("kvmworker.health")
 
+# (healthy?, the reason shown when it is not)
 Check = Callable[[], tuple[bool, str]]
 
 
@@ -49,7 +50,7 @@ Response = tuple[int, str, bytes]
 
 def _check_response(check: Check) -> Response:
     ok, reason = check()
-    body = json.dumps({"status": "ok" if ok else "unavailable", "reason": reason}).encode()
+    body = json.dumps({"status": "ok"} if ok else {"status": "unavailable", "reason": reason}).encode()
     return (200 if ok else 503), "application/json", body
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -13,6 +14,9 @@ from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Context, Request
 from kvmworker.protocol.envelope import Reply
+from kvmworker.protocol.errors import InvalidParameter
+
+log = logging.getLogger("tests.effects")
 
 NAME = r"^[a-z0-9-]{1,40}$"
 
@@ -61,6 +65,11 @@ class EffectsHandler:
     @command(LoginData)
     def login(self, data: LoginData, ctx: Context) -> dict:
         return {"user": data.username, "token": f"tok-{data.password[::-1]}"}
+
+    @command(mutates=False)
+    def fail(self, data: object, ctx: Context) -> dict:
+        log.info("about to refuse")
+        raise InvalidParameter("refused on purpose", field="name")
 
 
 def runs_of(directory: Path, name: str) -> int:
