@@ -21,7 +21,7 @@ from kvmworker.protocol.errors import (
 from kvmworker.settings import Settings
 from kvmworker.virt import description, domains
 from kvmworker.virt.connection import LibvirtConnection
-from kvmworker.virt.domain_xml import domain_xml, interface_xml
+from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.requests import (
     AttachInterfaceData,
     AutostartData,
@@ -44,11 +44,11 @@ class VmHandler:
     name = "VmHandler"
 
     def __init__(self, connection: LibvirtConnection, storage: StorageRules):
-        self._libvirt = connection
+        self.connection = connection
         self._storage = storage
 
     def close(self) -> None:
-        self._libvirt.close()
+        self.connection.close()
 
     @command(ListData, mutates=False)
     def list(self, data: ListData, ctx: Context) -> dict[str, Any]:
@@ -153,7 +153,7 @@ class VmHandler:
             if ctx.dry_run:
                 return {**_plan(f"attach to {dom.name()}"), "xml": xml}
             dom.attachDeviceFlags(xml, domains.device_flags(dom))
-            return {**domains.identity(dom), "mac": nic.mac, "bridge": ET.fromstring(xml).find("source").get("bridge")}
+            return {**domains.identity(dom), "mac": nic.mac, "bridge": bridge_of(nic)}
 
     @command(DetachInterfaceData, resource=vm_key)
     def detach_interface(self, data: DetachInterfaceData, ctx: Context) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class VmHandler:
             return {**domains.identity(dom), "state": state_name(dom.state()[0]), "changed": changed}
 
     def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float) -> dict[str, Any]:
-        with self._libvirt.events.watch(dom.UUIDString()) as waiter:
+        with self.connection.events.watch(dom.UUIDString()) as waiter:
             dom.shutdown()
             waiter.wait(budget)
         state = domains.state_or_gone(dom)
@@ -200,7 +200,7 @@ class VmHandler:
         return {**domains.identity(dom), "defined": True}
 
     def _define_spec(self, conn: libvirt.virConnect, spec: DomainSpec, ctx: Context) -> dict[str, Any]:
-        if spec.name in {d.name() for d in conn.listAllDomains(0)}:
+        if domains.exists(conn, spec.name):
             raise InvalidParameter(f"a VM named {spec.name} is already defined; send xml to change it", field="name")
         disks = [self._disk(conn, spec, i) for i in range(len(spec.disks))]
         xml = domain_xml(spec, disks, spec.domain_type or domains.default_domain_type(conn))
@@ -223,7 +223,7 @@ class VmHandler:
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:
         # The connection's session turns a broken connection into 30009 first; what is left is the call's fault.
-        with domains.call_errors(), self._libvirt.session() as conn:
+        with domains.call_errors(), self.connection.session() as conn:
             yield conn
 
 

@@ -62,12 +62,16 @@ def disk_element(disk: Disk, target: str, bus: str) -> ET.Element:
 
 def interface_element(nic: InterfaceSpec) -> ET.Element:
     el = ET.Element("interface", type="bridge")
-    bridge = bridge_name(str(nic.network_id)) if nic.network_id else nic.bridge
-    ET.SubElement(el, "source", bridge=bridge)
+    ET.SubElement(el, "source", bridge=bridge_of(nic))
     if nic.mac:
         ET.SubElement(el, "mac", address=nic.mac)
     ET.SubElement(el, "model", type=nic.model)
     return el
+
+
+def bridge_of(nic: InterfaceSpec) -> str:
+    """A network's NIC goes on the bridge NetworkHandler made for it: same name rule, one place."""
+    return bridge_name(str(nic.network_id)) if nic.network_id else str(nic.bridge)
 
 
 def interface_xml(nic: InterfaceSpec) -> str:

@@ -55,6 +55,16 @@ def lookup(conn: libvirt.virConnect, ref: VmRef) -> libvirt.virDomain:
     return dom
 
 
+def exists(conn: libvirt.virConnect, name: str) -> bool:
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+    return True
+
+
 def identity(dom: libvirt.virDomain) -> dict[str, Any]:
     return {"name": dom.name(), "uuid": dom.UUIDString()}
 

@@ -36,6 +36,6 @@ def test_one_connection_serves_every_command(test_driver):
     call = caller(test_driver)
     (handler,) = [h for h in test_driver.registry.handlers if h.name == "VmHandler"]
     call("list")
-    first = handler._libvirt.open()
+    first = handler.connection.open()
     call("list")
-    assert handler._libvirt.open() is first
+    assert handler.connection.open() is first
