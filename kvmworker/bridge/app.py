@@ -152,19 +152,20 @@ def create_app(
     registry: HandlerRegistry | None = None,
 ) -> Starlette:
     """The bridge over ``client``. ``users`` defaults to the settings' users file (none: no login needed)."""
-    registry = registry or build_registry(settings)
+    registry = build_registry(settings) if registry is None else registry
     commands = [*((b.handler, b.name, b.spec.model) for b in registry.commands()), *USER_COMMANDS]
+    auth = users or authenticator_from(settings)
+    if auth is None:
+        log.warning("no users file: the bridge accepts every caller without a token")
     bridge = Bridge(
         Forwarder(client, settings.timeout),
         settings.host_for_bridge,
         settings.max_body,
-        users or authenticator_from(settings),
+        auth,
         BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
         BrokerProbe(settings.broker_url),
         build_openapi(commands),
     )
-    if bridge._auth is None:
-        log.warning("no users file: the bridge accepts every caller without a token")
     app = Starlette(routes=_routes(bridge), lifespan=_closing(bridge))
     app.state.bridge = bridge
     return app
