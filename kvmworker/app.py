@@ -15,6 +15,7 @@ from kvmworker.journal.middleware import JournalMiddleware, create_journal
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
+from kvmworker.trust.middleware import create_trust
 
 
 def build_registry(
@@ -57,4 +58,5 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     metrics = WorkerMetrics()
     journal = create_journal(settings, on_duplicate=lambda how: metrics.duplicates.labels(how).inc())
     metrics.watch_journal(journal.store.size_bytes)
-    return [MetricsMiddleware(metrics), CommandLogMiddleware(), journal]
+    # Trust right after metrics (which must see every message in): a refused message reaches nothing else.
+    return [MetricsMiddleware(metrics), create_trust(settings), CommandLogMiddleware(), journal]

@@ -162,6 +162,11 @@ class Client:
 
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
+        if self._signer is not None and not self._signer.reply_is_authentic(
+            message.body, correlation_id, message.properties.get("message_id"), message.headers
+        ):
+            log.warning("reply for %s dropped: its signature does not verify (forged, or other keys)", correlation_id)
+            return
         with self._lock:
             future = self._pending.pop(correlation_id, None)
         if future is None:

@@ -13,6 +13,7 @@ from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
+from kvmworker.trust.middleware import reply_signer
 
 log = logging.getLogger("kvmworker.runtime")
 
@@ -38,7 +39,13 @@ def build_worker(settings: Settings, extra_handlers: list[object] | None = None)
     connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)
     publisher = Publisher(open_connection(settings.broker_url, confirms=settings.publish_confirms))
     worker = Worker(
-        connection, publisher, dispatcher, settings.host, prefetch=settings.prefetch, workers=settings.workers
+        connection,
+        publisher,
+        dispatcher,
+        settings.host,
+        prefetch=settings.prefetch,
+        workers=settings.workers,
+        signer=reply_signer(dispatcher.middleware),
     )
     observe_worker(settings, worker, dispatcher)
     return worker, dispatcher

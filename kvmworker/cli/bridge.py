@@ -9,6 +9,7 @@ from kvmworker.bridge.app import create_app
 from kvmworker.bridge.server import BridgeServer
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.client import Client
+from kvmworker.trust.signing import load_signer
 
 log = logging.getLogger("kvmworker.bridge")
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
-    with Client(settings.broker_url) as client:
+    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
         server = BridgeServer(create_app(settings, client), settings.bind, settings.port, settings.log_level)
         log.info("bridge on %s over %s; default host %s", server.url, settings.broker_url, settings.host_for_bridge)
         print(f"kvmworker bridge listening on {server.url}", flush=True)

@@ -8,6 +8,7 @@ import json
 from kvmworker.cli.common import add_settings_flags, print_json, settings_from, setup_logging
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
+from kvmworker.trust.signing import load_signer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
     data = json.loads(args.data)
-    with Client(settings.broker_url) as client:
+    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
         reply = client.call(
             args.target_host,
             args.handler,

@@ -19,6 +19,7 @@ from kvmworker.cli.journal import find_entry
 from kvmworker.client import Client
 from kvmworker.journal.replay import NotReplayable, Replayer, ReplayResult
 from kvmworker.journal.store import Entry, JournalStore, journal_path
+from kvmworker.trust.signing import load_signer
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print("nothing sent", file=sys.stderr)
         return 1
     progress = ProgressBar(len(entries), sys.stderr, enabled=bool(args.file) and sys.stderr.isatty())
-    with Client(settings.broker_url) as client:
+    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
         outcomes = replay_all(Replayer(client, timeout=settings.timeout), entries, args, progress)
     return 0 if outcomes and all(outcomes) else 1
 

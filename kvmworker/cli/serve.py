@@ -16,6 +16,7 @@ from kvmworker.cli.worker import WORKER_FLAGS
 from kvmworker.client import Client
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
+from kvmworker.trust.signing import load_signer
 
 log = logging.getLogger("kvmworker.serve")
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     running = start_worker(settings)
     try:
-        with Client(settings.broker_url) as client:
+        with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
             app = create_app(settings, client, registry=running.dispatcher.registry)
             server = BridgeServer(app, settings.bind, settings.port, settings.log_level)
             print(banner(server.url, settings), flush=True)

@@ -47,6 +47,7 @@ class Worker:
         prefetch: int = 32,
         workers: int = 16,
         on_connected: Callable[[bool], None] | None = None,
+        signer: Any = None,
     ):
         self._connection = connection
         self._publisher = publisher
@@ -60,6 +61,7 @@ class Worker:
         self._stopped = threading.Event()
         self.connected = threading.Event()
         self._on_connected = on_connected or (lambda up: None)
+        self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -153,12 +155,16 @@ class Worker:
         if not request.reply_to:
             log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
             return
+        correlation_id = request.correlation_id or request.msg_id
+        headers = {HEADER_MSG_ID: request.msg_id}
+        if self._signer is not None:
+            headers.update(self._signer.sign_reply(body, correlation_id, request.msg_id))
         self._publisher.publish(
             body,
             routing_key=request.reply_to,
-            correlation_id=request.correlation_id or request.msg_id,
+            correlation_id=correlation_id,
             message_id=request.msg_id,
-            headers={HEADER_MSG_ID: request.msg_id},
+            headers=headers,
         )
 
     def _settle(self) -> None:

@@ -1,0 +1,1 @@
+"""Trust: who may command this host (HMAC-signed messages) and until when (deadlines)."""
