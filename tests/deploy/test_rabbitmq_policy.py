@@ -18,6 +18,9 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from kvmworker.client import Client
+from kvmworker.runtime import start_worker
+from kvmworker.settings import Settings
 from kvmworker.transport.names import command_exchange, host_queue, reply_queue
 from tests.deploy.conftest import DEPLOY_DOC
 
@@ -43,6 +46,14 @@ def in_vhost(argv: list[str], vhost: str) -> list[str]:
     ]
 
 
+def for_user(argv: list[str], vhost: str, user: str, password: str) -> list[str]:
+    """add_user / set_permissions as documented, for a test's own vhost, user and password."""
+    argv = in_vhost(argv, vhost)
+    if argv[1] == "add_user":
+        return [*argv[:2], user, password]
+    return [*argv[:4], user, *argv[5:]]
+
+
 def rabbitmqctl(argv: list[str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -63,6 +74,8 @@ def vhost() -> Iterator[str]:
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed: the documented commands need it")
     if not broker_reachable():
+        if os.environ.get("CI"):
+            pytest.fail(f"no RabbitMQ at {AMQP_URL}; .ci/run should have started it")
         pytest.skip(f"no RabbitMQ at {AMQP_URL} (start it with .ci/services.sh)")
     name = f"kvt{uuid.uuid4().hex[:8]}"
     rabbitmqctl(in_vhost(documented("rabbitmqctl add_vhost"), name))
@@ -158,3 +171,36 @@ def test_a_command_returned_more_often_than_the_delivery_limit_is_dead_lettered(
     assert dead_message is not None and json.loads(dead_message.body) == json.loads(body)
     assert deliveries == limit + 1
     assert dead_message.headers["x-first-death-reason"] == "delivery_limit"
+
+
+@pytest.fixture
+def fleet_user(vhost: str) -> Iterator[tuple[str, str]]:
+    """A broker user with exactly the documented rights on the test's vhost."""
+    user, password = f"kvt{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    rabbitmqctl(for_user(documented("rabbitmqctl add_user"), vhost, user, password))
+    try:
+        rabbitmqctl(for_user(documented("rabbitmqctl set_permissions"), vhost, user, password))
+        yield user, password
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True, timeout=120)
+
+
+def as_user(vhost: str, user: str, password: str) -> Connection:
+    return Connection(AMQP_URL).clone(userid=user, password=password, virtual_host=vhost)
+
+
+def test_a_worker_and_a_client_need_no_more_than_the_documented_rights(vhost, fleet_user, host, tmp_path):
+    url = as_user(vhost, *fleet_user).as_uri(include_password=True)
+    running = start_worker(Settings(host=host, broker_url=url, state_dir=tmp_path / "state"))
+    try:
+        assert running.worker.connected.wait(15), "the worker did not connect with the documented rights"
+        with Client(url) as client:
+            reply = client.call(host, "SystemHandler", "ping", {}, timeout=15)
+    finally:
+        running.stop(timeout=10)
+    assert (reply.code, reply.data["host"]) == (0, host)
+
+
+def test_the_documented_rights_refuse_names_outside_kvmworker(vhost, fleet_user):
+    with as_user(vhost, *fleet_user) as conn, pytest.raises(Exception, match="ACCESS_REFUSED"):
+        Queue("someone-elses-queue", durable=True)(conn.channel()).declare()
