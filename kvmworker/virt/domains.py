@@ -18,6 +18,7 @@ from kvmworker.virt.states import state_name
 
 @contextmanager
 def call_errors() -> Iterator[None]:
+    """libvirt refusals that have a code in the table get it; anything else stays 99999, with its traceback."""
     try:
         yield
     except libvirt.libvirtError as exc:
@@ -108,7 +109,31 @@ def _capacity(dom: libvirt.virDomain, target: str | None) -> int | None:
 def start(dom: libvirt.virDomain) -> bool:
     if dom.isActive():
         return False
+    require_bridges(dom)
     dom.create()
+    return True
+
+
+def require_bridges(dom: libvirt.virDomain) -> None:
+    """A NIC's bridge must exist before start; libvirt's own failure would not say which code applies."""
+    conn = dom.connect()
+    root = description.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for nic in description.interfaces(root):
+        if nic["type"] == "bridge" and nic["bridge"] and not _interface_exists(conn, nic["bridge"]):
+            raise DeviceNotFound(
+                f"bridge {nic['bridge']} of {dom.name()} does not exist: create its network first", field="bridge"
+            )
+
+
+def _interface_exists(conn: libvirt.virConnect, name: str) -> bool:
+    try:
+        conn.interfaceLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_INTERFACE:
+            return False
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            return True  # no interface driver: let libvirt's start be the judge
+        raise
     return True
 
 

@@ -101,6 +101,16 @@ def test_a_vm_on_a_network_has_its_tap_enslaved_to_that_networks_bridge(system_c
     assert nic["mac"] in virsh("domiflist", name)
 
 
+def test_starting_a_vm_whose_network_bridge_is_missing_is_30003_naming_the_bridge(system_call, vms):
+    name = vm_name()
+    vms.append(name)
+    network_id = str(uuid.uuid4())
+    system_call("define", name=name, memory_mib=32, interfaces=[{"network_id": network_id}])
+    reply = system_call("start", name=name)
+    assert reply.code == 30003 and bridge_name(network_id) in reply.data["detail"]
+    assert virsh("domstate", name).strip() == "shut off"
+
+
 def test_an_interface_attached_to_a_stopped_vm_is_in_its_config_and_detached_again(system_call, vms, network_bridge):
     network_id, bridge = network_bridge
     name = vm_name()
