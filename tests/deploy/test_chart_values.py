@@ -6,8 +6,10 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
-from tests.deploy.conftest import merged
+import kvmworker
+from tests.deploy.conftest import CHART, merged
 
 
 def errors(schema: dict[str, Any], values: dict[str, Any]) -> list[jsonschema.ValidationError]:
@@ -67,3 +69,8 @@ def test_a_secret_managed_elsewhere_needs_no_keys_or_users_in_values(schema, val
 def test_bridge_users_are_not_required_when_the_bridge_is_disabled(schema, values):
     override = {"bridge": {"enabled": False, "auth": {"enabled": True}}}
     assert errors(schema, merged(values, override)) == []
+
+
+def test_the_charts_app_version_is_the_packages_version_so_the_default_image_tag_matches():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == kvmworker.__version__
