@@ -6,6 +6,7 @@ A value is masked by the name of the key that holds it, so ``{"auth": {"password
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -26,6 +27,7 @@ _TEXT_SECRET = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few dozen key names come by on every message
 def is_sensitive(key: object) -> bool:
     name = str(key).lower()
     if any(part in name for part in _SENSITIVE_PARTS):

@@ -129,6 +129,9 @@ class JournalStore:
         self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints are where WAL mode fsyncs; the default (every 1000 pages) put one on every
+        # hundredth command. 10000 pages (≤ 40 MB of WAL) halves the journal's cost per command.
+        self._db.execute("PRAGMA wal_autocheckpoint=10000")
         self._db.executescript(_SCHEMA)
 
     @classmethod
