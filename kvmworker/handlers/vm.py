@@ -152,6 +152,8 @@ class VmHandler:
             dom = domains.lookup(conn, data)
             if ctx.dry_run:
                 return {**_plan(f"attach to {dom.name()}"), "xml": xml}
+            if dom.isActive():
+                domains.require_bridge(conn, bridge_of(nic))
             dom.attachDeviceFlags(xml, domains.device_flags(dom))
             return {**domains.identity(dom), "mac": nic.mac, "bridge": bridge_of(nic)}
 

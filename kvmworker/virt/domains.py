@@ -119,10 +119,13 @@ def require_bridges(dom: libvirt.virDomain) -> None:
     conn = dom.connect()
     root = description.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     for nic in description.interfaces(root):
-        if nic["type"] == "bridge" and nic["bridge"] and not _interface_exists(conn, nic["bridge"]):
-            raise DeviceNotFound(
-                f"bridge {nic['bridge']} of {dom.name()} does not exist: create its network first", field="bridge"
-            )
+        if nic["type"] == "bridge" and nic["bridge"]:
+            require_bridge(conn, nic["bridge"])
+
+
+def require_bridge(conn: libvirt.virConnect, bridge: str) -> None:
+    if not _interface_exists(conn, bridge):
+        raise DeviceNotFound(f"bridge {bridge} does not exist: create its network first", field="bridge")
 
 
 def _interface_exists(conn: libvirt.virConnect, name: str) -> bool:

@@ -101,6 +101,23 @@ def test_a_vm_on_a_network_has_its_tap_enslaved_to_that_networks_bridge(system_c
     assert nic["mac"] in virsh("domiflist", name)
 
 
+def test_an_interface_attached_to_a_running_vm_gets_a_tap_on_the_bridge_and_a_missing_bridge_is_30003(
+    system_call, vms, network_bridge
+):
+    network_id, bridge = network_bridge
+    name = vm_name()
+    vms.append(name)
+    system_call("define", name=name, memory_mib=32)
+    system_call("start", name=name)
+    attached = system_call("attach_interface", name=name, network_id=network_id)
+    assert attached.code == 0, attached.data
+    (nic,) = system_call("info", name=name).data["interfaces"]
+    assert nic["mac"] == attached.data["mac"]
+    assert Path(f"/sys/class/net/{nic['tap']}/master").resolve().name == bridge
+    missing = system_call("attach_interface", name=name, network_id=str(uuid.uuid4()))
+    assert missing.code == 30003
+
+
 def test_starting_a_vm_whose_network_bridge_is_missing_is_30003_naming_the_bridge(system_call, vms):
     name = vm_name()
     vms.append(name)
