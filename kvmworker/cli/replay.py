@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.journal import find_entry
 from kvmworker.client import Client
-from kvmworker.journal.replay import NotReplayable, Replayer, ReplayResult
+from kvmworker.journal.replay import ABSENT, NotReplayable, Replayer, ReplayResult
 from kvmworker.journal.store import Entry, JournalStore, journal_path
 from kvmworker.trust.signing import load_signer
 
@@ -107,8 +107,7 @@ def print_result(result: ReplayResult, width: int, out: TextIO) -> None:
     for line in side_by_side(entry.reply, result.new, width):
         out.write(line + "\n")
     for diff in result.differences:
-        out.write(f"   ! {diff.path}: {json.dumps(diff.recorded, ensure_ascii=False)} → ")
-        out.write(json.dumps(diff.new, ensure_ascii=False) + "\n")
+        out.write(f"   ! {diff.path}: {_value(diff.recorded)} → {_value(diff.new)}\n")
 
 
 def side_by_side(recorded: Any, new: Any, width: int) -> list[str]:
@@ -124,6 +123,10 @@ def side_by_side(recorded: Any, new: Any, width: int) -> list[str]:
             new_line = news[k] if k < len(news) else ""
             lines.append(f"{_fit(old, column):<{column}} {mark} {_fit(new_line, column)}".rstrip())
     return lines
+
+
+def _value(value: Any) -> str:
+    return repr(value) if value is ABSENT else json.dumps(value, ensure_ascii=False)
 
 
 def _json_lines(value: Any) -> list[str]:

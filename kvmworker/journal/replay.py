@@ -99,25 +99,23 @@ def differences(recorded: Any, new: Any, path: str = "") -> list[Difference]:
     if isinstance(recorded, dict) and isinstance(new, dict):
         found: list[Difference] = []
         for key in sorted(set(recorded) | set(new), key=str):
-            found += differences(recorded.get(key, _ABSENT), new.get(key, _ABSENT), _join(path, str(key)))
+            found += differences(recorded.get(key, ABSENT), new.get(key, ABSENT), _join(path, str(key)))
         return found
     if isinstance(recorded, list) and isinstance(new, list) and len(recorded) == len(new):
         return [
             d for i, (a, b) in enumerate(zip(recorded, new, strict=True)) for d in differences(a, b, f"{path}[{i}]")
         ]
-    return [] if recorded == new else [Difference(path or "(reply)", _shown(recorded), _shown(new))]
+    return [] if recorded == new else [Difference(path or "(reply)", recorded, new)]
 
 
 class _Absent:
+    """A key one side does not have (``None`` would be a value that is there)."""
+
     def __repr__(self) -> str:
         return "(absent)"
 
 
-_ABSENT = _Absent()
-
-
-def _shown(value: Any) -> Any:
-    return "(absent)" if value is _ABSENT else value
+ABSENT = _Absent()
 
 
 def _join(path: str, key: str) -> str:
