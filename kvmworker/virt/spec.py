@@ -10,10 +10,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.types import IfName, LooseInt, MacAddress, coded
+from kvmworker.virt.storage import PLAIN_NAME
 
 _VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 _LOOKUP_NAME = re.compile(r"[^\x00-\x1f/]{1,255}")
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
 
 
 def _check_vm_name(name: str) -> str:
@@ -30,7 +30,7 @@ def _check_lookup_name(name: str) -> str:
 
 
 def _check_plain(name: str) -> str:
-    if ".." in name or not _PLAIN.fullmatch(name):
+    if ".." in name or not PLAIN_NAME.fullmatch(name):
         raise coded(Code.INVALID_PARAMETER, "use a plain name: [A-Za-z0-9_.+-], no '/', no '..', no NUL")
     return name
 

@@ -18,14 +18,15 @@ import libvirt
 
 from kvmworker.protocol.errors import InvalidParameter
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+"""A file, volume or pool name: never a path (the character set excludes '/' and NUL)."""
 QCOW2_MAGIC = b"QFI\xfb"
 GIB = 1024**3
 
 
 def check_plain_name(name: str, field: str) -> str:
     """A file or volume name: no '/', no '..', no NUL, not hidden, printable ASCII."""
-    if "\0" in name or "/" in name or ".." in name or not _PLAIN_NAME.fullmatch(name):
+    if "\0" in name or "/" in name or ".." in name or not PLAIN_NAME.fullmatch(name):
         raise InvalidParameter(
             f"{name!r} is not a plain name: use [A-Za-z0-9_.+-], no '/', no '..', not starting with '.' or '-'",
             field=field,
