@@ -8,10 +8,14 @@ from typing import Any
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
+from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
+from kvmworker.handlers.namespace import NamespaceHandler
+from kvmworker.handlers.network import NetworkHandler
 from kvmworker.handlers.system import ResultLookup, SystemHandler
 from kvmworker.handlers.vm import create_vm_handler
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
+from kvmworker.netplane.plane import Netplane
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
@@ -35,7 +39,14 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
     handlers: list[object] = []
     handlers.append(create_vm_handler(settings, features))
     handlers.append(create_host_handler(settings, features))
+    handlers.extend(_network_handlers(settings, features))
     return handlers
+
+
+def _network_handlers(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
+    plane = Netplane.from_settings(settings)  # one socket per namespace and one store, shared by the three
+    features["vlan"] = plane.vlan_support
+    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane)]
 
 
 def build_dispatcher(

@@ -79,8 +79,9 @@ def _strict_int(value: object) -> object:
     return value
 
 
-IfName = Annotated[str, Field(max_length=64), AfterValidator(_check_ifname)]
-"""A kernel network-device name: 1-15 bytes of [A-Za-z0-9_.-], not starting with '-', not '.' or '..'."""
+IfName = Annotated[str, Field(json_schema_extra={"maxLength": IFNAMSIZ - 1}), AfterValidator(_check_ifname)]
+"""A kernel network-device name: 1-15 bytes of [A-Za-z0-9_.-], not starting with '-', not '.' or '..'.
+Any name longer than 15 bytes is 30005, however long (so no pydantic ``max_length``, which would answer 30006)."""
 
 LooseInt = Annotated[int, BeforeValidator(_int_from_str), BeforeValidator(_strict_int)]
 VlanId = Annotated[LooseInt, Field(ge=1, le=4094)]

@@ -1,0 +1,179 @@
+"""The netlink client of one network namespace: writes through pyroute2 ``IPRoute``, reads through ``LinkReader``.
+
+Both sockets stay open for the worker's life and are used by one command at a time (a lock):
+pyroute2's synchronous ``IPRoute`` is not meant to be shared between threads. Kernel errors are
+translated here, once, into the worker's coded errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kvmworker.netplane.linkscan import Link, LinkReader, NetlinkSocket
+from kvmworker.protocol.errors import (
+    DeviceNotFound,
+    InvalidParameter,
+    KvmError,
+    NamespaceNotFound,
+    OperationNotAllowed,
+)
+
+NETLINK_ROUTE = 0
+NETNS_RUN_DIR = "/run/netns"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    index: int
+    cidr: str
+
+
+class Netlink:
+    """One namespace's netlink sockets. ``namespace`` None is the worker's own namespace."""
+
+    def __init__(
+        self,
+        ipr: IPRoute,
+        reader_socket: NetlinkSocket,
+        namespace: str | None = None,
+        identity: Callable[[], object] | None = None,
+    ):
+        self.namespace = namespace
+        self._ipr = ipr
+        self._socket = reader_socket
+        self._reader = LinkReader(reader_socket)
+        self._lock = threading.RLock()
+        self._identity = identity
+        self._opened_as = identity() if identity else None
+
+    def still_current(self) -> bool:
+        """False once the namespace was deleted (or deleted and made again) since these sockets were opened."""
+        if self._identity is None:
+            return True
+        try:
+            return self._identity() == self._opened_as
+        except OSError:
+            return False
+
+    def link(self, name: str) -> Link | None:
+        with self._kernel(f"reading {name}"):
+            return self._reader.get(name=name)
+
+    def link_at(self, index: int) -> Link | None:
+        with self._kernel(f"reading link #{index}"):
+            return self._reader.get(index=index)
+
+    def links(self, kind: str | None = None) -> list[Link]:
+        with self._kernel("listing links"):
+            return self._reader.dump(kind=kind)
+
+    def bridges_and_ports(self) -> list[Link]:
+        with self._kernel("listing bridges"):
+            return self._reader.bridges_and_ports()
+
+    def add_link(self, name: str, kind: str, **attrs: Any) -> None:
+        with self._kernel(f"creating {kind} {name}"):
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+
+    def set_link(self, name: str, **attrs: Any) -> None:
+        """Change a link found by name (the kernel resolves it: no lookup round trip)."""
+        with self._kernel(f"changing {name}"):
+            self._ipr.link("set", ifname=name, **attrs)
+
+    def delete_link(self, name: str) -> None:
+        with self._kernel(f"deleting {name}"):
+            self._ipr.link("del", ifname=name)
+
+    def addresses(self, index: int | None = None) -> list[Address]:
+        query = {} if index is None else {"index": index}
+        with self._kernel("listing addresses"):
+            return [Address(msg["index"], _cidr(msg)) for msg in self._ipr.addr("dump", **query)]
+
+    def add_address(self, index: int, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        with self._kernel(f"adding {cidr}"):
+            self._ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+    def delete_address(self, index: int, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        with self._kernel(f"removing {cidr}"):
+            self._ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+    def close(self) -> None:
+        with self._lock:
+            self._ipr.close()
+            self._socket.close()
+
+    @contextmanager
+    def _kernel(self, what: str) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except NetlinkError as exc:
+                raise kernel_error(exc, what) from exc
+
+
+def kernel_error(exc: NetlinkError, what: str) -> KvmError:
+    """The coded error for a kernel refusal; ``detail`` names the step and the kernel's reason."""
+    reason = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(exc.code)
+    detail = f"{what}: the kernel answered: {reason}"
+    if exc.code == errno.ENODEV:
+        return DeviceNotFound(detail)
+    if exc.code in (errno.EEXIST, errno.EINVAL, errno.ERANGE, errno.EADDRNOTAVAIL, errno.ELOOP, errno.EADDRINUSE):
+        return InvalidParameter(detail)
+    if exc.code in (errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EBUSY):
+        return OperationNotAllowed(detail)
+    return KvmError(detail)
+
+
+def open_netlink(namespace: str | None) -> Netlink:
+    """Open the sockets of a namespace (None: the worker's own). A named namespace must exist."""
+    if namespace is not None and not namespace_exists(namespace):
+        raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace")
+    try:
+        ipr = IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
+        sock = _reader_socket(namespace)
+    except FileNotFoundError:
+        raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace") from None
+    identity = (lambda: namespace_identity(namespace)) if namespace is not None else None
+    return Netlink(ipr, sock, namespace, identity)
+
+
+def _reader_socket(namespace: str | None) -> socket.socket:
+    if namespace is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    else:
+        sock = pyroute2_netns.create_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0)
+    sock.bind((0, 0))
+    return sock
+
+
+def namespace_path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def namespace_exists(name: str) -> bool:
+    return os.path.ismount(namespace_path(name))
+
+
+def namespace_identity(name: str) -> tuple[int, int]:
+    """The namespace a name stands for now (its nsfs inode): changes when it is deleted and made again."""
+    st = os.stat(namespace_path(name))
+    return st.st_dev, st.st_ino
+
+
+def _cidr(msg: Any) -> str:
+    address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    return f"{address}/{msg['prefixlen']}"

@@ -1,0 +1,57 @@
+"""What the three network handlers share: the namespaces' sockets, the store and the interface policy."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from kvmworker.netplane.ownership import PhysicalInterfaces
+from kvmworker.netplane.pool import NetlinkPool
+from kvmworker.netplane.store import FILENAME, NetworkStore
+from kvmworker.protocol.errors import KvmError
+from kvmworker.settings import Settings
+
+WORKER_NAMESPACE_KEY = "@worker"
+
+
+def netlink_key(namespace: str | None) -> str:
+    """The resource key of a namespace: mutations in one namespace run one after another."""
+    return f"netlink:{namespace or WORKER_NAMESPACE_KEY}"
+
+
+@dataclass
+class Netplane:
+    pool: NetlinkPool
+    store: NetworkStore
+    physical: PhysicalInterfaces
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Netplane:
+        return cls(
+            NetlinkPool(settings.netns),
+            NetworkStore(settings.state_dir / FILENAME),
+            PhysicalInterfaces(settings.physical_interfaces),
+        )
+
+    def vlan_support(self) -> dict[str, Any]:
+        """Does the kernel know the vlan link kind (8021q)? Asked without creating anything: a vlan
+        request without a parent is refused with EINVAL by a kernel that knows the kind, and with
+        EOPNOTSUPP by one that does not."""
+        probe = f"kvmprobe{os.getpid() % 100000}"
+        try:
+            self.pool.get().add_link(probe, "vlan")
+        except KvmError as exc:
+            code = getattr(exc.__cause__, "code", None)
+            if code == errno.EOPNOTSUPP:
+                return {"available": False, "reason": "the kernel has no 8021q support (vlan link type unknown)"}
+            if code == errno.EINVAL:
+                return {"available": True}
+            raise
+        self.pool.get().delete_link(probe)  # a kernel that made it anyway: tidy up
+        return {"available": True}
+
+    def close(self) -> None:
+        self.pool.close()
+        self.store.close()

@@ -1,0 +1,120 @@
+"""Network dataplane fixtures: a namespace of the test's own where veth ends play the physical NICs
+(``ens224``…), the three network handlers pointed at it, raw JSON calls through the dispatcher, and
+an independent look at the kernel (``ip -n NS -j -d link``, never the code under test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.request import Request
+from kvmworker.handlers.device import DeviceHandler
+from kvmworker.handlers.namespace import NamespaceHandler
+from kvmworker.handlers.network import NetworkHandler
+from kvmworker.netplane.ownership import PhysicalInterfaces
+from kvmworker.netplane.plane import Netplane
+from kvmworker.netplane.pool import NetlinkPool, Opener
+from kvmworker.netplane.store import FILENAME, NetworkStore
+from kvmworker.protocol.envelope import Reply
+from tests.conftest import unique
+
+NICS = ("ens224", "ens225", "ens226")
+DOCUMENTED_EXAMPLE = {
+    "network_id": "5b0503ba-1af4-11ea-baa2-000c2902e179",
+    "network_type": "vlan",
+    "physical_interface": "ens224",
+    "vlan_id": "1001",
+}
+Call = Callable[..., Reply]
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What the kernel has in the test's namespace, read with iproute2."""
+
+    namespace: str
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        return {link["ifname"]: link for link in json.loads(ip("-n", self.namespace, "-j", "-d", "link", "show"))}
+
+    def link(self, name: str) -> dict[str, Any] | None:
+        return self.links().get(name)
+
+    def ip(self, *args: str) -> str:
+        return ip("-n", self.namespace, *args)
+
+
+def make_namespace(nics: tuple[str, ...] = NICS) -> str:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name = unique("kvt-np-")
+    ip("netns", "add", name)
+    for nic in nics:
+        ip("-n", name, "link", "add", nic, "type", "veth", "peer", "name", f"{nic}p")
+    return name
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = make_namespace()
+    yield name
+    ip("netns", "del", name)
+
+
+@pytest.fixture
+def kernel(namespace: str) -> Kernel:
+    return Kernel(namespace)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def make_plane(namespace: str | None, state_dir: Path, physical: list[str] | None = None, opener: Opener | None = None):
+    pool = NetlinkPool(namespace) if opener is None else NetlinkPool(namespace, opener)
+    return Netplane(pool, NetworkStore(state_dir / FILENAME), PhysicalInterfaces(physical))
+
+
+@pytest.fixture
+def plane(namespace: str, state_dir: Path) -> Iterator[Netplane]:
+    plane = make_plane(namespace, state_dir, list(NICS))
+    yield plane
+    plane.close()
+
+
+def caller(*handlers: object) -> Call:
+    dispatcher = Dispatcher(HandlerRegistry(handlers))
+
+    def call(handler: str, command: str, data: dict[str, Any] | None = None, **envelope: Any) -> Reply:
+        body = json.dumps({"handler": handler, "command": command, "data": data or {}, **envelope}).encode()
+        return dispatcher.handle(Request(body=body, content_type="application/json"))
+
+    return call
+
+
+def handlers(plane: Netplane) -> tuple[NetworkHandler, NamespaceHandler, DeviceHandler]:
+    return NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane)
+
+
+@pytest.fixture
+def call(plane: Netplane) -> Call:
+    """``call("NetworkHandler", "create", {...}, dry_run=True)``: a raw JSON body through ``Dispatcher.handle``."""
+    return caller(*handlers(plane))
+
+
+def flat(network_id: str, nic: str = "ens224", **extra: Any) -> dict[str, Any]:
+    return {"network_id": network_id, "network_type": "flat", "physical_interface": nic, **extra}
