@@ -42,6 +42,9 @@ def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | Non
         max_age_days=settings.journal_max_age_days,
         max_mb=settings.journal_max_mb,
     )
+    abandoned = store.close_abandoned(Code.UNKNOWN_OUTCOME.msg, _INTERRUPTED_DETAIL)
+    if abandoned:
+        log.warning("%d command(s) were cut short when the worker last stopped: answered -1 (interrupted)", abandoned)
     store.prune()  # a worker that was down for a while starts within its limits
     return JournalMiddleware(store, settings.host, on_duplicate=on_duplicate)
 

@@ -186,6 +186,21 @@ class JournalStore:
             )
         self._maybe_prune()
 
+    def close_abandoned(self, msg: str, detail: str) -> int:
+        """At start: rows a dead process left ``running`` become ``interrupted``, answered with -1.
+
+        Without this, a claim whose message never comes back (expired, purged) would stay
+        ``running`` for ever, and retention never drops a running row.
+        """
+        with self._lock:
+            return self._db.execute(
+                """UPDATE entries SET state='interrupted', code=-1, answered_at=?,
+                       reply=json_object('code', -1, 'msg', ?, 'data',
+                                         json_object('detail', ?, 'state', 'interrupted', 'msg_id', msg_id))
+                   WHERE state='running'""",
+                (self._clock(), msg, detail),
+            ).rowcount
+
     def add_delivery(self, msg_id: str, delivery: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute(

@@ -114,3 +114,15 @@ def _admitted(w, msg_id):
     req = request("EffectsHandler", "bump", {"name": "d"}, msg_id=msg_id)
     admitted = w.dispatcher.admit(req)
     return admitted.request
+
+
+def test_claims_a_dead_worker_left_running_are_closed_as_interrupted_when_the_next_one_starts(tmp_path):
+    before = wire(tmp_path / "state", tmp_path / "effects")
+    msg_id = new_id()
+    before.journal.before_execute(_admitted(before, msg_id))
+    before.journal.store.close()
+    after = wire(tmp_path / "state", tmp_path / "effects")
+    entry = after.journal.store.find(msg_id)
+    assert (entry.state, entry.code, entry.reply["data"]["state"]) == (INTERRUPTED, -1, INTERRUPTED)
+    assert entry.reply["msg"] == Code.UNKNOWN_OUTCOME.msg
+    assert after.send("SystemHandler", "result", {"msg_id": msg_id}).data["msg_id"] == msg_id
