@@ -1,0 +1,203 @@
+"""The guard through the real dispatcher and journal (no broker): who is refused, with which code, and what runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kvmworker.app import build_dispatcher, build_middleware
+from kvmworker.dispatch.dispatcher import Admitted
+from kvmworker.dispatch.request import Request
+from kvmworker.journal.middleware import JournalMiddleware
+from kvmworker.settings import Settings
+from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
+from kvmworker.trust.keys import KeyFileError
+from kvmworker.trust.middleware import TrustMiddleware
+from kvmworker.trust.signing import Signer
+from tests.support.handlers import ProbeHandler, count_of
+
+HOST = "kvt-guard"
+REPLY_TO = "kvmworker.reply.caller"
+
+
+class Guarded:
+    def __init__(self, tmp: Path, keys_file: Path | None):
+        self.counters = tmp / "counters"
+        self.counters.mkdir(exist_ok=True)
+        settings = Settings(host=HOST, state_dir=tmp / "state", keys_file=keys_file)
+        self.middleware = build_middleware(settings)
+        self.dispatcher = build_dispatcher(settings, [ProbeHandler(self.counters)], self.middleware)
+        self.journal = next(mw for mw in self.middleware if isinstance(mw, JournalMiddleware))
+
+    def count(self, name: str = "g") -> int:
+        return count_of(self.counters, name)
+
+
+@pytest.fixture
+def guarded(tmp_path, keys_file):
+    g = Guarded(tmp_path, keys_file)
+    yield g
+    g.journal.store.close()
+
+
+@pytest.fixture
+def open_worker(tmp_path):
+    g = Guarded(tmp_path, None)
+    yield g
+    g.journal.store.close()
+
+
+def command(name: str = "g") -> bytes:
+    return json.dumps({"handler": "ProbeHandler", "command": "count", "data": {"name": name}}).encode()
+
+
+def request(
+    signer: Signer | None,
+    *,
+    body: bytes | None = None,
+    host: str = HOST,
+    issued: float | None = None,
+    validity: float = 30,
+    msg_id: str | None = None,
+) -> Request:
+    body = body or command()
+    msg_id = msg_id or str(uuid.uuid4())
+    issued = time.time() if issued is None else issued
+    headers = {HEADER_HOST: host, HEADER_ISSUED_AT: issued, HEADER_EXPIRES_AT: issued + validity}
+    if signer is not None:
+        headers |= signer.sign(body, msg_id, host, REPLY_TO, headers)
+    return Request(body=body, content_type="application/json", headers=headers, message_id=msg_id, reply_to=REPLY_TO)
+
+
+def test_a_signed_command_for_this_host_runs(guarded, signer):
+    assert guarded.dispatcher.handle(request(signer)).code == 0
+    assert guarded.count() == 1
+
+
+def test_an_unsigned_command_is_refused_20004_runs_nothing_and_answers_nobody(guarded):
+    req = request(None)
+    reply = guarded.dispatcher.handle(req)
+    assert (reply.code, reply.msg) == (20004, "认证失败")
+    assert req.reply_to is None, "the worker must not answer a reply_to no signature covers"
+    assert guarded.count() == 0
+
+
+def test_a_refusal_is_journalled_under_the_messages_own_msg_id(guarded):
+    req = request(None)
+    guarded.dispatcher.handle(req)
+    entry = guarded.journal.store.find(req.message_id)
+    assert (entry.state, entry.reply["code"]) == ("refused", 20004)
+
+
+def test_a_command_whose_body_was_changed_after_signing_is_refused_without_a_reply(guarded, signer):
+    req = request(signer)
+    req.body = command("other")
+    reply = guarded.dispatcher.handle(req)
+    assert reply.code == 20004 and "bad signature" in reply.data["detail"]
+    assert req.reply_to is None
+    assert guarded.count("other") == 0
+
+
+def test_a_redirected_reply_to_is_refused_and_the_new_queue_gets_nothing(guarded, signer):
+    req = request(signer)
+    req.reply_to = "kvmworker.reply.victim"
+    assert guarded.dispatcher.handle(req).code == 20004
+    assert req.reply_to is None
+    assert guarded.count() == 0
+
+
+def test_a_command_signed_for_another_host_is_refused_but_its_signed_reply_to_is_answered(guarded, signer):
+    req = request(signer, host="kvt-other-host")
+    reply = guarded.dispatcher.handle(req)
+    assert reply.code == 20004 and "kvt-other-host" in reply.data["detail"]
+    assert req.reply_to == REPLY_TO
+    assert guarded.count() == 0
+
+
+def test_a_signed_command_that_arrives_expired_is_answered_20005_and_never_runs(guarded, signer):
+    reply = guarded.dispatcher.handle(request(signer, issued=time.time() - 120, validity=60))
+    assert (reply.code, reply.msg) == (20005, "请求已过期")
+    assert reply.data["late_s"] >= 59
+    assert guarded.count() == 0
+
+
+def test_a_command_late_by_less_than_the_clock_skew_allowance_still_runs(guarded, signer):
+    assert guarded.dispatcher.handle(request(signer, issued=time.time() - 12, validity=10)).code == 0
+    assert guarded.count() == 1
+
+
+def test_a_command_issued_in_the_future_is_refused(guarded, signer):
+    reply = guarded.dispatcher.handle(request(signer, issued=time.time() + 600))
+    assert reply.code == 20004 and "future" in reply.data["detail"]
+    assert guarded.count() == 0
+
+
+def test_a_signature_valid_for_longer_than_a_day_is_refused(guarded, signer):
+    reply = guarded.dispatcher.handle(request(signer, validity=30 * 24 * 3600))
+    assert reply.code == 20004 and "validity" in reply.data["detail"]
+
+
+def test_a_signed_message_without_a_uuid_message_id_is_refused(guarded, signer):
+    reply = guarded.dispatcher.handle(request(signer, msg_id="not-a-uuid"))
+    assert reply.code == 20004 and "message_id" in reply.data["detail"]
+    assert guarded.count() == 0
+
+
+def test_the_same_signed_message_delivered_twice_runs_once_and_both_get_its_reply(guarded, signer):
+    first = request(signer)
+    again = Request(**{k: getattr(first, k) for k in ("body", "content_type", "headers", "message_id", "reply_to")})
+    replies = [guarded.dispatcher.handle(first), guarded.dispatcher.handle(again)]
+    assert [r.code for r in replies] == [0, 0]
+    assert guarded.count() == 1
+
+
+def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(tmp_path, signer):
+    now = [time.time()]
+    guard = TrustMiddleware(HOST, signer, clock=lambda: now[0])
+    g = Guarded(tmp_path, None)
+    g.dispatcher.middleware.middleware.insert(1, guard)
+    admitted = g.dispatcher.admit(request(signer, issued=now[0], validity=2))
+    assert isinstance(admitted, Admitted)
+    now[0] += 60  # it sat behind a long command on the same resource
+    reply = g.dispatcher.execute(admitted)
+    assert reply.code == 20005
+    assert g.count() == 0
+    g.journal.store.close()
+
+
+def test_a_worker_without_keys_runs_unsigned_commands_and_says_loudly_that_it_is_open(open_worker, caplog):
+    with caplog.at_level(logging.WARNING, logger="kvmworker.trust"):
+        assert open_worker.dispatcher.handle(request(None)).code == 0
+        assert open_worker.dispatcher.handle(request(None)).code == 0
+    warnings = [r for r in caplog.records if "RUNNING OPEN" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert open_worker.count() == 2
+
+
+def test_a_worker_without_keys_still_refuses_an_expired_command(open_worker):
+    assert open_worker.dispatcher.handle(request(None, issued=time.time() - 3600, validity=60)).code == 20005
+    assert open_worker.count() == 0
+
+
+def test_a_legacy_message_without_any_headers_runs_on_an_open_worker(open_worker):
+    req = Request(body=command(), content_type="application/json")
+    assert open_worker.dispatcher.handle(req).code == 0
+
+
+def test_an_unreadable_expiry_header_is_a_malformed_request(open_worker):
+    req = request(None)
+    req.headers[HEADER_EXPIRES_AT] = "tomorrow"
+    assert open_worker.dispatcher.handle(req).code == 20001
+    assert open_worker.count() == 0
+
+
+def test_a_worker_whose_key_file_is_broken_refuses_to_start_instead_of_running_open(tmp_path):
+    broken = tmp_path / "keys.json"
+    broken.write_text("{")
+    with pytest.raises(KeyFileError):
+        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", keys_file=broken))
