@@ -120,7 +120,7 @@ class JournalMiddleware(Middleware):
             return reply
         log.info("[%s] already answered (%s): sending the recorded reply again", request.msg_id, state)
         self.store.add_delivery(request.msg_id, self._delivery(request, "journal"))
-        self._on_duplicate("journal")
+        self._on_duplicate(INTERRUPTED if state == INTERRUPTED else "journal")
         return Reply.model_validate(stored)
 
     def _finish(self, msg_id: str, reply: Reply, duration: float) -> None:
