@@ -74,17 +74,19 @@ class Bridge:
         return await self.post(request, request.path_params["host"])
 
     async def post(self, request: HttpRequest, host: str) -> Response:
+        """The one place where any failure of a POST becomes a ``{code, msg, data}`` reply."""
         started = time.perf_counter()
-        envelope = None
-        self._metrics.in_flight.inc()
-        try:
-            envelope = await read_envelope(request, self._max_body)
-            reply = await self._answer(request, envelope, host)
-        except Exception as exc:
-            reply = reply_for_exception(exc, context=f"[bridge {request.client.host if request.client else '-'}] ")
-            if isinstance(exc, BodyTooLarge):
-                return self._respond(reply, envelope, started, close=True)
-        return self._respond(reply, envelope, started)
+        envelope: Envelope | None = None
+        close = False
+        # a caller that hangs up cancels this task: the gauge must come down all the same
+        with self._metrics.in_flight.track_inprogress():
+            try:
+                envelope = await read_envelope(request, self._max_body)
+                reply = await self._answer(request, envelope, host)
+            except Exception as exc:
+                reply = reply_for_exception(exc, context=f"[bridge {_address(request) or '-'}] ")
+                close = isinstance(exc, BodyTooLarge)
+        return self._respond(reply, envelope, started, close)
 
     async def _answer(self, request: HttpRequest, envelope: Envelope, host: str) -> Reply:
         if envelope.handler == USER_HANDLER:
@@ -96,7 +98,7 @@ class Bridge:
     async def _user_command(self, request: HttpRequest, envelope: Envelope) -> Reply:
         if envelope.command == "login":
             data = LoginData.model_validate(envelope.data)
-            return Reply.ok(await self._login(data, request.client.host if request.client else ""))
+            return Reply.ok(await self._login(data, _address(request)))
         if envelope.command == "logout":
             if self._auth is not None:
                 self._auth.logout(_token(request, envelope))
@@ -112,8 +114,7 @@ class Bridge:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._login_pool, self._auth.login, data.username, data.password, address)
 
-    def _respond(self, reply: Reply, envelope: Envelope | None, started: float, close: bool = False) -> Response:
-        self._metrics.in_flight.dec()
+    def _respond(self, reply: Reply, envelope: Envelope | None, started: float, close: bool) -> Response:
         self._metrics.observe(envelope, reply, time.perf_counter() - started)
         headers = {"connection": "close"} if close else None
         return Response(encode_reply(reply), media_type=JSON_UTF8, headers=headers)
@@ -139,6 +140,10 @@ class Bridge:
     def close(self) -> None:
         self._forwarder.close()
         self._login_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _address(request: HttpRequest) -> str:
+    return request.client.host if request.client else ""
 
 
 def _token(request: HttpRequest, envelope: Envelope) -> str | None:
