@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
-from kvmworker.journal.store import Entry, JournalStore, Query, journal_path
+from kvmworker.journal.entry import Entry
+from kvmworker.journal.query import Query
+from kvmworker.journal.store import JournalStore, journal_path
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -17,8 +17,9 @@ from typing import Any, TextIO
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.journal import find_entry
 from kvmworker.client import Client
+from kvmworker.journal.entry import Entry
 from kvmworker.journal.replay import ABSENT, NotReplayable, Replayer, ReplayResult
-from kvmworker.journal.store import Entry, JournalStore, journal_path
+from kvmworker.journal.store import JournalStore, journal_path
 from kvmworker.trust.signing import load_signer
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}

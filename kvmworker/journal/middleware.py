@@ -24,8 +24,9 @@ from typing import Any
 
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Request
+from kvmworker.journal.entry import Received
 from kvmworker.journal.redaction import redact, redact_text
-from kvmworker.journal.store import ANSWERED, INTERRUPTED, REFUSED, RUNNING, JournalStore, Received, journal_path
+from kvmworker.journal.store import ANSWERED, INTERRUPTED, REFUSED, RUNNING, JournalStore, journal_path
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from kvmworker.journal.entry import Entry
 from kvmworker.journal.redaction import contains_mask, redact
-from kvmworker.journal.store import Entry
 from kvmworker.protocol.envelope import Envelope, Reply
 
 

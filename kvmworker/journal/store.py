@@ -13,9 +13,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kvmworker.journal.entry import Entry, Received
+from kvmworker.journal.query import Query, where_clause
 
 RUNNING, ANSWERED, REFUSED, INTERRUPTED = "running", "answered", "refused", "interrupted"
 JOURNAL_FILE = "journal.sqlite"
@@ -45,66 +47,6 @@ CREATE INDEX IF NOT EXISTS entries_command ON entries (handler, command);
 CREATE INDEX IF NOT EXISTS entries_code ON entries (code);
 """
 _JSON_COLUMNS = ("envelope", "properties", "reply", "deliveries")
-
-
-@dataclass
-class Received:
-    """One arrival of a message, already redacted, as the middleware hands it to the store."""
-
-    msg_id: str
-    received_at: float
-    host: str
-    handler: str | None
-    command: str | None
-    dry_run: bool
-    redelivered: bool
-    envelope: Any
-    properties: dict[str, Any]
-    delivery: dict[str, Any]
-
-
-@dataclass
-class Entry:
-    msg_id: str
-    received_at: float
-    host: str | None
-    handler: str | None
-    command: str | None
-    dry_run: bool
-    state: str
-    code: int | None
-    duration_ms: float | None
-    answered_at: float | None
-    redelivered: bool
-    envelope: Any
-    properties: dict[str, Any] | None
-    reply: dict[str, Any] | None
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
-    delivery_count: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> Entry:
-        known = {k: value.get(k) for k in cls.__dataclass_fields__}
-        known["deliveries"] = known["deliveries"] or []
-        known["delivery_count"] = known["delivery_count"] or 1
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class Query:
-    handler: str | None = None
-    command: str | None = None
-    codes: tuple[int, ...] = ()
-    since: float | None = None
-    until: float | None = None
-    msg_id: str | None = None
-    text: str | None = None
-    state: str | None = None
-    limit: int | None = None
-    newest_first: bool = True
 
 
 class JournalStore:
@@ -225,7 +167,7 @@ class JournalStore:
         return [_entry(row) for row in rows]
 
     def query(self, query: Query) -> Iterator[Entry]:
-        where, params = _where(query)
+        where, params = where_clause(query)
         order = "DESC" if query.newest_first else "ASC"
         sql = f"SELECT * FROM entries {where} ORDER BY received_at {order}"
         if query.limit:
@@ -302,39 +244,6 @@ def _row(received: Received) -> tuple[Any, ...]:
         _dumps(received.properties),
         _dumps(received.delivery),
     )
-
-
-def _where(query: Query) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (("handler", query.handler), ("command", query.command), ("state", query.state)):
-        if value:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.codes:
-        clauses.append(f"code IN ({','.join('?' * len(query.codes))})")
-        params.extend(query.codes)
-    if query.since is not None:
-        clauses.append("received_at >= ?")
-        params.append(query.since)
-    if query.until is not None:
-        clauses.append("received_at <= ?")
-        params.append(query.until)
-    if query.msg_id:
-        clauses.append("msg_id LIKE ? ESCAPE '\\'")
-        params.append(_like_prefix(query.msg_id))
-    if query.text:
-        clauses.append("(envelope LIKE ? ESCAPE '\\' OR reply LIKE ? ESCAPE '\\')")
-        params.extend([f"%{_escape_like(query.text)}%"] * 2)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _like_prefix(prefix: str) -> str:
-    return _escape_like(prefix) + "%"
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _entry(row: sqlite3.Row) -> Entry:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from kvmworker.journal.store import ANSWERED, JournalStore, Query, Received
+from kvmworker.journal.entry import Received
+from kvmworker.journal.query import Query
+from kvmworker.journal.store import ANSWERED, JournalStore
 
 DAY = 86400.0
 NOW = time.time()

@@ -14,8 +14,8 @@ import pytest
 from kvmworker.cli import main
 from kvmworker.cli.replay import ProgressBar, side_by_side
 from kvmworker.client import Client
+from kvmworker.journal.entry import Entry
 from kvmworker.journal.replay import NotReplayable, differences, replay_envelope
-from kvmworker.journal.store import Entry
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
