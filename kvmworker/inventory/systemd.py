@@ -6,6 +6,7 @@ whenever dbus restarts.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
@@ -27,7 +28,29 @@ class SystemdUnits:
         self._timeout = timeout
 
     def states(self, units: list[str]) -> dict[str, dict[str, Any]]:
-        """Unit name → its state; a unit systemd cannot load is reported with the reason, not raised."""
+        """Unit name → its state; a unit systemd cannot load is reported with the reason, not raised.
+
+        jeepney's handshake has no timeout of its own: the query runs on a helper thread, so a bus that accepts
+        but never answers fails this call (TimeoutError) instead of hanging the command.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def query() -> None:
+            try:
+                outcome["states"] = self._query(units)
+            except BaseException as exc:
+                outcome["error"] = exc
+            done.set()
+
+        threading.Thread(target=query, name="systemd-dbus", daemon=True).start()
+        if not done.wait(self._timeout * (2 + len(units))):
+            raise TimeoutError(f"no answer from the D-Bus system bus at {self._address}")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["states"]
+
+    def _query(self, units: list[str]) -> dict[str, dict[str, Any]]:
         from jeepney.io.blocking import open_dbus_connection
 
         with self._connect(open_dbus_connection) as conn:

@@ -9,6 +9,7 @@ from kvmworker.inventory.services import ServiceInventory
 from kvmworker.inventory.systemd import SystemdUnits
 from kvmworker.protocol.codes import Code
 from tests.host.conftest import host_handler, unique
+from tests.host.systemd_bus import FakeSystemd, PrivateBus, dbus_daemon_available
 
 SYSTEMD_RUNS = Path("/run/systemd/system").is_dir()
 
@@ -39,16 +40,18 @@ def test_without_systemd_each_default_service_is_unknown_with_the_reason_and_its
 
 
 def test_named_units_are_added_to_the_defaults_once(call, tmp_path):
+    absent = unique("kvtsvc")
     inventory = ServiceInventory(run=tmp_path)
-    reply = call(host_handler(services=inventory), "services", {"names": ["sshd", "libvirtd", "nginx.socket"]})
+    reply = call(host_handler(services=inventory), "services", {"names": [absent, "libvirtd", "nginx.socket"]})
     assert [s["unit"] for s in reply.data["services"]] == [
         "libvirtd.service",
         "virtlogd.service",
         "kvmworker.service",
-        "sshd.service",
+        f"{absent}.service",
         "nginx.socket",
     ]
-    assert all(s["state"] == "unknown" and s["process_running"] is False for s in reply.data["services"][3:4])
+    named = reply.data["services"][3]
+    assert (named["name"], named["state"], named["process_running"], named["pids"]) == (absent, "unknown", False, [])
 
 
 def test_a_process_run_by_an_interpreter_is_matched_by_its_module(tmp_path):
@@ -77,3 +80,44 @@ def test_an_unreachable_system_bus_is_a_service_info_failure(call, tmp_path):
     reply = call(host_handler(services=ServiceInventory(run=tmp_path, systemd=systemd)), "services")
     assert reply.code == Code.SERVICE_INFO_FAILED == 40501
     assert "no-bus" in reply.data["detail"]
+
+
+SYSTEMD_UNITS = {
+    "libvirtd.service": {
+        "ActiveState": "active",
+        "SubState": "running",
+        "LoadState": "loaded",
+        "UnitFileState": "enabled",
+        "Description": "libvirt legacy monolithic daemon",
+        "MainPID": 4321,
+    },
+}
+
+
+@pytest.fixture
+def systemd_bus(tmp_path):
+    if not dbus_daemon_available():
+        pytest.skip("dbus-daemon is not installed (Debian package dbus-daemon)")
+    bus = PrivateBus(tmp_path)
+    try:
+        systemd = FakeSystemd(bus.address, SYSTEMD_UNITS, failing=frozenset({"broken.service"}))
+        systemd.start()
+        try:
+            yield bus
+        finally:
+            systemd.stop()
+    finally:
+        bus.close()
+
+
+def test_with_systemd_states_come_from_its_dbus_api(call, tmp_path, systemd_bus):
+    (tmp_path / "run/systemd/system").mkdir(parents=True)
+    inventory = ServiceInventory(run=tmp_path / "run", systemd=SystemdUnits(systemd_bus.address))
+    reply = call(host_handler(services=inventory), "services", {"names": ["broken"]})
+    assert reply.code == Code.OK and reply.data["systemd"] is True
+    services = {s["name"]: s for s in reply.data["services"]}
+    libvirtd = services["libvirtd"]
+    assert (libvirtd["state"], libvirtd["sub_state"], libvirtd["enabled"]) == ("active", "running", "enabled")
+    assert libvirtd["main_pid"] == 4321 and libvirtd["source"] == "systemd"
+    assert services["virtlogd"]["load_state"] == "not-found" and services["virtlogd"]["state"] == "inactive"
+    assert services["broken"]["state"] == "unknown" and "NoSuchUnit" in services["broken"]["reason"]
