@@ -132,7 +132,7 @@ class DeviceHandler:
         nl = self._plane.pool.get(data.namespace)
         link = devices.existing(nl.link(data.name), data.name)
         if changes.keys() == {"master"} and self._plane.physical.permits(link):
-            self._check_free_interface(link.name)
+            self._check_free_interface(link.name, data.namespace)
         else:
             devices.check_worker_device(link)
         if data.master is not None:
@@ -188,7 +188,9 @@ class DeviceHandler:
         link = devices.existing(self._plane.pool.get(data.namespace).link(data.name), data.name)
         devices.check_addressable(link)
 
-    def _check_free_interface(self, name: str) -> None:
+    def _check_free_interface(self, name: str, namespace: str | None) -> None:
+        if namespace not in (None, self._plane.pool.default):
+            return  # networks live in the worker's namespace
         carried = self._plane.store.on_interface(name)
         if carried:
             raise OperationNotAllowed(
