@@ -48,10 +48,16 @@ class HostHandler:
         hardware: HardwareInventory,
         services: ServiceInventory,
         identity: HostIdentity,
+        owned: tuple[Any, ...] = (),
     ):
         self._cpu, self._memory, self._storage = cpu, memory, storage
         self._network, self._hardware, self._services = network, hardware, services
         self._identity = identity
+        self._owned = owned  # clients this handler opened for itself, closed with it
+
+    def close(self) -> None:
+        for client in self._owned:
+            client.close()
 
     @command(mutates=False)
     def cpu(self, data: Any, ctx: Context) -> dict[str, Any]:
@@ -102,12 +108,14 @@ def create_host_handler(
     settings: Settings, features: dict[str, Any] | None = None, libvirt: LibvirtConnection | None = None
 ) -> HostHandler:
     """``libvirt``: the worker's shared connection when the wiring has one; otherwise one of its own (opened lazily)."""
+    connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     return HostHandler(
         cpu=CpuInventory(),
         memory=MemoryInventory(),
-        storage=StorageInventory(pools=LibvirtPools(libvirt or LibvirtConnection(settings.libvirt_uri))),
+        storage=StorageInventory(pools=LibvirtPools(connection)),
         network=NetworkInventory(netns=settings.netns),
         hardware=HardwareInventory(),
         services=ServiceInventory(),
         identity=HostIdentity(),
+        owned=() if libvirt else (connection,),
     )

@@ -64,7 +64,7 @@ class StorageInventory:
     def _filesystems(self) -> list[dict[str, Any]]:
         nodev = _nodev_types(read_text(self._proc / "filesystems"))
         mounts = _mounts(read_required(self._proc / "self" / "mounts"))
-        real = [m for m in mounts if m["mountpoint"] == "/" or (m["fstype"] not in nodev | SKIPPED_FSTYPES)]
+        real = [m for m in mounts if m["mountpoint"] == "/" or _device_backed(m["fstype"], nodev)]
         return [{**m, **_usage(m["mountpoint"])} for m in real]
 
     def _libvirt_pools(self) -> dict[str, Any]:
@@ -75,6 +75,12 @@ class StorageInventory:
             return {"reachable": True, "reason": None, "pools": self._pools()}
         except (HypervisorUnavailable, libvirt.libvirtError) as exc:
             return {"reachable": False, "reason": str(exc), "pools": None}
+
+
+def _device_backed(fstype: str, nodev: set[str]) -> bool:
+    """``fuse.sshfs`` is a ``fuse`` mount: nodev, and a statvfs on a dead one would hang the command."""
+    base = fstype.split(".", 1)[0]
+    return base not in nodev and fstype not in SKIPPED_FSTYPES
 
 
 def _partition(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ def host_handler(**sections: Any) -> HostHandler:
 
 
 Call = Callable[..., Reply]
+
+
+def while_interfaces_unchanged(read: Callable[[], Any], attempts: int = 5) -> tuple[set[str], Any]:
+    """``read()`` with the worker namespace's interface names around it, retried until no concurrent test added or
+    removed one meanwhile (other suites create devices in this namespace too)."""
+    for _ in range(attempts):
+        before = {name for _, name in socket.if_nameindex()}
+        result = read()
+        if {name for _, name in socket.if_nameindex()} == before:
+            return before, result
+    raise AssertionError("the interfaces of this namespace kept changing")
 
 
 @pytest.fixture

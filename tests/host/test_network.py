@@ -1,12 +1,10 @@
-import socket
-
 import pytest
 from pyroute2 import IPRoute, netns
 
 from kvmworker.handlers.naming import device_alias
 from kvmworker.inventory.network import NetworkInventory
 from kvmworker.protocol.codes import Code
-from tests.host.conftest import host_handler, unique
+from tests.host.conftest import host_handler, unique, while_interfaces_unchanged
 
 pytestmark = pytest.mark.netlink
 
@@ -46,8 +44,8 @@ def test_addresses_masters_and_the_ownership_mark_are_reported(veth_namespace):
 
 
 def test_the_worker_namespace_is_read_when_none_is_given():
-    names = {i["name"] for i in NetworkInventory().read()["interfaces"]}
-    assert names == {name for _, name in socket.if_nameindex()}
+    expected, found = while_interfaces_unchanged(NetworkInventory().read)
+    assert {i["name"] for i in found["interfaces"]} == expected
 
 
 def test_a_namespace_that_does_not_exist_is_a_network_info_failure_and_is_not_created(call):

@@ -2,14 +2,15 @@ import os
 import socket
 
 from kvmworker.app import build_registry
+from kvmworker.handlers.host import create_host_handler
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
-from tests.host.conftest import host_handler
+from tests.host.conftest import host_handler, while_interfaces_unchanged
 
 
 def test_summary_names_the_host_and_gives_each_sections_headline(call):
-    reply = call(host_handler(), "summary")
+    interfaces, reply = while_interfaces_unchanged(lambda: call(host_handler(), "summary"))
     assert reply.code == Code.OK
     data = reply.data
     assert data["hostname"] == socket.gethostname()
@@ -18,7 +19,7 @@ def test_summary_names_the_host_and_gives_each_sections_headline(call):
     assert data["cpu"]["logical"] == os.cpu_count()
     assert data["memory"]["total"] > 0
     assert data["storage"]["root"]["total"] > 0
-    assert data["network"]["interfaces"] == len(socket.if_nameindex())
+    assert data["network"]["interfaces"] == len(interfaces)
     assert set(data["services"]) == {"libvirtd", "virtlogd", "kvmworker"}
     assert "numa_nodes" in data["hardware"]
 
@@ -38,3 +39,12 @@ def test_the_worker_registers_the_host_handler_with_read_only_commands(tmp_path)
         ["cpu", "memory", "storage", "network", "hardware", "services", "summary"]
     )
     assert not any(c.spec.mutates for c in commands)
+
+
+def test_closing_the_handler_closes_the_libvirt_connection_it_opened_itself(tmp_path):
+    handler = create_host_handler(Settings(state_dir=tmp_path, libvirt_uri="test:///default"))
+    assert handler.storage(None, None)["libvirt_pools"]["reachable"] is True
+    (connection,) = handler._owned
+    assert connection._conn is not None
+    handler.close()
+    assert connection._conn is None
