@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kvmworker.handlers.naming import is_owned
-from kvmworker.netplane.linkscan import Link
 from kvmworker.netplane.ownership import PhysicalInterfaces, is_worker_device, network_of, user_alias
+from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound, OperationNotAllowed
 
 KIND_NAMES = {"tun": "tap", None: "physical"}

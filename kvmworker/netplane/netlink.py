@@ -14,14 +14,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kvmworker.netplane.linkscan import Link, LinkReader, NetlinkSocket
+from kvmworker.netplane.reader import Address, Link, LinkReader, NetlinkSocket
 from kvmworker.protocol.errors import (
     DeviceNotFound,
     InvalidParameter,
@@ -31,13 +30,8 @@ from kvmworker.protocol.errors import (
 )
 
 NETLINK_ROUTE = 0
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 NETNS_RUN_DIR = "/run/netns"
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    index: int
-    cidr: str
 
 
 class Netlink:
@@ -96,10 +90,10 @@ class Netlink:
         with self._kernel(f"deleting {name}"):
             self._ipr.link("del", ifname=name)
 
-    def addresses(self, index: int | None = None) -> list[Address]:
-        query = {} if index is None else {"index": index}
+    def addresses(self, index: int = 0) -> list[Address]:
+        """The addresses of one device (by index), or of every device."""
         with self._kernel("listing addresses"):
-            return [Address(msg["index"], _cidr(msg)) for msg in self._ipr.addr("dump", **query)]
+            return self._reader.addresses(index)
 
     def add_address(self, index: int, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
@@ -156,6 +150,7 @@ def _reader_socket(namespace: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     else:
         sock = pyroute2_netns.create_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0)
+    sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)  # lets the kernel filter address dumps by device
     sock.bind((0, 0))
     return sock
 
@@ -172,8 +167,3 @@ def namespace_identity(name: str) -> tuple[int, int]:
     """The namespace a name stands for now (its nsfs inode): changes when it is deleted and made again."""
     st = os.stat(namespace_path(name))
     return st.st_dev, st.st_ino
-
-
-def _cidr(msg: Any) -> str:
-    address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    return f"{address}/{msg['prefixlen']}"

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmworker.handlers.naming import bridge_name, network_alias
-from kvmworker.netplane.linkscan import Link
 from kvmworker.netplane.netlink import Netlink
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plan import AddLink, DeleteLink, SetLink, Step
+from kvmworker.netplane.reader import Link
 from kvmworker.netplane.store import Network, NetworkStore
 from kvmworker.protocol.errors import InvalidParameter, OperationNotAllowed
 from kvmworker.protocol.types import IFNAMSIZ

@@ -8,7 +8,7 @@ through DeviceHandler.
 from __future__ import annotations
 
 from kvmworker.handlers.naming import device_alias, is_owned, network_alias
-from kvmworker.netplane.linkscan import Link
+from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound, OperationNotAllowed
 
 _NETWORK_TAG = network_alias("")

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from kvmworker.netplane.linkscan import Link
 from kvmworker.netplane.netlink import Netlink
+from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound
 
 log = logging.getLogger("kvmworker.netplane")
@@ -41,7 +41,6 @@ class AddLink:
     vlan_id: int | None = None
     vni: int | None = None
     peer: str | None = None
-    tap: bool = field(default=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return _describe("link_add", self)

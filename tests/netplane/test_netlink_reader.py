@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from pyroute2 import IPRoute
 
-from kvmworker.netplane.linkscan import IFF_UP, Link
 from kvmworker.netplane.netlink import open_netlink
+from kvmworker.netplane.reader import IFF_UP, Link
 
 pytestmark = pytest.mark.netlink
 
@@ -69,4 +69,23 @@ def test_the_kernel_filters_by_kind_and_the_bridge_view_holds_bridges_and_ports_
     assert sorted(link.name for link in nl.bridges_and_ports()) == ["ens224", "kvtbr0"]
     port = next(link for link in nl.bridges_and_ports() if link.name == "ens224")
     assert port.master == nl.link("kvtbr0").index
+    nl.close()
+
+
+def test_addresses_of_one_device_or_all_match_pyroute2s_decoding(namespace, kernel):
+    kernel.ip("link", "set", "ens224", "up")
+    kernel.ip("addr", "add", "10.7.0.1/24", "dev", "ens224")
+    kernel.ip("addr", "add", "10.7.1.1", "peer", "10.7.1.2/32", "dev", "ens224")
+    kernel.ip("addr", "add", "fd07::1/64", "dev", "ens224", "nodad")
+    kernel.ip("addr", "add", "10.8.0.1/16", "dev", "ens225")
+    nl = open_netlink(namespace)
+    with IPRoute(netns=namespace, flags=0) as ipr:
+        expected = sorted(
+            (msg["index"], f"{msg.get('IFA_LOCAL') or msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+            for msg in ipr.addr("dump")
+        )
+    assert sorted((a.index, a.cidr) for a in nl.addresses()) == expected
+    ens224 = nl.link("ens224").index
+    mine = {a.cidr for a in nl.addresses(ens224)}
+    assert {"10.7.0.1/24", "10.7.1.1/32", "fd07::1/64"} <= mine and "10.8.0.1/16" not in mine
     nl.close()
