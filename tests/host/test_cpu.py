@@ -48,11 +48,14 @@ def test_usage_sees_a_busy_cpu():
     assert usage.total >= 100.0 / os.cpu_count() * 0.5
 
 
-def test_a_second_reading_within_a_jiffy_repeats_the_first_instead_of_dividing_by_zero():
-    sampler = CpuUsageSampler()
-    time.sleep(0.1)
+def test_a_second_reading_within_50_ms_repeats_the_first_instead_of_measuring_a_few_jiffies(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  0 0 0 100 0 0 0 0\ncpu0 0 0 0 100 0 0 0 0\n")
+    sampler = CpuUsageSampler(proc=tmp_path, clock=iter([0.0, 1.0, 1.01]).__next__)
+    stat.write_text("cpu  50 0 0 150 0 0 0 0\ncpu0 50 0 0 150 0 0 0 0\n")
     first = sampler.read()
-    assert sampler.read() == first and first.total is not None
+    stat.write_text("cpu  51 0 0 150 0 0 0 0\ncpu0 51 0 0 150 0 0 0 0\n")
+    assert sampler.read() == first and first.total == 50.0
 
 
 def test_a_reading_before_any_jiffy_passed_is_null_and_keeps_the_baseline(tmp_path):
