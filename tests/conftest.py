@@ -61,6 +61,19 @@ def running_worker(worker_settings: Settings, tmp_path) -> Iterator[RunningWorke
     assert running.worker.connected.wait(15), "worker did not connect to the broker"
     yield running
     running.stop(timeout=10)
+    delete_host_queue(worker_settings.broker_url, worker_settings.host)
+
+
+def delete_host_queue(url: str, host: str) -> None:
+    """Durable host queues outlive the test; remove the test's own."""
+    from kombu import Connection
+
+    from kvmworker.transport.names import host_queue
+
+    if url.startswith("memory"):
+        return
+    with Connection(url, connect_timeout=2) as conn:
+        host_queue(host).bind(conn.default_channel).delete()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
-from tests.conftest import AMQP_URL, broker_reachable, unique
+from tests.conftest import AMQP_URL, broker_reachable, delete_host_queue, unique
 from tests.support.handlers import count_of
 
 pytestmark = pytest.mark.broker
@@ -69,6 +69,7 @@ def test_a_command_interrupted_by_sigkill_is_redelivered_and_answered(amqp_clien
             if proc and proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+        delete_host_queue(AMQP_URL, host)
 
 
 def test_sigterm_finishes_the_running_command_before_the_worker_exits(amqp_client, tmp_path):
@@ -87,3 +88,4 @@ def test_sigterm_finishes_the_running_command_before_the_worker_exits(amqp_clien
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+        delete_host_queue(AMQP_URL, host)
