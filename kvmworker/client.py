@@ -108,6 +108,11 @@ class Client:
             self.forget(pending.correlation_id)
             return unknown_outcome(pending.msg_id, f"no reply within {timeout:g} s")
 
+    @property
+    def ready(self) -> bool:
+        """The reply consumer is connected: replies can be received."""
+        return self._ready.is_set()
+
     def forget(self, correlation_id: str) -> None:
         with self._lock:
             self._pending.pop(correlation_id, None)
@@ -153,12 +158,20 @@ class Client:
                                 conn.drain_events(timeout=0.2)
                             except TimeoutError:
                                 conn.heartbeat_check()
-            except connection_errors(self._consumer_conn) as exc:
+            except Exception as exc:  # this thread must outlive any failure: callers depend on it
                 self._ready.clear()
-                if not self._closing.is_set():
-                    log.warning("reply connection lost (%s); reconnecting in %.1f s", exc, backoff)
-                    self._closing.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                if self._closing.is_set():
+                    return
+                expected = isinstance(exc, connection_errors(self._consumer_conn))
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "reply consumer stopped (%s); reconnecting in %.1f s",
+                    exc,
+                    backoff,
+                    exc_info=not expected,
+                )
+                self._closing.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
@@ -169,7 +182,7 @@ class Client:
             return
         with self._lock:
             future = self._pending.pop(correlation_id, None)
-        if future is None:
+        if future is None or future.done():
             log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
             return
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 HEARTBEAT_S = 30
 # The memory transport polls; 2 ms keeps the embedded default responsive without spinning.
@@ -27,4 +28,5 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
 
 
 def connection_errors(conn: Connection) -> tuple[type[BaseException], ...]:
-    return tuple(conn.connection_errors) + tuple(conn.channel_errors) + (OSError,)
+    """What a lost or refused broker connection raises (``ensure_connection`` gives up with OperationalError)."""
+    return (*conn.connection_errors, *conn.channel_errors, OSError, OperationalError)

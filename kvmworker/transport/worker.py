@@ -72,9 +72,16 @@ class Worker:
             try:
                 self._consume_once()
                 backoff = 0.5
-            except connection_errors(self._connection) as exc:
+            except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
                 self._set_connected(False)
-                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                expected = isinstance(exc, connection_errors(self._connection))
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "consumer stopped (%s); reconnecting in %.1f s",
+                    exc,
+                    backoff,
+                    exc_info=not expected,
+                )
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)

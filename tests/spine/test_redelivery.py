@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_worker_process(host: str, state: Path, counters: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tests.support.run_worker", "--host", host, "--broker", AMQP_URL]
     cmd += ["--state-dir", str(state), "--counter-dir", str(counters)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout.readline().strip() == "worker ready"
+    with (state.parent / f"{host}.log").open("a") as log:  # the worker's log, kept beside its state for a failure
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout.readline().strip() == "worker ready", f"the worker exited with {proc.wait()}"
     return proc
 
 
