@@ -1,0 +1,83 @@
+"""The fuzzer over real RabbitMQ and Redis with raw kombu publishers: one documented reply each, worker serving on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvmworker.runtime import start_worker
+from tests.trust.hostile import Hostile, assert_documented, classics, fuzz_settings, messages
+from tests.trust.wire import Outgoing, RawPublisher
+
+pytestmark = [pytest.mark.broker, pytest.mark.netlink, pytest.mark.slow]
+EXAMPLES = int(os.environ.get("KVT_FUZZ_BUS_EXAMPLES", "60"))
+PING = b'{"handler":"SystemHandler","command":"ping","data":{}}'
+
+
+@pytest.fixture
+def fuzzed(real_broker, tmp_path, request):
+    """A worker that cannot hurt the host, on a real broker; with keys when the test asks for them."""
+    if os.geteuid() != 0:
+        pytest.skip("the fuzzed worker runs in a network namespace of its own, which needs root")
+    extra = {"keys_file": request.getfixturevalue("keys_file")} if "signer" in request.fixturenames else {}
+    with fuzz_settings(tmp_path, broker_url=real_broker, **extra) as config:
+        running = start_worker(config)
+        assert running.worker.connected.wait(15), "worker did not connect to the broker"
+        publisher = RawPublisher(real_broker, config.host)
+        publisher.images = config.storage_dirs[0]
+        publisher.registry = running.dispatcher.registry
+        yield publisher
+        publisher.close()
+        running.stop(timeout=10)
+
+
+def send(raw: RawPublisher, hostile: Hostile) -> str:
+    return raw.send(Outgoing(hostile.body, content_type=hostile.content_type, reply_to=raw.reply_queue.name))
+
+
+def assert_serving(raw: RawPublisher) -> None:
+    [reply] = raw.wait(send(raw, Hostile(PING)), 10)
+    assert reply.body["code"] == 0
+
+
+def test_every_fuzzed_message_gets_exactly_one_documented_reply_and_the_worker_keeps_serving(fuzzed):
+    sent: list[str] = []
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def one(data):
+        correlation_id = send(fuzzed, data.draw(messages(fuzzed.registry)))
+        replies = fuzzed.wait(correlation_id, 10)
+        assert len(replies) == 1, replies
+        assert_documented(replies[0].body)
+        sent.append(correlation_id)
+
+    one()
+    fuzzed.drain(1.0)  # a second reply to anything would have arrived by now
+    assert [c for c in sent if len(fuzzed.replies[c]) != 1] == []
+    assert_serving(fuzzed)
+
+
+@pytest.mark.parametrize("case", list(classics(Path("/"))))
+def test_each_classic_hostile_input_over_the_bus_gets_one_reply_with_its_code(fuzzed, case):
+    hostile, codes = classics(fuzzed.images)[case]
+    correlation_id = send(fuzzed, hostile)
+    replies = fuzzed.wait(correlation_id, 30)
+    fuzzed.drain(0.3)
+    got = [r.body["code"] for r in fuzzed.replies[correlation_id]]
+    assert len(got) == 1 and got[0] in codes, replies
+    assert not Path("/tmp/kvt-pwned").exists()
+    assert_serving(fuzzed)
+
+
+def test_a_keyed_worker_answers_no_unsigned_hostile_input_and_keeps_serving_signed_callers(fuzzed, signer):
+    correlation_ids = [send(fuzzed, hostile) for hostile, _ in classics(fuzzed.images).values()]
+    fuzzed.drain(2.0)
+    assert all(fuzzed.replies.get(c) is None for c in correlation_ids)
+    out = fuzzed.sign(fuzzed.message(PING), signer)
+    [reply] = fuzzed.wait(fuzzed.send(out), 10)
+    assert reply.body["code"] == 0
