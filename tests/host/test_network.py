@@ -43,6 +43,15 @@ def test_addresses_masters_and_the_ownership_mark_are_reported(veth_namespace):
     ]
 
 
+def test_a_vxlan_is_told_apart_from_a_physical_interface(veth_namespace):
+    vxlan = unique("kvtvx")
+    with IPRoute(netns=veth_namespace.namespace, flags=0) as ipr:
+        ipr.link("add", ifname=vxlan, kind="vxlan", vxlan_id=4242, vxlan_port=4789)
+    found = _by_name(NetworkInventory(netns=veth_namespace.namespace).read())
+    assert found[vxlan]["kind"] == "vxlan"
+    assert found[vxlan]["speed_mbps"] is None  # not the worker's own namespace: sysfs would show another's links
+
+
 def test_the_worker_namespace_is_read_when_none_is_given():
     expected, found = while_interfaces_unchanged(NetworkInventory().read)
     assert {i["name"] for i in found["interfaces"]} == expected
@@ -54,3 +63,23 @@ def test_a_namespace_that_does_not_exist_is_a_network_info_failure_and_is_not_cr
     assert reply.code == Code.NETWORK_INFO_FAILED == 40301
     assert missing in reply.data["detail"]
     assert missing not in netns.listnetns()
+
+
+@pytest.fixture
+def own_namespace_tap():
+    """A tap device in the worker's own namespace (tuntap is created through /dev/net/tun there)."""
+    name = unique("kvt")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+    try:
+        yield name
+    finally:
+        with IPRoute() as ipr:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+
+
+def test_a_tap_device_is_reported_as_tap(own_namespace_tap):
+    found = _by_name(NetworkInventory().read())
+    assert found[own_namespace_tap]["kind"] == "tap"
+    assert found[own_namespace_tap]["managed"] is False
