@@ -20,6 +20,7 @@ from kvmworker.inventory.network import NetworkInventory
 from kvmworker.inventory.pools import LibvirtPools
 from kvmworker.inventory.services import ServiceInventory
 from kvmworker.inventory.storage import StorageInventory
+from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.errors import KvmError
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import LibvirtConnection
@@ -85,37 +86,43 @@ class HostHandler:
 
     @command(mutates=False)
     def summary(self, data: Any, ctx: Context) -> dict[str, Any]:
-        """The headline of each section; libvirt pools are left to ``storage`` so a slow libvirtd never slows it."""
+        """The headline of each section; a failing section is reported in its place, the others still answer."""
         sections = {
-            "cpu": (self._cpu, self._cpu.read),
-            "memory": (self._memory, self._memory.read),
-            "storage": (self._storage, lambda: self._storage.read(with_pools=False)),
-            "network": (self._network, self._network.read),
-            "hardware": (self._hardware, self._hardware.read),
-            "services": (self._services, self._services.read),
+            "cpu": self._cpu,
+            "memory": self._memory,
+            "storage": self._storage,
+            "network": self._network,
+            "hardware": self._hardware,
+            "services": self._services,
         }
-        return {**self._identity.read(), **{name: _headline(*pair) for name, pair in sections.items()}}
+        return {**self._identity.read(), **{name: _headline(section) for name, section in sections.items()}}
 
 
-def _headline(section: Any, read: Any) -> dict[str, Any]:
+def _headline(section: Any) -> dict[str, Any]:
     try:
-        return section.headline(read())
+        return section.summary()
     except KvmError as exc:
         return {"error": {"code": int(exc.code), "msg": exc.code.msg, "detail": exc.detail}}
 
 
 def create_host_handler(
-    settings: Settings, features: dict[str, Any] | None = None, libvirt: LibvirtConnection | None = None
+    settings: Settings,
+    features: dict[str, Any] | None = None,
+    libvirt: LibvirtConnection | None = None,
+    netlink: NetlinkPool | None = None,
 ) -> HostHandler:
-    """``libvirt``: the worker's shared connection when the wiring has one; otherwise one of its own (opened lazily)."""
+    """``libvirt``, ``netlink``: the worker's shared clients when the wiring has them; otherwise the handler opens
+    its own on first use and closes them with itself."""
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
+    links = netlink or NetlinkPool(settings.netns)
+    owned = (() if libvirt else (connection,)) + (() if netlink else (links,))
     return HostHandler(
         cpu=CpuInventory(),
         memory=MemoryInventory(),
         storage=StorageInventory(pools=LibvirtPools(connection)),
-        network=NetworkInventory(netns=settings.netns),
+        network=NetworkInventory(netns=settings.netns, links=links),
         hardware=HardwareInventory(),
         services=ServiceInventory(),
         identity=HostIdentity(),
-        owned=() if libvirt else (connection,),
+        owned=owned,
     )

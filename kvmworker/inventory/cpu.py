@@ -51,7 +51,10 @@ class CpuInventory:
                 "load_average": self._load_average(),
             }
 
-    def headline(self, full: dict[str, Any]) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        return self._headline(self.read())
+
+    def _headline(self, full: dict[str, Any]) -> dict[str, Any]:
         keys = ("model", "logical", "sockets", "cores")
         return {
             **{k: full[k] for k in keys},

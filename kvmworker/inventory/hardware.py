@@ -39,7 +39,10 @@ class HardwareInventory:
             require_dir(self._sys / "devices", "sysfs")
             return {"dmi": self._dmi(), "pci": self._pci(), "numa": self._numa()}
 
-    def headline(self, full: dict[str, Any]) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        return self._headline(self.read())
+
+    def _headline(self, full: dict[str, Any]) -> dict[str, Any]:
         system = full["dmi"]["system"]
         return {
             "vendor": system["vendor"],

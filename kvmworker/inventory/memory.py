@@ -31,7 +31,10 @@ class MemoryInventory:
                 "ksm": self._ksm(),
             }
 
-    def headline(self, full: dict[str, Any]) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        return self._headline(self.read())
+
+    def _headline(self, full: dict[str, Any]) -> dict[str, Any]:
         ram = full["ram"]
         return {
             "total": ram["total"],

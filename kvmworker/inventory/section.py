@@ -19,7 +19,9 @@ READ_ERRORS = (OSError, ValueError, LookupError, NetlinkError, psutil.Error, Imp
 def failing_as(error: type[KvmError], what: str) -> Iterator[None]:
     try:
         yield
-    except KvmError:
+    except error:
         raise
+    except KvmError as exc:  # a client's own code (e.g. 30002 from the netlink pool): the section answers its own
+        raise error(f"reading {what} failed: {exc.detail}") from exc
     except READ_ERRORS as exc:
         raise error(f"reading {what} failed: {type(exc).__name__}: {exc}") from exc

@@ -45,7 +45,10 @@ class ServiceInventory:
             states = self._systemd_states(units) if booted else self._process_states(units)
             return {"systemd": booted, "services": [_service(unit, states[unit]) for unit in units]}
 
-    def headline(self, full: dict[str, Any]) -> dict[str, str]:
+    def summary(self) -> dict[str, Any]:
+        return self._headline(self.read())
+
+    def _headline(self, full: dict[str, Any]) -> dict[str, str]:
         return {s["name"]: _short_state(s) for s in full["services"]}
 
     def _systemd_states(self, units: list[str]) -> dict[str, dict[str, Any]]:

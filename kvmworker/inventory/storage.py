@@ -37,7 +37,9 @@ class StorageInventory:
                 "libvirt_pools": self._libvirt_pools() if with_pools else None,
             }
 
-    def headline(self, full: dict[str, Any]) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """Without the libvirt pools: a slow libvirtd must not slow the summary."""
+        full = self.read(with_pools=False)
         disks = [d for d in full["block_devices"] if not _is_virtual(d["name"])]
         root = next((fs for fs in full["filesystems"] if fs["mountpoint"] == "/"), None)
         return {

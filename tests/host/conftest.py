@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,17 +87,10 @@ def _needs_root() -> None:
         pytest.skip("creating network namespaces needs root")
 
 
-def _create_namespace(name: str, attempts: int = 3) -> None:
-    """pyroute2 forks a helper that must answer within 2 s; on a loaded 2-core CI machine it sometimes does not."""
-    for attempt in range(attempts):
-        try:
-            netns.create(name)
-            return
-        except TimeoutError:
-            if name in netns.listnetns():
-                return
-            if attempt == attempts - 1:
-                raise
+def _create_namespace(name: str) -> None:
+    """With iproute2, which waits as long as the kernel takes: pyroute2's netns.create forks a helper that must answer
+    within 2 s, and creating a namespace waits for every namespace being destroyed by concurrent tests."""
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=120)
 
 
 @pytest.fixture

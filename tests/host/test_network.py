@@ -83,3 +83,26 @@ def test_a_tap_device_is_reported_as_tap(own_namespace_tap):
     found = _by_name(NetworkInventory().read())
     assert found[own_namespace_tap]["kind"] == "tap"
     assert found[own_namespace_tap]["managed"] is False
+
+
+def test_the_summary_counts_links_and_names_the_managed_ones(call, veth_namespace):
+    bridge = unique("kvtbr")
+    with IPRoute(netns=veth_namespace.namespace, flags=0) as ipr:
+        ipr.link("add", ifname=bridge, kind="bridge")
+        (br,) = ipr.link_lookup(ifname=bridge)
+        ipr.link("set", index=br, ifalias=device_alias())
+    inventory = NetworkInventory(netns=veth_namespace.namespace)
+    try:
+        reply = call(host_handler(network=inventory), "summary")
+    finally:
+        inventory.close()  # its sockets would keep the namespace alive
+    assert reply.data["network"] == {"interfaces": 4, "physical": [], "managed": [bridge]}
+
+
+def test_a_missing_namespace_is_the_network_sections_code_inside_the_summary(call):
+    missing = unique("kvtns")
+    reply = call(host_handler(network=NetworkInventory(netns=missing)), "summary")
+    assert reply.code == Code.OK
+    assert reply.data["network"]["error"]["code"] == Code.NETWORK_INFO_FAILED
+    assert missing in reply.data["network"]["error"]["detail"]
+    assert missing not in netns.listnetns()

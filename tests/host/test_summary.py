@@ -4,6 +4,7 @@ import socket
 from kvmworker.app import build_registry
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.inventory.cpu import CpuInventory
+from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
 from tests.host.conftest import host_handler, while_interfaces_unchanged
@@ -41,10 +42,27 @@ def test_the_worker_registers_the_host_handler_with_read_only_commands(tmp_path)
     assert not any(c.spec.mutates for c in commands)
 
 
-def test_closing_the_handler_closes_the_libvirt_connection_it_opened_itself(tmp_path):
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_closing_the_handler_closes_the_sockets_it_opened_itself(tmp_path):
+    before = _open_fds()
     handler = create_host_handler(Settings(state_dir=tmp_path, libvirt_uri="test:///default"))
-    assert handler.storage(None, None)["libvirt_pools"]["reachable"] is True
-    (connection,) = handler._owned
-    assert connection._conn is not None
+    handler.summary(None, None)  # the netlink sockets the summary keeps open
+    assert _open_fds() > before
     handler.close()
-    assert connection._conn is None
+    assert _open_fds() == before
+
+
+def test_a_shared_netlink_pool_is_used_and_left_open(tmp_path):
+    pool = NetlinkPool()
+    try:
+        handler = create_host_handler(Settings(state_dir=tmp_path, libvirt_uri="test:///default"), netlink=pool)
+        handler.summary(None, None)
+        opened = _open_fds()
+        handler.close()
+        assert _open_fds() == opened
+        assert pool.get().links()
+    finally:
+        pool.close()
