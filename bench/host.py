@@ -1,6 +1,9 @@
 """HostHandler latency beside the subprocess tools a shell script would use, in one run.
 
-    .venv/bin/python bench/host.py [--runs 50]
+    .venv/bin/python bench/host.py [--runs 50] [--links 500]
+
+``--links N`` also times ``network`` and ``summary``'s network headline in a namespace of the bench's own holding N
+bridges, beside ``ip -n NS -j addr``.
 
 Each command goes through the real dispatcher (validation, reply building), as the worker runs it. Target:
 ``summary`` p50 ≤ 30 ms.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -17,10 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.request import Request
 from kvmworker.handlers.host import create_host_handler
+from kvmworker.inventory.network import NetworkInventory
 from kvmworker.settings import Settings
 
 # (command, the tool a shell script would run for the same facts)
@@ -76,9 +83,28 @@ def p(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100)[int(q) - 1] if len(samples) > 1 else samples[0]
 
 
+def many_links(count: int, runs: int) -> None:
+    namespace = f"kvtbench{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        with IPRoute(netns=namespace, flags=0) as ipr:
+            for i in range(count):
+                ipr.link("add", ifname=f"kvtb{i}", kind="bridge")
+        inventory = NetworkInventory(netns=namespace)
+        full = statistics.median(timings(inventory.read, runs))
+        headline = statistics.median(timings(inventory.summary, runs))
+        tool = statistics.median(timings(tool_runner(["ip", "-n", namespace, "-j", "addr"]), runs))
+        inventory.close()
+        print(f"\n{count} bridges in a namespace: network {full:.1f} ms, summary's network headline {headline:.2f} ms,")
+        print(f"ip -n NS -j addr {tool:.1f} ms")
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--links", type=int, default=0, help="also time a namespace holding this many bridges")
     args = parser.parse_args()
     settings = Settings(state_dir=Path("/tmp/kvmworker-bench"))
     dispatcher = Dispatcher(HandlerRegistry([create_host_handler(settings)]))
@@ -96,6 +122,8 @@ def main() -> None:
     summary = statistics.median(timings(command_runner(dispatcher, "summary"), args.runs))
     verdict = "meets" if summary <= SUMMARY_TARGET_MS else "MISSES"
     print(f"\nsummary p50 {summary:.2f} ms {verdict} the {SUMMARY_TARGET_MS:.0f} ms target")
+    if args.links:
+        many_links(args.links, max(5, args.runs // 5))
 
 
 if __name__ == "__main__":
