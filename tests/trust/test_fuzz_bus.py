@@ -62,14 +62,17 @@ def test_every_fuzzed_message_gets_exactly_one_documented_reply_and_the_worker_k
     assert_serving(fuzzed)
 
 
-@pytest.mark.parametrize("case", list(classics(Path("/"))))
-def test_each_classic_hostile_input_over_the_bus_gets_one_reply_with_its_code(fuzzed, case):
-    hostile, codes = classics(fuzzed.images)[case]
-    correlation_id = send(fuzzed, hostile)
-    replies = fuzzed.wait(correlation_id, 30)
-    fuzzed.drain(0.3)
-    got = [r.body["code"] for r in fuzzed.replies[correlation_id]]
-    assert len(got) == 1 and got[0] in codes, replies
+def test_each_classic_hostile_input_over_the_bus_gets_one_reply_with_its_code(fuzzed):
+    got: dict[str, str] = {}
+    cases = classics(fuzzed.images)
+    for case, (hostile, _) in cases.items():  # one worker for all: starting one per case costs more than the cases
+        correlation_id = send(fuzzed, hostile)
+        fuzzed.wait(correlation_id, 30)
+        got[case] = correlation_id
+    fuzzed.drain(0.5)
+    codes = {case: [r.body["code"] for r in fuzzed.replies.get(c, [])] for case, c in got.items()}
+    wrong = {case: seen for case, seen in codes.items() if len(seen) != 1 or seen[0] not in cases[case][1]}
+    assert wrong == {}, f"not exactly one reply with the expected code: {wrong}"
     assert not Path("/tmp/kvt-pwned").exists()
     assert_serving(fuzzed)
 
