@@ -116,8 +116,11 @@ def create_host_handler(
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     links = netlink or NetlinkPool(settings.netns)
     owned = (() if libvirt else (connection,)) + (() if netlink else (links,))
+    cpu = CpuInventory()
+    if features is not None:
+        features["kvm"] = cpu.kvm_support
     return HostHandler(
-        cpu=CpuInventory(),
+        cpu=cpu,
         memory=MemoryInventory(),
         storage=StorageInventory(pools=LibvirtPools(connection)),
         network=NetworkInventory(netns=settings.netns, links=links),

@@ -63,6 +63,14 @@ class CpuInventory:
             "kvm": full["virtualization"]["kvm_usable"],
         }
 
+    def kvm_support(self) -> dict[str, Any]:
+        """The ``kvm`` feature of ``SystemHandler.capabilities``: can this worker run KVM guests."""
+        with failing_as(CpuInfoFailed, "CPU information"):
+            blocks = _cpuinfo_blocks(read_required(self._proc / "cpuinfo"))
+        flags = (blocks[0].get("flags") or blocks[0].get("Features") or "").split() if blocks else []
+        virtualization = self._virtualization(flags)
+        return {"available": virtualization["kvm_usable"], **virtualization}
+
     def _topology(self, blocks: list[dict[str, str]]) -> dict[str, int | None]:
         """Sockets and cores from sysfs topology, else from the cpuinfo ids; None when neither says."""
         pairs = [self._core_of(i, block) for i, block in enumerate(blocks)]

@@ -66,3 +66,11 @@ def test_a_shared_netlink_pool_is_used_and_left_open(tmp_path):
         assert pool.get().links()
     finally:
         pool.close()
+
+
+def test_capabilities_say_whether_kvm_guests_can_run_here(tmp_path):
+    registry = build_registry(Settings(state_dir=tmp_path, libvirt_uri="test:///default"))
+    system = next(h for h in registry.handlers if h.name == "SystemHandler")
+    kvm = system.capabilities(None, None)["features"]["kvm"]
+    assert kvm["available"] == (os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK))
+    assert kvm["kvm_device"] == os.path.exists("/dev/kvm")
