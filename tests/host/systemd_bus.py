@@ -12,8 +12,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jeepney import HeaderFields, MessageType, new_error, new_method_return
 from jeepney.bus_messages import message_bus
@@ -31,6 +32,7 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
 </busconfig>
 """
 UNIT_PREFIX = "/org/freedesktop/systemd1/unit/"
+T = TypeVar("T")
 
 
 def dbus_daemon_available() -> bool:
@@ -75,8 +77,8 @@ class FakeSystemd(threading.Thread):
         super().__init__(daemon=True)
         self._units = units
         self._failing = failing
-        self._conn = open_dbus_connection(address)
-        self._conn.send_and_get_reply(message_bus.RequestName("org.freedesktop.systemd1"))
+        self._conn = _within(10.0, lambda: open_dbus_connection(address))
+        self._conn.send_and_get_reply(message_bus.RequestName("org.freedesktop.systemd1"), timeout=10)
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -114,6 +116,26 @@ class FakeSystemd(threading.Thread):
             if UNIT_PREFIX + _escape(name) == path:
                 return props
         return {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead", "Description": ""}
+
+
+def _within(seconds: float, fn: Callable[[], T]) -> T:
+    """jeepney's Hello has no timeout: a bus that never answers must fail the test, not hang the suite."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from the private bus within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _escape(unit: str) -> str:
