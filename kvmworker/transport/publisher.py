@@ -1,9 +1,16 @@
-"""Publishing from any thread over one connection of its own, retried across broker hiccups."""
+"""Publishing from any thread, over a few connections of its own, retried across broker hiccups.
+
+With publisher confirms every publish waits for the broker's ack; a small pool of producers, each
+on its own connection, lets concurrent publishers wait side by side instead of in one line.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from queue import Empty, LifoQueue
 from typing import Any
 
 from kombu import Connection, Exchange, Producer
@@ -13,15 +20,18 @@ from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 log = logging.getLogger("kvmworker.publisher")
 
 RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+DEFAULT_POOL_SIZE = 4
 
 
 class Publisher:
-    """Thread-safe: callers take turns on one producer (a publish is a fraction of a millisecond)."""
+    """Thread-safe; each producer is used by one thread at a time."""
 
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: Connection, size: int = DEFAULT_POOL_SIZE):
         self._connection = connection
+        self._size = size
+        self._idle: LifoQueue[Producer] = LifoQueue()
+        self._created: list[Producer] = []
         self._lock = threading.Lock()
-        self._producer: Producer | None = None
 
     def publish(
         self,
@@ -34,8 +44,7 @@ class Publisher:
         declare: tuple[Any, ...] = (),
         **properties: Any,
     ) -> None:
-        with self._lock:
-            producer = self._ensure_producer()
+        with self._producer() as producer:
             producer.publish(
                 body,
                 exchange=exchange,
@@ -50,12 +59,29 @@ class Publisher:
                 **properties,
             )
 
-    def _ensure_producer(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(self._connection, auto_declare=False)
-        return self._producer
+    @contextmanager
+    def _producer(self) -> Iterator[Producer]:
+        producer = self._acquire()
+        try:
+            yield producer
+        finally:
+            self._idle.put(producer)
+
+    def _acquire(self) -> Producer:
+        try:
+            return self._idle.get_nowait()
+        except Empty:
+            pass
+        with self._lock:
+            if len(self._created) < self._size:
+                producer = Producer(self._connection.clone(), auto_declare=False)
+                self._created.append(producer)
+                return producer
+        return self._idle.get()
 
     def close(self) -> None:
         with self._lock:
-            self._producer = None
-            self._connection.release()
+            for producer in self._created:
+                producer.connection.release()
+            self._created.clear()
+        self._connection.release()
