@@ -43,12 +43,14 @@ REPLY_MARGIN = 1.0
 class VmHandler:
     name = "VmHandler"
 
-    def __init__(self, connection: LibvirtConnection, storage: StorageRules):
+    def __init__(self, connection: LibvirtConnection, storage: StorageRules, owns_connection: bool = True):
         self.connection = connection
         self._storage = storage
+        self._owns_connection = owns_connection
 
     def close(self) -> None:
-        self.connection.close()
+        if self._owns_connection:
+            self.connection.close()
 
     @command(ListData, mutates=False)
     def list(self, data: ListData, ctx: Context) -> dict[str, Any]:
@@ -253,8 +255,14 @@ def _define_with_volumes(conn: libvirt.virConnect, pools: Pools, xml: str, new: 
     return {**domains.identity(dom), "defined": True}
 
 
-def create_vm_handler(settings: Settings, features: dict[str, Callable[[], Any]]) -> VmHandler:
-    """Constructing connects to nothing: the first command opens the connection."""
-    connection = LibvirtConnection(settings.libvirt_uri)
+def create_vm_handler(
+    settings: Settings, features: dict[str, Callable[[], Any]], libvirt: LibvirtConnection | None = None
+) -> VmHandler:
+    """Constructing connects to nothing: the first command opens the connection.
+
+    ``libvirt``: the worker's shared connection when the wiring has one (then the wiring closes it).
+    """
+    connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     features["libvirt"] = connection.version
-    return VmHandler(connection, StorageRules(settings.storage_dirs, settings.storage_pool))
+    storage = StorageRules(settings.storage_dirs, settings.storage_pool)
+    return VmHandler(connection, storage, owns_connection=libvirt is None)
