@@ -2,48 +2,53 @@
 
 A task waiting for its key holds no thread: it is queued behind the running one, so a
 60-second VM shutdown delays only the next command on that VM, never a ``ping``.
+Tasks report their own outcome (the worker publishes the reply), so there are no futures:
+handing a task to a thread is one put on a C queue, the cheapest handoff Python has.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from queue import SimpleQueue
+
+log = logging.getLogger("kvmworker.executor")
+
+Task = Callable[[], object]
+_STOP = None
 
 
 class KeyedExecutor:
     def __init__(self, workers: int, name: str = "kvmworker-cmd"):
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._ready: SimpleQueue[tuple[str | None, Task] | None] = SimpleQueue()
         self._lock = threading.Lock()
-        self._waiting: dict[str, deque[tuple[Callable[[], Any], Future]]] = {}
+        self._waiting: dict[str, deque[Task]] = {}
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, key: str | None, fn: Callable[[], Any]) -> Future:
-        future: Future = Future()
+    def submit(self, key: str | None, task: Task) -> None:
         if key is not None:
             with self._lock:
                 queue = self._waiting.get(key)
                 if queue is not None:
-                    queue.append((fn, future))
-                    return future
+                    queue.append(task)
+                    return
                 self._waiting[key] = deque()
-        self._start(key, fn, future)
-        return future
+        self._ready.put((key, task))
 
-    def _start(self, key: str | None, fn: Callable[[], Any], future: Future) -> None:
-        self._pool.submit(self._run, key, fn, future)
-
-    def _run(self, key: str | None, fn: Callable[[], Any], future: Future) -> None:
-        try:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # the future carries it to whoever waits
-                    future.set_exception(exc)
-        finally:
-            if key is not None:
-                self._next(key)
+    def _loop(self) -> None:
+        while (item := self._ready.get()) is not _STOP:
+            key, task = item
+            try:
+                task()
+            except BaseException:  # a task reports its own errors; this is the last line of defence
+                log.exception("a task escaped with an exception")
+            finally:
+                if key is not None:
+                    self._next(key)
 
     def _next(self, key: str) -> None:
         with self._lock:
@@ -51,8 +56,13 @@ class KeyedExecutor:
             if not queue:
                 del self._waiting[key]
                 return
-            fn, future = queue.popleft()
-        self._start(key, fn, future)
+            task = queue.popleft()
+        self._ready.put((key, task))
 
     def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait)
+        """Threads finish the tasks already handed to them, then stop."""
+        for _ in self._threads:
+            self._ready.put(_STOP)
+        if wait:
+            for thread in self._threads:
+                thread.join()
