@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 RUNTIME_PKGS=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev iproute2)
 TEST_PKGS=(rabbitmq-server redis-server redis-tools libvirt-daemon-system libvirt-clients qemu-system-x86
-           qemu-utils busybox-static cpio kmod wrk)
+           qemu-utils busybox-static cpio kmod dbus-daemon wrk)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")

@@ -24,6 +24,7 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
         options["polling_interval"] = 0.05
     elif scheme == "memory":
         options["polling_interval"] = MEMORY_POLL_S
+        url = url if url.rstrip("/") != "memory:" else "memory://localhost/"  # kombu warns about a missing host
     return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
 
 
