@@ -118,6 +118,18 @@ def test_an_interface_attached_to_a_running_vm_gets_a_tap_on_the_bridge_and_a_mi
     assert missing.code == 30003
 
 
+def test_console_of_a_running_vm_names_its_serial_pty_and_vnc_port(system_call, vms):
+    name = vm_name()
+    vms.append(name)
+    system_call("define", name=name, memory_mib=32, graphics=True)
+    system_call("start", name=name)
+    console = system_call("console", name=name).data
+    serial = next(c for c in console["consoles"] if c["kind"] == "serial")
+    assert serial["path"].startswith("/dev/pts/") and serial["path"] in virsh("ttyconsole", name)
+    (vnc,) = console["graphics"]
+    assert vnc["type"] == "vnc" and vnc["port"] >= 5900 and f":{vnc['port'] - 5900}" in virsh("vncdisplay", name)
+
+
 def test_starting_a_vm_whose_network_bridge_is_missing_is_30003_naming_the_bridge(system_call, vms):
     name = vm_name()
     vms.append(name)
