@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,6 +15,7 @@ from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 
+PROBE_TIMEOUT_S = 2.0
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Names a caller made up must not become label values: one bogus handler per message would grow
 # the series without bound.
@@ -44,10 +48,38 @@ class WorkerMetrics:
     def watch_journal(self, size_bytes: Callable[[], int]) -> None:
         self.journal_bytes.set_function(lambda: float(size_bytes()))
 
-    def watch_libvirt(self, probe: Callable[[], Any]) -> None:
-        """``probe`` is the ``libvirt`` feature probe: a dict with ``available``, evaluated at each scrape."""
+    def watch_libvirt(self, probe: Callable[[], Any], timeout: float = PROBE_TIMEOUT_S) -> None:
+        """``probe`` is the ``libvirt`` feature probe: a dict with ``available``, asked at each scrape."""
         gauge = Gauge("kvmworker_libvirt_connected", "1 while libvirtd answers.", registry=self.registry)
-        gauge.set_function(lambda: float(_available(probe)))
+        bounded = BoundedProbe(lambda: _available(probe), timeout)
+        gauge.set_function(lambda: float(bounded()))
+
+
+class BoundedProbe:
+    """A probe that answers within ``timeout`` or counts as down, so a hung libvirtd cannot hang a scrape.
+
+    At most one call is in flight: while an earlier one still hangs, the answer is ``False`` at once.
+    """
+
+    def __init__(self, probe: Callable[[], bool], timeout: float):
+        self._probe = probe
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._pending: Future | None = None
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = Future()
+                threading.Thread(target=self._run, args=(self._pending,), name="kvmworker-probe", daemon=True).start()
+            pending = self._pending
+        try:
+            return pending.result(self._timeout)
+        except FutureTimeout:
+            return False
+
+    def _run(self, pending: Future) -> None:
+        pending.set_result(self._probe())
 
 
 class MetricsMiddleware(Middleware):
@@ -77,6 +109,7 @@ def command_labels(request: Request, reply: Reply) -> tuple[str, str]:
 
 
 def _available(probe: Callable[[], Any]) -> bool:
+    """The probe's own failure is an answer too: not available."""
     try:
         value = probe()
     except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -56,6 +57,16 @@ def wire(state_dir: Path, effects: Path, **settings: Any) -> Wired:
     middleware = build_middleware(config)
     journal = next(mw for mw in middleware if isinstance(mw, JournalMiddleware))
     return Wired(config, build_dispatcher(config, [EffectsHandler(effects)], middleware), journal, effects)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """``main([...])`` sets up logging on the root logger, bound to this test's captured stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvmworker.client import Client
+from kvmworker.observability.metrics import BoundedProbe
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
@@ -52,7 +54,7 @@ def observed(amqp_url, tmp_path) -> Iterator[tuple[RunningWorker, int]]:
     effects.mkdir()
     settings = Settings(
         host=unique("kvt-jm-"), broker_url=amqp_url, state_dir=tmp_path / "state", health_port=port,
-        health_bind="127.0.0.1",
+        health_bind="127.0.0.1", libvirt_uri="test:///default",
     )  # fmt: skip
     running = start_worker(settings, extra_handlers=[EffectsHandler(effects)])
     assert running.worker.connected.wait(15)
@@ -88,6 +90,7 @@ def test_metrics_parse_and_the_command_counters_move_with_the_commands_sent(obse
     assert after[("kvmworker_broker_connected", ())] == 1
     assert after[("kvmworker_commands_in_flight", ())] == 0
     assert after[("kvmworker_journal_bytes", ())] > 0
+    assert after[("kvmworker_libvirt_connected", ())] == 1  # test:///default always answers
 
 
 def test_the_health_port_closes_when_the_worker_stops(observed):
@@ -112,3 +115,23 @@ def test_readiness_is_503_with_the_reason_while_the_broker_cannot_be_reached(tmp
         assert samples(port)[("kvmworker_broker_connected", ())] == 0
     finally:
         running.stop(timeout=2)
+
+
+def test_a_probe_that_hangs_counts_as_down_within_its_timeout_and_is_not_stacked():
+    release = threading.Event()
+    calls = []
+
+    def hanging() -> bool:
+        calls.append(1)
+        release.wait(10)
+        return True
+
+    probe = BoundedProbe(hanging, timeout=0.2)
+    started = time.monotonic()
+    assert probe() is False
+    assert probe() is False
+    assert time.monotonic() - started < 2
+    assert len(calls) == 1  # the second scrape did not start another call while the first hangs
+    release.set()
+    time.sleep(0.05)
+    assert probe() is True
