@@ -1,0 +1,82 @@
+"""Faults on a private Redis: a visibility timeout shorter than a command, and a restart between commands.
+
+kombu's Redis transport hands an unacked message out again once ``visibility_timeout`` has passed, even while
+the first delivery still runs: the journal must keep it from running twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kvmworker.client import Client
+from kvmworker.protocol.codes import Code
+from tests.faults.brokers import PrivateRedis, private_redis, require_private_brokers
+from tests.faults.conftest import WorkerProcess, wait_for
+from tests.support.handlers import count_of
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+VISIBILITY_S = 2
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[PrivateRedis]:
+    require_private_brokers()
+    with private_redis(6390) as server:
+        yield server
+
+
+@pytest.fixture
+def worker(redis, tmp_path) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(redis.url, tmp_path, env={"KVMWORKER_REDIS_VISIBILITY_TIMEOUT": str(VISIBILITY_S)})
+    w.start()
+    yield w
+    w.stop_all()
+
+
+def test_a_command_longer_than_the_visibility_timeout_runs_once_and_is_answered_once(redis, worker):
+    data = {"name": "long", "sleep": VISIBILITY_S * 3}
+    with Client(redis.url) as client:
+        reply = client.call(worker.host, "ProbeHandler", "count", data, timeout=60)
+        assert reply.code == Code.OK, (reply, worker.log())
+        time.sleep(VISIBILITY_S * 2)  # a restored copy would have been handed out again by now
+        assert count_of(worker.effects, "long") == 1, "the command ran again when Redis handed it out again"
+        assert client.call(worker.host, "SystemHandler", "ping", timeout=10).code == Code.OK
+    assert "(redelivered)" in worker.log(), "Redis never handed the message out again: the fault did not happen"
+    print(f"\nvisibility timeout: handed out {worker.log().count('(redelivered)') + 1} times, ran once")
+
+
+def test_several_long_commands_past_the_visibility_timeout_each_run_once(redis, worker):
+    with Client(redis.url) as client:
+        pending = [
+            client.submit(
+                worker.host,
+                {
+                    "handler": "ProbeHandler",
+                    "command": "count",
+                    "data": {"name": f"long{i}", "sleep": VISIBILITY_S * 2},
+                },
+                timeout=60,
+            )
+            for i in range(6)
+        ]
+        assert [client.wait(p, 60).code for p in pending] == [0] * 6
+        time.sleep(VISIBILITY_S * 2)
+    assert [count_of(worker.effects, f"long{i}") for i in range(6)] == [1] * 6
+
+
+def test_a_redis_restart_between_commands_is_survived_by_worker_and_client(redis, worker):
+    with Client(redis.url) as client:
+        assert client.call(worker.host, "ProbeHandler", "count", {"name": "before"}, timeout=10).code == 0
+        redis.stop()
+        redis.start()
+        # the worker and the client reconnect by themselves; the first call after may race their reconnect
+        assert wait_for(
+            lambda: client.call(worker.host, "ProbeHandler", "count", {"name": "after"}, timeout=5).code == 0,
+            45,
+            interval=0.5,
+        ), worker.log()
+    assert count_of(worker.effects, "before") == 1
+    assert count_of(worker.effects, "after") >= 1
