@@ -139,13 +139,7 @@ class NetworkHandler:
         known = self._plane.store.all()
         if not known:
             return {"networks": []}
-        nl = self._plane.pool.get()
-        view = {link.name: link for link in nl.bridges_and_ports()}
-
-        def lookup(name: str) -> Any:
-            # Ports that are not enslaved are absent from the bridge view: ask for them one by one.
-            return view.get(name) or nl.link(name)
-
+        lookup = networks.bridge_view(self._plane.pool.get())
         return {"networks": [self._state(n, networks.drift(n, lookup, check_alias=False)) for n in known]}
 
     @command(NetworkRef, mutates=False)
@@ -159,13 +153,12 @@ class NetworkHandler:
         if not known:
             return
         try:
-            nl = self._plane.pool.get()
-            view = {link.name: link for link in nl.bridges_and_ports()}
+            lookup = networks.bridge_view(self._plane.pool.get())
         except KvmError as exc:
             log.error("cannot check %d remembered networks: %s", len(known), exc.detail)
             return
         for network in known:
-            problems = networks.drift(network, lambda name: view.get(name) or nl.link(name), check_alias=False)
+            problems = networks.drift(network, lookup, check_alias=False)
             if problems:
                 self._restore(network, problems)
 
@@ -179,6 +172,9 @@ class NetworkHandler:
             execute(steps, nl)
         except KvmError as exc:
             log.error("network %s: %s; not restored: %s", network.network_id, "; ".join(problems), exc.detail)
+            return
+        except Exception:  # one network's surprise must not keep the others from being restored
+            log.exception("network %s: %s; not restored", network.network_id, "; ".join(problems))
             return
         self._restored[network.network_id] = problems
         log.warning(

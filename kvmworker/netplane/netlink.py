@@ -1,8 +1,9 @@
 """The netlink client of one network namespace: writes through pyroute2 ``IPRoute``, reads through ``LinkReader``.
 
-Both sockets stay open for the worker's life and are used by one command at a time (a lock):
-pyroute2's synchronous ``IPRoute`` is not meant to be shared between threads. Kernel errors are
-translated here, once, into the worker's coded errors.
+Both sockets stay open for the worker's life and serve one request at a time (a lock): commands
+run on a pool of threads, and neither pyroute2's synchronous ``IPRoute`` nor a netlink socket's
+request/answer sequence may be interleaved. Kernel errors are translated here, once, into the
+worker's coded errors.
 """
 
 from __future__ import annotations
@@ -138,8 +139,12 @@ def open_netlink(namespace: str | None) -> Netlink:
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace")
     try:
         ipr = IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
-        sock = _reader_socket(namespace)
-    except FileNotFoundError:
+        try:
+            sock = _reader_socket(namespace)
+        except BaseException:
+            ipr.close()
+            raise
+    except FileNotFoundError:  # deleted meanwhile
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace") from None
     identity = (lambda: namespace_identity(namespace)) if namespace is not None else None
     return Netlink(ipr, sock, namespace, identity)

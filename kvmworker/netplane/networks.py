@@ -175,6 +175,13 @@ def plan_removal(network: Network, nl: Netlink) -> tuple[list[Step], list[str]]:
     return steps, foreign
 
 
+def bridge_view(nl: Netlink) -> Lookup:
+    """Links by name from one dump of bridges and their ports (no aliases in it); a port that is not
+    enslaved is absent from that view and is asked for alone, which only drift makes happen."""
+    view = {link.name: link for link in nl.bridges_and_ports()}
+    return lambda name: view.get(name) or nl.link(name)
+
+
 def drift(network: Network, lookup: Lookup, check_alias: bool = True) -> list[str]:
     """What is wrong in the kernel for this network, in words; empty when it is healthy."""
     problems: list[str] = []
