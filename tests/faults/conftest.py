@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -25,11 +26,9 @@ class WorkerProcess:
         self.env = env or {}
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
-        import os
-
+    def start(self, *extra: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "tests.faults.run_worker", "--host", self.host, "--broker", self.broker_url]
-        cmd += ["--state-dir", str(self.state), "--effects", str(self.effects)]
+        cmd += ["--state-dir", str(self.state), "--effects", str(self.effects), *extra]
         log = (self.tmp / f"worker{len(self.procs)}.log").open("w")
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ | self.env)
         self.procs.append(proc)

@@ -7,6 +7,7 @@ and StateHandler; other settings (visibility timeout, keys) come from KVMWORKER_
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,10 @@ def main() -> int:
     parser.add_argument("--broker", required=True)
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--effects", required=True, type=Path)
+    parser.add_argument("--die-after-netlink-steps", type=int, default=None)
     args = parser.parse_args()
+    if args.die_after_netlink_steps:
+        die_after_netlink_steps(args.die_after_netlink_steps)
     settings = Settings(host=args.host, broker_url=args.broker, state_dir=args.state_dir)
     setup_logging(settings)
     worker, _ = build_worker(settings, extra_handlers=[ProbeHandler(args.effects), StateHandler(args.effects)])
@@ -32,6 +36,31 @@ def main() -> int:
     print("worker ready", flush=True)
     worker.run()
     return 0
+
+
+def die_after_netlink_steps(limit: int) -> None:
+    """SIGKILL this process right after the ``limit``-th netlink step a NetworkHandler command applies:
+    the kernel keeps what was done, the worker forgets everything (no rollback runs)."""
+    from kvmworker.handlers import network
+    from kvmworker.netplane.plan import execute
+
+    applied = [0]
+
+    class Dying:
+        def __init__(self, step):
+            self.step = step
+
+        def apply(self, nl):
+            undo = self.step.apply(nl)
+            applied[0] += 1
+            if applied[0] >= limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return undo
+
+        def describe(self):
+            return self.step.describe()
+
+    network.execute = lambda steps, nl, commit=None: execute([Dying(s) for s in steps], nl, commit)
 
 
 if __name__ == "__main__":
