@@ -35,18 +35,16 @@ def build_registry(
 
 
 def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
-    # Each handler issue adds its factory here; a factory may register kernel/libvirt feature probes.
-    handlers: list[object] = []
-    handlers.append(create_vm_handler(settings, features))
-    handlers.append(create_host_handler(settings, features))
-    handlers.extend(_network_handlers(settings, features))
-    return handlers
+    """The handlers and the clients they share: one netlink pool and one libvirt connection per worker.
 
-
-def _network_handlers(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
-    plane = Netplane.from_settings(settings)  # one socket per namespace and one store, shared by the three
+    The network handlers own the pool and the VM handler owns the connection (they close them);
+    the host handler only borrows both.
+    """
+    plane = Netplane.from_settings(settings)
     features["vlan"] = plane.vlan_support
-    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane)]
+    vm = create_vm_handler(settings, features)
+    host = create_host_handler(settings, features, libvirt=vm.connection, netlink=plane.pool)
+    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host]
 
 
 def build_dispatcher(
