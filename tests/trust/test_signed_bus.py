@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kvmworker.client import Client
@@ -162,3 +163,21 @@ def test_the_kvmworker_call_command_signs_with_the_configured_key_file(keyed_wor
     )
     assert json.loads(done.stdout)["code"] == 0, done.stderr
     assert count_of(keyed_worker.counters, "cli") == 1
+
+
+def test_the_http_bridge_signs_what_it_forwards_with_the_configured_key_file(
+    keyed_worker, real_broker, host, keys_file
+):
+    env = os.environ | {"KVMWORKER_KEYS_FILE": str(keys_file)}
+    cmd = [sys.executable, "-m", "kvmworker", "bridge", "--broker", real_broker, "--port", "0", "--default-host", host]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://"), url
+        body = {"handler": "ProbeHandler", "command": "count", "data": {"name": "bridge"}, "timeout": 10}
+        reply = httpx.post(url + "/", json=body, timeout=20).json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert reply["code"] == 0, reply
+    assert count_of(keyed_worker.counters, "bridge") == 1
