@@ -76,12 +76,8 @@ def vlan_supported() -> bool:
     ip("netns", "add", probe)
     try:
         ip("-n", probe, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
-        return (
-            subprocess.run(
-                ["ip", "-n", probe, "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5"]
-            ).returncode
-            == 0
-        )
+        add_vlan = ["ip", "-n", probe, "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5"]
+        return subprocess.run(add_vlan, capture_output=True).returncode == 0
     finally:
         ip("netns", "del", probe)
 
