@@ -87,9 +87,9 @@ def envelopes(draw, registry: HandlerRegistry) -> dict[str, Any]:
     handler, command = bound.handler, bound.name
     fields, mutates = list(bound.spec.model.model_fields), bound.spec.mutates
     if kind == "unknown-command":
-        command, fields, mutates = draw(st.text(max_size=70).filter(lambda c: c != bound.name)), [], False
+        command, fields, mutates = draw(st.text(min_size=1, max_size=64).filter(lambda c: c != bound.name)), [], False
     elif kind == "unknown-handler":
-        handler, fields, mutates = draw(st.text(max_size=70)), [], False
+        handler, fields, mutates = draw(st.text(min_size=1, max_size=64)), [], False
     data = draw(
         st.one_of(
             st.fixed_dictionaries({}, optional={f: json_values() for f in fields}),

@@ -47,7 +47,13 @@ def assert_serving(raw: RawPublisher) -> None:
 def test_every_fuzzed_message_gets_exactly_one_documented_reply_and_the_worker_keeps_serving(fuzzed):
     sent: list[str] = []
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        derandomize=os.environ.get("KVT_FUZZ_RANDOM") != "1",  # reproducible in CI, like the in-process fuzzer
+    )
     @given(data=st.data())
     def one(data):
         correlation_id = send(fuzzed, data.draw(messages(fuzzed.registry)))

@@ -19,6 +19,8 @@ from tests.trust.hostile import Hostile, assert_documented, classics, fresh_msg_
 pytestmark = pytest.mark.netlink
 EXAMPLES = int(os.environ.get("KVT_FUZZ_EXAMPLES", "400"))
 SEEN: Counter[int] = Counter()
+# The same examples on every run (CI stays reproducible); KVT_FUZZ_RANDOM=1 explores new ones.
+DERANDOMIZE = os.environ.get("KVT_FUZZ_RANDOM") != "1"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +44,7 @@ def answer(dispatcher, hostile: Hostile) -> dict:
     return reply.model_dump(mode="json") | {"_bytes": len(encode_reply(reply))}
 
 
-@settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_any_message_gets_exactly_one_reply_with_a_documented_code(dispatcher, data):
     hostile = data.draw(messages(dispatcher.registry))
@@ -73,3 +73,13 @@ def test_each_classic_hostile_input_gets_its_documented_code(dispatcher, case):
 def test_the_worker_still_answers_a_ping_after_the_fuzzing(dispatcher):
     body = b'{"handler":"SystemHandler","command":"ping","data":{}}'
     assert answer(dispatcher, Hostile(body))["code"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by this fuzzer: DeviceHandler.addr_add's address validator evaluates '/' in None, so a null "
+    "address is a TypeError (99999) instead of 30006; reported to the dataplane's owner. Remove this mark once fixed.",
+)
+def test_a_null_address_for_addr_add_is_answered_30006_not_99999(dispatcher):
+    body = b'{"handler":"DeviceHandler","command":"addr_add","data":{"name":"kvt0","address":null},"dry_run":true}'
+    assert answer(dispatcher, Hostile(body))["code"] == 30006
