@@ -41,6 +41,12 @@ class CommandSpec:
     resource: ResourceOf | None
     invalid_code: Code | None
     mutates: bool
+    idempotent: bool
+
+    @property
+    def safe_to_rerun(self) -> bool:
+        """May run again after a crash cut it short: it reads only, or converges when repeated."""
+        return self.idempotent or not self.mutates
 
 
 def command(
@@ -49,6 +55,7 @@ def command(
     resource: ResourceOf | None = None,
     invalid_code: Code | None = None,
     mutates: bool = True,
+    idempotent: bool = False,
     name: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a handler method as a command.
@@ -56,10 +63,12 @@ def command(
     ``resource`` maps the validated data to a key: commands with the same key run one after another.
     ``invalid_code`` overrides the handler's code for data that fails validation.
     ``mutates=False`` marks read-only commands (their dry run is the real thing).
+    ``idempotent=True`` promises that running it again converges to the same state and reply: after a
+    worker crash cut it short, the redelivered message runs it again instead of answering -1.
     """
 
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates))
+        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates, idempotent))
         return fn
 
     return attach

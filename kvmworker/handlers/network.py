@@ -104,7 +104,7 @@ class NetworkHandler:
         self._plane = plane
         self._restored: dict[str, list[str]] = {}
 
-    @command(NetworkCreate, resource=lambda data: _IN_WORKER_NAMESPACE)
+    @command(NetworkCreate, resource=lambda data: _IN_WORKER_NAMESPACE, idempotent=True)
     def create(self, data: NetworkCreate, ctx: Context) -> dict[str, Any]:
         store = self._plane.store
         network = networks.new_network(

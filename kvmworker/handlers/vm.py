@@ -83,11 +83,11 @@ class VmHandler:
                 "consoles": description.consoles(root),
             }
 
-    @command(VmRef, resource=vm_key)
+    @command(VmRef, resource=vm_key, idempotent=True)
     def start(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         return self._transition(data, ctx, "start", domains.start)
 
-    @command(VmRef, resource=vm_key)
+    @command(VmRef, resource=vm_key, idempotent=True)
     def destroy(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         return self._transition(data, ctx, "destroy (power off at once)", domains.destroy)
 
@@ -95,15 +95,15 @@ class VmHandler:
     def reboot(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         return self._transition(data, ctx, "reboot (ACPI)", domains.reboot)
 
-    @command(VmRef, resource=vm_key)
+    @command(VmRef, resource=vm_key, idempotent=True)
     def suspend(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         return self._transition(data, ctx, "suspend (pause the vCPUs)", domains.suspend)
 
-    @command(VmRef, resource=vm_key)
+    @command(VmRef, resource=vm_key, idempotent=True)
     def resume(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         return self._transition(data, ctx, "resume", domains.resume)
 
-    @command(ShutdownData, resource=vm_key)
+    @command(ShutdownData, resource=vm_key, idempotent=True)
     def shutdown(self, data: ShutdownData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
@@ -114,7 +114,7 @@ class VmHandler:
                 return {**domains.identity(dom), "state": "shutoff", "changed": False}
             return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
 
-    @command(AutostartData, resource=vm_key)
+    @command(AutostartData, resource=vm_key, idempotent=True)
     def autostart(self, data: AutostartData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)

@@ -6,7 +6,9 @@ may publish twice. Before a command runs, its msg_id is claimed here:
 - already answered → the stored reply is sent again, the command does not run;
 - running right now (a duplicate arrived meanwhile) → wait for it, send the same reply;
 - claimed by an earlier worker process that died before recording a reply → it may or may not
-  have taken effect, so it is not run again: the answer is -1 (outcome unknown), state ``interrupted``;
+  have taken effect. A command that converges when repeated (``idempotent`` or read-only) runs again,
+  up to ``MAX_ATTEMPTS`` starts in all (a message that kills the worker every time is not run for
+  ever); any other is not run again: the answer is -1 (outcome unknown), state ``interrupted``;
 - otherwise → claimed, recorded as ``running``, and run.
 
 The reply is recorded in ``after_reply``, before it is published, so a crash between publishing
@@ -24,7 +26,7 @@ from typing import Any
 
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Request
-from kvmworker.journal.entry import Received
+from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.redaction import redact, redact_text
 from kvmworker.journal.store import ANSWERED, INTERRUPTED, REFUSED, RUNNING, JournalStore, journal_path
 from kvmworker.protocol.codes import Code
@@ -66,14 +68,23 @@ class JournalMiddleware(Middleware):
         with self._lock:
             pending = self._running.get(request.msg_id)
             entry = None if pending else self.store.find(request.msg_id)
-            role = DUPLICATE if pending or (entry and entry.state != REFUSED) else OWNER
+            rerun = entry is not None and _may_rerun(request, entry)
+            role = DUPLICATE if pending or (entry and entry.state != REFUSED and not rerun) else OWNER
             self._roles[id(request)] = role
             if role == OWNER:
                 self._running[request.msg_id] = Future()
         if pending is not None:
             return self._wait_for_first(request, pending)
         if role == DUPLICATE:
-            return self._answer_from_journal(request, entry.state, entry.reply)
+            return self._answer_from_journal(request, entry)
+        if rerun:
+            log.warning(
+                "[%s] was cut short by a worker crash (attempt %d of %d); it converges, so it runs again",
+                request.msg_id,
+                _attempts(entry) + 1,
+                MAX_ATTEMPTS,
+            )
+            self._on_duplicate("rerun")
         self.store.begin(self._received(request, "executed"))
         return None
 
@@ -110,11 +121,14 @@ class JournalMiddleware(Middleware):
         self._on_duplicate("waited")
         return pending.result()
 
-    def _answer_from_journal(self, request: Request, state: str, stored: dict[str, Any] | None) -> Reply:
-        if state == RUNNING:
+    def _answer_from_journal(self, request: Request, entry: Entry) -> Reply:
+        state, stored = entry.state, entry.reply
+        if state == RUNNING or (state == INTERRUPTED and request.safe_to_rerun):
             # A previous worker process claimed it and died before recording a reply.
-            log.warning("[%s] was interrupted by a worker crash; not running it again", request.msg_id)
-            reply = _unknown(request.msg_id, INTERRUPTED, _INTERRUPTED_DETAIL)
+            poisoned = request.safe_to_rerun  # it would have run again, but every attempt killed the worker
+            detail = _poisoned_detail(_attempts(entry)) if poisoned else _INTERRUPTED_DETAIL
+            log.warning("[%s] was interrupted by a worker crash; not running it again: %s", request.msg_id, detail)
+            reply = _unknown(request.msg_id, INTERRUPTED, detail)
             self.store.add_delivery(request.msg_id, self._delivery(request, INTERRUPTED))
             self.store.finish(request.msg_id, INTERRUPTED, _stored(reply), 0.0)
             self._on_duplicate(INTERRUPTED)
@@ -166,6 +180,26 @@ class JournalMiddleware(Middleware):
             "reply_to": request.reply_to,
             "answered": answered,
         }
+
+
+MAX_ATTEMPTS = 3
+"""How often a command that converges is run when each attempt ends in a worker crash (a poison message)."""
+
+
+def _attempts(entry: Entry) -> int:
+    return sum(1 for delivery in entry.deliveries if delivery.get("answered") == "executed")
+
+
+def _may_rerun(request: Request, entry: Entry) -> bool:
+    """Cut short by a crash (still ``running``, or closed as ``interrupted`` at start), converges, attempts left."""
+    return request.safe_to_rerun and entry.state in (RUNNING, INTERRUPTED) and _attempts(entry) < MAX_ATTEMPTS
+
+
+def _poisoned_detail(attempts: int) -> str:
+    return (
+        f"this command was started {attempts} times and the worker died each time; it is not run again. "
+        "The journal keeps it (kvmworker journal show); fix the cause, then send it with a new msg_id"
+    )
 
 
 _INTERRUPTED_DETAIL = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -55,6 +57,19 @@ class ProbeHandler:
             f.flush()
         time.sleep(data.sleep)
         return {"counted": data.name}
+
+    @command(CountData, resource=lambda d: f"count:{d.name}", idempotent=True)
+    def converge(self, data: CountData, ctx: Context) -> dict:
+        """Like ``count`` (each start is recorded), but its effect converges: a second run changes nothing."""
+        self.count(data, ctx)
+        return {"converged": data.name}
+
+    @command(CountData, resource=lambda d: f"count:{d.name}", idempotent=True)
+    def crash(self, data: CountData, ctx: Context) -> dict:
+        """A poison message: every start kills the worker process (as a segfault in a C library would)."""
+        self.count(data, ctx)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {}
 
     @command(mutates=False)
     def unserialisable(self, data: object, ctx: Context) -> dict:
