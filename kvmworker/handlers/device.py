@@ -37,8 +37,9 @@ def _check_alias(alias: str) -> str:
     return alias
 
 
-def _with_prefix(address: str) -> str:
-    if "/" not in address:
+def _with_prefix(address: object) -> object:
+    """Runs before the CIDR check, on raw input: anything but a string is left for that check to refuse."""
+    if isinstance(address, str) and "/" not in address:
         raise coded(Code.INVALID_PARAMETER, "needs a prefix length, e.g. 10.0.0.1/24")
     return address
 

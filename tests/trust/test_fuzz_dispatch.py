@@ -75,11 +75,6 @@ def test_the_worker_still_answers_a_ping_after_the_fuzzing(dispatcher):
     assert answer(dispatcher, Hostile(body))["code"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzzer: DeviceHandler.addr_add's address validator evaluates '/' in None, so a null "
-    "address is a TypeError (99999) instead of 30006; reported to the dataplane's owner. Remove this mark once fixed.",
-)
 def test_a_null_address_for_addr_add_is_answered_30006_not_99999(dispatcher):
     body = b'{"handler":"DeviceHandler","command":"addr_add","data":{"name":"kvt0","address":null},"dry_run":true}'
     assert answer(dispatcher, Hostile(body))["code"] == 30006
