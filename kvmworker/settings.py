@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, description="Worker /healthz, /readyz, /metrics port.")
     health_bind: str = Field(default="0.0.0.0", description="Address of the health port (probes come from outside).")
     keys_file: Path | None = Field(default=None, description="HMAC signing keys (key id → secret).")
-    journal_max_age_days: float = Field(default=30.0, gt=0)
-    journal_max_mb: float = Field(default=512.0, gt=0)
+    journal_max_age_days: float = Field(default=30.0, gt=0, description="Journal entries older than this go.")
+    journal_max_mb: float = Field(default=512.0, gt=0, description="The journal is kept under this size.")
 
     # the bridge and the client
     port: int = Field(default=8080, ge=0, le=65535)

@@ -25,7 +25,11 @@ WORKER_FLAGS = (
     "storage-dirs",
     "storage-pool",
     "health-port",
+    "health-bind",
     "keys-file",
+    "redis-visibility-timeout",
+    "journal-max-age-days",
+    "journal-max-mb",
 )
 
 
