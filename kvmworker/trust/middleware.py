@@ -92,8 +92,9 @@ class TrustMiddleware(Middleware):
     def _authenticate(self, request: Request) -> None:
         try:
             self._verify_signature(request)
-        except Unauthenticated:
-            # Nothing of this message is vouched for, its reply_to least of all: answer nobody.
+        except Exception:
+            # Nothing of this message is vouched for, its reply_to least of all: answer nobody (even when
+            # verifying itself failed unexpectedly and the guard turns that into a refusal).
             request.reply_to = None
             raise
         target = request.headers.get(HEADER_HOST)
@@ -133,7 +134,7 @@ class TrustMiddleware(Middleware):
 
     def _refuse(self, request: Request, exc: KvmError) -> Reply:
         request.assign_msg_id()  # so that the journal files the refusal under the message's own msg_id
-        to = f"answered to {request.reply_to}" if request.reply_to else "not answered (reply_to not trusted)"
+        to = f"answered to {request.reply_to}" if request.reply_to else "no reply (reply_to absent or not signed)"
         log.warning("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
         return Reply.from_error(exc)
 
@@ -154,7 +155,7 @@ def _is_uuid(value: object) -> bool:
         uuid.UUID(str(value))
     except ValueError:
         return False
-    return value is not None
+    return True
 
 
 def reply_signer(chain: MiddlewareChain) -> Signer | None:
