@@ -13,7 +13,7 @@ from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
-from kvmworker.trust.middleware import reply_signer
+from kvmworker.trust.middleware import reply_signer, warn_open
 
 log = logging.getLogger("kvmworker.runtime")
 
@@ -27,8 +27,7 @@ class RunningWorker:
     def stop(self, timeout: float | None = None) -> bool:
         self.worker.stop()
         stopped = self.worker.wait_stopped(timeout)
-        for handler in self.dispatcher.registry.handlers:
-            _call_quietly(handler, "close")
+        close_handlers(self.dispatcher)
         return stopped
 
 
@@ -38,6 +37,9 @@ def build_worker(settings: Settings, extra_handlers: list[object] | None = None)
         _call_quietly(handler, "on_start")
     connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)
     publisher = Publisher(open_connection(settings.broker_url, confirms=settings.publish_confirms))
+    signer = reply_signer(dispatcher.middleware)
+    if signer is None:
+        warn_open(settings.host)  # at start, as well as hourly while serving
     worker = Worker(
         connection,
         publisher,
@@ -45,10 +47,15 @@ def build_worker(settings: Settings, extra_handlers: list[object] | None = None)
         settings.host,
         prefetch=settings.prefetch,
         workers=settings.workers,
-        signer=reply_signer(dispatcher.middleware),
+        signer=signer,
     )
     observe_worker(settings, worker, dispatcher)
     return worker, dispatcher
+
+
+def close_handlers(dispatcher: Dispatcher) -> None:
+    for handler in dispatcher.registry.handlers:
+        _call_quietly(handler, "close")
 
 
 def start_worker(settings: Settings, extra_handlers: list[object] | None = None) -> RunningWorker:

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="{}", help="the command's data, as JSON")
     parser.add_argument("--dry-run", action="store_true", help="validate and show the plan; change nothing")
     parser.add_argument("--msg-id", default=None, help="idempotency key (a UUID); generated when absent")
-    add_settings_flags(parser, "broker", "timeout")
+    add_settings_flags(parser, "broker", "timeout", "keys-file")
     parser.set_defaults(run=run)
 
 

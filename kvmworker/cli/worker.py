@@ -7,7 +7,7 @@ import logging
 import signal
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
-from kvmworker.runtime import build_worker
+from kvmworker.runtime import build_worker, close_handlers
 
 log = logging.getLogger("kvmworker")
 
@@ -47,8 +47,5 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("worker for host %s on %s", settings.host, settings.broker_url)
     worker.run()
-    for handler in dispatcher.registry.handlers:
-        close = getattr(handler, "close", None)
-        if close:
-            close()
+    close_handlers(dispatcher)
     return 0

@@ -51,6 +51,7 @@ class Dispatcher:
         try:
             answer = self.middleware.first_answer("on_receive", request)
             if answer is not None:
+                request.assign_msg_id()
                 return answer
             envelope = parse_envelope(decode_body(request.body, request.content_type, self.max_body))
             request.envelope = envelope

@@ -36,7 +36,8 @@ from kvmworker.settings import Settings
 log = logging.getLogger("kvmworker.journal")
 
 OWNER, DUPLICATE = "owner", "duplicate"
-MAX_RAW_BODY = 64 * 1024
+MAX_PARSED_BODY = 1024 * 1024  # larger bodies are refused unread, so the journal need not hold them whole
+MAX_RAW_TEXT = 4096  # what is kept of a body that is not JSON: enough to see what it was
 
 
 def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | None = None) -> JournalMiddleware:
@@ -219,7 +220,9 @@ def _stored(reply: Reply) -> dict[str, Any]:
 def _recorded_body(body: bytes) -> Any:
     """The envelope as it came (unknown fields included), redacted; a body that is not JSON as masked text."""
     try:
+        if len(body) > MAX_PARSED_BODY:  # an oversize body is refused anyway: keep its start, never parse it whole
+            raise ValueError("too large to record whole")
         return redact(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        text = body[:MAX_RAW_BODY].decode("utf-8", errors="replace")
+        text = body[:MAX_RAW_TEXT].decode("utf-8", errors="replace")
         return {"raw": redact_text(text), "raw_bytes": len(body)}
