@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kvmworker.app import build_dispatcher, build_middleware
 from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.middleware import Middleware
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
@@ -31,8 +32,11 @@ class RunningWorker:
         return stopped
 
 
-def build_worker(settings: Settings, extra_handlers: list[object] | None = None) -> tuple[Worker, Dispatcher]:
-    dispatcher = build_dispatcher(settings, extra_handlers, build_middleware(settings))
+def build_worker(
+    settings: Settings, extra_handlers: list[object] | None = None, extra_middleware: list[Middleware] | None = None
+) -> tuple[Worker, Dispatcher]:
+    """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
+    dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
     for handler in dispatcher.registry.handlers:
         _call_quietly(handler, "on_start")
     connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)

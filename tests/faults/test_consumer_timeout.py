@@ -15,8 +15,8 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRabbit, private_rabbit, require_private_brokers
-from tests.faults.conftest import WorkerProcess, wait_for
 from tests.support.handlers import count_of
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 CONSUMER_TIMEOUT_S = 5

@@ -17,7 +17,7 @@ import pytest
 from kvmworker.client import Client
 from tests.conftest import unique
 from tests.faults.brokers import PrivateRabbit, private_rabbit, require_private_brokers
-from tests.faults.conftest import WorkerProcess, wait_for
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.netlink, pytest.mark.slow]
 NICS = ("kvtp0", "kvtp1")

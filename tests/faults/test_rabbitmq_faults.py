@@ -19,8 +19,8 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRabbit, private_rabbit, require_private_brokers
-from tests.faults.conftest import WorkerProcess, wait_for
 from tests.faults.handlers import runs_of
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 BURST = int(os.environ.get("KVT_FAULT_BURST", "1000"))

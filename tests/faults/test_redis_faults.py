@@ -14,8 +14,8 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRedis, private_redis, require_private_brokers
-from tests.faults.conftest import WorkerProcess, wait_for
 from tests.support.handlers import count_of
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 VISIBILITY_S = 2

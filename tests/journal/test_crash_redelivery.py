@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,48 +16,15 @@ from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
 from tests.conftest import unique
 from tests.journal.effects import EffectsHandler, runs_of
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class WorkerProcess:
-    """``tests.journal.run_worker`` in a process of its own, so that it can be killed for real."""
-
-    def __init__(self, amqp_url: str, host: str, tmp: Path):
-        self.amqp_url, self.host, self.tmp = amqp_url, host, tmp
-        self.state, self.effects, self.marker = tmp / "state", tmp / "effects", tmp / "recorded"
-        self.effects.mkdir(exist_ok=True)
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *, pause: bool = False) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "tests.journal.run_worker", "--host", self.host, "--broker", self.amqp_url]
-        cmd += ["--state-dir", str(self.state), "--effects-dir", str(self.effects)]
-        if pause:
-            cmd += ["--pause-marker", str(self.marker)]
-        log = (self.tmp / f"worker{len(self.procs)}.log").open("w")
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
-        self.procs.append(proc)
-        assert proc.stdout.readline().strip() == "worker ready", (self.tmp / "worker0.log").read_text()
-        return proc
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-
-    def journal(self) -> JournalStore:
-        return JournalStore.open_existing(journal_path(self.state))
-
-
 @pytest.fixture
 def workers(amqp_url: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(amqp_url, unique("kvt-jr-"), tmp_path)
+    w = WorkerProcess(amqp_url, tmp_path, host=unique("kvt-jr-"))
     yield w
     w.stop_all()
 
@@ -72,23 +35,15 @@ def client(amqp_url: str) -> Iterator[Client]:
         yield c
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def bump(name: str, sleep: float = 0) -> Envelope:
     return Envelope(handler="EffectsHandler", command="bump", data={"name": name, "sleep": sleep}, msg_id=uuid.uuid4())
 
 
 def test_a_message_redelivered_after_a_kill_between_reply_and_ack_is_answered_from_the_journal(workers, client):
-    first = workers.start(pause=True)
+    marker = workers.tmp / "recorded"
+    first = workers.start("--pause-marker", str(marker))
     pending = client.submit(workers.host, bump("k1"), timeout=40)
-    assert wait_for(workers.marker.exists, 15), "the reply was never recorded"
+    assert wait_for(marker.exists, 15), "the reply was never recorded"
     assert runs_of(workers.effects, "k1") == 1
     workers.kill(first)  # the reply is in the journal; it was never published, the message never acked
     assert not pending.future.done()
@@ -97,7 +52,7 @@ def test_a_message_redelivered_after_a_kill_between_reply_and_ack_is_answered_fr
     assert reply.code == Code.OK, reply
     assert reply.data["name"] == "k1"
     assert runs_of(workers.effects, "k1") == 1
-    entry = workers.journal().find(pending.msg_id)
+    entry = JournalStore.open_existing(journal_path(workers.state)).find(pending.msg_id)
     assert entry.reply == reply.model_dump(mode="json")
     assert [(d["answered"], d["redelivered"]) for d in entry.deliveries] == [("executed", False), ("journal", True)]
 

@@ -1,4 +1,4 @@
-"""Fault fixtures: worker processes that can be SIGKILLed, clients on private brokers, and the effect checkers."""
+"""Worker processes for tests that must kill a real worker (SIGKILL) and start it again."""
 
 from __future__ import annotations
 
@@ -7,30 +7,35 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-
-from tests.conftest import unique
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """``tests.faults.run_worker`` as a real process: started, SIGKILLed and started again by the test."""
+    """``tests.support.run_worker`` for one host: each start is a new process on the same state directory.
 
-    def __init__(self, broker_url: str, tmp: Path, env: dict[str, str] | None = None):
+    The test handlers (ProbeHandler, EffectsHandler, StateHandler) record their effects in ``effects``;
+    each process logs to ``workerN.log`` beside it, shown when a start fails.
+    """
+
+    def __init__(self, broker_url: str, tmp: Path, host: str | None = None, env: dict[str, str] | None = None):
         self.broker_url, self.tmp = broker_url, tmp
-        self.host = unique("kvt-fault-")
+        self.host = host or f"kvt-proc-{uuid.uuid4().hex[:8]}"
         self.state, self.effects = tmp / "state", tmp / "effects"
         self.effects.mkdir(parents=True, exist_ok=True)
         self.env = env or {}
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *extra: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "tests.faults.run_worker", "--host", self.host, "--broker", self.broker_url]
+        cmd = [sys.executable, "-m", "tests.support.run_worker", "--host", self.host, "--broker", self.broker_url]
         cmd += ["--state-dir", str(self.state), "--effects", str(self.effects), *extra]
-        log = (self.tmp / f"worker{len(self.procs)}.log").open("w")
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ | self.env)
+        with (self.tmp / f"worker{len(self.procs)}.log").open("w") as log:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ | self.env
+            )
         self.procs.append(proc)
         assert proc.stdout.readline().strip() == "worker ready", self.log()
         return proc
@@ -39,9 +44,10 @@ class WorkerProcess:
     def current(self) -> subprocess.Popen:
         return self.procs[-1]
 
-    def kill(self) -> None:
-        self.current.send_signal(signal.SIGKILL)
-        self.current.wait(10)
+    def kill(self, proc: subprocess.Popen | None = None) -> None:
+        proc = proc or self.current
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
 
     def stop_all(self) -> None:
         for proc in self.procs:
