@@ -21,7 +21,7 @@ from kombu import Consumer, Message, Queue
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
-from kvmworker.transport.connection import connection_errors, open_connection
+from kvmworker.transport.connection import log_connection_loss, open_connection
 from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
     HEADER_HOST,
@@ -162,14 +162,7 @@ class Client:
                 self._ready.clear()
                 if self._closing.is_set():
                     return
-                expected = isinstance(exc, connection_errors(self._consumer_conn))
-                log.log(
-                    logging.WARNING if expected else logging.ERROR,
-                    "reply consumer stopped (%s); reconnecting in %.1f s",
-                    exc,
-                    backoff,
-                    exc_info=not expected,
-                )
+                log_connection_loss(log, self._consumer_conn, exc, "reply consumer", backoff)
                 self._closing.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
@@ -31,3 +33,16 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
 def connection_errors(conn: Connection) -> tuple[type[BaseException], ...]:
     """What a lost or refused broker connection raises (``ensure_connection`` gives up with OperationalError)."""
     return (*conn.connection_errors, *conn.channel_errors, OSError, OperationalError)
+
+
+def log_connection_loss(log: logging.Logger, conn: Connection, exc: BaseException, what: str, retry_in: float) -> None:
+    """A lost broker is a warning; anything else that stopped a consuming loop is an error with its traceback."""
+    expected = isinstance(exc, connection_errors(conn))
+    log.log(
+        logging.WARNING if expected else logging.ERROR,
+        "%s stopped (%s); reconnecting in %.1f s",
+        what,
+        exc,
+        retry_in,
+        exc_info=not expected,
+    )

@@ -23,7 +23,7 @@ from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
-from kvmworker.transport.connection import connection_errors
+from kvmworker.transport.connection import log_connection_loss
 from kvmworker.transport.names import HEADER_MSG_ID, host_queue
 from kvmworker.transport.publisher import Publisher
 
@@ -74,14 +74,7 @@ class Worker:
                 backoff = 0.5
             except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
                 self._set_connected(False)
-                expected = isinstance(exc, connection_errors(self._connection))
-                log.log(
-                    logging.WARNING if expected else logging.ERROR,
-                    "consumer stopped (%s); reconnecting in %.1f s",
-                    exc,
-                    backoff,
-                    exc_info=not expected,
-                )
+                log_connection_loss(log, self._connection, exc, "consumer", backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
