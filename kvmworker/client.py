@@ -26,8 +26,8 @@ from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
     HEADER_HOST,
     HEADER_ISSUED_AT,
-    command_exchange,
     host_queue,
+    host_queue_name,
     reply_queue,
 )
 from kvmworker.transport.publisher import Publisher
@@ -123,10 +123,11 @@ class Client:
         headers = {HEADER_HOST: host, HEADER_ISSUED_AT: round(issued, 6), HEADER_EXPIRES_AT: round(issued + timeout, 6)}
         if self._signer is not None:
             headers.update(self._signer.sign(body, msg_id, host, self._reply_queue.name, headers))
+        # Straight to the host's queue through the default exchange: the same queue the ``kvmworker``
+        # exchange routes ``host`` to, without a routing lookup per message (a Redis round trip each).
         self._publisher.publish(
             body,
-            exchange=command_exchange(),
-            routing_key=host,
+            routing_key=host_queue_name(host),
             declare=self._declare_once(host),
             persistent=self._persistent,
             headers=headers,
