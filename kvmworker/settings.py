@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     bind: str = Field(default="127.0.0.1")
     default_host: str | None = None
+    allowed_hosts: list[str] | None = Field(
+        default=None, description="Bridge: the only hosts it forwards to (default: any; each new one gets a queue)."
+    )
     users_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a reply.")
     token_ttl: float = Field(default=3600.0, gt=0, description="Bridge: seconds a login token stays valid.")

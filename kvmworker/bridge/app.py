@@ -55,8 +55,10 @@ class Bridge:
         metrics: BridgeMetrics,
         probe: BrokerProbe,
         openapi: dict,
+        allowed_hosts: frozenset[str] | None = None,
     ):
         self._forwarder = forwarder
+        self._allowed_hosts = allowed_hosts
         self._default_host = default_host
         self._max_body = max_body
         self._auth = auth
@@ -93,7 +95,7 @@ class Bridge:
             return await self._user_command(request, envelope)
         if self._auth is not None:
             self._auth.user_of(_token(request, envelope))
-        return await self._forwarder.forward(check_host(host), envelope)
+        return await self._forwarder.forward(check_host(host, self._allowed_hosts), envelope)
 
     async def _user_command(self, request: HttpRequest, envelope: Envelope) -> Reply:
         if envelope.command == "login":
@@ -170,6 +172,7 @@ def create_app(
         BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
         BrokerProbe(settings.broker_url),
         build_openapi(commands),
+        frozenset(settings.allowed_hosts) if settings.allowed_hosts is not None else None,
     )
     app = Starlette(routes=_routes(bridge), lifespan=_closing(bridge))
     app.state.bridge = bridge

@@ -40,8 +40,10 @@ async def read_body(request: HttpRequest, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def check_host(host: str) -> str:
-    """A routing key we are willing to publish to."""
+def check_host(host: str, allowed: frozenset[str] | None = None) -> str:
+    """A routing key we are willing to publish to (and so to declare a durable queue for)."""
     if not HOST_NAME.fullmatch(host):
         raise InvalidRequest(f"{host[:64]!r} is not a host name (1-200 of A-Z a-z 0-9 _ . : -)", field="host")
+    if allowed is not None and host not in allowed:
+        raise InvalidRequest(f"this bridge does not serve host {host!r} (see allowed_hosts)", field="host")
     return host

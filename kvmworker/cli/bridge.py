@@ -13,7 +13,18 @@ from kvmworker.trust.signing import load_signer
 
 log = logging.getLogger("kvmworker.bridge")
 
-BRIDGE_FLAGS = ("broker", "port", "bind", "default-host", "users", "timeout", "max-body", "token-ttl", "keys-file")
+BRIDGE_FLAGS = (
+    "broker",
+    "port",
+    "bind",
+    "default-host",
+    "allowed-hosts",
+    "users",
+    "timeout",
+    "max-body",
+    "token-ttl",
+    "keys-file",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

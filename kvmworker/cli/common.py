@@ -23,7 +23,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, *flags: str) -> None:
         kwargs: dict[str, Any] = {"dest": field, "default": None, "help": info.description or ""}
         if info.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif field in ("physical_interfaces", "storage_dirs"):
+        elif field in ("physical_interfaces", "storage_dirs", "allowed_hosts"):
             kwargs["action"] = "append"
         else:
             kwargs["metavar"] = flag.upper().replace("-", "_")

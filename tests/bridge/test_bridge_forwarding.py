@@ -12,6 +12,7 @@ import pytest
 
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import start_worker
+from tests.bridge.conftest import serving
 from tests.conftest import unique
 from tests.support.handlers import ProbeHandler
 
@@ -43,6 +44,23 @@ def test_the_target_host_can_be_named_by_path_or_header(bridge, host):
     assert by_path["code"] == by_header["code"] == 0
     away = bridge.post({**ECHO, "timeout": 0.3}, headers={"X-KVM-Host": unique("kvt-nobody-")}).json()
     assert away["code"] == -1
+
+
+def test_with_allowed_hosts_set_another_host_is_refused_20001_and_gets_no_queue(bridge_settings, running_worker, host):
+    settings = bridge_settings.model_copy(update={"allowed_hosts": [host]})
+    stranger = unique("kvt-stranger-")
+    with serving(settings, registry=running_worker.dispatcher.registry) as bridge:
+        assert bridge.post(ECHO).json()["code"] == Code.OK
+        refused = bridge.post(ECHO, path=f"/hosts/{stranger}").json()
+    assert (refused["code"], refused["data"]["field"]) == (20001, "host")
+    if not settings.broker_url.startswith("memory"):
+        from kombu import Connection
+        from kombu.exceptions import ChannelError
+
+        from kvmworker.transport.names import host_queue
+
+        with Connection(settings.broker_url) as conn, pytest.raises(ChannelError):
+            host_queue(stranger).bind(conn.default_channel).queue_declare(passive=True)
 
 
 def test_an_unknown_host_is_answered_minus_one_within_the_deadline_then_result_tells(bridge, broker_url, tmp_path):
