@@ -23,6 +23,8 @@ class Request:
     envelope: Envelope | None = None
     msg_id: str = ""
     """The idempotency key: the envelope's msg_id, else the transport's message_id, else a fresh one."""
+    read_only: bool = False
+    """Set once routed: the command changes nothing (``mutates=False``)."""
     safe_to_rerun: bool = False
     """Set once routed: the command may run again after a crash cut it short (see ``command``)."""
 

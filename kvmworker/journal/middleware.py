@@ -86,7 +86,8 @@ class JournalMiddleware(Middleware):
                 MAX_ATTEMPTS,
             )
             self._on_duplicate("rerun")
-        self.store.begin(self._received(request, "executed"))
+        if not request.read_only:  # a claim, so that a crash mid-command is known on redelivery
+            self.store.begin(self._received(request, "executed"))
         return None
 
     def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
@@ -95,7 +96,7 @@ class JournalMiddleware(Middleware):
         if role == DUPLICATE:
             return
         if role == OWNER:
-            self._finish(request.msg_id, reply, duration)
+            self._finish(request, reply, duration)
             return
         self.store.refused(self._received(request, REFUSED), _stored(reply), duration)
 
@@ -139,9 +140,13 @@ class JournalMiddleware(Middleware):
         self._on_duplicate(INTERRUPTED if state == INTERRUPTED else "journal")
         return Reply.model_validate(stored)
 
-    def _finish(self, msg_id: str, reply: Reply, duration: float) -> None:
+    def _finish(self, request: Request, reply: Reply, duration: float) -> None:
+        msg_id = request.msg_id
         try:
-            self.store.finish(msg_id, ANSWERED, _stored(reply), duration)
+            if request.read_only:
+                self.store.answered(self._received(request, "executed"), _stored(reply), duration)
+            else:
+                self.store.finish(msg_id, ANSWERED, _stored(reply), duration)
         finally:
             # Waiting duplicates get the reply even if it could not be recorded.
             with self._lock:

@@ -128,6 +128,29 @@ class JournalStore:
             )
         self._maybe_prune()
 
+    def answered(self, received: Received, reply: dict[str, Any], duration: float) -> None:
+        """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
+        before this only means it runs again)."""
+        with self._lock:
+            self._db.execute(
+                """INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
+                                        envelope, properties, deliveries, code, reply, duration_ms, answered_at)
+                   VALUES (?, ?, ?, ?, ?, ?, 'answered', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?)
+                   ON CONFLICT(msg_id) DO UPDATE SET
+                       state='answered', code=excluded.code, reply=excluded.reply, duration_ms=excluded.duration_ms,
+                       answered_at=excluded.answered_at,
+                       deliveries=json_insert(deliveries, '$[#]', json(?)), delivery_count=delivery_count + 1""",
+                (
+                    *_row(received),
+                    reply.get("code"),
+                    _dumps(reply),
+                    round(duration * 1000, 3),
+                    self._clock(),
+                    _dumps(received.delivery),
+                ),
+            )
+        self._maybe_prune()
+
     def close_abandoned(self, msg: str, detail: str) -> int:
         """At start: rows a dead process left ``running`` become ``interrupted``, answered with -1.
 

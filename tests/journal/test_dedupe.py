@@ -126,3 +126,13 @@ def test_claims_a_dead_worker_left_running_are_closed_as_interrupted_when_the_ne
     assert (entry.state, entry.code, entry.reply["data"]["state"]) == (INTERRUPTED, -1, INTERRUPTED)
     assert entry.reply["msg"] == Code.UNKNOWN_OUTCOME.msg
     assert after.send("SystemHandler", "result", {"msg_id": msg_id}).data["msg_id"] == msg_id
+
+
+def test_a_read_only_command_is_recorded_once_when_answered_and_a_duplicate_gets_that_reply(wired):
+    msg_id = new_id()
+    first = wired.send("SystemHandler", "ping", {}, msg_id=msg_id)
+    entry = wired.journal.store.find(msg_id)
+    assert (entry.state, entry.code, entry.reply) == ("answered", 0, first.model_dump(mode="json"))
+    second = wired.send("SystemHandler", "ping", {}, msg_id=msg_id, redelivered=True)
+    assert second == first  # the uptime in it would differ had it run again
+    assert [d["answered"] for d in wired.journal.store.find(msg_id).deliveries] == ["executed", "journal"]
