@@ -42,6 +42,7 @@ class CommandSpec:
     invalid_code: Code | None
     mutates: bool
     idempotent: bool
+    inline: bool
 
     @property
     def safe_to_rerun(self) -> bool:
@@ -56,6 +57,7 @@ def command(
     invalid_code: Code | None = None,
     mutates: bool = True,
     idempotent: bool = False,
+    inline: bool = False,
     name: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a handler method as a command.
@@ -65,10 +67,13 @@ def command(
     ``mutates=False`` marks read-only commands (their dry run is the real thing).
     ``idempotent=True`` promises that running it again converges to the same state and reply: after a
     worker crash cut it short, the redelivered message runs it again instead of answering -1.
+    ``inline=True`` runs it on the consumer thread, never queued behind the pool: only for commands that
+    cannot block (memory and the local journal only), such as ``ping``, which must answer even when every
+    pool thread is busy.
     """
 
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates, idempotent))
+        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates, idempotent, inline))
         return fn
 
     return attach

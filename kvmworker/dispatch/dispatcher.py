@@ -65,6 +65,7 @@ class Dispatcher:
         except Exception as exc:
             return reply_for_exception(exc, invalid_code=bound.invalid_code, context=_label(request))
         resource = bound.spec.resource(data) if bound.spec.resource else None
+        request.inline = bound.spec.inline
         request.read_only = not bound.spec.mutates
         request.safe_to_rerun = bound.spec.safe_to_rerun
         return Admitted(request, bound, data, resource)

@@ -23,6 +23,8 @@ class Request:
     envelope: Envelope | None = None
     msg_id: str = ""
     """The idempotency key: the envelope's msg_id, else the transport's message_id, else a fresh one."""
+    inline: bool = False
+    """Set once routed: it runs on the consumer thread, so nothing may make it wait (see ``command``)."""
     read_only: bool = False
     """Set once routed: the command changes nothing (``mutates=False``)."""
     safe_to_rerun: bool = False

@@ -43,7 +43,7 @@ class SystemHandler:
         self._clock = clock
         self._started = clock()
 
-    @command(mutates=False)
+    @command(mutates=False, inline=True)
     def ping(self, data: Any, ctx: Context) -> dict[str, Any]:
         return {
             "host": self._host,
@@ -62,7 +62,7 @@ class SystemHandler:
             "features": {name: _probe(fn) for name, fn in sorted(self._features.items())},
         }
 
-    @command(ResultQuery, mutates=False)
+    @command(ResultQuery, mutates=False, inline=True)
     def result(self, data: ResultQuery, ctx: Context) -> Reply:
         """The reply of an earlier command as it was sent, or -1 with ``state`` running/interrupted/never_seen."""
         msg_id = str(data.msg_id)

@@ -118,6 +118,8 @@ class JournalMiddleware(Middleware):
     # -- the cases -------------------------------------------------------------
 
     def _wait_for_first(self, request: Request, pending: Future) -> Reply:
+        if request.inline:  # it runs on the consumer thread, which must never wait for another command
+            return _unknown(request.msg_id, RUNNING, "a command with this msg_id is still running; ask again later")
         log.info("[%s] duplicate while the first delivery runs: waiting for its reply", request.msg_id)
         self.store.add_delivery(request.msg_id, self._delivery(request, "waited"))
         self._on_duplicate("waited")

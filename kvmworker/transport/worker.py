@@ -126,7 +126,9 @@ class Worker:
         request = request_from_message(message)
         started = time.perf_counter()
         outcome = self._dispatcher.admit(request)
-        if isinstance(outcome, Admitted):
+        if isinstance(outcome, Admitted) and outcome.command.spec.inline:
+            self._execute(message, outcome, started)
+        elif isinstance(outcome, Admitted):
             self._executor.submit(outcome.resource, lambda: self._execute(message, outcome, started))
         else:
             self._answer(message, request, outcome, started)

@@ -136,3 +136,17 @@ def test_a_read_only_command_is_recorded_once_when_answered_and_a_duplicate_gets
     second = wired.send("SystemHandler", "ping", {}, msg_id=msg_id, redelivered=True)
     assert second == first  # the uptime in it would differ had it run again
     assert [d["answered"] for d in wired.journal.store.find(msg_id).deliveries] == ["executed", "journal"]
+
+
+def test_an_inline_command_never_waits_for_a_running_duplicate_it_is_told_running(wired):
+    msg_id = new_id()
+    slow = threading.Thread(
+        target=wired.send, args=("EffectsHandler", "bump", {"name": "s", "sleep": 1}), kwargs={"msg_id": msg_id}
+    )
+    slow.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    reply = wired.send("SystemHandler", "ping", {}, msg_id=msg_id)
+    assert time.monotonic() - started < 0.5
+    assert (reply.code, reply.data["state"]) == (Code.UNKNOWN_OUTCOME, "running")
+    slow.join()

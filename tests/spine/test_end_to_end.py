@@ -71,6 +71,21 @@ def test_a_slow_command_does_not_delay_a_ping_sent_after_it(running_worker, clie
     assert client.wait(slow, 10).data == {"slept": 3.0}
 
 
+def test_a_ping_is_answered_even_when_every_pool_thread_is_busy(running_worker, client, host, worker_settings):
+    busy = [
+        client.submit(
+            host, {"handler": "ProbeHandler", "command": "sleep", "data": {"seconds": 2, "key": f"b{i}"}}, timeout=10
+        )
+        for i in range(worker_settings.workers + 2)
+    ]
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert client.call(host, "SystemHandler", "ping", timeout=10).code == Code.OK
+    assert time.monotonic() - started < 1.5
+    assert not any(call.future.done() for call in busy)
+    assert all(client.wait(call, 15).code == Code.OK for call in busy)
+
+
 def test_commands_on_the_same_resource_run_one_after_another(running_worker, client, host):
     body = {"handler": "ProbeHandler", "command": "sleep", "data": {"seconds": 0.6, "key": "vm:one"}}
     started = time.monotonic()
