@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -31,6 +32,43 @@ def broker_reachable(url: str) -> bool:
         return True
     except Exception:
         return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_queues_at_the_end() -> Iterator[None]:
+    """Clients declare a durable queue for every host they call, workers or not: tests name their hosts
+    ``kvt…``, and what the session left on the shared RabbitMQ and Redis goes when it ends."""
+    yield
+    rabbitmq_queues = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout.split()
+    ours = [name for name in rabbitmq_queues if name.startswith(TEST_QUEUE_PREFIXES)]
+    if ours:
+        from kombu import Connection
+
+        with Connection(AMQP_URL, connect_timeout=5) as conn:
+            channel = conn.channel()
+            for name in ours:
+                channel.queue_delete(name)
+    _remove_redis_test_queues()
+
+
+TEST_QUEUE_PREFIXES = ("kvmworker.kvt", "kvt.")
+
+
+def _remove_redis_test_queues() -> None:
+    import redis
+
+    try:
+        db = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        for key in db.scan_iter(match="*kvt*"):
+            if key.decode().startswith(TEST_QUEUE_PREFIXES):
+                db.delete(key)
+        for member in db.smembers("_kombu.binding.kvmworker"):
+            if member.decode().startswith("kvt"):
+                db.srem("_kombu.binding.kvmworker", member)
+    except redis.RedisError:
+        pass  # no Redis in this run: nothing was left there
 
 
 @pytest.fixture(params=list(BROKERS), ids=list(BROKERS))
