@@ -110,35 +110,28 @@ class JournalStore:
 
     def refused(self, received: Received, reply: dict[str, Any], duration: float) -> None:
         """Answered without running (invalid, unknown, refused by a guard); an existing row only gains a delivery."""
-        with self._lock:
-            self._db.execute(
-                """INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
-                                        envelope, properties, deliveries, code, reply, duration_ms, answered_at)
-                   VALUES (?, ?, ?, ?, ?, ?, 'refused', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?)
-                   ON CONFLICT(msg_id) DO UPDATE SET
-                       deliveries=json_insert(deliveries, '$[#]', json(?)), delivery_count=delivery_count + 1""",
-                (
-                    *_row(received),
-                    reply.get("code"),
-                    _dumps(reply),
-                    round(duration * 1000, 3),
-                    self._clock(),
-                    _dumps(received.delivery),
-                ),
-            )
-        self._maybe_prune()
+        self._record(received, "refused", reply, duration, on_conflict="")
 
     def answered(self, received: Received, reply: dict[str, Any], duration: float) -> None:
         """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
         before this only means it runs again)."""
+        self._record(
+            received,
+            "answered",
+            reply,
+            duration,
+            on_conflict="""state='answered', code=excluded.code, reply=excluded.reply,
+                           duration_ms=excluded.duration_ms, answered_at=excluded.answered_at,""",
+        )
+
+    def _record(self, received: Received, state: str, reply: dict[str, Any], duration: float, on_conflict: str) -> None:
+        """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
         with self._lock:
             self._db.execute(
-                """INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
+                f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
                                         envelope, properties, deliveries, code, reply, duration_ms, answered_at)
-                   VALUES (?, ?, ?, ?, ?, ?, 'answered', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?)
-                   ON CONFLICT(msg_id) DO UPDATE SET
-                       state='answered', code=excluded.code, reply=excluded.reply, duration_ms=excluded.duration_ms,
-                       answered_at=excluded.answered_at,
+                   VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?)
+                   ON CONFLICT(msg_id) DO UPDATE SET {on_conflict}
                        deliveries=json_insert(deliveries, '$[#]', json(?)), delivery_count=delivery_count + 1""",
                 (
                     *_row(received),
