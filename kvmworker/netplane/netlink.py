@@ -19,7 +19,11 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
+from pyroute2.iproute.linux import get_arguments_processor
+from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from kvmworker.netplane.reader import Address, Link, LinkReader, NetlinkSocket
 from kvmworker.protocol.errors import (
@@ -31,7 +35,7 @@ from kvmworker.protocol.errors import (
 )
 
 NETLINK_ROUTE = 0
-SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 11, 12
 NETNS_RUN_DIR = "/run/netns"
 
 
@@ -80,16 +84,19 @@ class Netlink:
 
     def add_link(self, name: str, kind: str, **attrs: Any) -> None:
         with self._kernel(f"creating {kind} {name}"):
-            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+            if kind == "tuntap":  # made through /dev/net/tun, not rtnetlink: IPRoute does that part
+                self._ipr.link("add", ifname=name, kind=kind, **attrs)
+            else:
+                self._reader.change(*link_message("add", ifname=name, kind=kind, **attrs))
 
     def set_link(self, name: str, **attrs: Any) -> None:
         """Change a link found by name (the kernel resolves it: no lookup round trip)."""
         with self._kernel(f"changing {name}"):
-            self._ipr.link("set", ifname=name, **attrs)
+            self._reader.change(*link_message("set", ifname=name, **attrs))
 
     def delete_link(self, name: str) -> None:
         with self._kernel(f"deleting {name}"):
-            self._ipr.link("del", ifname=name)
+            self._reader.change(*link_message("del", ifname=name))
 
     def addresses(self, index: int = 0) -> list[Address]:
         """The addresses of one device (by index), or of every device."""
@@ -118,6 +125,30 @@ class Netlink:
                 yield
             except NetlinkError as exc:
                 raise kernel_error(exc, what) from exc
+
+
+_LINK_COMMANDS = {"add": (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL), "set": (RTM_NEWLINK, 0), "del": (RTM_DELLINK, 0)}
+
+
+def link_message(command: str, **kwargs: Any) -> tuple[ifinfmsg, int]:
+    """The message ``IPRoute.link(command, **kwargs)`` would send, built by the same pyroute2 request filters.
+
+    Sent on the namespace's own socket rather than through ``IPRoute``, whose per-call event loop cost
+    as much again as the kernel's work (a flat network create: 1.6 ms through IPRoute, 0.8 ms so).
+    """
+    msg_type, flags = _LINK_COMMANDS[command]
+    request = get_arguments_processor("link", command, kwargs)
+    msg = ifinfmsg()
+    msg["header"]["type"] = msg_type
+    for field in msg.fields:
+        msg[field[0]] = request.get_value(field[0], default=0, mode="field")
+    for key, value in request.items():
+        nla = ifinfmsg.name2nla(key)
+        if msg.valid_nla(nla) and value is not None:
+            msg["attrs"].append([nla, value])
+    if "attrs" in request:
+        msg["attrs"].extend(request["attrs"])
+    return msg, flags
 
 
 def kernel_error(exc: NetlinkError, what: str) -> KvmError:
@@ -156,6 +187,8 @@ def _reader_socket(namespace: str | None) -> socket.socket:
     else:
         sock = pyroute2_netns.create_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0)
     sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)  # lets the kernel filter address dumps by device
+    sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # a refusal comes with the kernel's reason in words
+    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # without our request echoed back
     sock.bind((0, 0))
     return sock
 
