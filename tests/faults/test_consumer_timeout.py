@@ -16,7 +16,7 @@ from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRabbit, private_rabbit, require_private_brokers
 from tests.support.handlers import count_of
-from tests.support.processes import WorkerProcess, wait_for
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 CONSUMER_TIMEOUT_S = 5
@@ -28,14 +28,6 @@ def rabbit() -> Iterator[PrivateRabbit]:
     config = f"consumer_timeout = {CONSUMER_TIMEOUT_S * 1000}\n"
     with private_rabbit("kvt-ctimeout", 5683, config, "[{rabbit, [{channel_tick_interval, 1000}]}].") as node:
         yield node
-
-
-@pytest.fixture
-def worker(rabbit, tmp_path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(rabbit.url, tmp_path)
-    w.start()
-    yield w
-    w.stop_all()
 
 
 def test_a_command_slower_than_the_consumer_timeout_runs_once_and_its_caller_is_answered(rabbit, worker):

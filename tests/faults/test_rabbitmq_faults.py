@@ -20,7 +20,7 @@ from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRabbit, private_rabbit, require_private_brokers
 from tests.faults.handlers import runs_of
-from tests.support.processes import WorkerProcess, wait_for
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 BURST = int(os.environ.get("KVT_FAULT_BURST", "1000"))
@@ -33,14 +33,6 @@ def rabbit() -> Iterator[PrivateRabbit]:
     require_private_brokers()
     with private_rabbit("kvt-faults", 5682) as node:
         yield node
-
-
-@pytest.fixture
-def worker(rabbit, tmp_path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(rabbit.url, tmp_path)
-    w.start()
-    yield w
-    w.stop_all()
 
 
 def effects_by_msg_id(effects: Path) -> Counter[str]:
