@@ -22,10 +22,10 @@ from kvmworker.client import Client
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.names import command_exchange, host_queue, reply_queue
+from tests.conftest import AMQP_URL, broker_reachable
 from tests.deploy.conftest import DEPLOY_DOC
 
 DOC_VHOST = "kvmworker"
-AMQP_URL = os.environ.get("KVMWORKER_TEST_AMQP", "amqp://guest:guest@localhost:5672//")
 DEAD_LETTER_EXCHANGE = "kvmworker-dlx"
 DEAD_LETTER_QUEUE = "kvmworker-dead-letters"
 
@@ -60,20 +60,11 @@ def rabbitmqctl(argv: list[str]) -> str:
     return done.stdout
 
 
-def broker_reachable() -> bool:
-    try:
-        with Connection(AMQP_URL, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1)
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture
 def vhost() -> Iterator[str]:
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed: the documented commands need it")
-    if not broker_reachable():
+    if not broker_reachable(AMQP_URL):
         if os.environ.get("CI"):
             pytest.fail(f"no RabbitMQ at {AMQP_URL}; .ci/run should have started it")
         pytest.skip(f"no RabbitMQ at {AMQP_URL} (start it with .ci/services.sh)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from kvmworker.dispatch.request import Request
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.journal.store import journal_path
 from kvmworker.settings import Settings
-from tests.conftest import AMQP_URL, broker_reachable
+from tests.conftest import AMQP_URL, require_broker
 from tests.journal.effects import EffectsHandler
 
 
@@ -78,8 +77,4 @@ def wired(tmp_path: Path) -> Iterator[Wired]:
 
 @pytest.fixture
 def amqp_url() -> str:
-    if not broker_reachable(AMQP_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable; .ci/run should have started it")
-        pytest.skip(f"RabbitMQ at {AMQP_URL} is not reachable (start it with .ci/services.sh)")
-    return AMQP_URL
+    return require_broker("amqp", AMQP_URL)

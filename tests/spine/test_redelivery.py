@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
-from tests.conftest import AMQP_URL, broker_reachable, delete_host_queue, unique
+from tests.conftest import AMQP_URL, delete_host_queue, require_broker, unique
 from tests.support.handlers import count_of
 from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.broker
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def amqp_client():
-    if not broker_reachable(AMQP_URL):
-        pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable") if os.environ.get("CI") else pytest.skip(
-            "RabbitMQ is not reachable (start it with .ci/services.sh)"
-        )
-    with Client(AMQP_URL) as client:
+    with Client(require_broker("amqp", AMQP_URL)) as client:
         yield client
 
 

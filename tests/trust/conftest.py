@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
 from kvmworker.trust.keys import load_keys
 from kvmworker.trust.signing import Signer
-from tests.conftest import AMQP_URL, REDIS_URL, broker_reachable
+from tests.conftest import AMQP_URL, REDIS_URL, require_broker
 from tests.support.handlers import ProbeHandler
 from tests.trust.wire import RawPublisher
 
@@ -50,12 +49,7 @@ def signer(keys_file: Path) -> Signer:
 
 @pytest.fixture(params=list(SIGNED_BROKERS), ids=list(SIGNED_BROKERS))
 def real_broker(request: pytest.FixtureRequest) -> str:
-    url = SIGNED_BROKERS[request.param]
-    if not broker_reachable(url):
-        if os.environ.get("CI"):
-            pytest.fail(f"{request.param} broker at {url} is not reachable; .ci/run should have started it")
-        pytest.skip(f"{request.param} broker at {url} is not reachable (start it with .ci/services.sh)")
-    return url
+    return require_broker(request.param, SIGNED_BROKERS[request.param])
 
 
 class KeyedWorker:
