@@ -95,10 +95,22 @@ class Client:
         try:
             self._publish(host, envelope, msg_id, correlation_id, timeout)
         except Exception as exc:
-            self.forget(correlation_id)
             self._declared.discard(host)
-            log.warning("[%s] publish failed: %s", msg_id, exc)
-            future.set_result(unknown_outcome(msg_id, f"the command could not be published: {exc}"))
+            with self._lock:
+                still_ours = self._pending.pop(correlation_id, None) is not None
+            if still_ours:
+                log.warning("[%s] publish failed: %s", msg_id, exc)
+                future.set_result(
+                    unknown_outcome(
+                        msg_id,
+                        f"the broker did not confirm the command ({exc}): it may or may not have reached the"
+                        " worker; SystemHandler.result with this msg_id tells",
+                    )
+                )
+            else:
+                # The broker took the message before the connection broke (the confirm was what got
+                # lost), and the worker's reply already arrived: that reply is the true answer.
+                log.info("[%s] publish reported %s, but the reply had already arrived", msg_id, exc)
         return PendingCall(msg_id, correlation_id, future)
 
     def wait(self, pending: PendingCall, timeout: float) -> Reply:

@@ -33,7 +33,8 @@ class Forwarder:
             pending = await asyncio.wait_for(loop.run_in_executor(self._pool, submit), timeout)
             return await self._await_reply(pending, deadline - loop.time(), timeout, host)
         except TimeoutError:
-            return unknown_outcome(str(envelope.msg_id), f"the command could not be published within {timeout:g} s")
+            detail = f"the command was not published within {timeout:g} s; it may still reach the worker"
+            return unknown_outcome(str(envelope.msg_id), detail)
 
     async def _await_reply(self, pending: PendingCall, remaining: float, timeout: float, host: str) -> Reply:
         # asyncio.wait, not wait_for: a timeout must not cancel the client's future, which its

@@ -125,3 +125,20 @@ def test_no_worker_for_a_host_gives_minus_one_with_the_msg_id(client, broker_url
     reply = client.call("kvt-nobody-home", "SystemHandler", "ping", timeout=0.5)
     assert (reply.code, reply.msg) == (-1, "未知异常")
     assert reply.data["msg_id"]
+
+
+def test_a_reply_that_beats_a_failed_publish_confirm_is_kept(running_worker, client, host, monkeypatch):
+    """The broker took the command and the worker answered, but the publisher's confirm was lost to a
+    connection reset (seen in the RabbitMQ restart fault test): the caller gets the worker's reply."""
+    real_publish = client._publisher.publish
+
+    def publish_then_lose_the_confirm(body, **kwargs):
+        real_publish(body, **kwargs)
+        deadline = time.monotonic() + 10
+        while kwargs["correlation_id"] in client._pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(client._publisher, "publish", publish_then_lose_the_confirm)
+    reply = client.call(host, "ProbeHandler", "echo", {"text": "kept"}, timeout=10)
+    assert (reply.code, reply.data["text"]) == (Code.OK, "kept")
