@@ -12,6 +12,7 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
+from kvmworker.transport.connection import delete_host_queue
 from tests.support.handlers import ProbeHandler
 
 AMQP_URL = os.environ.get("KVMWORKER_TEST_AMQP", "amqp://guest:guest@localhost:5672//")
@@ -105,18 +106,6 @@ def running_worker(worker_settings: Settings, tmp_path) -> Iterator[RunningWorke
     yield running
     running.stop(timeout=10)
     delete_host_queue(worker_settings.broker_url, worker_settings.host)
-
-
-def delete_host_queue(url: str, host: str) -> None:
-    """Durable host queues outlive the test; remove the test's own."""
-    from kombu import Connection
-
-    from kvmworker.transport.names import host_queue
-
-    if url.startswith("memory"):
-        return
-    with Connection(url, connect_timeout=2) as conn:
-        host_queue(host).bind(conn.default_channel).delete()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import logging
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from kvmworker.transport.names import host_queue
+
 HEARTBEAT_S = 30
 # The memory transport polls; 2 ms keeps the embedded default responsive without spinning.
 MEMORY_POLL_S = 0.002
@@ -28,6 +30,14 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
         options["polling_interval"] = MEMORY_POLL_S
         url = url if url.rstrip("/") != "memory:" else "memory://localhost/"  # kombu warns about a missing host
     return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
+
+
+def delete_host_queue(url: str, host: str) -> None:
+    """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
+    if url.split("://", 1)[0].lower() == "memory":
+        return  # it lives and dies with the process
+    with Connection(url, connect_timeout=2) as conn:
+        host_queue(host).bind(conn.default_channel).delete()
 
 
 def connection_errors(conn: Connection) -> tuple[type[BaseException], ...]:

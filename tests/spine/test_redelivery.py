@@ -8,7 +8,8 @@ import pytest
 
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
-from tests.conftest import AMQP_URL, delete_host_queue, require_broker, unique
+from kvmworker.transport.connection import delete_host_queue
+from tests.conftest import AMQP_URL, require_broker, unique
 from tests.support.handlers import count_of
 from tests.support.processes import WorkerProcess, wait_for
 
