@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from kvmworker.client import Client
+from kvmworker.transport.connection import delete_host_queue
 
 PING = {"handler": "SystemHandler", "command": "ping", "data": {}}
 WRK_SCRIPT = """
@@ -70,9 +71,12 @@ def main() -> int:
 @contextlib.contextmanager
 def worker(host: str, broker: str, state_dir: Path) -> Iterator[None]:
     argv = ["worker", "--host", host, "--broker", broker, "--state-dir", str(state_dir), "--log-level", "WARNING"]
-    with process(argv) as proc:
-        del proc
-        yield
+    try:
+        with process(argv) as proc:
+            del proc
+            yield
+    finally:
+        delete_host_queue(broker, host)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from kvmworker.app import build_dispatcher, build_middleware
 from kvmworker.client import Client
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.settings import Settings
-from kvmworker.transport.connection import open_connection
+from kvmworker.transport.connection import delete_host_queue, open_connection
 from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
 
@@ -86,6 +86,8 @@ def main() -> None:
                 rate[name].append(throughput(client, host, per_round, args.callers))
     for worker in workers:
         worker.stop()
+    for host in hosts.values():
+        delete_host_queue(args.broker, host)
     print(f"{args.calls} sequential calls and {args.calls} with {args.callers} callers per worker, {args.broker}")
     for name in hosts:
         ms = sorted(t * 1000 for t in latency[name])

@@ -19,6 +19,7 @@ from pathlib import Path
 from kvmworker.client import Client
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
+from kvmworker.transport.connection import delete_host_queue
 from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.keys import KeyRing
 from kvmworker.trust.signing import Signer
@@ -58,6 +59,7 @@ def round_trips(url: str, calls: int, keys: Path | None, tmp: Path) -> list[floa
             return times
     finally:
         running.stop(timeout=10)
+        delete_host_queue(url, host)
 
 
 def main() -> None:
