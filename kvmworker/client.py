@@ -96,9 +96,7 @@ class Client:
             self._publish(host, envelope, msg_id, correlation_id, timeout)
         except Exception as exc:
             self._declared.discard(host)
-            with self._lock:
-                still_ours = self._pending.pop(correlation_id, None) is not None
-            if still_ours:
+            if self.forget(correlation_id):
                 log.warning("[%s] publish failed: %s", msg_id, exc)
                 future.set_result(
                     unknown_outcome(
@@ -125,9 +123,10 @@ class Client:
         """The reply consumer is connected: replies can be received."""
         return self._ready.is_set()
 
-    def forget(self, correlation_id: str) -> None:
+    def forget(self, correlation_id: str) -> bool:
+        """Stop waiting for this call's reply; False if the reply consumer has already taken it."""
         with self._lock:
-            self._pending.pop(correlation_id, None)
+            return self._pending.pop(correlation_id, None) is not None
 
     def _publish(self, host: str, envelope: Envelope, msg_id: str, correlation_id: str, timeout: float) -> None:
         body = encode(envelope.wire())

@@ -16,7 +16,7 @@ MEMORY_POLL_S = 0.002
 
 def open_connection(url: str, *, confirms: bool = True, visibility_timeout: float | None = None) -> Connection:
     """A kombu connection (not yet connected) with the options each transport needs."""
-    scheme = url.split("://", 1)[0].lower()
+    scheme = _scheme(url)
     options: dict[str, object] = {}
     heartbeat = 0
     if scheme in ("amqp", "amqps", "pyamqp"):
@@ -34,10 +34,14 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
 
 def delete_host_queue(url: str, host: str) -> None:
     """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
-    if url.split("://", 1)[0].lower() == "memory":
+    if _scheme(url) == "memory":
         return  # it lives and dies with the process
-    with Connection(url, connect_timeout=2) as conn:
+    with open_connection(url) as conn:
         host_queue(host).bind(conn.default_channel).delete()
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
 
 
 def connection_errors(conn: Connection) -> tuple[type[BaseException], ...]:
