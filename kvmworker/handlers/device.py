@@ -113,10 +113,14 @@ class DeviceHandler:
         for name in filter(None, (data.name, data.peer)):
             if nl.link(name) is not None:
                 raise InvalidParameter(f"a device named {name} already exists", field="name")
+        state = "up"
         if data.link is not None:
-            devices.check_usable_parent(devices.existing(nl.link(data.link), data.link), self._plane.physical)
+            parent = devices.existing(nl.link(data.link), data.link)
+            devices.check_usable_parent(parent, self._plane.physical)
+            if data.type == "vlan" and not parent.up:
+                state = "down"  # the kernel refuses a VLAN up on a lower device that is down (ENETDOWN)
         fields = data.model_dump(include={"mtu", "mac", "link", "vlan_id", "vni", "peer"})
-        step = AddLink(data.name, data.type, device_tag(), **fields)
+        step = AddLink(data.name, data.type, device_tag(), state=state, **fields)
         return self._run([step], data, ctx, lambda: self._show(data.name, data.namespace))
 
     @command(DeviceRef, resource=_key)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
@@ -37,6 +38,9 @@ from kvmworker.protocol.errors import (
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 11, 12
 NETNS_RUN_DIR = "/run/netns"
+NETNS_HELPER_TIMEOUT = 30.0
+"""Seconds pyroute2's helper process may take to open a socket in a namespace (its default, 2 s, is exceeded on a
+busy host or under emulation, and then the namespace cannot be used at all)."""
 
 
 class Netlink:
@@ -168,6 +172,9 @@ def open_netlink(namespace: str | None) -> Netlink:
     """Open the sockets of a namespace (None: the worker's own). A named namespace must exist."""
     if namespace is not None and not namespace_exists(namespace):
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace")
+    if namespace is not None:
+        timeout = max(pyroute2_config.default_communicate_timeout, NETNS_HELPER_TIMEOUT)
+        pyroute2_config.default_communicate_timeout = timeout
     try:
         ipr = IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
         try:
