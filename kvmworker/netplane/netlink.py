@@ -38,6 +38,7 @@ from kvmworker.protocol.errors import (
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 11, 12
 NETNS_RUN_DIR = "/run/netns"
+RT_TABLE_MAIN = 254
 NETNS_HELPER_TIMEOUT = 30.0
 """Seconds pyroute2's helper process may take to open a socket in a namespace (its default, 2 s, is exceeded on a
 busy host or under emulation, and then the namespace cannot be used at all)."""
@@ -107,6 +108,15 @@ class Netlink:
         with self._kernel("listing addresses"):
             return self._reader.addresses(index)
 
+    def host_traffic(self, index: int) -> list[str]:
+        """What the host sends through one device: its addresses and the routes of the main table through it.
+        Link-local IPv6 is left out: every interface that is up has it, whatever it carries."""
+        with self._kernel("listing addresses and routes"):
+            carried = [a.cidr for a in self._reader.addresses(index)]
+            routes = self._ipr.route("dump", table=RT_TABLE_MAIN, oif=index)
+            carried += [_route_text(route) for route in routes if route.get("oif") == index]
+        return [item for item in carried if not _link_local(item)]
+
     def add_address(self, index: int, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
         with self._kernel(f"adding {cidr}"):
@@ -129,6 +139,19 @@ class Netlink:
                 yield
             except NetlinkError as exc:
                 raise kernel_error(exc, what) from exc
+
+
+def _route_text(route: Any) -> str:
+    dst = route.get("dst")
+    return f"route {dst}/{route['dst_len']}" if dst else "default route"
+
+
+def _link_local(item: str) -> bool:
+    text = item.removeprefix("route ")
+    try:
+        return ipaddress.ip_interface(text).is_link_local
+    except ValueError:
+        return False
 
 
 _LINK_COMMANDS = {"add": (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL), "set": (RTM_NEWLINK, 0), "del": (RTM_DELLINK, 0)}
