@@ -23,8 +23,8 @@ from kvmworker.cli.common import (
     add_settings_flags,
     broker_reachable,
     json_object,
-    memory_hint,
     print_json,
+    refuse_lonely_memory,
     settings_from,
     setup_logging,
 )
@@ -71,13 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def call_over_broker(settings: Any, host: str, envelope: dict[str, Any]) -> dict[str, Any]:
-    if settings.broker.startswith("memory:"):
-        raise memory_hint("call")
-    broker_reachable(settings.broker)
-    from kvmworker.client import Client
-    from kvmworker.trust.signing import load_signer
-
-    with Client(settings.broker, signer=load_signer(settings.keys_file)) as client:
+    with caller_for(settings, "call") as client:
         reply = client.call(host, **envelope, timeout=settings.timeout)
     return reply.model_dump(mode="json")
 
@@ -107,6 +101,48 @@ def call_over_http(
         if isinstance(reason, TimeoutError):
             return {"code": UNKNOWN_OUTCOME, "msg": f"no answer from {target} within {timeout:g} s", "data": {}}
         raise CliError(f"cannot reach the bridge at {target}: {reason}", EXIT_UNAVAILABLE) from None
+
+
+class HttpCaller:
+    """``Client.call``'s shape over HTTP to a bridge, for commands that take either (replay --url)."""
+
+    def __init__(self, url: str, token: str | None = None):
+        self._url, self._token = url, token
+
+    def __enter__(self) -> HttpCaller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def call(
+        self,
+        host: str,
+        handler: str,
+        command: str,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: float = 30.0,
+        dry_run: bool = False,
+        msg_id: str | None = None,
+    ) -> Any:  # a Reply
+        from kvmworker.protocol.envelope import Reply
+
+        envelope = {"handler": handler, "command": command, "data": data or {}, "dry_run": dry_run, "msg_id": msg_id}
+        return Reply.model_validate(call_over_http(self._url, host, envelope, timeout, self._token))
+
+
+def caller_for(settings: Any, command: str) -> Any:
+    """What sends commands for ``command``: the bridge at --url, else a Client on a broker that can be reached
+    (memory:// with nobody in this process and an unreachable broker are one-line errors)."""
+    if settings.url:
+        return HttpCaller(settings.url, settings.token)
+    refuse_lonely_memory(settings.broker, command)
+    broker_reachable(settings.broker)
+    from kvmworker.client import Client
+    from kvmworker.trust.signing import load_signer
+
+    return Client(settings.broker, signer=load_signer(settings.keys_file))
 
 
 def _reply_of(body: bytes, target: str) -> dict[str, Any]:

@@ -90,13 +90,26 @@ def masked(url: str) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{location}"
 
 
-def memory_hint(command: str) -> CliError:
-    return CliError(
+def refuse_lonely_memory(url: str, command: str) -> None:
+    """memory:// reaches only workers in this same process (``serve``'s own, a test's): refuse at once, with the
+    way out, instead of waiting the whole timeout for a reply that cannot come."""
+    if not url.startswith("memory:") or memory_has_workers():
+        return
+    raise CliError(
         f"{command}: the broker is memory://, which lives inside one process (`kvmworker serve`'s own); another "
         "process cannot reach it. Give --broker amqp://… or redis://… (or KVMWORKER_BROKER), or reach a running "
         "`serve`/`bridge` over HTTP with --url http://HOST:8080/",
         EXIT_USAGE,
     )
+
+
+def memory_has_workers() -> bool:
+    """Whether any host queue has been declared on the memory transport of this process."""
+    from kombu.transport.memory import Channel
+
+    from kvmworker.transport.names import QUEUE_PREFIX, REPLY_PREFIX
+
+    return any(q.startswith(QUEUE_PREFIX) and not q.startswith(REPLY_PREFIX) for q in list(Channel.queues))
 
 
 def broker_reachable(url: str, timeout: float = 5.0) -> None:

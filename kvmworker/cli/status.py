@@ -32,7 +32,7 @@ from kvmworker.cli.common import (
     add_settings_flags,
     broker_reachable,
     masked,
-    memory_hint,
+    refuse_lonely_memory,
     settings_from,
     setup_logging,
 )
@@ -53,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
-    if not settings.url and settings.broker.startswith("memory:"):
-        raise memory_hint("status")
+    if not settings.url:
+        refuse_lonely_memory(settings.broker, "status")
     timeout = settings.timeout if "timeout" in settings.model_fields_set else DEFAULT_TIMEOUT_S
     report = gather(settings, timeout)
     if args.json:
