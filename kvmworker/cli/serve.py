@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from kvmworker.cli.bridge import BRIDGE_FLAGS, check_port_free, http_server
-from kvmworker.cli.common import add_settings_flags, masked, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, masked, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
 
 log = logging.getLogger("kvmworker.serve")
@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     settings = embedded(settings_from(args))
     setup_logging(settings)
     check_port_free(settings.bind, settings.port)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
     running = start_worker(settings)
     try:
         with Client(settings.broker, signer=load_signer(settings.keys_file)) as client:

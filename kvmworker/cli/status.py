@@ -114,6 +114,12 @@ def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: conte
         return None
     report["broker"]["reachable"] = True
     report["queue"] = queue_depth(settings.broker, settings.host)
+    if not report["queue"]["exists"]:
+        # asking would declare the queue (the client does, for every host it calls): status creates nothing
+        report["worker"]["error"] = (
+            f"no queue {report['queue']['name']}: no worker for this host started on this broker"
+        )
+        return None
     return _over_broker(settings, timeout, closing)
 
 
@@ -242,7 +248,7 @@ def print_screen(report: dict[str, Any], out: TextIO) -> None:
         up = _duration(worker.get("uptime"))
         line("worker", True, f"version {worker.get('version')}, up {up}, on {worker.get('hostname')}")
     else:
-        line("worker", False, f"no answer ({worker['error'] or 'not asked: the broker cannot be reached'})")
+        line("worker", False, f"not answering: {worker['error'] or 'not asked, the broker cannot be reached'}")
     libvirt = report["libvirt"]
     if libvirt is not None:
         if libvirt.get("available", True):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import AMQP_URL, require_broker, unique
@@ -146,7 +147,18 @@ def test_when_the_worker_is_gone_status_says_so_exits_2_and_still_reads_the_loca
     assert report["source"].startswith("local journal at ")
     assert report["last_errors"][0]["command"] == "nope"
     screen = worker.status("--timeout", "1")
-    assert screen.returncode == 2 and "no answer" in screen.stdout and "nope" in screen.stdout
+    assert screen.returncode == 2 and "not answering" in screen.stdout and "nope" in screen.stdout
+
+
+def test_status_of_a_host_no_worker_ever_served_says_so_and_creates_no_queue():
+    broker = require_broker("amqp", AMQP_URL)
+    host = unique("kvt-never-")
+    done = kvmworker("status", "--host", host, "--broker", broker, "--json")
+    assert done.returncode == 2, done.stderr
+    report = json.loads(done.stdout)
+    assert report["queue"]["exists"] is False and "no queue" in report["worker"]["error"]
+    with Connection(broker, connect_timeout=5) as conn, pytest.raises(Exception, match="NOT_FOUND"):
+        conn.default_channel.queue_declare(queue=f"kvmworker.{host}", passive=True)
 
 
 def test_with_the_broker_unreachable_status_exits_69_and_shows_what_it_could_not_reach(tmp_path):
