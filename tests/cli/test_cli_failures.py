@@ -177,3 +177,20 @@ def test_a_command_nobody_answers_exits_2_with_the_unknown_outcome_reply():
     done = kvmworker("call", unique("kvt-nobody-"), "SystemHandler", "ping", "--broker", url, "--timeout", "0.5")
     assert done.returncode == 2, done.stderr
     assert json.loads(done.stdout)["code"] == -1
+
+
+def test_the_memory_refusal_does_not_stop_a_call_made_inside_the_process_that_runs_the_worker(tmp_path, capsys):
+    """In-process (a test, an embedding program) memory:// does reach the worker: only a lonely process is refused."""
+    from kvmworker.cli import main
+    from kvmworker.runtime import start_worker
+    from kvmworker.settings import Settings
+
+    host = unique("kvt-mem-")
+    settings = Settings(host=host, broker="memory://", state_dir=tmp_path, libvirt_uri="test:///default")
+    running = start_worker(settings)
+    try:
+        assert running.worker.connected.wait(15)
+        assert main(["call", host, "SystemHandler", "ping", "--broker", "memory://"]) == 0
+        assert json.loads(capsys.readouterr().out)["data"]["host"] == host
+    finally:
+        running.stop(10)
