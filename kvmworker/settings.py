@@ -105,6 +105,11 @@ class Settings(BaseSettings):
             _ConfigFileSource(settings_cls, init_settings, env_settings),
         )
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """As pydantic's, with the old names in ``update`` renamed (else they would be set beside the field)."""
+        renamed = {OLD_NAMES.get(k, k): v for k, v in update.items()} if update else update
+        return super().model_copy(update=renamed, deep=deep)
+
     # the older attribute names, which the code and its users still read
     @property
     def broker_url(self) -> str:
