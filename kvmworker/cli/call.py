@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from typing import Any
 
@@ -80,6 +77,10 @@ def call_over_http(
     url: str, host: str, envelope: dict[str, Any], timeout: float, token: str | None = None
 ) -> dict[str, Any]:
     """POST the envelope to ``<url>/hosts/<host>``: the bridge answers every POST with ``{code, msg, data}``."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request  # here, not at the top: it brings ssl and email, which --help does not need
+
     body = json.dumps({**{k: v for k, v in envelope.items() if v is not None}, "timeout": timeout})
     target = url.rstrip("/") + "/hosts/" + urllib.parse.quote(host, safe="")
     headers = {"Content-Type": "application/json"}
