@@ -14,6 +14,7 @@ from kvmworker.cli.bridge import BRIDGE_FLAGS
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
 from kvmworker.client import Client
+from kvmworker.observability.attach import libvirt_problem
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
 from kvmworker.trust.signing import load_signer
@@ -35,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     running = start_worker(settings)
+    libvirt = libvirt_problem(running.dispatcher)
+    if libvirt:
+        log.warning("%s", libvirt)
     try:
         with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
             app = create_app(settings, client, registry=running.dispatcher.registry)
             server = BridgeServer(app, settings.bind, settings.port, settings.log_level)
-            print(banner(server.url, settings), flush=True)
+            print(banner(server.url, settings, libvirt), flush=True)
             server.run()
     finally:
         running.stop(STOP_TIMEOUT_S)
@@ -51,8 +55,11 @@ def embedded(settings: Settings) -> Settings:
     return settings.model_copy(update={"default_host": settings.default_host or settings.host})
 
 
-def banner(url: str, settings: Settings) -> str:
-    return (
-        f"kvmworker serve: worker for host {settings.host!r} on {settings.broker_url}, bridge on {url}\n"
-        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'"
-    )
+def banner(url: str, settings: Settings, libvirt_problem: str | None = None) -> str:
+    lines = [
+        f"kvmworker serve: worker for host {settings.host!r} on {settings.broker_url}, bridge on {url}",
+        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'",
+    ]
+    if libvirt_problem:
+        lines.append(f"warning: {libvirt_problem}")
+    return "\n".join(lines)

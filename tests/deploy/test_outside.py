@@ -144,6 +144,24 @@ def test_kvmworker_serve_from_the_wheel_answers_a_post_and_is_ready(spawn, tmp_p
     assert reply["data"]["version"] == VERSION
     assert http("GET", f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ok"})
     assert serve.stop() == 0, serve.output()
+    assert "libvirt is unreachable" not in serve.output()
+
+
+def test_kvmworker_serve_says_at_start_that_libvirt_is_unreachable_and_what_to_do(spawn, tmp_path):
+    port, socket_path = free_port(), tmp_path / "kvt-no-libvirtd.sock"
+    uri = f"qemu+unix:///system?socket={socket_path}"
+    serve = spawn("serve", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--libvirt-uri", uri)
+    until_answers("POST", f"http://127.0.0.1:{port}/", serve, PING)
+    vm = http("POST", f"http://127.0.0.1:{port}/", {"handler": "VmHandler", "command": "list", "data": {}})[1]
+    assert serve.stop() == 0
+    assert vm["code"] == 30009 and str(socket_path) in vm["data"]["detail"]
+    lines = serve.output().splitlines()
+    logged = [line for line in lines if "WARNING kvmworker.serve: libvirt is unreachable" in line]
+    in_banner = [line for line in lines if line.startswith("warning: libvirt is unreachable")]
+    assert len(logged) == 1 and len(in_banner) == 1, serve.output()
+    for line in logged + in_banner:
+        assert str(socket_path) in line and "30009" in line
+        assert "apt-get install libvirt-daemon-system" in line and "systemctl start libvirtd" in line
 
 
 # -- the worker on real brokers, commanded with plain kombu ------------------------------------
