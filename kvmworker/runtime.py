@@ -39,8 +39,8 @@ def build_worker(
     dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
     for handler in dispatcher.registry.handlers:
         _call_quietly(handler, "on_start")
-    connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)
-    publisher = Publisher(open_connection(settings.broker_url, confirms=settings.publish_confirms))
+    connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
+    publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
     signer = reply_signer(dispatcher.middleware)
     if signer is None:
         warn_open(settings.host)  # at start, as well as hourly while serving

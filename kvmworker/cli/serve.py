@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from kvmworker.bridge.app import create_app
     from kvmworker.client import Client
+    from kvmworker.observability.attach import libvirt_problem
     from kvmworker.runtime import start_worker
     from kvmworker.trust.signing import load_signer
 
@@ -39,11 +40,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
     running = start_worker(settings)
+    libvirt = libvirt_problem(running.dispatcher)
+    if libvirt:
+        log.warning("%s", libvirt)
     try:
         with Client(settings.broker, signer=load_signer(settings.keys_file)) as client:
             app = create_app(settings, client, registry=running.dispatcher.registry)
             server = http_server(app, settings)
-            print(banner(server.url, settings), flush=True)
+            print(banner(server.url, settings, libvirt), flush=True)
             server.run()
     finally:
         running.stop(STOP_TIMEOUT_S)
@@ -55,9 +59,12 @@ def embedded(settings: Any) -> Any:
     return settings.model_copy(update={"default_host": settings.default_host or settings.host})
 
 
-def banner(url: str, settings: Any) -> str:
-    return (
-        f"kvmworker serve: worker for host {settings.host!r} on {masked(settings.broker)}, bridge on {url}\n"
-        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'\n"
-        f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping"
-    )
+def banner(url: str, settings: Any, libvirt_problem: str | None = None) -> str:
+    lines = [
+        f"kvmworker serve: worker for host {settings.host!r} on {masked(settings.broker)}, bridge on {url}",
+        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'",
+        f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping",
+    ]
+    if libvirt_problem:
+        lines.append(f"warning: {libvirt_problem}")
+    return "\n".join(lines)
