@@ -9,6 +9,7 @@ from kvmworker.bridge.app import create_app
 from kvmworker.bridge.server import BridgeServer
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.client import Client
+from kvmworker.protocol.urls import mask_url
 from kvmworker.trust.signing import load_signer
 
 log = logging.getLogger("kvmworker.bridge")
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings)
     with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
         server = BridgeServer(create_app(settings, client), settings.bind, settings.port, settings.log_level)
-        log.info("bridge on %s over %s; default host %s", server.url, settings.broker_url, settings.host_for_bridge)
+        broker = mask_url(settings.broker_url)
+        log.info("bridge on %s over %s; default host %s", server.url, broker, settings.host_for_bridge)
         print(f"kvmworker bridge listening on {server.url}", flush=True)
         server.run()
     return 0

@@ -14,6 +14,7 @@ from kvmworker.cli.bridge import BRIDGE_FLAGS
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
 from kvmworker.client import Client
+from kvmworker.protocol.urls import mask_url
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
 from kvmworker.trust.signing import load_signer
@@ -53,6 +54,6 @@ def embedded(settings: Settings) -> Settings:
 
 def banner(url: str, settings: Settings) -> str:
     return (
-        f"kvmworker serve: worker for host {settings.host!r} on {settings.broker_url}, bridge on {url}\n"
+        f"kvmworker serve: worker for host {settings.host!r} on {mask_url(settings.broker_url)}, bridge on {url}\n"
         f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'"
     )

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
+from kvmworker.protocol.urls import mask_url
 from kvmworker.runtime import build_worker, close_handlers
 
 log = logging.getLogger("kvmworker")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     worker, dispatcher = build_worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    log.info("worker for host %s on %s", settings.host, settings.broker_url)
+    log.info("worker for host %s on %s", settings.host, mask_url(settings.broker_url))
     worker.run()
     close_handlers(dispatcher)
     return 0

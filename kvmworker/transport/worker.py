@@ -78,8 +78,10 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
-        self._stopped.set()
+        # Said before the waiters are released: once wait_stopped() returns, the process may close its
+        # log handlers and exit, and a line logged after that is a "--- Logging error ---".
         log.info("worker stopped")
+        self._stopped.set()
 
     def stop(self) -> None:
         """Finish what is running; give back what has not started (SIGTERM)."""

@@ -62,7 +62,7 @@ class TrustMiddleware(Middleware):
         self._next_open_warning = -math.inf
 
     def on_receive(self, request: Request) -> Reply | None:
-        self._warn_if_open()
+        self.warn_if_open()
         try:
             if self.signer is not None:
                 self._authenticate(request)
@@ -79,9 +79,10 @@ class TrustMiddleware(Middleware):
             return self._refuse(request, exc)
         return None
 
-    def _warn_if_open(self) -> None:
-        # Said with the first message and then hourly rather than at construction, so that it lands in the
-        # serving worker's log (and not in every CLI run that builds a dispatcher).
+    def warn_if_open(self) -> None:
+        # Said at the serving worker's start (announce_open) or with the first message, then hourly; not at
+        # construction, so that it lands in the serving worker's log and not in every CLI run that builds
+        # a dispatcher. Once per hour whoever says it first.
         now = self._clock()
         if self.signer is None and now >= self._next_open_warning:
             self._next_open_warning = now + OPEN_WARNING_EVERY_S
@@ -156,6 +157,15 @@ def _is_uuid(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def announce_open(chain: MiddlewareChain, host: str) -> None:
+    """At the worker's start: RUNNING OPEN now, and from the guard again in an hour (not with the first message)."""
+    guard = next((mw for mw in chain.middleware if isinstance(mw, TrustMiddleware)), None)
+    if guard is None:
+        warn_open(host)
+    else:
+        guard.warn_if_open()
 
 
 def reply_signer(chain: MiddlewareChain) -> Signer | None:
