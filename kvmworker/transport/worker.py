@@ -157,7 +157,8 @@ class Worker:
 
     def publish_reply(self, request: Request, reply: Reply, body: bytes) -> None:
         if not request.reply_to:
-            log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
+            # INFO: the command's own line already says how it ended; the reply is in the journal
+            log.info("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
             return
         correlation_id = request.correlation_id or request.msg_id
         headers = {HEADER_MSG_ID: request.msg_id}

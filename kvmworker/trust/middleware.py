@@ -136,7 +136,8 @@ class TrustMiddleware(Middleware):
     def _refuse(self, request: Request, exc: KvmError) -> Reply:
         request.assign_msg_id()  # so that the journal files the refusal under the message's own msg_id
         to = f"answered to {request.reply_to}" if request.reply_to else "no reply (reply_to absent or not signed)"
-        log.warning("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
+        # INFO: the command's own line (kvmworker.commands) is the one warning, with the code and the detail
+        log.info("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
         return Reply.from_error(exc)
 
 

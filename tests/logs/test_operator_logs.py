@@ -10,12 +10,13 @@ import uuid
 
 import httpx
 import pytest
+from kombu import Connection
 
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import AMQP_URL, unique
 from tests.logs.conftest import BridgeUser, BrokerUser, Captured, json_lines, mentioning
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 NOISE = ("Traceback", "--- Logging error ---", "Message: ", "Arguments: ")
 BAD_NETWORK_ID = "not-a-uuid"
@@ -123,13 +124,20 @@ def test_worker_and_bridge_log_json_lines_without_the_broker_password_or_the_tok
     session.drive()
     health_port = worker.wait_for(r"health and metrics on port (\d+)").group(1)
     worker_metrics = httpx.get(f"http://127.0.0.1:{health_port}/metrics", timeout=10).text
+    # a foreign orchestrator's bad body, straight onto the worker's queue (no reply_to: nobody to answer)
+    with Connection(AMQP_URL) as conn:
+        conn.Producer().publish(b"{bad", routing_key=f"kvmworker.{worker_host}", content_type="application/json")
+    (from_the_bus,) = [
+        line for line in json_lines(worker.wait_for(r".*undecodable message.*").group(0)) if line["level"] == "WARNING"
+    ]
 
     assert_clean_shutdown(bridge)
     assert_clean_shutdown(worker)
     worker_lines, bridge_lines = json_lines(worker.stderr), json_lines(bridge.stderr)
     assert {"uvicorn.error", "uvicorn.access"} <= {line["logger"] for line in bridge_lines}
     assert any(line["message"] == "worker stopped" for line in worker_lines)
-    assert_said_once(worker_lines + bridge_lines, session)
+    assert_said_once(bridge_lines + [line for line in worker_lines if line != from_the_bus], session)
+    assert mentioning(worker_lines, "body is not JSON", "WARNING") == [from_the_bus]  # once, not twice
     assert_nothing_secret(broker_user, bridge_user, session, worker.stdout, worker.stderr, bridge.stdout, bridge.stderr,
                           worker_metrics, str(session.capabilities), *session.probes)  # fmt: skip
     assert f"{broker_user.name}:***@" in worker.stderr  # masked, not dropped: the operator still sees which user
