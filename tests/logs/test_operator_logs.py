@@ -162,12 +162,21 @@ def test_serve_on_a_list_of_broker_urls_logs_json_lines_without_any_password(
     assert serve.stdout.count(":***@") == 2  # the banner names both brokers, both masked
 
 
-def test_a_worker_that_cannot_reach_its_redis_logs_why_without_the_password(run, tmp_path):
+def test_a_worker_and_a_bridge_that_cannot_reach_their_redis_say_why_without_the_password(run, tmp_path):
     password = f"kvt{uuid.uuid4().hex}"
-    # nothing listens on port 1: every attempt fails, and the failure's text is logged
-    worker = run("worker-redis", "worker", "--host", unique("kvt-ops-"), "--broker",
-                 f"redis://:{password}@127.0.0.1:1/0", "--state-dir", str(tmp_path / "state"))  # fmt: skip
+    # nothing listens on port 1: every attempt fails, and the failure's text is logged and answered
+    broker = f"redis://:{password}@127.0.0.1:1/0"
+    worker = run("worker-redis", "worker", "--host", unique("kvt-ops-"), "--broker", broker,
+                 "--state-dir", str(tmp_path / "state"))  # fmt: skip
+    bridge = run("bridge-redis", "bridge", "--broker", broker, "--port", "0")
+    readyz = httpx.get(bridge.url() + "/readyz", timeout=10)
     worker.wait_for(r"consumer stopped \(.+\); reconnecting")
+
     assert_clean_shutdown(worker)
-    assert password not in worker.stderr + worker.stdout
+    assert_clean_shutdown(bridge)
+    assert readyz.status_code == 503
+    assert "redis://:***@127.0.0.1:1/0 unreachable" in readyz.json()["detail"]
+    for text in (worker.stderr, worker.stdout, bridge.stderr, bridge.stdout, readyz.text):
+        assert password not in text
     assert "redis://:***@127.0.0.1:1/0" in worker.stderr
+    assert "redis://:***@127.0.0.1:1/0" in bridge.stderr
