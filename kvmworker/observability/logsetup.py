@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import Any
 
 from kvmworker.protocol.urls import mask_secrets
@@ -98,4 +99,16 @@ def setup_logging(settings: Any) -> logging.Handler:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # What Python itself would print to stderr goes through the handler too: warnings, and a thread's
+    # uncaught exception (else a plain-text traceback lands among the JSON lines)
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_exception
     return handler
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("kvmworker").error("uncaught exception in thread %s", name, exc_info=exc_info)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -103,6 +105,25 @@ def test_the_log_handler_writes_to_the_stderr_of_the_moment_not_the_one_at_setup
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_with_log_json_a_python_warning_and_a_thread_crash_are_json_lines_too(tmp_path):
+    # run as a process of its own: setup_logging takes over process-wide hooks (warnings, threading.excepthook)
+    script = """
+import threading, warnings
+from kvmworker.cli.common import setup_logging
+from kvmworker.settings import Settings
+setup_logging(Settings(log_json=True))
+warnings.warn("kvt deprecated thing")
+thread = threading.Thread(target=lambda: 1 / 0, name="kvt-crash")
+thread.start()
+thread.join()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["logger"] for line in lines] == ["py.warnings", "kvmworker"]
+    assert "kvt deprecated thing" in lines[0]["message"]
+    assert "kvt-crash" in lines[1]["message"] and "ZeroDivisionError" in lines[1]["exc"]
 
 
 class Lines(logging.Handler):
