@@ -25,7 +25,7 @@ BAD_NETWORK_ID = "not-a-uuid"
 class Session:
     """What a caller does at a bridge: log in, ping, a bad body, bad data, a command nobody answers."""
 
-    def __init__(self, url: str, user: BridgeUser, host: str, silent_host: str):
+    def __init__(self, url: str, user: BridgeUser, silent_host: str):
         self.url, self.silent_host = url, silent_host
         self.http = httpx.Client(timeout=30)
         login = {
@@ -38,7 +38,6 @@ class Session:
         self.token = reply["data"]["token"]
         assert self.token
         self.headers = {"Authorization": f"Bearer {self.token}"}
-        self.host = host
         self.bad_data_msg_id = str(uuid.uuid4())
         self.timed_out_msg_id: str | None = None
 
@@ -64,6 +63,7 @@ class Session:
         self.probes = [self.http.get(self.url + path).text for path in ("/readyz", "/metrics", "/openapi.json")]
         logout = {"handler": "UserHandler", "command": "logout", "data": {}}
         assert self.post("/", logout, headers=self.headers)["code"] == 0
+        self.http.close()
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_worker_and_bridge_log_json_lines_without_the_broker_password_or_the_tok
     worker.wait_for("consuming kvmworker.")
     bridge = run("bridge", "bridge", "--broker", broker, "--port", "0", "--default-host", worker_host,
                  "--users", str(bridge_user.users_file), "--log-json", "--log-level", "debug")  # fmt: skip
-    session = Session(bridge.url(), bridge_user, worker_host, silent_host)
+    session = Session(bridge.url(), bridge_user, silent_host)
     session.drive()
     health_port = worker.wait_for(r"health and metrics on port (\d+)").group(1)
     worker_metrics = httpx.get(f"http://127.0.0.1:{health_port}/metrics", timeout=10).text
@@ -151,7 +151,7 @@ def test_serve_on_a_list_of_broker_urls_logs_json_lines_without_any_password(
     state = str(tmp_path / "state")
     serve = run("serve", "serve", "--host", worker_host, "--broker", brokers, "--port", "0", "--state-dir", state,
                 "--users", str(bridge_user.users_file), "--log-json", "--log-level", "debug")  # fmt: skip
-    session = Session(serve.url(), bridge_user, worker_host, silent_host)
+    session = Session(serve.url(), bridge_user, silent_host)
     session.drive()
 
     assert_clean_shutdown(serve)
