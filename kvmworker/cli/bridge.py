@@ -6,7 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, masked, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.bridge")
 
@@ -40,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     check_port_free(settings.bind, settings.port)
     with Client(settings.broker, signer=load_signer(settings.keys_file)) as client:
         server = http_server(create_app(settings, client), settings)
-        log.info("bridge on %s over %s; default host %s", server.url, masked(settings.broker), settings.host_for_bridge)
+        log.info(
+            "bridge on %s over %s; default host %s", server.url, mask_url(settings.broker), settings.host_for_bridge
+        )
         print(f"kvmworker bridge listening on {server.url}", flush=True)
         server.run()
     return 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from typing import TYPE_CHECKING, Any
 
+# logging lives in observability; imported here, where every sub-command finds it
+from kvmworker.observability.logsetup import JsonFormatter, setup_logging  # noqa: F401
 from kvmworker.options import OPTIONS, flag_of, variable_of
+from kvmworker.protocol.urls import mask_url
 
 if TYPE_CHECKING:
     from kvmworker.settings import Settings
@@ -81,15 +82,6 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def masked(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{location}"
-
-
 def refuse_lonely_memory(url: str, command: str) -> None:
     """memory:// reaches only workers in this same process (``serve``'s own, a test's): refuse at once, with the
     way out, instead of waiting the whole timeout for a reply that cannot come."""
@@ -120,40 +112,9 @@ def broker_reachable(url: str, timeout: float = 5.0) -> None:
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
     except Exception as exc:
-        raise CliError(f"cannot reach the broker at {masked(url)}: {exc}", EXIT_UNAVAILABLE) from None
+        raise CliError(f"cannot reach the broker at {mask_url(url)}: {exc}", EXIT_UNAVAILABLE) from None
     finally:
         conn.release()
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; command context (msg_id, handler, ...) rides in ``extra``."""
-
-    CONTEXT = ("msg_id", "correlation_id", "handler", "command", "code", "duration_ms")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update({k: getattr(record, k) for k in self.CONTEXT if hasattr(record, k)})
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
-    logging.getLogger("kombu").setLevel(max(root.level, logging.WARNING))
-    logging.getLogger("amqp").setLevel(max(root.level, logging.WARNING))
 
 
 def print_json(value: Any) -> None:

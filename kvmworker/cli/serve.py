@@ -10,8 +10,9 @@ import logging
 from typing import Any
 
 from kvmworker.cli.bridge import BRIDGE_FLAGS, check_port_free, http_server
-from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, masked, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.serve")
 
@@ -61,7 +62,7 @@ def embedded(settings: Any) -> Any:
 
 def banner(url: str, settings: Any, libvirt_problem: str | None = None) -> str:
     lines = [
-        f"kvmworker serve: worker for host {settings.host!r} on {masked(settings.broker)}, bridge on {url}",
+        f"kvmworker serve: worker for host {settings.host!r} on {mask_url(settings.broker)}, bridge on {url}",
         f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'",
         f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping",
     ]

@@ -31,7 +31,7 @@ from kvmworker.cli.common import (
     CliError,
     add_settings_flags,
     broker_reachable,
-    masked,
+    mask_url,
     refuse_lonely_memory,
     settings_from,
     setup_logging,
@@ -106,7 +106,7 @@ def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: conte
                 return {"code": None, "msg": str(exc), "data": {}}
 
         return over_http
-    report["broker"] = {"url": masked(settings.broker), "reachable": False, "error": None}
+    report["broker"] = {"url": mask_url(settings.broker), "reachable": False, "error": None}
     try:
         broker_reachable(settings.broker)
     except CliError as exc:

@@ -6,7 +6,8 @@ import argparse
 import logging
 import signal
 
-from kvmworker.cli.common import add_settings_flags, masked, settings_from, setup_logging
+from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker")
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     worker, dispatcher = build_worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    log.info("worker for host %s on %s", settings.host, masked(settings.broker))
+    log.info("worker for host %s on %s", settings.host, mask_url(settings.broker))
     worker.run()
     close_handlers(dispatcher)
     return 0

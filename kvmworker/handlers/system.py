@@ -16,6 +16,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
+from kvmworker.protocol.urls import mask_secrets
 
 FeatureProbe = Callable[[], Any]
 ResultLookup = Callable[[str], Reply]
@@ -117,4 +118,4 @@ def _probe(fn: FeatureProbe) -> Any:
     try:
         return fn()
     except Exception as exc:
-        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+        return {"available": False, "reason": mask_secrets(f"{type(exc).__name__}: {exc}")}

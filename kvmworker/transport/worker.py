@@ -84,8 +84,10 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
-        self._stopped.set()
+        # Said before the waiters are released: once wait_stopped() returns, the process may close its
+        # log handlers and exit, and a line logged after that is a "--- Logging error ---".
         log.info("worker stopped")
+        self._stopped.set()
 
     def stop(self) -> None:
         """Finish what is running; give back what has not started (SIGTERM)."""
@@ -164,7 +166,8 @@ class Worker:
 
     def publish_reply(self, request: Request, reply: Reply, body: bytes) -> None:
         if not request.reply_to:
-            log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
+            # INFO: the command's own line already says how it ended; the reply is in the journal
+            log.info("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
             return
         correlation_id = request.correlation_id or request.msg_id
         headers = {HEADER_MSG_ID: request.msg_id}

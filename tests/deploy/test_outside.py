@@ -124,7 +124,6 @@ def test_kvmworker_help_works_from_the_wheel_alone(wheel_venv):
     assert done.stdout.startswith("usage: kvmworker") and "worker" in done.stdout and done.stderr == ""
 
 
-@pytest.mark.xfail(strict=False, reason="--version lands with the cli branch")
 def test_kvmworker_version_prints_the_version_from_the_wheel_alone(wheel_venv):
     done = run(wheel_venv, "--version")
     assert (done.returncode, done.stderr) == (0, "")
