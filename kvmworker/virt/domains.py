@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -57,8 +57,16 @@ def lookup(conn: libvirt.virConnect, ref: VmRef) -> libvirt.virDomain:
 
 
 def exists(conn: libvirt.virConnect, name: str) -> bool:
+    return _found(conn.lookupByName, name)
+
+
+def exists_uuid(conn: libvirt.virConnect, uuid: str) -> bool:
+    return _found(conn.lookupByUUIDString, uuid)
+
+
+def _found(look: Callable[[str], libvirt.virDomain], key: str) -> bool:
     try:
-        conn.lookupByName(name)
+        look(key)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return False
