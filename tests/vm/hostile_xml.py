@@ -268,7 +268,7 @@ CASES: dict[str, Case] = {
 }
 
 
-def legit_xml(name: str, domain_type: str, images: Path, password: str = "kvt-vnc-pass") -> str:
+def legit_xml(name: str, domain_type: str, images: Path, password: str = "kvt-vnc1") -> str:
     """A raw document a real operator might send: every kind of device the allow-list lets through."""
     disk = images / "kvt-legit.qcow2"
     if not disk.exists():
