@@ -165,6 +165,7 @@ class VmHandler:
         xml = interface_xml(nic)
         with self._session() as conn:
             dom = domains.lookup(conn, data)
+            self._policy(conn).check_device(safe_xml.parse(xml), dom.name())  # the one checker, for devices too
             if ctx.dry_run:
                 return {**_plan(f"attach to {dom.name()}"), "xml": xml}
             if dom.isActive():

@@ -17,7 +17,7 @@ from pathlib import Path as FsPath
 from xml.etree import ElementTree as ET
 
 from kvmworker.protocol.errors import InvalidParameter
-from kvmworker.virt.allowlist import ANY, DOMAIN, Path, Rule, Value
+from kvmworker.virt.allowlist import ANY, DEVICES, DOMAIN, Path, Rule, Value
 from kvmworker.virt.safe_xml import serialize, split
 from kvmworker.virt.storage import QCOW2_MAGIC, StorageRules, check_plain_name
 
@@ -65,7 +65,7 @@ class PathRules:
             if not _under(real, self.storage.dirs):
                 self._named_file(real, self.nvram_dir, f"{domain_name}_", value, where)
         elif kind is Path.CONSOLE:
-            self._named_file(real, self.log_dir, domain_name, value, where)
+            self._named_file(real, self.log_dir, f"{domain_name}-", value, where)
 
     @staticmethod
     def _inside(real: str, dirs: Iterable[str | FsPath], value: str, what: str, where: str) -> None:
@@ -112,6 +112,15 @@ class DomainPolicy:
             raise InvalidParameter(f"the root element must be <domain>, not <{root.tag}>", field=location([root.tag]))
         self._name = root.findtext("name") or ""
         self._element(root, DOMAIN, ["domain"])
+
+    def check_device(self, device: ET.Element, domain_name: str) -> None:
+        """One device for a running or defined domain (attach): the rule it would have inside ``<devices>``."""
+        rule = DEVICES.children.get(device.tag) if split(device.tag)[0] is None else None
+        where = location(["devices", device.tag])
+        if rule is None:
+            raise InvalidParameter(_refusal(device.tag, "element", where), field=where)
+        self._name = domain_name
+        self._element(device, rule, ["devices", device.tag])
 
     def _element(self, el: ET.Element, rule: Rule, steps: list[str]) -> None:
         where = location(steps)

@@ -71,8 +71,10 @@ def test_a_file_serial_console_is_allowed_only_in_libvirts_log_dir_named_after_t
     name = vm_name()
     own = domain(name, devices=f"<serial type='file'><source path='/var/log/libvirt/qemu/{name}-serial.log'/></serial>")
     assert call("define", dry_run=True, xml=own).code == 0
-    escaping = own.replace(f"qemu/{name}-serial.log", f"qemu/../../../etc/{name}.log")
+    escaping = own.replace(f"qemu/{name}-serial.log", f"qemu/../../../etc/{name}-x.log")
     assert call("define", dry_run=True, xml=escaping).code == 30006
+    libvirts_own_log = own.replace(f"qemu/{name}-serial.log", f"qemu/{name}.log")
+    assert call("define", dry_run=True, xml=libvirts_own_log).code == 30006
 
 
 def test_file_disks_inside_the_storage_directory_are_allowed_outside_refused(call, images):
@@ -158,3 +160,11 @@ def test_a_kept_volume_belongs_to_nobody_and_a_new_domain_with_the_old_uuid_does
     assert call("undefine", name=name, remove_storage=True).data["removed_volumes"] == []
     assert _volume_exists(path)
     libvirt.open("test:///default").storageVolLookupByPath(path).delete(0)
+
+
+def test_attach_interface_xml_passes_the_same_checker(call):
+    name = vm_name()
+    assert call("define", name=name, memory_mib=32).code == 0
+    reply = call("attach_interface", name=name, bridge="br-kvt", dry_run=True)
+    assert reply.code == 0 and "br-kvt" in reply.data["xml"]
+    call("undefine", name=name)
