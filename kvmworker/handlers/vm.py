@@ -237,7 +237,9 @@ class VmHandler:
         self, conn: libvirt.virConnect, generated: bool = False, approved: frozenset[str] = frozenset()
     ) -> policy.DomainPolicy:
         pools = Pools(conn, self._storage)
-        paths = policy.PathRules(self._storage, pool_dirs=pools.configured_dirs(), approved=approved)
+        paths = policy.PathRules(
+            self._storage, pool_dirs=pools.configured_dirs(), approved=approved, emulators=domains.emulators(conn)
+        )
         return policy.DomainPolicy(paths, pools.check_existing, generated)
 
     def _forget_stale_records(self, conn: libvirt.virConnect, uuid: str | None) -> None:

@@ -20,6 +20,7 @@ class Path(Enum):
     FIRMWARE = "firmware"  # loader, nvram template: read-only firmware directories or a storage directory
     NVRAM = "nvram"  # writable firmware variables: a storage directory or libvirt's nvram dir, per domain
     CONSOLE = "console"  # a file-backed serial/console: libvirt's qemu log dir, named after the domain
+    EMULATOR = "emulator"  # the QEMU binary: only one that libvirt's own capabilities list
 
 
 ANY = "any"
@@ -235,6 +236,7 @@ VIDEO = Rule(
 
 DEVICES = Rule(
     children={
+        "emulator": Rule(text=Path.EMULATOR),
         "disk": DISK,
         "interface": INTERFACE,
         "serial": CHARDEV,
@@ -299,5 +301,7 @@ DOMAIN = Rule(
         "on_crash": _LIFECYCLE,
         "pm": Rule(children=dict.fromkeys(("suspend-to-mem", "suspend-to-disk"), leaf("enabled"))),
         "devices": DEVICES,
+        # what libvirt applies anyway; type none/static and base labels would choose the confinement
+        "seclabel": Rule(attrs={"type": one_of("dynamic"), "model": ANY, "relabel": one_of("yes")}),
     },
 )

@@ -226,3 +226,9 @@ def default_domain_type(conn: libvirt.virConnect) -> str:
     """kvm when the host offers it, else qemu (TCG), else the driver's own (``test``)."""
     offered = {el.get("type") for el in ET.fromstring(conn.getCapabilities()).iterfind("guest/arch/domain")}
     return next((t for t in ("kvm", "qemu") if t in offered), sorted(offered)[0] if offered else "qemu")
+
+
+def emulators(conn: libvirt.virConnect) -> frozenset[str]:
+    """The QEMU binaries libvirt itself reports for this host: the only ones raw XML may name."""
+    caps = ET.fromstring(conn.getCapabilities())
+    return frozenset(el.text for el in caps.iterfind("guest/arch/emulator") if el.text)

@@ -29,6 +29,9 @@ FIRMWARE_DIRS = ("/usr/share/OVMF", "/usr/share/AAVMF", "/usr/share/qemu", "/usr
 LIBVIRT_NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 LIBVIRT_LOG_DIR = "/var/log/libvirt/qemu"
 QCOW2_BACKING_OFFSET = slice(8, 16)
+QCOW2_INCOMPATIBLE = slice(72, 80)
+QCOW2_EXTERNAL_DATA_FILE = 1 << 2
+QCOW2_HEADER_V3 = 104
 
 VolumeCheck = Callable[[str, str, str], None]
 """(pool, volume, field) → raises 30006 unless that volume exists inside that pool."""
@@ -48,10 +51,15 @@ class PathRules:
     firmware_dirs: tuple[str, ...] = FIRMWARE_DIRS
     nvram_dir: str = LIBVIRT_NVRAM_DIR
     log_dir: str = LIBVIRT_LOG_DIR
+    emulators: frozenset[str] = frozenset()  # the binaries libvirt's capabilities list
 
     def check(self, kind: Path, value: str, domain_name: str, where: str) -> None:
         if "\0" in value or not value.startswith("/"):
             raise InvalidParameter(f"{value!r} must be an absolute path", field=where)
+        if kind is Path.EMULATOR:
+            if value not in self.emulators:
+                raise InvalidParameter(f"{value} is not an emulator libvirt lists for this host", field=where)
+            return
         real = os.path.realpath(value)
         if kind is Path.IMAGE:
             _no_backing_file(real, where)  # also for the spec's own images: the file's content decides this
@@ -88,14 +96,18 @@ def _under(real: str, dirs: Iterable[str | FsPath]) -> bool:
 
 
 def _no_backing_file(real: str, where: str) -> None:
-    """A qcow2 image names its backing file itself; qemu would open that one too, wherever it is."""
-    try:
-        with open(real, "rb") as image:
-            header = image.read(16)
-    except OSError:
-        return  # not there (yet): libvirt reports that, and an absent file has no backing file
-    if header[:4] == QCOW2_MAGIC and int.from_bytes(header[QCOW2_BACKING_OFFSET], "big"):
+    """A qcow2 image names other files itself (a backing file, an external data file): qemu would open them."""
+    if not os.path.isfile(real):
+        return  # not there (yet), or a FIFO/device that must not be read: nothing to say about its content
+    with open(real, "rb") as image:
+        header = image.read(QCOW2_HEADER_V3)
+    if header[:4] != QCOW2_MAGIC:
+        return
+    version = int.from_bytes(header[4:8], "big")
+    if int.from_bytes(header[QCOW2_BACKING_OFFSET], "big"):
         raise InvalidParameter(f"{real} is a qcow2 image with a backing file; those are refused", field=where)
+    if version >= 3 and int.from_bytes(header[QCOW2_INCOMPATIBLE], "big") & QCOW2_EXTERNAL_DATA_FILE:
+        raise InvalidParameter(f"{real} is a qcow2 image with an external data file; those are refused", field=where)
 
 
 class DomainPolicy:

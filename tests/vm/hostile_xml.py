@@ -57,6 +57,17 @@ def _qcow2_with_backing_file(images: Path) -> str:
     return str(path)
 
 
+def _qcow2_with_data_file(images: Path) -> str:
+    """A v3 qcow2 header with the external-data-file bit: qemu would open the file its extension names."""
+    path = images / "kvt-datafile.qcow2"
+    header = bytearray(512)
+    header[0:8] = b"QFI\xfb" + (3).to_bytes(4, "big")
+    header[72:80] = (1 << 2).to_bytes(8, "big")
+    header[100:104] = (104).to_bytes(4, "big")
+    path.write_bytes(bytes(header))
+    return str(path)
+
+
 DISK = "xml:/domain/devices/disk"
 CASES: dict[str, Case] = {
     "namespaced-attribute": Case(
@@ -80,6 +91,9 @@ CASES: dict[str, Case] = {
     "file-disk-by-symlink": Case(lambda n, t, i: domain(n, t, file_disk(_symlink_out(i))), f"{DISK}/source/@file"),
     "qcow2-with-a-backing-file": Case(
         lambda n, t, i: domain(n, t, file_disk(_qcow2_with_backing_file(i))), f"{DISK}/source/@file"
+    ),
+    "qcow2-with-an-external-data-file": Case(
+        lambda n, t, i: domain(n, t, file_disk(_qcow2_with_data_file(i))), f"{DISK}/source/@file"
     ),
     "block-disk": Case(
         lambda n, t, i: domain(
@@ -170,7 +184,11 @@ CASES: dict[str, Case] = {
     "os-kernel": Case(lambda n, t, i: domain(n, t, os_extra="<kernel>/etc/shadow</kernel>"), "xml:/domain/os/kernel"),
     "os-initrd": Case(lambda n, t, i: domain(n, t, os_extra="<initrd>/etc/shadow</initrd>"), "xml:/domain/os/initrd"),
     "os-dtb": Case(lambda n, t, i: domain(n, t, os_extra="<dtb>/etc/shadow</dtb>"), "xml:/domain/os/dtb"),
-    "seclabel-none": Case(lambda n, t, i: domain(n, t, top="<seclabel type='none'/>"), "xml:/domain/seclabel"),
+    "seclabel-none": Case(lambda n, t, i: domain(n, t, top="<seclabel type='none'/>"), "xml:/domain/seclabel/@type"),
+    "seclabel-with-a-chosen-label": Case(
+        lambda n, t, i: domain(n, t, top="<seclabel type='dynamic'><baselabel>unconfined_t</baselabel></seclabel>"),
+        "xml:/domain/seclabel/baselabel",
+    ),
     "qemu-commandline": Case(
         lambda n, t, i: domain(
             n,

@@ -129,3 +129,28 @@ def test_the_guest_xml_of_the_lifecycle_tests_passes_the_checker(system_call, gu
     """tests/vm/test_libvirtd.py defines its guests from raw XML (and restarts libvirtd, so it runs apart)."""
     reply = system_call("define", dry_run=True, xml=guest_xml(vm_name(), guest))
     assert reply.code == 0, reply.data
+
+
+def test_a_domains_own_dumped_xml_is_accepted_back_as_raw_xml(system_call, vms, images):
+    """What libvirt writes (emulator, controllers, addresses, audio…) passes: redefining from dumpxml works."""
+    name = vm_name()
+    vms.append(name)
+    (images / "base.img").write_bytes(b"\0" * 1024 * 1024)
+    spec = {"disks": [{"image": "base.img"}], "interfaces": [{"bridge": "kvtbr-none"}], "graphics": True}
+    assert system_call("define", name=name, memory_mib=32, **spec).code == 0
+    dumped = virsh("dumpxml", "--inactive", name)
+    assert "<emulator>" in dumped and "<address " in dumped
+    again = system_call("define", xml=dumped.replace("<memory unit='KiB'>32768</memory>", "<memory>65536</memory>"))
+    assert again.code == 0, again.data
+    assert system_call("info", name=name).data["max_memory_mib"] == 64
+
+
+def test_an_emulator_libvirt_does_not_list_is_refused_on_the_real_daemon(system_call, vms, images):
+    name = vm_name()
+    vms.append(name)
+    assert system_call("define", name=name, memory_mib=32).code == 0
+    dumped = virsh("dumpxml", "--inactive", name)
+    start = dumped.index("<emulator>") + len("<emulator>")
+    hostile = dumped[:start] + "/bin/sh" + dumped[dumped.index("</emulator>") :]
+    reply = system_call("define", xml=hostile)
+    assert reply.code == 30006 and reply.data["field"] == "xml:/domain/devices/emulator"
