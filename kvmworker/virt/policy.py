@@ -118,6 +118,7 @@ class DomainPolicy:
         self._volume_check = volume_check
         self._generated = generated
         self._name = ""
+        self._hooks = {"metadata": self._metadata, "volume-disk": self._volume_disk}
 
     def check(self, root: ET.Element) -> None:
         if root.tag != "domain":
@@ -142,9 +143,9 @@ class DomainPolicy:
         if rule.text is not None and el.text is not None:
             self._value(rule.text, el.text, where, f"the text of {where}")
         if rule.hook:
-            getattr(self, "_hook_" + rule.hook.replace("-", "_"))(el, steps)
+            self._hooks[rule.hook](el, steps)
             if rule.hook == "metadata":
-                return
+                return  # its children were judged by the hook
         seen: Counter[str] = Counter(child.tag for child in el)
         index: Counter[str] = Counter()
         for child in el:
@@ -186,7 +187,7 @@ class DomainPolicy:
         elif isinstance(allowed, frozenset) and value not in allowed:
             raise InvalidParameter(f"{what} may be one of {', '.join(sorted(allowed))}, not {value!r}", field=where)
 
-    def _hook_metadata(self, el: ET.Element, steps: list[str]) -> None:
+    def _metadata(self, el: ET.Element, steps: list[str]) -> None:
         for child in el:
             where = location([*steps, child.tag])
             if split(child.tag)[0] != METADATA_NS:
@@ -197,7 +198,7 @@ class DomainPolicy:
                     field=where,
                 )
 
-    def _hook_volume_disk(self, el: ET.Element, steps: list[str]) -> None:
+    def _volume_disk(self, el: ET.Element, steps: list[str]) -> None:
         source = el.find("source")
         where = location([*steps, "source"])
         if source is None or not source.get("pool") or not source.get("volume"):
