@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     users_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a reply.")
     token_ttl: float = Field(default=3600.0, gt=0, description="Bridge: seconds a login token stays valid.")
+    token_file: Path | None = Field(
+        default=None,
+        description="Bridge: write a fresh bearer token here at start (mode 0600); serve: /run/kvmworker/token.",
+    )
+    insecure_open: bool = Field(
+        default=False, description="Bridge: run with no authentication at all (only behind a proxy that checks)."
+    )
+    server_names: list[str] | None = Field(
+        default=None,
+        description="Bridge: Host header names accepted besides IP addresses and localhost ('*': any).",
+    )
+    forwarded_allow_ips: list[str] | None = Field(
+        default=None, description="Bridge: proxies whose X-Forwarded-For is believed (default: none)."
+    )
+    max_connections: int = Field(default=1000, ge=8, description="Bridge: open connections at most.")
+    header_timeout: float = Field(default=10.0, gt=0, description="Bridge: seconds to send a request's headers.")
+    body_timeout: float = Field(default=30.0, gt=0, description="Bridge: seconds to send a request's body.")
 
     # logging
     log_level: str = "INFO"

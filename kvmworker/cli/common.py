@@ -23,7 +23,13 @@ def add_settings_flags(parser: argparse.ArgumentParser, *flags: str) -> None:
         kwargs: dict[str, Any] = {"dest": field, "default": None, "help": info.description or ""}
         if info.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif field in ("physical_interfaces", "storage_dirs", "allowed_hosts"):
+        elif field in (
+            "physical_interfaces",
+            "storage_dirs",
+            "allowed_hosts",
+            "server_names",
+            "forwarded_allow_ips",
+        ):
             kwargs["action"] = "append"
         else:
             kwargs["metavar"] = flag.upper().replace("-", "_")
@@ -38,7 +44,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; command context (msg_id, handler, ...) rides in ``extra``."""
 
-    CONTEXT = ("msg_id", "correlation_id", "handler", "command", "code", "duration_ms")
+    CONTEXT = ("msg_id", "correlation_id", "handler", "command", "principal", "code", "duration_ms")
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

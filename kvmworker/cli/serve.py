@@ -1,15 +1,20 @@
 """``kvmworker serve``: worker and bridge in one process, on ``memory://`` unless ``--broker`` says otherwise.
 
-The embedded default: on a fresh machine, one command and a POST works at once.
+The embedded default: on a fresh machine, one command and a POST works at once, for root only. At
+start it writes a fresh bearer token to ``--token-file`` (default ``/run/kvmworker/token``, mode 0600)
+and prints the ``curl`` that reads it; other local users cannot read it, and web pages cannot either.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from kvmworker.bridge.app import create_app
-from kvmworker.bridge.server import BridgeServer
+from kvmworker.bridge.auth import LocalToken
+from kvmworker.bridge.server import BridgeServer, Limits
+from kvmworker.bridge.tokenfile import DEFAULT_TOKEN_FILE, TokenFileError, create_token_file, remove_token_file
 from kvmworker.cli.bridge import BRIDGE_FLAGS
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
@@ -33,16 +38,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = embedded(settings_from(args))
     setup_logging(settings)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    running = start_worker(settings)
     try:
-        with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
-            app = create_app(settings, client, registry=running.dispatcher.registry)
-            server = BridgeServer(app, settings.bind, settings.port, settings.log_level)
-            print(banner(server.url, settings), flush=True)
-            server.run()
+        local = None if settings.insecure_open else create_token_file(settings.token_file or DEFAULT_TOKEN_FILE)
+    except (OSError, TokenFileError) as exc:
+        print(f"kvmworker serve: cannot write the token file: {exc}", file=sys.stderr)
+        return 2
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        running = start_worker(settings)
+        try:
+            with Client(
+                settings.broker_url, signer=load_signer(settings.keys_file), declare_host_queues=False
+            ) as client:
+                app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
+                server = BridgeServer(
+                    app, settings.bind, settings.port, settings.log_level, Limits.from_settings(settings)
+                )
+                print(banner(server.url, settings, local), flush=True)
+                server.run()
+        finally:
+            running.stop(STOP_TIMEOUT_S)
     finally:
-        running.stop(STOP_TIMEOUT_S)
+        if local is not None:
+            remove_token_file(local)
     return 0
 
 
@@ -51,8 +69,15 @@ def embedded(settings: Settings) -> Settings:
     return settings.model_copy(update={"default_host": settings.default_host or settings.host})
 
 
-def banner(url: str, settings: Settings) -> str:
+def banner(url: str, settings: Settings, local: LocalToken | None) -> str:
+    auth = f"-H \"Authorization: Bearer $(cat {local.path})\" " if local is not None else ""
+    token = (
+        f"token: {local.path} (mode 0600: root only; a new one at every start)"
+        if local is not None
+        else "token: none (--insecure-open): ANY local user or web page can command this host"
+    )
     return (
         f"kvmworker serve: worker for host {settings.host!r} on {settings.broker_url}, bridge on {url}\n"
-        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'"
+        f"{token}\n"
+        f"try:  curl -s {url}/ -H 'Content-Type: application/json' {auth}-d '{EXAMPLE_BODY}'"
     )
