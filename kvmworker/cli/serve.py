@@ -70,7 +70,7 @@ def embedded(settings: Settings) -> Settings:
 
 
 def banner(url: str, settings: Settings, local: LocalToken | None) -> str:
-    auth = f"-H \"Authorization: Bearer $(cat {local.path})\" " if local is not None else ""
+    auth = f'-H "Authorization: Bearer $(cat {local.path})" ' if local is not None else ""
     token = (
         f"token: {local.path} (mode 0600: root only; a new one at every start)"
         if local is not None
