@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         local = None if settings.insecure_open else create_token_file(settings.token_file or DEFAULT_TOKEN_FILE)
     except (OSError, TokenFileError) as exc:
-        print(f"kvmworker serve: cannot write the token file: {exc}", file=sys.stderr)
+        print(f"kvmworker serve: cannot write the token file ({exc}); choose one with --token-file", file=sys.stderr)
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:
