@@ -92,10 +92,6 @@ class Authenticator:
         self._hasher: PasswordHasher = users.hasher if users else PasswordHasher()
         self._dummy_hash = self._hasher.hash(secrets.token_hex(16)) if users else ""
 
-    @property
-    def has_users(self) -> bool:
-        return self._users is not None
-
     def login(self, username: str, password: str, address: str = "") -> dict[str, object]:
         """A token for a right password; 10002 unknown user, 10001 wrong password or locked out. Blocking."""
         if self._users is None:
@@ -135,9 +131,6 @@ class Authenticator:
             else "the token is unknown, has expired, or its user was removed or changed password: "
             + self._how_to_get_one()
         )
-
-    def user_of(self, token: str | None) -> str:
-        return self.principal(token).name
 
     def logout(self, token: str | None) -> None:
         self.principal(token)
