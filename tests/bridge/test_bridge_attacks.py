@@ -30,6 +30,7 @@ from kvmworker.bridge.users import UsersFile
 from kvmworker.transport.names import host_queue_name
 from tests.bridge.test_bridge_cli import process
 from tests.conftest import BROKERS, require_broker, unique
+from tests.support.handlers import count_of
 
 PING = {"handler": "SystemHandler", "command": "ping", "data": {}}
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
@@ -221,6 +222,19 @@ def test_a_user_limited_to_one_host_and_handler_is_refused_elsewhere(guarded, us
     assert "kvt-other-" in other_host["data"]["detail"]
     assert (other_handler["code"], other_handler["data"]["field"]) == (20004, "command")
     assert "VmHandler.list" in other_handler["data"]["detail"]
+
+
+def test_a_refused_command_never_reaches_the_worker(guarded, users_path, tmp_path):
+    UsersFile(users_path).add("frank", "pw", hosts=["*"], commands=["SystemHandler.*"])
+    token = _login(guarded, "frank", "pw")
+    count = {"handler": "ProbeHandler", "command": "count", "data": {"name": "frank"}}
+    assert _as(guarded, token, count)["code"] == 20004
+    assert _as(guarded, token, PING)["code"] == 0  # the worker is there and frank may reach it
+    # refused at the bridge: never signed, never published, never run
+    assert count_of(tmp_path / "counters", "frank") == 0
+    UsersFile(users_path).grant("frank", None, ["SystemHandler.*", "ProbeHandler.count"])
+    assert _as(guarded, token, count)["code"] == 0
+    assert count_of(tmp_path / "counters", "frank") == 1
 
 
 def test_a_new_user_without_grants_reaches_nothing_until_granted(guarded, users_path):
