@@ -5,6 +5,7 @@ Each test names the attack; docs/trust.md's table "Attacks and their answers" po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -300,6 +301,22 @@ def test_two_hundred_trickling_connections_do_not_keep_healthz_from_answering(
     assert health == [200] * 5
     assert answered_in < 5, answered_in  # generous: it is well under a second when nothing starves it
     assert still_open == 0, f"{still_open} trickling connections outlived the header and body timeouts"
+
+
+def test_headers_over_64_kib_are_refused_with_431_and_the_connection_closed(bridge):
+    port = int(bridge.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        try:
+            for i in range(200):  # 200 × 1 KiB, far past the limit; the server may close mid-way
+                sock.sendall(f"X-Filler-{i}: {'a' * 1000}\r\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
 
 
 def _still_open(sock: socket.socket) -> bool:
