@@ -25,8 +25,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from kvmworker.settings import Settings
 
 STARTUP_TIMEOUT_S = 10.0
-
-
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 64 * 1024
 SPARE_FDS = 64  # for the broker connections, log files and the pools around the HTTP server
@@ -44,7 +42,9 @@ class Limits:
 
     def connection_cap(self) -> int:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return self.max_connections if soft == resource.RLIM_INFINITY else min(self.max_connections, soft - SPARE_FDS)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(8, min(self.max_connections, soft - SPARE_FDS))
 
 
 class BridgeServer:
