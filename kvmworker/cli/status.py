@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status", help="one screen for the operator on call: broker, libvirt, queue, running, errors, networks"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object (its shape is documented in README)")
-    add_settings_flags(parser, "host", "broker", "url", "token", "timeout", "state-dir", "keys-file")
+    add_settings_flags(parser, "host", "broker", "url", "token", "token-file", "timeout", "state-dir", "keys-file")
     parser.set_defaults(run=run)
 
 
@@ -92,7 +92,7 @@ def gather(settings: Any, timeout: float) -> dict[str, Any]:
 
 def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: contextlib.ExitStack) -> Any:
     """A function (handler, command) → reply dict, or None when neither broker nor bridge can be reached."""
-    from kvmworker.cli.call import call_over_http
+    from kvmworker.cli.call import bearer_token, call_over_http
 
     if settings.url:
         report["bridge"] = {"url": settings.url, "reachable": True, "error": None}
@@ -100,7 +100,7 @@ def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: conte
         def over_http(handler: str, command: str) -> dict[str, Any]:
             envelope = {"handler": handler, "command": command, "data": {}, "dry_run": False, "msg_id": None}
             try:
-                return call_over_http(settings.url, settings.host, envelope, timeout, settings.token)
+                return call_over_http(settings.url, settings.host, envelope, timeout, bearer_token(settings))
             except CliError as exc:
                 report["bridge"].update(reachable=False, error=str(exc))
                 return {"code": None, "msg": str(exc), "data": {}}
