@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,13 +15,14 @@ from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
+from kvmworker.protocol.types import Uuid
 
 FeatureProbe = Callable[[], Any]
 ResultLookup = Callable[[str], Reply]
 
 
 class ResultQuery(BaseModel):
-    msg_id: uuid.UUID
+    msg_id: Uuid
 
 
 class SystemHandler:
