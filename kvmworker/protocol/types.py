@@ -79,8 +79,11 @@ def matching(body: str, detail: str, code: Code | None = Code.INVALID_PARAMETER)
 
 
 def _int_or_digits(value: object) -> object:
-    """The legacy document sends numbers as strings (``"vlan_id": "1001"``): an integer, or up to ten decimal
-    digits. Not a bool, not a float (5.0), not "+5", " 5" or "٥": those were never numbers in the contract."""
+    """The legacy document sends numbers as strings (``"vlan_id": "1001"``): a JSON integer, or up to ten decimal
+    digits. JSON has one number type, so ``5.0`` is the integer 5 (as in JSON Schema); not a bool, and not "+5",
+    " 5", "5.0" or "٥": those were never numbers in the contract."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise coded(Code.INVALID_PARAMETER, "expected an integer")
     if isinstance(value, str):
