@@ -89,7 +89,10 @@ class DeviceCreate(_OnDevice):
     model_config = ConfigDict(json_schema_extra=schema_rules(*(_type_rule(kind) for kind in DEVICE_TYPES)))
 
     type: Annotated[DeviceType, BeforeValidator(_lower_type), WithJsonSchema(_TYPE_SCHEMA)]
-    peer: IfName | None = Field(default=None, description="veth: the other end")
+    peer: IfName | None = Field(
+        default=None,
+        description="veth: the other end, named unlike `name` (the worker checks that; JSON Schema cannot)",
+    )
     link: IfName | None = Field(default=None, description="vlan (required) / vxlan: the lower device")
     vlan_id: VlanId | None = None
     vni: Vni | None = None
