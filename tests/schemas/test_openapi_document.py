@@ -28,10 +28,15 @@ OPENAPI_KEYWORDS = {"discriminator"}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A ``kvmworker serve`` process (worker and bridge on its embedded broker), and its /openapi.json."""
+def serving(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
+    """A ``kvmworker serve`` process (worker and bridge on its embedded broker) with one user, ``kvt`` whose
+    password is ``1234``; its /openapi.json, and the headers that carry its token."""
     state = tmp_path_factory.mktemp("openapi")
+    users, token = state / "users", state / "token"
+    add = [sys.executable, "-m", "kvmworker", "users", "add", "kvt", "--users", str(users), "--password-stdin"]
+    subprocess.run([*add, "--hosts", "*", "--commands", "*"], input="1234\n", text=True, check=True)
     argv = [sys.executable, "-m", "kvmworker", "serve", "--port", "0", "--host", unique("kvt-oapi-")]
+    argv += ["--users", str(users), "--token-file", str(token)]
     proc = subprocess.Popen(
         [*argv, "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -40,7 +45,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
         assert url, f"kvmworker serve exited ({proc.wait()}) without announcing its URL"
         response = httpx.get(url + "/openapi.json", timeout=10)
         assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
-        yield url.rstrip("/"), response.json()
+        yield url.rstrip("/"), response.json(), {"Authorization": f"Bearer {token.read_text().strip()}"}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -48,6 +53,12 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def served(serving) -> tuple[str, dict[str, Any]]:
+    url, doc, _ = serving
+    return url, doc
 
 
 def call_validator(doc: dict[str, Any], component: str = "Call") -> jsonschema.Draft202012Validator:
@@ -92,10 +103,11 @@ def test_a_numeric_password_is_a_valid_login_for_the_schema_and_for_the_bridge(s
     assert httpx.post(url + "/", json=refused, timeout=10).json()["code"] != 0
 
 
-def test_real_replies_are_valid_against_the_reply_schema_of_the_document_and_of_schemas(served):
-    url, doc = served
+def test_real_replies_are_valid_against_the_reply_schema_of_the_document_and_of_schemas(serving):
+    url, doc, auth = serving
+    ping = {"handler": "SystemHandler", "command": "ping", "data": {}}
     replies = [
-        httpx.post(url + "/", json={"handler": "SystemHandler", "command": "ping", "data": {}}, timeout=10).json(),
+        httpx.post(url + "/", json=ping, headers=auth, timeout=10).json(),
         httpx.post(url + "/", content=b"{bad", timeout=10).json(),
         httpx.post(url + "/", json=json.loads(PLATFORM_EXAMPLE) | {"dry_run": True, "data": {}}, timeout=10).json(),
     ]
