@@ -34,6 +34,7 @@ from kvmworker.journal.replay import (
     Replayer,
     ReplayResult,
     Summary,
+    command_name,
     refusal,
 )
 from kvmworker.journal.store import JournalStore, journal_path
@@ -164,7 +165,7 @@ class TextReport:
             return
         entry = result.entry
         verdict = "same reply" if result.same else f"{len(result.differences)} difference(s)"
-        self._out.write(f"== {entry.msg_id} {_name(entry)} → {result.host} as {result.msg_id}: {verdict}\n")
+        self._out.write(f"== {entry.msg_id} {command_name(entry)} → {result.host} as {result.msg_id}: {verdict}\n")
         if self._verbose:
             for line in side_by_side(entry.reply, result.new, self._width):
                 self._out.write(line + "\n")
@@ -176,7 +177,7 @@ class TextReport:
 
     def skipped(self, entry: Entry, reason: str) -> None:
         if self._room():
-            self._out.write(f"{entry.msg_id} {_name(entry)}: skipped, {reason}\n")
+            self._out.write(f"{entry.msg_id} {command_name(entry)}: skipped, {reason}\n")
 
     def _room(self) -> bool:
         if self._verbose or self._shown < self._max:
@@ -240,7 +241,7 @@ class JsonReport:
 
 
 def _identity(entry: Entry) -> dict[str, Any]:
-    return {"msg_id": entry.msg_id, "handler": entry.handler, "command": entry.command, "recorded_code": entry.code}
+    return {"msg_id": entry.msg_id, "command": command_name(entry), "recorded_code": entry.code}
 
 
 def _difference(diff: Any) -> dict[str, Any]:
@@ -284,7 +285,7 @@ def describe(entry: Entry, host: str | None) -> str:
     if len(data) > MAX_DATA_SHOWN:
         data = data[:MAX_DATA_SHOWN] + f"… ({len(data)} characters)"
     lines = [
-        f"  {entry.msg_id}  {_name(entry)} → {host or entry.host}",
+        f"  {entry.msg_id}  {command_name(entry)} → {host or entry.host}",
         f"      data: {data}",
         f"      recorded on {entry.host} at {iso(entry.received_at)} UTC: {entry.state}, code {entry.code}",
         f"      sender: {sender(entry)}",
@@ -322,10 +323,6 @@ def side_by_side(recorded: Any, new: Any, width: int) -> list[str]:
             new_line = news[k] if k < len(news) else ""
             lines.append(f"{_fit(old, column):<{column}} {mark} {_fit(new_line, column)}".rstrip())
     return lines
-
-
-def _name(entry: Entry) -> str:
-    return f"{entry.handler}.{entry.command}" if entry.handler else "(undecodable)"
 
 
 def _value(value: Any) -> str:

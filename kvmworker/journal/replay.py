@@ -120,6 +120,13 @@ class ReplayResult:
         return not self.differences
 
 
+def command_name(entry: Entry) -> str:
+    """``Handler.command``; for a message refused before it was decoded, as its recorded body names it."""
+    body = entry.envelope if isinstance(entry.envelope, dict) else {}
+    handler, command = entry.handler or body.get("handler"), entry.command or body.get("command")
+    return f"{handler}.{command}" if isinstance(handler, str) and isinstance(command, str) else "(undecodable)"
+
+
 def refusal(entry: Entry) -> str | None:
     """Why the worker refused this entry (it never ran), or None."""
     if entry.state != REFUSED and entry.code not in REFUSAL_CODES:
@@ -184,7 +191,7 @@ class Summary:
         self.groups: dict[str, Group] = {}
 
     def add(self, entry: Entry, result: ReplayResult | None = None, skipped: str | None = None) -> None:
-        group = self.groups.setdefault(f"{entry.handler}.{entry.command}", Group())
+        group = self.groups.setdefault(command_name(entry), Group())
         if result is None:
             group.skipped += 1
             group.reasons[_reason_kind(skipped or "")] += 1

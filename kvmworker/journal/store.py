@@ -287,6 +287,30 @@ class JournalStore:
             rows = self._db.execute(sql, params).fetchall()
         return (_entry(row) for row in rows)
 
+    def since_row(self, query: Query, after: int) -> list[tuple[int, Entry]]:
+        """Rows written after row ``after`` (SQLite's rowid grows with each insert), oldest first: ``--follow``."""
+        where, params = where_clause(query)
+        where = f"{where} AND rowid > ?" if where else "WHERE rowid > ?"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT rowid AS row_number, * FROM entries {where} ORDER BY rowid", [*params, after]
+            )
+            return [(row["row_number"], _entry(row)) for row in rows.fetchall()]
+
+    def last_row(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()[0]
+
+    def states(self, msg_ids: list[str]) -> dict[str, Entry]:
+        """The entries of ``msg_ids`` as they are now (``--follow`` shows a running one again when it ends)."""
+        if not msg_ids:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM entries WHERE msg_id IN ({','.join('?' * len(msg_ids))})", msg_ids
+            ).fetchall()
+        return {row["msg_id"]: _entry(row) for row in rows}
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
