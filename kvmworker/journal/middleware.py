@@ -249,8 +249,9 @@ def _recorded_body(body: bytes) -> Any:
 
 
 def _excerpt(body: bytes) -> Any:
-    """A refused body: whole if it is a small JSON document, else its first ``MAX_RECORD_PART`` bytes as text."""
+    """A refused body: whole if it is a small JSON document, else its first bytes as text (``MAX_RECORD_PART``)."""
     if len(body) <= MAX_RECORD_PART:
         return _recorded_body(body)
-    text = body[:MAX_RECORD_PART].decode("utf-8", errors="replace")
+    # Half the bound: escaped as JSON (quotes, backslashes) the excerpt still fits it.
+    text = body[: MAX_RECORD_PART // 2].decode("utf-8", errors="replace")
     return {"raw": redact_text(text), "raw_bytes": len(body)}
