@@ -20,7 +20,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-class SharedDirectory(Exception):
+class SharedDirectory(ValueError):
     """The state directory is a shared one (sticky, like /tmp): it must not be made private."""
 
 
