@@ -143,7 +143,8 @@ class JournalStore:
         ).fetchall()
         self._db.execute("BEGIN")
         for row in rows:
-            parts = [bounded(_loads(row[column])) for column in ("envelope", "properties", "reply")]
+            envelope, properties, reply = (_loads(row[column]) for column in ("envelope", "properties", "reply"))
+            parts = [bounded(envelope), bounded(properties), bounded_reply(reply)]
             texts = [_dumps(part) for part in parts]
             self._db.execute(
                 "UPDATE entries SET envelope=?, properties=?, reply=?, size_bytes=? WHERE msg_id=?",
@@ -201,7 +202,7 @@ class JournalStore:
                 "expires_at": None,  # nothing ran: nothing to guard against running twice
             }
         )
-        self._record(small, "refused", bounded(reply), duration, on_conflict="")
+        self._record(small, "refused", bounded_reply(reply), duration, on_conflict="")
         self._refused_since_trim += 1
         if self._refused_since_trim >= TRIM_REFUSED_EVERY:
             with self._lock:
@@ -414,6 +415,13 @@ def bounded(value: Any, limit: int = MAX_RECORD_PART) -> Any:
         return value
     excerpt = text.encode()[:limit].decode("utf-8", errors="ignore")
     return {"excerpt": excerpt, "bytes": size}
+
+
+def bounded_reply(reply: Any) -> Any:
+    """A reply within the bound that is still a reply (``SystemHandler.result`` sends it): only ``data`` is cut."""
+    if not isinstance(reply, dict) or len(_dumps(reply).encode()) <= MAX_RECORD_PART:
+        return reply
+    return {"code": reply.get("code"), "msg": reply.get("msg"), "data": bounded(reply.get("data"), MAX_RECORD_PART)}
 
 
 def _cut(text: str | None, limit: int = 128) -> str | None:

@@ -10,6 +10,7 @@ import uuid
 from kvmworker.journal.entry import Received
 from kvmworker.journal.query import Query
 from kvmworker.journal.store import ANSWERED, JournalStore
+from kvmworker.protocol.envelope import Reply
 
 DAY = 86400.0
 NOW = time.time()
@@ -114,6 +115,19 @@ def test_a_refused_message_is_kept_as_a_small_record_whatever_its_size(tmp_path)
     assert len(json.dumps(entry.envelope)) <= 1100 and entry.envelope["bytes"] > 250_000
     assert len(json.dumps(entry.properties)) <= 1100
     assert (entry.handler, entry.command) == ("NetworkHandler", "create")
+
+
+def test_a_long_refusal_reply_is_cut_in_its_data_and_stays_a_reply(tmp_path):
+    store = JournalStore(tmp_path / "j.sqlite")
+    r = received(NOW)
+    store.refused(r, {"code": 20001, "msg": "无效的请求", "data": {"detail": "d" * 5000}}, 0.0)
+    reply = Reply.model_validate(store.find(r.msg_id).reply)
+    assert (reply.code, reply.msg, reply.data["bytes"]) == (
+        20001,
+        "无效的请求",
+        len(json.dumps({"detail": "d" * 5000}, separators=(",", ":"))),
+    )
+    assert len(json.dumps(reply.data)) <= 1100
 
 
 def test_refused_records_have_their_own_bound_and_never_push_an_answered_entry_out(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.journal.store import JournalStore, journal_path
 from kvmworker.protocol.codes import Code
+from kvmworker.statefiles import SharedDirectory, secure_state_dir
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import unique
 
@@ -117,3 +118,12 @@ def test_a_state_dir_left_readable_by_an_older_version_is_tightened_at_start_wit
         assert f"{state / 'journal.sqlite'} was readable by others (mode 644): now 600" in log
     finally:
         worker.stop()
+
+
+def test_a_shared_sticky_directory_is_refused_as_state_dir_and_left_as_it_was(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(SharedDirectory, match="sticky"):
+        secure_state_dir(shared)
+    assert mode(shared) == 0o1777
