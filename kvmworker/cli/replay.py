@@ -101,16 +101,18 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     sendable = [e for e in entries if args.force or not refusal(e)]
-    if not sendable:
-        for entry in entries:
-            print(f"{entry.msg_id}: {refusal(entry)}; not sent (--force sends it)", file=sys.stderr)
-        return EXIT_DIFFERENT
-    if not args.dry_run and not args.yes and not confirm(sendable, args.target_host, sys.stdin, sys.stderr):
+    if (
+        sendable
+        and not args.dry_run
+        and not args.yes
+        and not confirm(sendable, args.target_host, sys.stdin, sys.stderr)
+    ):
         print("nothing sent", file=sys.stderr)
         return EXIT_DIFFERENT
     progress = ProgressBar(len(entries), sys.stderr, enabled=bool(args.file) and sys.stderr.isatty())
     ignore = Ignore(args.ignore, defaults=args.default_ignore)
-    with open_caller(args, settings) as caller:
+    # Only refused entries: each is reported as skipped before anything would be sent, so no connection.
+    with open_caller(args, settings) if sendable else contextlib.nullcontext() as caller:
         replayer = Replayer(caller, timeout=settings.timeout, ignore=ignore, force=args.force)
         summary = replay_all(replayer, entries, args, progress, sys.stdout)
     return EXIT_SAME if summary.total and summary.count("same") == summary.total else EXIT_DIFFERENT

@@ -195,7 +195,8 @@ class Summary:
         if result is None:
             group.skipped += 1
             group.reasons[_reason_kind(skipped or "")] += 1
-        elif result.same:
+            return
+        if result.same:
             group.same += 1
         else:
             group.different += 1

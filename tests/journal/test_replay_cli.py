@@ -160,10 +160,14 @@ def test_replay_does_not_sign_and_send_what_the_worker_refused_as_unauthenticate
     assert (entry["state"], entry["code"]) == ("refused", Code.UNAUTHENTICATED)
     done = keyed.cli("replay", msg_id, "--yes")
     assert done.returncode == 1
-    assert "refused by the worker with 20004" in done.stderr and "--force" in done.stderr
+    assert f"{msg_id} EffectsHandler.touch: skipped, refused by the worker with 20004" in done.stdout
+    assert "(--force does)" in done.stdout
+    assert "1 replayed: 0 same reply, 0 different, 1 skipped" in done.stdout
     assert not (keyed.effects / "laundered").exists()
-    dry = keyed.cli("replay", msg_id, "--dry-run")
+    dry = keyed.cli("replay", msg_id, "--dry-run", "--json")
     assert dry.returncode == 1 and not (keyed.effects / "laundered").exists()
+    [result] = json.loads(dry.stdout)["results"]
+    assert result["outcome"] == "skipped" and "20004" in result["reason"]
 
 
 def test_forced_replay_shows_the_real_command_and_its_sender_and_without_a_terminal_sends_nothing(keyed):
