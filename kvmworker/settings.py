@@ -47,9 +47,6 @@ class Settings(BaseSettings):
     keys_file: Path | None = Field(default=None, description="HMAC signing keys (key id → secret).")
     journal_max_age_days: float = Field(default=30.0, gt=0, description="Journal entries older than this go.")
     journal_max_mb: float = Field(default=512.0, gt=0, description="The journal is kept under this size.")
-    journal_max_refused: int = Field(
-        default=10_000, gt=0, description="Refused messages kept in the journal (small records, their own bound)."
-    )
 
     # the bridge and the client
     port: int = Field(default=8080, ge=0, le=65535)

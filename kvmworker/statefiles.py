@@ -56,6 +56,9 @@ def secure_state_dir(path: Path) -> Path:
     info = path.stat()
     if info.st_mode & stat.S_ISVTX:
         raise SharedDirectory(f"state_dir {path} is a shared directory (sticky bit): give the worker its own")
+    if not any(path.iterdir()):  # made just now (``mkdir -p``, an older ``serve``): nothing was exposed
+        os.chmod(path, stat.S_IMODE(info.st_mode) & DIR_MODE)
+        return path
     _tighten(path, info, DIR_MODE)
     for root, dirs, files in os.walk(path):
         for name in dirs:

@@ -16,7 +16,6 @@ from kvmworker.cli.worker import WORKER_FLAGS
 from kvmworker.client import Client
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
-from kvmworker.statefiles import private_dir
 from kvmworker.trust.signing import load_signer
 
 log = logging.getLogger("kvmworker.serve")
@@ -34,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = embedded(settings_from(args))
     setup_logging(settings)
-    private_dir(settings.state_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     running = start_worker(settings)
     try:
         with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:

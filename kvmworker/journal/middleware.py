@@ -55,7 +55,6 @@ def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | Non
         journal_path(settings.state_dir),
         max_age_days=settings.journal_max_age_days,
         max_mb=settings.journal_max_mb,
-        max_refused=settings.journal_max_refused,
     )
     abandoned = store.close_abandoned(Code.UNKNOWN_OUTCOME.msg, _INTERRUPTED_DETAIL)
     if abandoned:

@@ -123,7 +123,11 @@ class JournalStore:
         present = {row["name"] for row in self._db.execute("PRAGMA table_info(entries)")}
         for column, declaration in ADDED_COLUMNS:
             if column not in present:
-                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {declaration}")
+                try:
+                    self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {declaration}")
+                except sqlite3.OperationalError as exc:  # the worker and a CLI migrating at the same moment
+                    if "duplicate column" not in str(exc):
+                        raise
         self._db.executescript(_INDEXES_OF_ADDED)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
