@@ -84,7 +84,8 @@ def worker(amqp_url: str, tmp_path: Path) -> Iterator[tuple[RunningWorker, Setti
 
 def touch(settings: Settings, client: Client, name: str) -> str:
     msg_id = str(uuid.uuid4())
-    assert client.call(settings.host, "EffectsHandler", "touch", {"name": name}, msg_id=msg_id).code == Code.OK
+    reply = client.call(settings.host, "EffectsHandler", "touch", {"name": name}, msg_id=msg_id, timeout=90)
+    assert reply.code == Code.OK, reply
     return msg_id
 
 

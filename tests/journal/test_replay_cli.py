@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ class Host:
         """``kvmworker ARGS`` against this host's journal and broker, without a terminal."""
         flags = ["--state-dir", str(self.settings.state_dir)]
         if args[0] == "replay":
-            flags += ["--broker", self.settings.broker_url]
+            flags += ["--broker", self.settings.broker_url, "--timeout", "90"]
         if args[0] == "replay" and keys and self.settings.keys_file:
             flags += ["--keys-file", str(self.settings.keys_file)]
         return subprocess.run(
@@ -86,7 +85,7 @@ def keyed(amqp_url: str, tmp_path: Path) -> Iterator[Host]:
 
 def pinged(host: Host, count: int) -> Path:
     for _ in range(count):
-        assert host.client.call(host.settings.host, "SystemHandler", "ping", {}).code == Code.OK
+        assert host.client.call(host.settings.host, "SystemHandler", "ping", {}, timeout=90).code == Code.OK
     export = host.settings.state_dir.parent / "pings.jsonl"
     done = host.cli("journal", "export", "--handler", "SystemHandler", "--command", "ping", "--out", str(export))
     assert done.returncode == 0, done.stderr
@@ -118,7 +117,8 @@ def test_without_the_default_ignores_uptime_differs_and_the_details_are_capped(h
 
 def test_ignore_takes_dotted_paths_and_json_gives_a_result_per_message_and_the_summary(host):
     for name in ("j1", "j2", "j3"):
-        host.client.call(host.settings.host, "EffectsHandler", "bump", {"name": name}, msg_id=str(uuid.uuid4()))
+        reply = host.client.call(host.settings.host, "EffectsHandler", "bump", {"name": name}, timeout=90)
+        assert reply.code == Code.OK
     export = host.settings.state_dir.parent / "bumps.jsonl"
     assert host.cli("journal", "export", "--command", "bump", "--out", str(export)).returncode == 0
     differing = json.loads(host.cli("replay", "--file", str(export), "--yes", "--json").stdout)
