@@ -14,6 +14,7 @@ import pytest
 from kvmworker.journal.store import JournalStore, journal_path
 from kvmworker.protocol.codes import Code
 from kvmworker.transport.connection import delete_host_queue
+from kvmworker.transport.names import host_queue
 from kvmworker.trust.keys import load_keys
 from kvmworker.trust.signing import Signer
 from tests.conftest import unique
@@ -37,6 +38,8 @@ def keyed(amqp_url: str, tmp_path: Path) -> Iterator[tuple[WorkerProcess, Signer
     try:
         workers.start()
         raw = RawPublisher(amqp_url, workers.host)
+        # "worker ready" is printed before it declares its queue: what is published before would be dropped.
+        host_queue(workers.host).bind(raw.conn.default_channel).declare()
         yield workers, Signer(load_keys(keys)), raw
     finally:
         if raw is not None:
