@@ -303,7 +303,8 @@ def sender(entry: Entry) -> str:
     properties = entry.properties or {}
     headers = properties.get("headers") or {}
     known = []
-    principal = getattr(entry, "principal", None)
+    envelope = entry.envelope if isinstance(entry.envelope, dict) else {}
+    principal = getattr(entry, "principal", None) or envelope.get("principal")  # set by the bridge, not the caller
     if principal:
         known.append(f"bridge user {principal}")
     known.append("signed" if headers.get(HEADER_SIGNATURE) else "unsigned (no signature header)")
