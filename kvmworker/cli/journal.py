@@ -1,16 +1,21 @@
 """``kvmworker journal list|show|export``: what the worker received and answered, read from its state dir.
 
-Reading is safe while the worker runs (the journal is SQLite in WAL mode).
+Reading is safe while the worker runs (the journal is SQLite in WAL mode); ``list --follow`` keeps
+reading, like ``tail -f``, until Ctrl-C or SIGTERM (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,7 +23,7 @@ from typing import Any, TextIO
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.query import Query
-from kvmworker.journal.store import JournalStore, journal_path
+from kvmworker.journal.store import RUNNING, JournalStore, journal_path
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -30,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="journal_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="entries, newest first, as a table (or --json)")
     _add_filters(listing, limit=50)
-    listing.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    listing.add_argument("--json", action="store_true", help="one JSON array, for scripts (JSON Lines with --follow)")
+    listing.add_argument(
+        "--follow", "-f", action="store_true", help="then print new entries as they are written, until Ctrl-C"
+    )
     listing.set_defaults(run=_reported(run_list))
     show = actions.add_parser("show", help="everything recorded about one msg_id (a unique prefix will do)")
     show.add_argument("msg_id", metavar="MSG_ID")
@@ -107,12 +115,71 @@ def open_journal(args: argparse.Namespace) -> JournalStore:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.follow:
+        return follow(open_journal(args), query_from(args, newest_first=True), args.json, sys.stdout)
     entries = list(open_journal(args).query(query_from(args, newest_first=True)))
     if args.json:
         print(json.dumps([readable(e) for e in entries], ensure_ascii=False, indent=2))
     else:
         print_table(entries, sys.stdout)
     return 0
+
+
+FOLLOW_EVERY_S = 0.5
+
+
+def follow(store: JournalStore, query: Query, as_json: bool, out: TextIO, every: float = FOLLOW_EVERY_S) -> int:
+    """The last entries (oldest first, as ``tail`` shows them), then each new one as it is written.
+
+    A ``running`` entry is shown again when it ends. Ctrl-C and SIGTERM end it with 0.
+    """
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    last = store.last_row()
+    running: list[str] = []
+    try:
+        show = _follower(out, as_json)
+        for entry in reversed(list(store.query(query))):
+            show(entry)
+            if entry.state == RUNNING:
+                running.append(entry.msg_id)
+        while not stop.wait(every):
+            for msg_id, entry in store.states(running).items():
+                if entry.state != RUNNING:
+                    running.remove(msg_id)
+                    show(entry)
+            for row, entry in store.since_row(replace(query, limit=None), last):
+                last = row
+                show(entry)
+                if entry.state == RUNNING:
+                    running.append(entry.msg_id)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush is silent
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _follower(out: TextIO, as_json: bool) -> Callable[[Entry], None]:
+    widths = [19, 36, 28, 5, 7, 11, 2, 2]
+    if not as_json:
+        out.write(_line(COLUMNS, widths))
+        out.flush()
+
+    def show(entry: Entry) -> None:
+        if as_json:
+            out.write(json.dumps(readable(entry), ensure_ascii=False, separators=(",", ":")) + "\n")
+        else:
+            out.write(_line(_row(entry), widths))
+        out.flush()
+
+    return show
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip() + "\n"
 
 
 def run_show(args: argparse.Namespace) -> int:

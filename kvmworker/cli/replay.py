@@ -1,26 +1,55 @@
 """``kvmworker replay MSG_ID… | --file export.jsonl``: send recorded commands again and compare the replies.
 
-Each command goes out under a fresh msg_id. Nothing is executed before the operator says yes
+Each command goes out under a fresh msg_id. Nothing is executed before the operator has seen the
+real commands (handler, command, data, where they were recorded, who sent them) and said yes
 (``--yes`` for scripts); ``--dry-run`` asks every handler for its plan instead and needs no consent.
+Entries the worker refused (unauthenticated, expired, invalid) are not sent unless ``--force``:
+replay signs what it sends, and must not turn a refused message into an authenticated one.
+
+The output stays short at volume: one line per reply that differs (up to ``--max-details``), then a
+summary per handler.command; volatile fields (uptime, timestamps, durations) do not count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
-from kvmworker.cli.journal import find_entry
+from kvmworker.cli.journal import find_entry, iso
 from kvmworker.journal.entry import Entry
-from kvmworker.journal.replay import ABSENT, NotReplayable, Replayer, ReplayResult
+from kvmworker.journal.replay import (
+    ABSENT,
+    VOLATILE_FIELDS,
+    Caller,
+    Ignore,
+    NotReplayable,
+    Replayer,
+    ReplayResult,
+    Summary,
+    command_name,
+    refusal,
+)
 from kvmworker.journal.store import JournalStore, journal_path
+from kvmworker.settings import Settings
+from kvmworker.transport.names import HEADER_SIGNATURE
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}
+EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 64
+MAX_DETAILS = 10
+"""Replies shown in detail without --verbose; the rest are counted in the summary."""
+MAX_PATHS = 8
+"""Differing paths listed per reply without --verbose."""
+MAX_LISTED = 20
+"""Commands listed before the confirmation question."""
+MAX_DATA_SHOWN = 300
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +59,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", dest="target_host", help="send to this host (default: the host that recorded it)")
     parser.add_argument("--dry-run", action="store_true", help="show each handler's plan; change nothing")
     parser.add_argument("--yes", action="store_true", help="do not ask before executing")
+    parser.add_argument(
+        "--force", action="store_true", help="also send entries the worker refused (unauthenticated, expired, …)"
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="do not compare this field: a key name at any depth (run) or a dotted path (data.ports.name); repeatable",
+    )
+    parser.add_argument(
+        "--no-default-ignore",
+        dest="default_ignore",
+        action="store_false",
+        help=f"also compare the volatile fields ignored by default ({', '.join(VOLATILE_FIELDS)})",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document: the result per message and a summary")
+    parser.add_argument("--verbose", "-v", action="store_true", help="every reply, side by side, and every difference")
+    parser.add_argument(
+        "--max-details",
+        type=int,
+        default=MAX_DETAILS,
+        metavar="N",
+        help=f"differing replies shown (default {MAX_DETAILS})",
+    )
     add_settings_flags(parser, "state-dir", "broker", "url", "token", "token-file", "timeout", "keys-file")
     parser.set_defaults(run=run)
 
@@ -39,42 +93,165 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings)
     if bool(args.msg_ids) == bool(args.file):
         print("give either MSG_IDs or --file", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         entries = load_entries(args.file) if args.file else journal_entries(settings.state_dir, args.msg_ids)
     except (LookupError, OSError, ValueError) as exc:
         print(exc, file=sys.stderr)
-        return 2
-    if not args.dry_run and not args.yes and not confirm(entries, args.target_host, sys.stdin, sys.stderr):
+        return EXIT_USAGE
+    sendable = [e for e in entries if args.force or not refusal(e)]
+    if (
+        sendable
+        and not args.dry_run
+        and not args.yes
+        and not confirm(sendable, args.target_host, sys.stdin, sys.stderr)
+    ):
         print("nothing sent", file=sys.stderr)
-        return 1
+        return EXIT_DIFFERENT
     progress = ProgressBar(len(entries), sys.stderr, enabled=bool(args.file) and sys.stderr.isatty())
-    from kvmworker.cli.call import caller_for
+    ignore = Ignore(args.ignore, defaults=args.default_ignore)
+    # Only refused entries: each is reported as skipped before anything would be sent, so no connection.
+    with open_caller(args, settings) if sendable else contextlib.nullcontext() as caller:
+        replayer = Replayer(caller, timeout=settings.timeout, ignore=ignore, force=args.force)
+        summary = replay_all(replayer, entries, args, progress, sys.stdout)
+    return EXIT_SAME if summary.total and summary.count("same") == summary.total else EXIT_DIFFERENT
+
+
+@contextlib.contextmanager
+def open_caller(args: argparse.Namespace, settings: Settings) -> Iterator[Caller]:
+    """What sends the commands: the bridge at ``--url``, else a client on the broker."""
+    from kvmworker.cli.call import caller_for  # imported when needed: the broker stack is slow to import
 
     with caller_for(settings, "replay") as client:
-        outcomes = replay_all(Replayer(client, timeout=settings.timeout), entries, args, progress)
-    return 0 if outcomes and all(outcomes) else 1
+        yield client
 
 
-def replay_all(replayer: Replayer, entries: list[Entry], args: argparse.Namespace, progress: ProgressBar) -> list[bool]:
-    outcomes = []
-    width = shutil.get_terminal_size((120, 24)).columns
+def replay_all(
+    replayer: Replayer, entries: list[Entry], args: argparse.Namespace, progress: ProgressBar, out: TextIO
+) -> Summary:
+    summary = Summary()
+    report = JsonReport(out) if args.json else TextReport(out, verbose=args.verbose, max_details=args.max_details)
     for done, entry in enumerate(entries, 1):
         try:
             result = replayer.replay(entry, host=args.target_host, dry_run=args.dry_run)
         except NotReplayable as exc:
             progress.clear()
-            print(f"{entry.msg_id} {entry.handler}.{entry.command}: skipped, {exc}")
-            outcomes.append(False)
+            summary.add(entry, skipped=str(exc))
+            report.skipped(entry, str(exc))
         else:
             progress.clear()
-            print_result(result, width, sys.stdout)
-            outcomes.append(result.same)
+            summary.add(entry, result)
+            report.result(result)
         progress.update(done)
     progress.finish()
-    same = sum(outcomes)
-    print(f"{len(entries)} replayed: {same} same reply, {len(entries) - same} different or skipped")
-    return outcomes
+    report.finish(summary, Ignore(args.ignore, defaults=args.default_ignore))
+    return summary
+
+
+class TextReport:
+    """Details only for replies that differ (and skips), capped unless verbose; then the grouped summary."""
+
+    def __init__(self, out: TextIO, *, verbose: bool, max_details: int):
+        self._out = out
+        self._verbose = verbose
+        self._max = max_details
+        self._shown = 0
+        self._hidden = 0
+        self._width = shutil.get_terminal_size((120, 24)).columns
+
+    def result(self, result: ReplayResult) -> None:
+        if result.same and not self._verbose:
+            return
+        if not self._room():
+            return
+        entry = result.entry
+        verdict = "same reply" if result.same else f"{len(result.differences)} difference(s)"
+        self._out.write(f"== {entry.msg_id} {command_name(entry)} → {result.host} as {result.msg_id}: {verdict}\n")
+        if self._verbose:
+            for line in side_by_side(entry.reply, result.new, self._width):
+                self._out.write(line + "\n")
+        paths = result.differences if self._verbose else result.differences[:MAX_PATHS]
+        for diff in paths:
+            self._out.write(f"   ! {diff.path}: {_value(diff.recorded)} → {_value(diff.new)}\n")
+        if len(result.differences) > len(paths):
+            self._out.write(f"   … and {len(result.differences) - len(paths)} more path(s)\n")
+
+    def skipped(self, entry: Entry, reason: str) -> None:
+        if self._room():
+            self._out.write(f"{entry.msg_id} {command_name(entry)}: skipped, {reason}\n")
+
+    def _room(self) -> bool:
+        if self._verbose or self._shown < self._max:
+            self._shown += 1
+            return True
+        self._hidden += 1
+        return False
+
+    def finish(self, summary: Summary, ignore: Ignore) -> None:
+        out = self._out
+        if self._hidden:
+            out.write(f"… {self._hidden} more differing or skipped not shown (--verbose shows all, --json lists all)\n")
+        counts = {k: summary.count(k) for k in ("same", "different", "skipped")}
+        out.write(
+            f"{summary.total} replayed: {counts['same']} same reply, {counts['different']} different, "
+            f"{counts['skipped']} skipped\n"
+        )
+        for name, group in sorted(summary.groups.items()):
+            parts = [f"{group.same} same"]
+            if group.different:
+                fields = ", ".join(f"{path} ×{n}" for path, n in group.fields.most_common(6))
+                more = f", … {len(group.fields) - 6} more" if len(group.fields) > 6 else ""
+                parts.append(f"{group.different} different ({fields}{more})")
+            if group.skipped:
+                reasons = "; ".join(f"{reason} ×{n}" for reason, n in group.reasons.most_common(3))
+                parts.append(f"{group.skipped} skipped ({reasons})")
+            out.write(f"  {name}: {', '.join(parts)}\n")
+        ignored = sorted({path for g in summary.groups.values() for path in g.ignored})
+        if ignored:
+            out.write(f"not compared: {', '.join(ignored[:10])}{' …' if len(ignored) > 10 else ''}")
+            out.write(" (volatile by default, or --ignore; --no-default-ignore compares them)\n")
+
+
+class JsonReport:
+    """``{"results": [one per message], "summary": {...}}`` on stdout, written at the end."""
+
+    def __init__(self, out: TextIO):
+        self._out = out
+        self._results: list[dict[str, Any]] = []
+
+    def result(self, result: ReplayResult) -> None:
+        entry = result.entry
+        self._results.append(
+            {
+                **_identity(entry),
+                "host": result.host,
+                "new_msg_id": result.msg_id,
+                "outcome": "same" if result.same else "different",
+                "differences": [_difference(d) for d in result.differences],
+                "ignored": [d.path for d in result.ignored],
+                "reply": result.new,
+            }
+        )
+
+    def skipped(self, entry: Entry, reason: str) -> None:
+        self._results.append({**_identity(entry), "outcome": "skipped", "reason": reason})
+
+    def finish(self, summary: Summary, ignore: Ignore) -> None:
+        document = {"results": self._results, "summary": {**summary.to_dict(), "not_compared": list(ignore.patterns)}}
+        self._out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+
+
+def _identity(entry: Entry) -> dict[str, Any]:
+    return {"msg_id": entry.msg_id, "command": command_name(entry), "recorded_code": entry.code}
+
+
+def _difference(diff: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {"path": diff.path}
+    if diff.recorded is not ABSENT:
+        value["recorded"] = diff.recorded
+    if diff.new is not ABSENT:
+        value["new"] = diff.new
+    return value
 
 
 def journal_entries(state_dir: Path, msg_ids: list[str]) -> list[Entry]:
@@ -88,27 +265,51 @@ def load_entries(path: Path) -> list[Entry]:
 
 
 def confirm(entries: list[Entry], host: str | None, answers: TextIO, out: TextIO) -> bool:
-    """Lists what will run and asks; without a terminal to ask on, the answer is no."""
-    for entry in entries[:20]:
-        out.write(f"  {entry.msg_id}  {entry.handler}.{entry.command} → {host or entry.host}\n")
-    if len(entries) > 20:
-        out.write(f"  … and {len(entries) - 20} more\n")
+    """Shows the real commands and asks; without a terminal to ask on, the answer is no."""
+    out.write(f"replay would execute {len(entries)} command(s) again, each under a fresh msg_id:\n")
+    for entry in entries[:MAX_LISTED]:
+        out.write(describe(entry, host))
+    if len(entries) > MAX_LISTED:
+        out.write(f"  … and {len(entries) - MAX_LISTED} more (kvmworker journal show MSG_ID for each)\n")
     if not answers.isatty():
-        out.write("not a terminal: give --yes to execute (or --dry-run)\n")
+        out.write("not a terminal to ask on: nothing sent; give --yes to execute (or --dry-run)\n")
         return False
     out.write(f"Execute these {len(entries)} command(s) again? [y/N] ")
     out.flush()
     return answers.readline().strip().lower() in ("y", "yes")
 
 
-def print_result(result: ReplayResult, width: int, out: TextIO) -> None:
-    entry = result.entry
-    verdict = "same reply" if result.same else f"{len(result.differences)} difference(s)"
-    out.write(f"== {entry.msg_id} {entry.handler}.{entry.command} → {result.host} as {result.msg_id}: {verdict}\n")
-    for line in side_by_side(entry.reply, result.new, width):
-        out.write(line + "\n")
-    for diff in result.differences:
-        out.write(f"   ! {diff.path}: {_value(diff.recorded)} → {_value(diff.new)}\n")
+def describe(entry: Entry, host: str | None) -> str:
+    """The command as the worker would run it, where it was recorded, and what is known of its sender."""
+    envelope = entry.envelope if isinstance(entry.envelope, dict) else {}
+    data = json.dumps(envelope.get("data"), ensure_ascii=False, sort_keys=True)
+    if len(data) > MAX_DATA_SHOWN:
+        data = data[:MAX_DATA_SHOWN] + f"… ({len(data)} characters)"
+    lines = [
+        f"  {entry.msg_id}  {command_name(entry)} → {host or entry.host}",
+        f"      data: {data}",
+        f"      recorded on {entry.host} at {iso(entry.received_at)} UTC: {entry.state}, code {entry.code}",
+        f"      sender: {sender(entry)}",
+    ]
+    refused = refusal(entry)
+    if refused:
+        lines.append(f"      WARNING: {refused}; sent anyway because of --force, signed by this replay")
+    return "\n".join(lines) + "\n"
+
+
+def sender(entry: Entry) -> str:
+    """Who sent it, as far as the journal knows: the bridge principal, a signature, the reply queue."""
+    properties = entry.properties or {}
+    headers = properties.get("headers") or {}
+    known = []
+    envelope = entry.envelope if isinstance(entry.envelope, dict) else {}
+    principal = getattr(entry, "principal", None) or envelope.get("principal")  # set by the bridge, not the caller
+    if principal:
+        known.append(f"bridge user {principal}")
+    known.append("signed" if headers.get(HEADER_SIGNATURE) else "unsigned (no signature header)")
+    if properties.get("reply_to"):
+        known.append(f"reply_to {properties['reply_to']}")
+    return ", ".join(known)
 
 
 def side_by_side(recorded: Any, new: Any, width: int) -> list[str]:

@@ -29,6 +29,8 @@ class Request:
     """Set once routed: the command changes nothing (``mutates=False``)."""
     safe_to_rerun: bool = False
     """Set once routed: the command may run again after a crash cut it short (see ``command``)."""
+    verified_until: float | None = None
+    """Set by the trust guard when the signature verified: its expiry. The journal keeps the msg_id until then."""
 
     def assign_msg_id(self) -> None:
         if self.envelope is not None and self.envelope.msg_id is not None:

@@ -20,6 +20,8 @@ class Received:
     envelope: Any
     properties: dict[str, Any]
     delivery: dict[str, Any]
+    expires_at: float | None = None
+    """The expiry of a signature the worker verified: until then the msg_id must stay in the journal."""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Entry:
     reply: dict[str, Any] | None
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     delivery_count: int = 1
+    expires_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

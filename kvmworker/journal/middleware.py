@@ -28,10 +28,19 @@ from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Request
 from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.redaction import redact, redact_text
-from kvmworker.journal.store import ANSWERED, INTERRUPTED, REFUSED, RUNNING, JournalStore, journal_path
+from kvmworker.journal.store import (
+    ANSWERED,
+    INTERRUPTED,
+    MAX_RECORD_PART,
+    REFUSED,
+    RUNNING,
+    JournalStore,
+    journal_path,
+)
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
+from kvmworker.statefiles import secure_state_dir
 
 log = logging.getLogger("kvmworker.journal")
 
@@ -41,6 +50,7 @@ MAX_RAW_TEXT = 4096  # what is kept of a body that is not JSON: enough to see wh
 
 
 def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | None = None) -> JournalMiddleware:
+    secure_state_dir(settings.state_dir)  # before anything is written there: 0700, and files 0600
     store = JournalStore(
         journal_path(settings.state_dir),
         max_age_days=settings.journal_max_age_days,
@@ -98,7 +108,7 @@ class JournalMiddleware(Middleware):
         if role == OWNER:
             self._finish(request, reply, duration)
             return
-        self.store.refused(self._received(request, REFUSED), _stored(reply), duration)
+        self.store.refused(self._received(request, REFUSED, excerpt=True), _stored(reply), duration)
 
     # -- SystemHandler.result --------------------------------------------------
 
@@ -158,7 +168,8 @@ class JournalMiddleware(Middleware):
 
     # -- what is recorded ------------------------------------------------------
 
-    def _received(self, request: Request, answered: str) -> Received:
+    def _received(self, request: Request, answered: str, *, excerpt: bool = False) -> Received:
+        """What is recorded of ``request``; of a refused one (``excerpt``) only the start of its body."""
         envelope = request.envelope
         return Received(
             msg_id=request.msg_id,
@@ -168,7 +179,7 @@ class JournalMiddleware(Middleware):
             command=envelope.command if envelope else None,
             dry_run=bool(envelope and envelope.dry_run),
             redelivered=request.redelivered,
-            envelope=_recorded_body(request.body),
+            envelope=_excerpt(request.body) if excerpt else _recorded_body(request.body),
             properties={
                 "content_type": request.content_type,
                 "message_id": request.message_id,
@@ -177,6 +188,7 @@ class JournalMiddleware(Middleware):
                 "headers": redact(request.headers),
             },
             delivery=self._delivery(request, answered),
+            expires_at=request.verified_until,
         )
 
     @staticmethod
@@ -233,3 +245,12 @@ def _recorded_body(body: bytes) -> Any:
     except (ValueError, UnicodeDecodeError, RecursionError):
         text = body[:MAX_RAW_TEXT].decode("utf-8", errors="replace")
         return {"raw": redact_text(text), "raw_bytes": len(body)}
+
+
+def _excerpt(body: bytes) -> Any:
+    """A refused body: whole if it is a small JSON document, else its first bytes as text (``MAX_RECORD_PART``)."""
+    if len(body) <= MAX_RECORD_PART:
+        return _recorded_body(body)
+    # Half the bound: escaped as JSON (quotes, backslashes) the excerpt still fits it.
+    text = body[: MAX_RECORD_PART // 2].decode("utf-8", errors="replace")
+    return {"raw": redact_text(text), "raw_bytes": len(body)}

@@ -4,11 +4,22 @@ Written by the worker on its command threads, read at the same time by ``kvmwork
 (WAL lets readers and the one writer proceed side by side). ``synchronous=NORMAL`` is durable
 against a crash of the worker process (the case exactly-once has to survive) though not against
 a power cut; a full fsync per command would cost more than the command itself.
+
+Two bounds, so that what anyone can send cannot push out what the guard of exactly-once needs:
+
+- *refused* messages (invalid, unauthenticated, expired: nothing ran) are small records, at most
+  ``MAX_RECORD_PART`` bytes per part, and only the newest ``max_refused`` are kept;
+- *answered* ones are kept under ``max_mb`` (refused records do not count) and ``max_age_days``, but
+  never while their signature could still verify (``expires_at``): a captured signed command
+  replayed within its validity must find its msg_id and be answered from the journal.
+
+The file and its ``-wal``/``-shm`` are 0600 (see ``kvmworker.statefiles``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -18,10 +29,21 @@ from typing import Any
 
 from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.query import Query, where_clause
+from kvmworker.statefiles import private_file
+
+log = logging.getLogger("kvmworker.journal")
 
 RUNNING, ANSWERED, REFUSED, INTERRUPTED = "running", "answered", "refused", "interrupted"
 JOURNAL_FILE = "journal.sqlite"
 PRUNE_EVERY_S = 60.0
+MAX_RECORD_PART = 1024
+"""Bytes (as JSON) kept of a refused message's envelope, of its properties and of its reply: an excerpt beyond."""
+MAX_REFUSED = 10_000
+TRIM_REFUSED_EVERY = 100
+"""Refused records are trimmed to ``max_refused`` after this many new ones (and at every prune)."""
+MAX_DELIVERIES_KEPT = 32
+"""Deliveries listed per msg_id; beyond, only ``delivery_count`` grows (a replayed msg_id cannot grow its row)."""
+MAX_DELIVERY_TEXT = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -46,7 +68,24 @@ CREATE INDEX IF NOT EXISTS entries_received ON entries (received_at);
 CREATE INDEX IF NOT EXISTS entries_command ON entries (handler, command);
 CREATE INDEX IF NOT EXISTS entries_code ON entries (code);
 """
+# Columns added after the first release, each with ALTER TABLE ADD COLUMN on a journal that lacks it:
+# journals already on disk keep working. Add new columns here (never change or drop one).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("expires_at", "REAL"),  # a verified signature's x-kvm-expires-at: the row is kept at least until then
+    ("size_bytes", "INTEGER"),  # what a refused record holds, for its own bound
+)
+# Partial: only refused rows are in it, so that answering a command costs no extra index update.
+_INDEXES_OF_ADDED = """
+CREATE INDEX IF NOT EXISTS entries_refused ON entries (received_at) WHERE state = 'refused';
+"""
+SCHEMA_VERSION = 2
 _JSON_COLUMNS = ("envelope", "properties", "reply", "deliveries")
+_EXPIRED = "(expires_at IS NULL OR expires_at < ?)"
+_ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
+# Up to MAX_DELIVERIES_KEPT deliveries are listed; the count always grows.
+_ADD_DELIVERY = f"""deliveries=CASE WHEN json_array_length(deliveries) < {MAX_DELIVERIES_KEPT}
+                       THEN json_insert(deliveries, '$[#]', json(?)) ELSE deliveries END,
+                   delivery_count=delivery_count + 1"""
 
 
 class JournalStore:
@@ -56,15 +95,18 @@ class JournalStore:
         *,
         max_age_days: float = 30.0,
         max_mb: float = 512.0,
+        max_refused: int = MAX_REFUSED,
         clock: Callable[[], float] = time.time,
     ):
         self.path = Path(path)
         self.max_age_s = max_age_days * 86400
         self.max_bytes = int(max_mb * 1024 * 1024)
+        self.max_refused = max_refused
         self._clock = clock
         self._lock = threading.Lock()
         self._last_prune = clock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._refused_since_trim = 0
+        private_file(self.path)  # 0600 from the start; SQLite gives -wal and -shm the same mode
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.row_factory = sqlite3.Row
         # auto_vacuum must be chosen before the first table exists; it lets pruning give space back.
@@ -75,6 +117,46 @@ class JournalStore:
         # hundredth command. 10000 pages (≤ 40 MB of WAL) halves the journal's cost per command.
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an earlier version up to this one (additive only)."""
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(entries)")}
+        for column, declaration in ADDED_COLUMNS:
+            if column not in present:
+                try:
+                    self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {declaration}")
+                except sqlite3.OperationalError as exc:  # the worker and a CLI migrating at the same moment
+                    if "duplicate column" not in str(exc):
+                        raise
+        self._db.executescript(_INDEXES_OF_ADDED)
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            shrunk = self._shrink_old_refusals()
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if shrunk:
+                log.warning(
+                    "journal: %d refused message(s) recorded whole by an earlier version cut to excerpts", shrunk
+                )
+
+    def _shrink_old_refusals(self) -> int:
+        """Earlier versions kept refused bodies whole (up to 1 MiB each): cut them to the excerpt kept now."""
+        rows = self._db.execute(
+            """SELECT msg_id, envelope, properties, reply FROM entries WHERE state='refused' AND
+               (length(envelope) > ?1 OR length(properties) > ?1 OR length(reply) > ?1 OR size_bytes IS NULL)""",
+            (MAX_RECORD_PART,),
+        ).fetchall()
+        self._db.execute("BEGIN")
+        for row in rows:
+            envelope, properties, reply = (_loads(row[column]) for column in ("envelope", "properties", "reply"))
+            parts = [bounded(envelope), bounded(properties), bounded_reply(reply)]
+            texts = [_dumps(part) for part in parts]
+            self._db.execute(
+                "UPDATE entries SET envelope=?, properties=?, reply=?, size_bytes=? WHERE msg_id=?",
+                (*texts, sum(len(t.encode()) for t in texts), row["msg_id"]),
+            )
+        self._db.execute("COMMIT")
+        return len(rows)
 
     @classmethod
     def open_existing(cls, path: Path) -> JournalStore:
@@ -89,15 +171,16 @@ class JournalStore:
         """The command is about to run: its row says ``running`` until ``finish``."""
         with self._lock:
             self._db.execute(
-                """INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
-                                        envelope, properties, deliveries)
-                   VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, json_array(json(?)))
+                f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
+                                        envelope, properties, deliveries, expires_at)
+                   VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, json_array(json(?)), ?)
                    ON CONFLICT(msg_id) DO UPDATE SET
                        state='running', code=NULL, reply=NULL, envelope=excluded.envelope,
                        properties=excluded.properties, handler=excluded.handler, command=excluded.command,
-                       dry_run=excluded.dry_run, redelivered=excluded.redelivered,
-                       deliveries=json_insert(deliveries, '$[#]', json(?)), delivery_count=delivery_count + 1""",
-                (*_row(received), _dumps(received.delivery)),
+                       dry_run=excluded.dry_run, redelivered=excluded.redelivered, size_bytes=NULL,
+                       expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),
+                       {_ADD_DELIVERY}""",
+                (*_row(received), received.expires_at, _dumps(_short(received.delivery))),
             )
 
     def finish(self, msg_id: str, state: str, reply: dict[str, Any], duration: float) -> None:
@@ -109,8 +192,26 @@ class JournalStore:
         self._maybe_prune()
 
     def refused(self, received: Received, reply: dict[str, Any], duration: float) -> None:
-        """Answered without running (invalid, unknown, refused by a guard); an existing row only gains a delivery."""
-        self._record(received, "refused", reply, duration, on_conflict="")
+        """Answered without running (invalid, unknown, refused by a guard); an existing row only gains a delivery.
+
+        Anyone who can publish can make refusals, so each is a small record (``bounded``) under its
+        own bound, and none can make room by pushing an answered msg_id out.
+        """
+        small = Received(
+            **{
+                **received.__dict__,
+                "handler": _cut(received.handler),
+                "command": _cut(received.command),
+                "envelope": bounded(received.envelope),
+                "properties": bounded(received.properties),
+                "expires_at": None,  # nothing ran: nothing to guard against running twice
+            }
+        )
+        self._record(small, "refused", bounded_reply(reply), duration, on_conflict="")
+        self._refused_since_trim += 1
+        if self._refused_since_trim >= TRIM_REFUSED_EVERY:
+            with self._lock:
+                self._trim_refused()
 
     def answered(self, received: Received, reply: dict[str, Any], duration: float) -> None:
         """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
@@ -121,25 +222,29 @@ class JournalStore:
             reply,
             duration,
             on_conflict="""state='answered', code=excluded.code, reply=excluded.reply,
-                           duration_ms=excluded.duration_ms, answered_at=excluded.answered_at,""",
+                           duration_ms=excluded.duration_ms, answered_at=excluded.answered_at, size_bytes=NULL,
+                           expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),""",
         )
 
     def _record(self, received: Received, state: str, reply: dict[str, Any], duration: float, on_conflict: str) -> None:
         """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
+        row, reply_text = _row(received), _dumps(reply)
         with self._lock:
             self._db.execute(
                 f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
-                                        envelope, properties, deliveries, code, reply, duration_ms, answered_at)
-                   VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?)
-                   ON CONFLICT(msg_id) DO UPDATE SET {on_conflict}
-                       deliveries=json_insert(deliveries, '$[#]', json(?)), delivery_count=delivery_count + 1""",
+                                        envelope, properties, deliveries, code, reply, duration_ms, answered_at,
+                                        expires_at, size_bytes)
+                   VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(msg_id) DO UPDATE SET {on_conflict} {_ADD_DELIVERY}""",
                 (
-                    *_row(received),
+                    *row,
                     reply.get("code"),
-                    _dumps(reply),
+                    reply_text,
                     round(duration * 1000, 3),
                     self._clock(),
-                    _dumps(received.delivery),
+                    received.expires_at,
+                    sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
+                    row[9],
                 ),
             )
         self._maybe_prune()
@@ -161,11 +266,7 @@ class JournalStore:
 
     def add_delivery(self, msg_id: str, delivery: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute(
-                """UPDATE entries SET deliveries=json_insert(deliveries, '$[#]', json(?)),
-                                      delivery_count=delivery_count + 1 WHERE msg_id=?""",
-                (_dumps(delivery), msg_id),
-            )
+            self._db.execute(f"UPDATE entries SET {_ADD_DELIVERY} WHERE msg_id=?", (_dumps(_short(delivery)), msg_id))
 
     # -- reading ---------------------------------------------------------------
 
@@ -192,6 +293,30 @@ class JournalStore:
             rows = self._db.execute(sql, params).fetchall()
         return (_entry(row) for row in rows)
 
+    def since_row(self, query: Query, after: int) -> list[tuple[int, Entry]]:
+        """Rows written after row ``after`` (SQLite's rowid grows with each insert), oldest first: ``--follow``."""
+        where, params = where_clause(query)
+        where = f"{where} AND rowid > ?" if where else "WHERE rowid > ?"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT rowid AS row_number, * FROM entries {where} ORDER BY rowid", [*params, after]
+            )
+            return [(row["row_number"], _entry(row)) for row in rows.fetchall()]
+
+    def last_row(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()[0]
+
+    def states(self, msg_ids: list[str]) -> dict[str, Entry]:
+        """The entries of ``msg_ids`` as they are now (``--follow`` shows a running one again when it ends)."""
+        if not msg_ids:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM entries WHERE msg_id IN ({','.join('?' * len(msg_ids))})", msg_ids
+            ).fetchall()
+        return {row["msg_id"]: _entry(row) for row in rows}
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
@@ -204,29 +329,54 @@ class JournalStore:
     # -- retention -------------------------------------------------------------
 
     def prune(self) -> int:
-        """Drop what is older than the age limit, then the oldest until the live data fits the size limit."""
+        """Drop what is older than the age limit, then the oldest answered until they fit the size limit.
+
+        Refused records have their own bound (``max_refused``) and do not count toward the size; a row
+        whose signature could still verify (``expires_at`` ahead) is never dropped.
+        """
         with self._lock:
-            removed = self._db.execute(
-                "DELETE FROM entries WHERE received_at < ? AND state != 'running'",
-                (self._clock() - self.max_age_s,),
+            now = self._clock()
+            removed = self._trim_refused()
+            removed += self._db.execute(
+                f"DELETE FROM entries WHERE received_at < ? AND state != 'running' AND {_EXPIRED}",
+                (now - self.max_age_s, now),
             ).rowcount
-            while (live := self._live_bytes()) > self.max_bytes:
+            while (excess := self._answered_bytes() - self.max_bytes) > 0:
                 # As many of the oldest rows as the excess is a share of the whole, and a few more.
-                rows = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
-                batch = 1 + rows * (live - self.max_bytes) // live
+                rows = self._db.execute("SELECT count(*) FROM entries WHERE state != 'refused'").fetchone()[0]
+                batch = 1 + rows * excess // max(self._answered_bytes(), 1)
                 deleted = self._db.execute(
-                    """DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries WHERE state != 'running'
-                       ORDER BY received_at LIMIT ?)""",
-                    (batch,),
+                    f"""DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries
+                        WHERE state NOT IN ('running', 'refused') AND {_EXPIRED} ORDER BY received_at LIMIT ?)""",
+                    (now, batch),
                 ).rowcount
                 removed += deleted
                 if not deleted:
+                    log.warning(
+                        "journal: %.1f MB over journal_max_mb, all of it commands whose signatures are still valid "
+                        "or still running; they are kept until then",
+                        excess / 1024 / 1024,
+                    )
                     break
             if removed:
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._last_prune = self._clock()
+            self._last_prune = now
         return removed
+
+    def _trim_refused(self) -> int:
+        """Only the newest ``max_refused`` refused records are kept (called under the lock)."""
+        self._refused_since_trim = 0
+        return self._db.execute(
+            """DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries WHERE state = 'refused'
+               ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
+            (self.max_refused,),
+        ).rowcount
+
+    def _answered_bytes(self) -> int:
+        """The live data less the refused records: what ``max_mb`` bounds."""
+        refused = self._db.execute("SELECT coalesce(sum(size_bytes), 0) FROM entries WHERE state = 'refused'")
+        return self._live_bytes() - refused.fetchone()[0]
 
     def _maybe_prune(self) -> None:
         if self._clock() - self._last_prune >= PRUNE_EVERY_S:
@@ -258,12 +408,45 @@ def _row(received: Received) -> tuple[Any, ...]:
         int(received.redelivered),
         _dumps(received.envelope),
         _dumps(received.properties),
-        _dumps(received.delivery),
+        _dumps(_short(received.delivery)),
     )
 
 
+def bounded(value: Any, limit: int = MAX_RECORD_PART) -> Any:
+    """``value`` if its JSON fits ``limit`` bytes, else an excerpt of that JSON: ``{"excerpt": …, "bytes": N}``."""
+    text = _dumps(value)
+    size = len(text.encode())
+    if size <= limit:
+        return value
+    excerpt = text.encode()[:limit].decode("utf-8", errors="ignore")
+    return {"excerpt": excerpt, "bytes": size}
+
+
+def bounded_reply(reply: Any) -> Any:
+    """A reply within the bound that is still a reply (``SystemHandler.result`` sends it): only ``data`` is cut."""
+    if not isinstance(reply, dict) or len(_dumps(reply).encode()) <= MAX_RECORD_PART:
+        return reply
+    return {"code": reply.get("code"), "msg": reply.get("msg"), "data": bounded(reply.get("data"), MAX_RECORD_PART)}
+
+
+def _cut(text: str | None, limit: int = 128) -> str | None:
+    return text[:limit] if isinstance(text, str) else text
+
+
+def _short(delivery: dict[str, Any]) -> dict[str, Any]:
+    """A delivery's text fields (correlation id, reply queue) cut to ``MAX_DELIVERY_TEXT``."""
+    return {k: _cut(v, MAX_DELIVERY_TEXT) if isinstance(v, str) else v for k, v in delivery.items()}
+
+
+def _loads(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return text
+
+
 def _entry(row: sqlite3.Row) -> Entry:
-    value = dict(row)
+    value = {k: v for k, v in dict(row).items() if k in _ENTRY_FIELDS}
     for column in _JSON_COLUMNS:
         value[column] = json.loads(value[column]) if value[column] is not None else None
     value["dry_run"] = bool(value["dry_run"])

@@ -13,6 +13,8 @@ import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from kvmworker.statefiles import private_file
+
 FILENAME = "networks.sqlite"
 
 _SCHEMA = """
@@ -112,7 +114,7 @@ class NetworkStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # 0600 from the start (the state directory is private, see statefiles)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

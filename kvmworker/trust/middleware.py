@@ -101,7 +101,7 @@ class TrustMiddleware(Middleware):
         target = request.headers.get(HEADER_HOST)
         if target != self.host:
             raise Unauthenticated(f"signed for host {str(target)[:64]!r}, not for this host")
-        self._check_issued(request)
+        request.verified_until = self._check_issued(request)
 
     def _verify_signature(self, request: Request) -> None:
         if not _is_uuid(request.message_id):
@@ -114,13 +114,15 @@ class TrustMiddleware(Middleware):
             request.headers,
         )
 
-    def _check_issued(self, request: Request) -> None:
+    def _check_issued(self, request: Request) -> float:
+        """The signed validity is sane; returns its end (the signature verifies until then, plus the skew)."""
         issued = _seconds(request.headers.get(HEADER_ISSUED_AT))
         expires = _seconds(request.headers.get(HEADER_EXPIRES_AT))
         if issued > self._clock() + self._skew:
             raise Unauthenticated("issued in the future: check the clocks of the caller and of this host")
         if not 0 < expires - issued <= MAX_VALIDITY_S:
             raise Unauthenticated(f"the validity must be between 0 and {MAX_VALIDITY_S} s after issue")
+        return expires + self._skew
 
     def _check_deadline(self, request: Request) -> None:
         value = request.headers.get(HEADER_EXPIRES_AT)

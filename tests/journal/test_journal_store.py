@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import uuid
 
 from kvmworker.journal.entry import Received
 from kvmworker.journal.query import Query
 from kvmworker.journal.store import ANSWERED, JournalStore
+from kvmworker.protocol.envelope import Reply
 
 DAY = 86400.0
 NOW = time.time()
@@ -95,3 +98,111 @@ def test_a_refused_message_sent_again_only_adds_a_delivery(tmp_path):
     store.refused(r, {"code": 20001, "msg": "m", "data": {}}, 0.0)
     entry = store.find(r.msg_id)
     assert (entry.state, entry.delivery_count, len(entry.deliveries)) == ("refused", 2, 2)
+
+
+def refused(store: JournalStore, r: Received) -> str:
+    store.refused(r, {"code": 20004, "msg": "认证失败", "data": {"detail": "not signed"}}, 0.0)
+    return r.msg_id
+
+
+def test_a_refused_message_is_kept_as_a_small_record_whatever_its_size(tmp_path):
+    store = JournalStore(tmp_path / "j.sqlite")
+    r = received(NOW, payload="x" * 250_000)
+    r.properties = {"headers": {"x-junk": "y" * 100_000}}
+    refused(store, r)
+    entry = store.find(r.msg_id)
+    assert entry.state == "refused"
+    assert len(json.dumps(entry.envelope)) <= 1100 and entry.envelope["bytes"] > 250_000
+    assert len(json.dumps(entry.properties)) <= 1100
+    assert (entry.handler, entry.command) == ("NetworkHandler", "create")
+
+
+def test_a_long_refusal_reply_is_cut_in_its_data_and_stays_a_reply(tmp_path):
+    store = JournalStore(tmp_path / "j.sqlite")
+    r = received(NOW)
+    store.refused(r, {"code": 20001, "msg": "无效的请求", "data": {"detail": "d" * 5000}}, 0.0)
+    reply = Reply.model_validate(store.find(r.msg_id).reply)
+    assert (reply.code, reply.msg, reply.data["bytes"]) == (
+        20001,
+        "无效的请求",
+        len(json.dumps({"detail": "d" * 5000}, separators=(",", ":"))),
+    )
+    assert len(json.dumps(reply.data)) <= 1100
+
+
+def test_refused_records_have_their_own_bound_and_never_push_an_answered_entry_out(tmp_path):
+    store = JournalStore(tmp_path / "j.sqlite", max_mb=0.25, max_refused=50)
+    kept = answered(store, received(NOW - 5000))
+    for i in range(400):
+        refused(store, received(NOW - 4000 + i, payload="x" * 250_000))
+    store.prune()
+    assert store.find(kept) is not None
+    refusals = list(store.query(Query(state="refused")))
+    assert len(refusals) == 50
+    assert refusals[0].received_at == NOW - 4000 + 399  # the newest are kept
+
+
+def test_an_entry_whose_signature_could_still_verify_is_not_pruned_for_size_or_age(tmp_path):
+    now = 100 * DAY
+    store = JournalStore(tmp_path / "j.sqlite", max_mb=0.25, max_age_days=0.5, clock=lambda: now)
+    signed = received(now - DAY, payload="s" * 2000)
+    signed.expires_at = now + 3600
+    protected = answered(store, signed)
+    expired = received(now - DAY, payload="e" * 2000)
+    expired.expires_at = now - 1
+    gone = answered(store, expired)
+    ids = [answered(store, received(now - 1000 + i, payload="x" * 2000)) for i in range(400)]
+    assert store.prune() > 0
+    assert store.find(protected).expires_at == now + 3600
+    assert store.find(gone) is None
+    assert store.find(ids[0]) is None
+    assert store._live_bytes() <= 0.3 * 1024 * 1024
+
+
+def test_a_msg_id_delivered_again_and_again_does_not_grow_its_row_without_bound(tmp_path):
+    store = JournalStore(tmp_path / "j.sqlite")
+    r = received(NOW)
+    answered(store, r)
+    for _ in range(200):
+        store.add_delivery(r.msg_id, {"received_at": NOW, "answered": "journal", "reply_to": "q" * 5000})
+    entry = store.find(r.msg_id)
+    assert entry.delivery_count == 201
+    assert len(entry.deliveries) == 32
+    assert all(len(d.get("reply_to") or "") <= 256 for d in entry.deliveries)
+
+
+PREVIOUS_SCHEMA = """
+CREATE TABLE entries (
+    msg_id TEXT PRIMARY KEY, received_at REAL NOT NULL, host TEXT, handler TEXT, command TEXT,
+    dry_run INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, code INTEGER, duration_ms REAL, answered_at REAL,
+    redelivered INTEGER NOT NULL DEFAULT 0, envelope TEXT, properties TEXT, reply TEXT,
+    deliveries TEXT NOT NULL DEFAULT '[]', delivery_count INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+
+def test_a_journal_written_by_the_previous_version_is_migrated_in_place(tmp_path):
+    path = tmp_path / "j.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(PREVIOUS_SCHEMA)
+    big = json.dumps({"handler": "H", "command": "c", "data": {"junk": "x" * 500_000}})
+    rows = [("old-answered", "answered", '{"handler":"H","command":"c","data":{}}'), ("old-refused", "refused", big)]
+    for msg_id, state, envelope in rows:
+        db.execute(
+            "INSERT INTO entries (msg_id, received_at, state, envelope, properties, reply, code) "
+            'VALUES (?, ?, ?, ?, \'{}\', \'{"code":0,"msg":"m","data":null}\', 0)',
+            (msg_id, NOW, state, envelope),
+        )
+    db.commit()
+    db.close()
+    store = JournalStore(path)
+    assert store.find("old-answered").envelope == {"handler": "H", "command": "c", "data": {}}
+    assert store.find("old-answered").expires_at is None
+    assert store.find("old-refused").envelope["bytes"] > 500_000
+    assert len(json.dumps(store.find("old-refused").envelope)) <= 1100
+    fresh = received(NOW)
+    fresh.expires_at = NOW + 60
+    answered(store, fresh)
+    assert store.find(fresh.msg_id).expires_at == NOW + 60
+    store.close()
+    assert JournalStore(path).count() == 3  # opening again changes nothing

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from kvmworker.cli import main
-from kvmworker.cli.replay import ProgressBar, side_by_side
+from kvmworker.cli.replay import ProgressBar, describe, side_by_side
 from kvmworker.client import Client
 from kvmworker.journal.entry import Entry
-from kvmworker.journal.replay import NotReplayable, differences, replay_envelope
+from kvmworker.journal.replay import Ignore, NotReplayable, differences, replay_envelope
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
@@ -139,3 +139,28 @@ def test_journal_show_prints_everything_recorded_about_a_msg_id(recorded, capsys
     assert shown["reply"]["data"] == {"file": "s1", "created": True}
     assert shown["properties"]["reply_to"].startswith("kvmworker.reply.")
     assert shown["deliveries"][0]["answered"] == "executed"
+
+
+def test_ignore_patterns_name_keys_at_any_depth_or_dotted_paths_from_the_top():
+    ignore = Ignore(["run", "data.ports.name", "data.*.mtu"], defaults=False)
+    assert [p for p in ("data.run", "data.x.run", "data.runs") if ignore(p)] == ["data.run", "data.x.run"]
+    assert ignore("data.ports[3].name") and not ignore("data.ports[3].mac")
+    assert ignore("data.eth0.mtu") and not ignore("mtu")
+    assert not ignore("data.uptime")
+    volatile = Ignore()
+    assert all(volatile(p) for p in ("data.uptime", "data.vm.started_at", "data.duration_ms", "data.ts"))
+    assert not volatile("data.name")
+
+
+def test_the_confirmation_names_the_real_command_its_origin_and_its_sender():
+    entry = Entry.from_dict(
+        {"msg_id": "m1", "received_at": 0, "host": "kvm-7", "handler": None, "command": None, "dry_run": False,
+         "state": "refused", "code": 20004, "duration_ms": 0, "answered_at": 0, "redelivered": False,
+         "envelope": {"handler": "VmHandler", "command": "destroy", "data": {"name": "db1"}, "principal": "erin"},
+         "properties": {"reply_to": "q1", "headers": {}}, "reply": {"code": 20004, "msg": "认证失败", "data": None}}
+    )  # fmt: skip
+    text = describe(entry, None)
+    assert "m1  VmHandler.destroy → kvm-7" in text
+    assert 'data: {"name": "db1"}' in text
+    assert "sender: bridge user erin, unsigned (no signature header), reply_to q1" in text
+    assert "WARNING: refused by the worker with 20004" in text
