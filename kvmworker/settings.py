@@ -44,7 +44,16 @@ class Settings(BaseSettings):
     storage_pool: str = Field(default="default", description="libvirt pool for new volumes.")
     health_port: int | None = Field(default=None, description="Worker /healthz, /readyz, /metrics port.")
     health_bind: str = Field(default="0.0.0.0", description="Address of the health port (probes come from outside).")
-    keys_file: Path | None = Field(default=None, description="HMAC signing keys (key id → secret).")
+    keys_file: Path | None = Field(
+        default=None,
+        description="Private Ed25519 keys this party signs with (0600): the orchestrator's command keys (call,"
+        " bridge, replay), or a worker's reply key (default there: <state_dir>/reply-keys.json, made at first start).",
+    )
+    trusted_keys_file: Path | None = Field(
+        default=None,
+        description="Public Ed25519 keys this party trusts: `orchestrator` (a worker runs only commands they"
+        " signed) and `hosts` (a client accepts a host's reply only when signed by that host's key).",
+    )
     journal_max_age_days: float = Field(default=30.0, gt=0, description="Journal entries older than this go.")
     journal_max_mb: float = Field(default=512.0, gt=0, description="The journal is kept under this size.")
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module has ``register(subparsers)``; a module that is not there yet is simply not offered.
-COMMAND_MODULES = ("worker", "call", "serve", "bridge", "users", "journal", "replay", "schema")
+COMMAND_MODULES = ("worker", "call", "serve", "bridge", "users", "keys", "journal", "replay", "schema")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kvmworker.trust.keys import KeyFileError
+
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyFileError as exc:  # a key file that is missing, unsafe or weak: say which and why, no traceback
+        print(f"kvmworker: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ BRIDGE_FLAGS = (
     "max-body",
     "token-ttl",
     "keys-file",
+    "trusted-keys-file",
 )
 
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
-    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
+    with Client(settings.broker_url, signer=load_signer(settings)) as client:
         server = BridgeServer(create_app(settings, client), settings.bind, settings.port, settings.log_level)
         log.info("bridge on %s over %s; default host %s", server.url, settings.broker_url, settings.host_for_bridge)
         print(f"kvmworker bridge listening on {server.url}", flush=True)

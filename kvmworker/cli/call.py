@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="{}", help="the command's data, as JSON")
     parser.add_argument("--dry-run", action="store_true", help="validate and show the plan; change nothing")
     parser.add_argument("--msg-id", default=None, help="idempotency key (a UUID); generated when absent")
-    add_settings_flags(parser, "broker", "timeout", "keys-file")
+    add_settings_flags(parser, "broker", "timeout", "keys-file", "trusted-keys-file")
     parser.set_defaults(run=run)
 
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
     data = json.loads(args.data)
-    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
+    with Client(settings.broker_url, signer=load_signer(settings)) as client:
         reply = client.call(
             args.target_host,
             args.handler,

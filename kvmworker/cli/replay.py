@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", dest="target_host", help="send to this host (default: the host that recorded it)")
     parser.add_argument("--dry-run", action="store_true", help="show each handler's plan; change nothing")
     parser.add_argument("--yes", action="store_true", help="do not ask before executing")
-    add_settings_flags(parser, "state-dir", "broker", "timeout", "keys-file")
+    add_settings_flags(parser, "state-dir", "broker", "timeout", "keys-file", "trusted-keys-file")
     parser.set_defaults(run=run)
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print("nothing sent", file=sys.stderr)
         return 1
     progress = ProgressBar(len(entries), sys.stderr, enabled=bool(args.file) and sys.stderr.isatty())
-    with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
+    with Client(settings.broker_url, signer=load_signer(settings)) as client:
         outcomes = replay_all(Replayer(client, timeout=settings.timeout), entries, args, progress)
     return 0 if outcomes and all(outcomes) else 1
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     running = start_worker(settings)
     try:
-        with Client(settings.broker_url, signer=load_signer(settings.keys_file)) as client:
+        with Client(settings.broker_url, signer=load_signer(settings)) as client:
             app = create_app(settings, client, registry=running.dispatcher.registry)
             server = BridgeServer(app, settings.bind, settings.port, settings.log_level)
             print(banner(server.url, settings), flush=True)

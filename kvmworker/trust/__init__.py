@@ -1,1 +1,1 @@
-"""Trust: who may command this host (HMAC-signed messages) and until when (deadlines)."""
+"""Trust: who may command this host (Ed25519-signed messages) and until when (deadlines)."""
