@@ -74,7 +74,8 @@ def test_every_kvmworker_variable_the_chart_and_the_image_set_is_a_setting_the_p
     names = {m.group(1) for text in templates.values() for m in ENV_NAME.finditer(text)}
     names |= set(re.findall(r"\b(" + ENV_PREFIX + r"[A-Z0-9_]+)=", DOCKERFILE.read_text()))
     fields = {name.removeprefix(ENV_PREFIX).lower() for name in names}
-    assert {"host", "broker_url", "state_dir", "health_port", "health_bind", "keys_file", "users_file"} <= fields
+    expected = {"host", "broker_url", "state_dir", "health_port", "health_bind", "keys_file", "trusted_keys_file"}
+    assert expected | {"users_file", "allowed_hosts"} <= fields
     assert sorted(fields - set(Settings.model_fields)) == []
 
 
