@@ -159,3 +159,20 @@ def test_kvmworker_call_refuses_a_private_key_file_others_can_read(tmp_path, key
     done = start(tmp_path, "call", "kvt-any", "SystemHandler", "ping", "--keys-file", str(keys_file),
                  "--trusted-keys-file", str(client_trust))  # fmt: skip
     assert done.returncode == 2 and "chmod 600" in done.stderr
+
+
+def test_kvmworker_call_with_a_private_key_but_no_trusted_keys_refuses_rather_than_trust_any_reply(tmp_path, keys_file):
+    done = start(tmp_path, "call", "kvt-any", "SystemHandler", "ping", "--keys-file", str(keys_file))
+    assert done.returncode == 2 and "trusted_keys_file is not" in done.stderr
+
+
+def test_a_client_whose_key_file_turned_unsafe_while_running_sends_nothing_and_says_why(
+    keyed_worker, signed_client, host, keys_file
+):
+    assert signed_client.call(host, "ProbeHandler", "count", {"name": "bus"}, timeout=10).code == 0
+    keys_file.chmod(0o644)
+    reply = signed_client.call(host, "ProbeHandler", "count", {"name": "bus"}, timeout=10)
+    assert reply.code == 20004 and "not sent" in reply.data["detail"] and "chmod 600" in reply.data["detail"]
+    keys_file.chmod(0o600)
+    assert signed_client.call(host, "ProbeHandler", "count", {"name": "bus"}, timeout=10).code == 0
+    assert count_of(keyed_worker.counters, "bus") == 2
