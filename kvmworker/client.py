@@ -188,12 +188,12 @@ class Client:
 
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
+        host = self._hosts.get(correlation_id)
+        if host is None:
+            log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
+            return
         if self._signer is not None and not self._signer.reply_is_authentic(
-            message.body,
-            correlation_id,
-            message.properties.get("message_id"),
-            message.headers,
-            self._hosts.get(correlation_id, ""),
+            message.body, correlation_id, message.properties.get("message_id"), message.headers, host
         ):
             log.warning(
                 "reply for %s dropped: its signature does not verify with the keys of the host the command went to"

@@ -101,7 +101,14 @@ class WorkerKeys:
         _check(keys, key_id, signature, text)
 
     def sign_reply(self, body: bytes, correlation_id: str, msg_id: str) -> dict:
-        return {HEADER_SIGNATURE: _header(self._reply.current(), reply_text(body, correlation_id, msg_id, self.host))}
+        try:
+            keys = self._reply.current()
+        except KeyFileError as exc:
+            # Sent unsigned (its caller drops it and gets -1) rather than not at all: a reply that cannot be
+            # published goes back to the queue, and would come back forever.
+            log.error("[%s] reply sent unsigned: %s", msg_id, exc)
+            return {}
+        return {HEADER_SIGNATURE: _header(keys, reply_text(body, correlation_id, msg_id, self.host))}
 
     def public(self) -> dict[str, str]:
         return self._reply.current().public()

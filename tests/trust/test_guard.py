@@ -247,3 +247,12 @@ def test_a_trusted_file_broken_while_running_refuses_everything_until_fixed(guar
     write_trusted(worker_trust, orchestrator={"o1": key_o1})
     assert guarded.dispatcher.handle(request(signer)).code == 0
     assert guarded.count() == 1
+
+
+def test_a_worker_whose_reply_key_file_broke_sends_replies_unsigned_rather_than_requeue_them_forever(
+    tmp_path, worker_trust, reply_keys_file
+):
+    keys = load_worker_keys(Settings(host=HOST, keys_file=reply_keys_file, trusted_keys_file=worker_trust))
+    assert keys.sign_reply(b"{}", "c", str(uuid.uuid4()))["x-kvm-signature"].startswith("v2:r1:")
+    reply_keys_file.chmod(0o644)
+    assert keys.sign_reply(b"{}", "c", str(uuid.uuid4())) == {}
