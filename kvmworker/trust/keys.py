@@ -285,7 +285,11 @@ def add_key(path: Path, key_id: str, *, activate: bool) -> PrivateKeys:
 
 def write_private_keys(path: Path, keys: PrivateKeys, *, replace: bool) -> None:
     """Written to a 0600 temporary file beside ``path``, then moved into place (never half-written)."""
-    text = json.dumps({"active": keys.active, "keys": {k: encode_private(v) for k, v in keys.keys.items()}}, indent=2)
+    encoded = {k: encode_private(v) for k, v in keys.keys.items()}
+    if path.suffix == ".json":
+        text = json.dumps({"active": keys.active, "keys": encoded}, indent=2)
+    else:  # TOML, as the reader expects of any other suffix (ids and base64 need no escaping)
+        text = f'active = "{keys.active}"\n[keys]\n' + "\n".join(f'"{k}" = "{v}"' for k, v in encoded.items())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

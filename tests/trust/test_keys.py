@@ -188,6 +188,14 @@ def test_keys_generate_writes_a_0600_file_and_prints_the_public_key_the_file_hol
     assert json.loads(done.stdout) == load_private_keys(path).public()
 
 
+def test_keys_generate_writes_toml_when_the_file_name_says_so(tmp_path):
+    path = tmp_path / "orchestrator-keys.toml"
+    assert kvmworker("keys", "generate", str(path), "--id", "o.1", cwd=tmp_path).returncode == 0
+    assert kvmworker("keys", "generate", str(path), "--id", "o.2", "--add", cwd=tmp_path).returncode == 0
+    assert path.read_text().startswith('active = "o.1"')
+    assert sorted(load_private_keys(path).keys) == ["o.1", "o.2"]
+
+
 def test_keys_generate_never_overwrites_and_add_rotates_without_losing_the_old_key(tmp_path):
     path = tmp_path / "k.json"
     assert kvmworker("keys", "generate", str(path), "--id", "o1", cwd=tmp_path).returncode == 0
