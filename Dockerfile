@@ -4,9 +4,12 @@
 #
 #   docker build -t kvmworker:0.1.0 .
 #
-# The builder compiles libvirt-python against libvirt-dev and collects every dependency as a wheel;
-# the runtime stage installs from that wheelhouse only (--no-index), so it needs no compiler and no
-# network, and its only extra Debian package is libvirt0, the shared library libvirt-python links.
+# The builder compiles libvirt-python against libvirt-dev and collects every dependency as a wheel, at
+# the versions of requirements.lock, each download checked against the lock's hashes (so the image
+# built next month has the versions CI tested; scripts/lock.sh refreshes the lock). The runtime stage
+# installs from that wheelhouse only (--no-index), so it needs no compiler and no network, can only
+# get the locked versions, and its only extra Debian package is libvirt0, the shared library
+# libvirt-python links.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -20,11 +23,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+COPY requirements.lock ./
+# The locked dependencies as wheels (libvirt-python built from its source here), before the project's
+# own files, so that a change in the code does not rebuild them.
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock
+
 COPY pyproject.toml README.md ./
 COPY kvmworker ./kvmworker
-
-# The project and all its dependencies (libvirt-python built from source here) as wheels.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -23,14 +23,17 @@ from kvmworker.trust.middleware import create_trust
 
 
 def build_registry(
-    settings: Settings, extra_handlers: list[object] | None = None, results: ResultLookup | None = None
+    settings: Settings,
+    extra_handlers: list[object] | None = None,
+    results: ResultLookup | None = None,
+    journal: object | None = None,
 ) -> HandlerRegistry:
     """Every handler of this worker. Each handler module exposes ``create_handler(settings)``."""
     registry = HandlerRegistry()
     features: dict[str, Callable[[], Any]] = {}
     for handler in [*_handler_factories(settings, features), *(extra_handlers or [])]:
         registry.add(handler)
-    registry.add(SystemHandler(settings.host, registry.catalogue, features, results=results))
+    registry.add(SystemHandler(settings.host, registry.catalogue, features, results=results, journal=journal))
     return registry
 
 
@@ -51,10 +54,12 @@ def build_dispatcher(
     settings: Settings, extra_handlers: list[object] | None = None, middleware: list[Middleware] | None = None
 ) -> Dispatcher:
     middleware = middleware or []
-    # SystemHandler.result answers from the journal, when there is one.
-    results = next((mw.result for mw in middleware if isinstance(mw, JournalMiddleware)), None)
+    # SystemHandler.result and .status answer from the journal, when there is one.
+    journal = next((mw for mw in middleware if isinstance(mw, JournalMiddleware)), None)
     return Dispatcher(
-        build_registry(settings, extra_handlers, results),
+        build_registry(
+            settings, extra_handlers, journal.result if journal else None, journal.store if journal else None
+        ),
         MiddlewareChain(middleware),
         host=settings.host,
         max_body=settings.max_body,

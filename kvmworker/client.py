@@ -21,6 +21,7 @@ from kombu import Consumer, Message, Queue
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
+from kvmworker.protocol.urls import mask_secrets
 from kvmworker.transport.connection import log_connection_loss, open_connection
 from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
@@ -104,18 +105,18 @@ class Client:
         except Exception as exc:
             self._declared.discard(host)
             if self.forget(correlation_id):
-                log.warning("[%s] publish failed: %s", msg_id, exc)
+                log.warning("[%s] publish failed: %s", msg_id, mask_secrets(str(exc)))
                 future.set_result(
                     unknown_outcome(
                         msg_id,
-                        f"the broker did not confirm the command ({exc}): it may or may not have reached the"
-                        " worker; SystemHandler.result with this msg_id tells",
+                        f"the broker did not confirm the command ({mask_secrets(str(exc))}): it may or may not"
+                        " have reached the worker; SystemHandler.result with this msg_id tells",
                     )
                 )
             else:
                 # The broker took the message before the connection broke (the confirm was what got
                 # lost), and the worker's reply already arrived: that reply is the true answer.
-                log.info("[%s] publish reported %s, but the reply had already arrived", msg_id, exc)
+                log.info("[%s] publish reported %s, but the reply had already arrived", msg_id, mask_secrets(str(exc)))
         return PendingCall(msg_id, correlation_id, future)
 
     def wait(self, pending: PendingCall, timeout: float) -> Reply:

@@ -14,7 +14,7 @@ from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
-from kvmworker.trust.middleware import reply_signer, warn_open
+from kvmworker.trust.middleware import announce_open, reply_signer
 
 log = logging.getLogger("kvmworker.runtime")
 
@@ -28,6 +28,8 @@ class RunningWorker:
     def stop(self, timeout: float | None = None) -> bool:
         self.worker.stop()
         stopped = self.worker.wait_stopped(timeout)
+        if stopped:
+            self.thread.join(timeout)  # nothing of the consumer thread outlives stop(), its last log line included
         close_handlers(self.dispatcher)
         return stopped
 
@@ -39,11 +41,11 @@ def build_worker(
     dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
     for handler in dispatcher.registry.handlers:
         _call_quietly(handler, "on_start")
-    connection = open_connection(settings.broker_url, visibility_timeout=settings.redis_visibility_timeout)
-    publisher = Publisher(open_connection(settings.broker_url, confirms=settings.publish_confirms))
+    connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
+    publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
     signer = reply_signer(dispatcher.middleware)
     if signer is None:
-        warn_open(settings.host)  # at start, as well as hourly while serving
+        announce_open(dispatcher.middleware, settings.host)  # at start, then hourly while serving
     worker = Worker(
         connection,
         publisher,

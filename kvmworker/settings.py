@@ -1,78 +1,94 @@
 """Settings: command-line flags over ``KVMWORKER_*`` environment variables over a config file over defaults.
 
-One class for every sub-command; each reads only the fields it needs. The config file is TOML or
-JSON (``--config`` / ``KVMWORKER_CONFIG``), with the same names as the flags (``broker_url = "..."``).
+One name per setting (kvmworker.options): flag ``--broker``, variable ``KVMWORKER_BROKER``, file key ``broker``.
+The older spellings ``broker_url``/``users_file``/``config_file`` (and their variables) are still accepted, and
+``settings.broker_url`` etc. still read. The config file is TOML or JSON (``--config`` / ``KVMWORKER_CONFIG``).
+
+Two ways in: ``Settings(...)`` reads every source and validates every field (the library, the tests);
+``load_settings(given, used)`` (the command line) validates only the fields a sub-command uses, so that a bad
+worker-only variable does not break ``journal list``, and names the flag, variable or file key that is wrong.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-ENV_PREFIX = "KVMWORKER_"
+from kvmworker.options import ENV_PREFIX, OLD_NAMES, OPTIONS, flag_of, variable_of
+
+
+def _help(name: str) -> str:
+    return OPTIONS[name].help
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used, said with the name the operator wrote (flag, variable or file key)."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     # the worker
-    host: str = Field(
-        default_factory=socket.gethostname, description="This host's name: its queue is kvmworker.<host>."
-    )
-    broker_url: str = Field(default="memory://", description="amqp://, redis:// or memory://")
-    state_dir: Path = Field(default=Path("/var/lib/kvmworker"), description="SQLite state: networks, journal.")
-    netns: str | None = Field(default=None, description="Operate inside this network namespace.")
-    libvirt_uri: str = Field(default="qemu:///system")
-    prefetch: int = Field(default=32, ge=1, le=10000, description="Unacknowledged messages the worker holds.")
-    workers: int = Field(default=16, ge=1, le=1024, description="Commands that run at once.")
-    max_body: int = Field(default=1024 * 1024, ge=1024, description="Largest accepted message body, bytes.")
-    publish_confirms: bool = Field(default=True, description="Wait for the broker to confirm each reply (AMQP).")
-    redis_visibility_timeout: float = Field(default=1800.0, gt=0, description="Redis: redeliver unacked after s.")
-    physical_interfaces: list[str] | None = Field(
-        default=None, description="Interfaces networks may use; default any existing non-virtual interface."
-    )
+    host: str = Field(default_factory=socket.gethostname, description=_help("host"))
+    broker: str = Field(default="memory://", description=_help("broker"))
+    state_dir: Path = Field(default=Path("/var/lib/kvmworker"), description=_help("state_dir"))
+    netns: str | None = Field(default=None, description=_help("netns"))
+    libvirt_uri: str = Field(default="qemu:///system", description=_help("libvirt_uri"))
+    prefetch: int = Field(default=32, ge=1, le=10000, description=_help("prefetch"))
+    workers: int = Field(default=16, ge=1, le=1024, description=_help("workers"))
+    max_body: int = Field(default=1024 * 1024, ge=1024, description=_help("max_body"))
+    publish_confirms: bool = Field(default=True, description=_help("publish_confirms"))
+    redis_visibility_timeout: float = Field(default=1800.0, gt=0, description=_help("redis_visibility_timeout"))
+    physical_interfaces: list[str] | None = Field(default=None, description=_help("physical_interfaces"))
     storage_dirs: list[Path] = Field(
-        default_factory=lambda: [Path("/var/lib/libvirt/images")], description="Where VM disk images may live."
+        default_factory=lambda: [Path("/var/lib/libvirt/images")], description=_help("storage_dirs")
     )
-    storage_pool: str = Field(default="default", description="libvirt pool for new volumes.")
-    health_port: int | None = Field(default=None, description="Worker /healthz, /readyz, /metrics port.")
-    health_bind: str = Field(default="0.0.0.0", description="Address of the health port (probes come from outside).")
-    keys_file: Path | None = Field(
-        default=None,
-        description="Private Ed25519 keys this party signs with (0600): the orchestrator's command keys (call,"
-        " bridge, replay), or a worker's reply key (default there: <state_dir>/reply-keys.json, made at first start).",
-    )
-    trusted_keys_file: Path | None = Field(
-        default=None,
-        description="Public Ed25519 keys this party trusts: `orchestrator` (a worker runs only commands they"
-        " signed) and `hosts` (a client accepts a host's reply only when signed by that host's key).",
-    )
-    journal_max_age_days: float = Field(default=30.0, gt=0, description="Journal entries older than this go.")
-    journal_max_mb: float = Field(default=512.0, gt=0, description="The journal is kept under this size.")
+    storage_pool: str = Field(default="default", description=_help("storage_pool"))
+    health_port: int | None = Field(default=None, ge=0, le=65535, description=_help("health_port"))
+    health_bind: str = Field(default="0.0.0.0", description=_help("health_bind"))
+    keys_file: Path | None = Field(default=None, description=_help("keys_file"))
+    trusted_keys_file: Path | None = Field(default=None, description=_help("trusted_keys_file"))
+    journal_max_age_days: float = Field(default=30.0, gt=0, description=_help("journal_max_age_days"))
+    journal_max_mb: float = Field(default=512.0, gt=0, description=_help("journal_max_mb"))
 
     # the bridge and the client
-    port: int = Field(default=8080, ge=0, le=65535)
-    bind: str = Field(default="127.0.0.1")
-    default_host: str | None = None
-    allowed_hosts: list[str] | None = Field(
-        default=None, description="Bridge: the only hosts it forwards to (default: any; each new one gets a queue)."
-    )
-    users_file: Path | None = None
-    timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a reply.")
-    token_ttl: float = Field(default=3600.0, gt=0, description="Bridge: seconds a login token stays valid.")
+    port: int = Field(default=8080, ge=0, le=65535, description=_help("port"))
+    bind: str = Field(default="127.0.0.1", description=_help("bind"))
+    default_host: str | None = Field(default=None, description=_help("default_host"))
+    allowed_hosts: list[str] | None = Field(default=None, description=_help("allowed_hosts"))
+    users: Path | None = Field(default=None, description=_help("users"))
+    timeout: float = Field(default=30.0, gt=0, description=_help("timeout"))
+    token_ttl: float = Field(default=3600.0, gt=0, description=_help("token_ttl"))
+    url: str | None = Field(default=None, pattern=r"^https?://", description=_help("url"))
+    token: str | None = Field(default=None, exclude=True, repr=False, description=_help("token"))
 
     # logging
-    log_level: str = "INFO"
-    log_json: bool = False
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
+    log_json: bool = Field(default=False, description=_help("log_json"))
 
-    config_file: Path | None = Field(default=None, exclude=True, description="TOML or JSON config file.")
+    config: Path | None = Field(default=None, exclude=True, description=_help("config"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, values: Any) -> Any:
+        """``broker_url=`` etc. In a merged dict an old key can only come from the caller's own arguments
+        (the variables and the file are renamed on reading), which win over everything else."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for old, new in OLD_NAMES.items():
+            if old in values:
+                values[new] = values.pop(old)
+        return values
 
     @classmethod
     def settings_customise_sources(
@@ -83,11 +99,55 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls, init_settings, env_settings))
+        return (
+            init_settings,
+            env_settings,
+            _OldVariables(settings_cls),
+            _ConfigFileSource(settings_cls, init_settings, env_settings),
+        )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """As pydantic's, with the old names in ``update`` renamed (else they would be set beside the field)."""
+        renamed = {OLD_NAMES.get(k, k): v for k, v in update.items()} if update else update
+        return super().model_copy(update=renamed, deep=deep)
+
+    # the older attribute names, which the code and its users still read
+    @property
+    def broker_url(self) -> str:
+        return self.broker
+
+    @property
+    def users_file(self) -> Path | None:
+        return self.users
+
+    @property
+    def config_file(self) -> Path | None:
+        return self.config
 
     @property
     def host_for_bridge(self) -> str:
         return self.default_host or self.host
+
+
+class _Given(Settings):
+    """Exactly the values given, validated: no variable or file is read behind the caller's back."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **others: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _OldVariables(PydanticBaseSettingsSource):
+    """``KVMWORKER_BROKER_URL`` and the other old spellings, under the new names (the new variable wins)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        return {new: environ[variable_of(old)] for old, new in OLD_NAMES.items() if variable_of(old) in environ}
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -99,13 +159,93 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = next((src().get("config_file") for src in self._earlier if src().get("config_file")), None)
-        path = path or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        path = None
+        for source in self._earlier:
+            values = source()
+            path = path or values.get("config") or values.get("config_file")
+        path = path or os.environ.get(variable_of("config")) or os.environ.get(variable_of("config_file"))
         return load_config_file(Path(path)) if path else {}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text)
-    return tomllib.loads(text)
+    """The file's settings under their names: old spellings and ``state-dir`` (as the flag) are renamed;
+    an unknown key, a file that is not there or not TOML/JSON is a SettingsError naming it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise SettingsError(f"config file {path} is not valid {kind}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"config file {path}: expected a table of settings")
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        name = OLD_NAMES.get(name, name)
+        if name not in OPTIONS or name == "config":
+            raise SettingsError(f"config file {path}: unknown key {key!r}{_did_you_mean(name)}")
+        values[name] = value
+    return values
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, [n for n in OPTIONS if n != "config"], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def environment_values(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, tuple[Any, str]]:
+    """``{name: (value, "KVMWORKER_NAME")}`` for the given settings that the environment sets; the new
+    variable wins over its old spelling. Lists: a JSON array or comma-separated words."""
+    environ = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    old_of = {new: old for old, new in OLD_NAMES.items()}
+    found = {}
+    for name in names:
+        for variable in (variable_of(name), *((variable_of(old_of[name]),) if name in old_of else ())):
+            if variable in environ:
+                found[name] = (_from_text(name, environ[variable], variable), variable)
+                break
+    return found
+
+
+def _from_text(name: str, text: str, variable: str) -> Any:
+    if OPTIONS[name].kind != "list":
+        return text
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: not a JSON array ({exc})") from None
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
+def load_settings(given: Mapping[str, Any], used: Iterable[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """The command line's settings: ``given`` (flags) over the environment over the config file over defaults,
+    reading and validating only the settings in ``used`` (and ``given``). Raises SettingsError."""
+    used = {*used, *given, "log_level", "log_json"}
+    env = environment_values([*used, "config"], environ)
+    config = given.get("config") or (env["config"][0] if "config" in env else None)
+    values: dict[str, tuple[Any, str]] = {}
+    if config:
+        path = Path(config)
+        values.update({k: (v, f"{k} in {path}") for k, v in load_config_file(path).items() if k in used})
+    values.update({k: v for k, v in env.items() if k in used})
+    values.update({k: (v, flag_of(k)) for k, v in given.items()})
+    try:
+        return _Given(**{k: v for k, (v, _) in values.items()})
+    except ValidationError as exc:
+        raise SettingsError(_first_problem(exc, {k: where for k, (_, where) in values.items()})) from None
+
+
+def _first_problem(exc: ValidationError, where: Mapping[str, str]) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    source = where.get(name, name)
+    value = error.get("input")
+    if source.startswith(ENV_PREFIX):
+        return f"{source}={value}: {error['msg']}"
+    if source.startswith("--"):
+        return f"{source} {value}: {error['msg']}"
+    return f"{source} = {value!r}: {error['msg']}"

@@ -32,9 +32,22 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PYTHON" -m venv .venv
 fi
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e ".${extras}" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import kvmworker, libvirt, pyroute2, kombu" || { echo "[setup] the venv is broken"; exit 1; }
+
+# The locked versions (scripts/lock.sh writes the locks from pyproject.toml), then the project itself, editable.
+# pip runs only when pyproject.toml or the lock changed since the last install into this venv: the stamp holds
+# the fingerprint of each lock the venv satisfies (the test lock holds the runtime lock's versions, so both).
+lock=requirements.lock
+[ "${1:-}" = "--test" ] && lock=requirements-test.lock
+stamp=.venv/.kvmworker-installed
+# pip's status counts; only its complaint about a find-links folder this machine may lack is dropped
+pip_quiet() { .venv/bin/pip -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+fingerprint() { cat pyproject.toml "$1" | sha256sum | cut -d' ' -f1; }
+if ! grep -qx "$(fingerprint "$lock")" "$stamp" 2>/dev/null; then
+  echo "[setup] installing $lock into .venv"
+  pip_quiet install --require-hashes -r "$lock"
+  pip_quiet install --no-deps -e .
+  fingerprint "$lock" > "$stamp"
+  if [ "$lock" = requirements-test.lock ]; then fingerprint requirements.lock >> "$stamp"; fi
+fi
+.venv/bin/python -c "import kvmworker, libvirt, pyroute2, kombu" || { rm -f "$stamp"; echo "[setup] the venv is broken"; exit 1; }
 echo "[setup] ready: .venv/bin/kvmworker"

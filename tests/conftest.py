@@ -44,11 +44,24 @@ def require_broker(name: str, url: str) -> str:
     return url
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a kernel without 8021q, ``scripts/test.sh`` runs the VLAN tests in a guest afterwards
+    (KVT_GUEST_STAGE=later): here they are deselected rather than skipped, and that stage must pass."""
+    if os.environ.get("KVT_GUEST_STAGE") != "later":
+        return
+    moved = [item for item in items if item.get_closest_marker("needs_8021q")]
+    if moved:
+        config.hook.pytest_deselected(items=moved)
+        items[:] = [item for item in items if not item.get_closest_marker("needs_8021q")]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_test_queues_at_the_end() -> Iterator[None]:
     """Clients declare a durable queue for every host they call, workers or not: tests name their hosts
     ``kvt…``, and what the session left on the shared RabbitMQ and Redis goes when it ends."""
     yield
+    if os.environ.get("KVT_IN_GUEST"):
+        return  # no broker runs in the guest; its tests delete the queues they made on the host's
     rabbitmq_queues = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60, check=False
     ).stdout.split()

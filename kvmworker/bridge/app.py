@@ -32,6 +32,7 @@ from kvmworker.bridge.users import UsersFile
 from kvmworker.client import Client
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.replies import reply_for_exception
+from kvmworker.observability.health import health_answer
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.errors import UnknownCommand
@@ -124,13 +125,13 @@ class Bridge:
     # -- probes, metrics, schema -------------------------------------------------
 
     async def healthz(self, request: HttpRequest) -> Response:
-        return JSONResponse({"status": "ok"})
+        status, body = health_answer(None)
+        return JSONResponse(body, status_code=status)
 
     async def readyz(self, request: HttpRequest) -> Response:
         problem = await asyncio.get_running_loop().run_in_executor(None, self._probe.problem)
-        if problem:
-            return JSONResponse({"status": "unready", "detail": problem}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        status, body = health_answer(problem)
+        return JSONResponse(body, status_code=status)
 
     async def metrics(self, request: HttpRequest) -> Response:
         body, content_type = self._metrics.render()
@@ -170,7 +171,7 @@ def create_app(
         settings.max_body,
         auth,
         BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
-        BrokerProbe(settings.broker_url),
+        BrokerProbe(settings.broker),
         build_openapi(commands),
         frozenset(settings.allowed_hosts) if settings.allowed_hosts is not None else None,
     )

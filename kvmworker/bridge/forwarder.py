@@ -8,11 +8,14 @@ away) can block, so it runs on a small thread pool of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from kvmworker.client import Client, PendingCall, unknown_outcome
 from kvmworker.protocol.envelope import Envelope, Reply
+
+log = logging.getLogger("kvmworker.bridge")
 
 
 class Forwarder:
@@ -31,12 +34,16 @@ class Forwarder:
         submit = partial(self._client.submit, host, envelope, timeout=timeout)
         try:
             pending = await asyncio.wait_for(loop.run_in_executor(self._pool, submit), timeout)
-            return await self._await_reply(pending, deadline - loop.time(), timeout, host)
+            reply = await self._await_reply(pending, deadline - loop.time())
+            if reply is not None:
+                return reply
+            detail = f"no reply from host {host!r} within {timeout:g} s"
         except TimeoutError:
             detail = f"the command was not published within {timeout:g} s; it may still reach the worker"
-            return unknown_outcome(str(envelope.msg_id), detail)
+        return timed_out(host, envelope, detail)
 
-    async def _await_reply(self, pending: PendingCall, remaining: float, timeout: float, host: str) -> Reply:
+    async def _await_reply(self, pending: PendingCall, remaining: float) -> Reply | None:
+        """The worker's reply, or None once ``remaining`` seconds have passed without one."""
         # asyncio.wait, not wait_for: a timeout must not cancel the client's future, which its
         # consumer thread may be resolving at this very moment
         waiter = asyncio.wrap_future(pending.future)
@@ -44,7 +51,17 @@ class Forwarder:
         if done:
             return waiter.result()
         self._client.forget(pending.correlation_id)
-        return unknown_outcome(pending.msg_id, f"no reply from host {host!r} within {timeout:g} s")
+        return None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def timed_out(host: str, envelope: Envelope, detail: str) -> Reply:
+    """-1 to the caller, and a warning for the operator: the one outcome the worker's own log cannot show."""
+    msg_id = str(envelope.msg_id)
+    fields = {"msg_id": msg_id, "host": host, "handler": envelope.handler, "command": envelope.command}
+    fields |= {"code": -1, "detail": detail}
+    name = f"{envelope.handler}.{envelope.command}"
+    log.warning("[%s] %s for host %s → -1: %s", msg_id, name, host, detail, extra=fields)
+    return unknown_outcome(msg_id, detail)

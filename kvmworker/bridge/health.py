@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from kvmworker.protocol.urls import mask_url
 from kvmworker.transport.connection import open_connection
 
 CONNECT_TIMEOUT_S = 2.0
@@ -33,7 +34,7 @@ class BrokerProbe:
         except (
             Exception
         ) as exc:  # kombu re-raises as OperationalError, outside connection_errors: any failure is "not ready"
-            return f"broker {conn.as_uri()} unreachable: {type(exc).__name__}: {exc}"
+            return mask_url(f"broker {conn.as_uri()} unreachable: {type(exc).__name__}: {exc}")
         finally:
             conn.release()
         return None

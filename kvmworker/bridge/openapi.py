@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from kvmworker import __version__
+from kvmworker.observability.health import HEALTH_SCHEMA
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope
 
@@ -137,12 +138,9 @@ def _post_operation() -> dict[str, Any]:
 
 
 def _probe_operation(name: str, summary: str, *failure: int) -> dict[str, Any]:
-    status = {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string"}, "detail": {"type": "string"}},
-    }
-    content = {"application/json": {"schema": status}}
+    content = {"application/json": {"schema": HEALTH_SCHEMA}}
     responses = {"200": {"description": "ok", "content": content}}
-    responses.update({str(code): {"description": "not ready", "content": content} for code in failure})
+    responses.update(
+        {str(code): {"description": "unavailable, with the reason", "content": content} for code in failure}
+    )
     return {"operationId": name, "summary": summary, "responses": responses}

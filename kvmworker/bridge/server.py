@@ -15,7 +15,12 @@ STARTUP_TIMEOUT_S = 10.0
 class BridgeServer:
     def __init__(self, app: Starlette, bind: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.socket = bind_socket(bind, port)
-        config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=5)
+        # log_config=None: uvicorn's lines go through the process's own logging (setup_logging), so they are
+        # JSON with --log-json and masked like every other line; its access log only at DEBUG
+        level = log_level.lower()
+        config = uvicorn.Config(
+            app, log_level=level, log_config=None, access_log=level == "debug", timeout_graceful_shutdown=5
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

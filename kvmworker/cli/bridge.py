@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
-from kvmworker.bridge.app import create_app
-from kvmworker.bridge.server import BridgeServer
-from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
-from kvmworker.client import Client
-from kvmworker.trust.signing import load_signer
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.bridge")
 
@@ -35,11 +33,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvmworker.bridge.app import create_app
+    from kvmworker.client import Client
+    from kvmworker.trust.signing import load_signer
+
     settings = settings_from(args)
     setup_logging(settings)
-    with Client(settings.broker_url, signer=load_signer(settings)) as client:
-        server = BridgeServer(create_app(settings, client), settings.bind, settings.port, settings.log_level)
-        log.info("bridge on %s over %s; default host %s", server.url, settings.broker_url, settings.host_for_bridge)
+    check_port_free(settings.bind, settings.port)
+    with Client(settings.broker, signer=load_signer(settings)) as client:
+        server = http_server(create_app(settings, client), settings)
+        log.info(
+            "bridge on %s over %s; default host %s", server.url, mask_url(settings.broker), settings.host_for_bridge
+        )
         print(f"kvmworker bridge listening on {server.url}", flush=True)
         server.run()
     return 0
+
+
+def check_port_free(bind: str, port: int) -> None:
+    """Before anything else starts: a port in use is a one-line error (exit 71), not a traceback."""
+    if port == 0:
+        return
+    import socket
+
+    from kvmworker.bridge.server import bind_socket
+
+    sock: socket.socket | None = None
+    try:
+        sock = bind_socket(bind, port)
+    except OSError as exc:
+        raise port_error(bind, port, exc) from None
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def http_server(app: Any, settings: Any) -> Any:
+    """The BridgeServer (which binds its socket at once), or the one-line error if it cannot."""
+    from kvmworker.bridge.server import BridgeServer
+
+    try:
+        return BridgeServer(app, settings.bind, settings.port, settings.log_level)
+    except OSError as exc:
+        raise port_error(settings.bind, settings.port, exc) from None
+
+
+def port_error(bind: str, port: int, exc: OSError) -> CliError:
+    return CliError(f"cannot listen on {bind}:{port}: {exc.strerror or exc} (see --port, --bind)", EXIT_OS)

@@ -9,23 +9,14 @@ kvmworker keys public                                     # on a worker: its rep
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from kvmworker.cli.common import add_settings_flags, print_json, settings_from
-from kvmworker.trust.keys import (
-    REPLY_KEYS_NAME,
-    KeyFileError,
-    add_key,
-    generate_key_file,
-    load_private_keys,
-    new_key_id,
-)
+from kvmworker.cli.common import EXIT_USAGE, CliError, add_settings_flags, print_json, settings_from
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("keys", help="make signing key files and show their public keys")
-    sub = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    parser = subparsers.add_parser("keys", help="make Ed25519 key files (0600) and print their public keys")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     gen = sub.add_parser("generate", help="a new private key file (0600), or --add a key to one; prints its public key")
     gen.add_argument("file", metavar="FILE", help="the private key file to create (JSON, or TOML by its suffix)")
@@ -43,29 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from kvmworker.trust.keys import add_key, generate_key_file, new_key_id
+
     key_id = args.key_id or new_key_id("key")
+    path = Path(args.file)
     try:
-        if args.add:
-            keys = add_key(Path(args.file), key_id, activate=args.activate)
-        else:
-            keys = generate_key_file(Path(args.file), key_id)
+        keys = add_key(path, key_id, activate=args.activate) if args.add else generate_key_file(path, key_id)
     except FileExistsError:
-        print(f"kvmworker keys generate: {args.file} exists (--add adds a key to it)", file=sys.stderr)
-        return 1
-    except KeyFileError as exc:
-        print(f"kvmworker keys generate: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(f"keys generate: {path} exists (--add adds a key to it)", EXIT_USAGE) from None
     print_json({key_id: keys.public()[key_id]})
     return 0
 
 
 def run_public(args: argparse.Namespace) -> int:
+    from kvmworker.trust.keys import REPLY_KEYS_NAME, load_private_keys
+
     settings = settings_from(args)
-    path = settings.keys_file or settings.state_dir / REPLY_KEYS_NAME
-    try:
-        public = load_private_keys(path).public()
-    except KeyFileError as exc:
-        print(f"kvmworker keys public: {exc}", file=sys.stderr)
-        return 1
+    public = load_private_keys(settings.keys_file or settings.state_dir / REPLY_KEYS_NAME).public()
     print_json({"orchestrator": public} if args.orchestrator else {"hosts": {settings.host: public}})
     return 0

@@ -16,11 +16,9 @@ from typing import Any, TextIO
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.journal import find_entry
-from kvmworker.client import Client
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.replay import ABSENT, NotReplayable, Replayer, ReplayResult
 from kvmworker.journal.store import JournalStore, journal_path
-from kvmworker.trust.signing import load_signer
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}
 
@@ -32,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", dest="target_host", help="send to this host (default: the host that recorded it)")
     parser.add_argument("--dry-run", action="store_true", help="show each handler's plan; change nothing")
     parser.add_argument("--yes", action="store_true", help="do not ask before executing")
-    add_settings_flags(parser, "state-dir", "broker", "timeout", "keys-file", "trusted-keys-file")
+    add_settings_flags(parser, "state-dir", "broker", "url", "token", "timeout", "keys-file", "trusted-keys-file")
     parser.set_defaults(run=run)
 
 
@@ -51,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print("nothing sent", file=sys.stderr)
         return 1
     progress = ProgressBar(len(entries), sys.stderr, enabled=bool(args.file) and sys.stderr.isatty())
-    with Client(settings.broker_url, signer=load_signer(settings)) as client:
+    from kvmworker.cli.call import caller_for
+
+    with caller_for(settings, "replay") as client:
         outcomes = replay_all(Replayer(client, timeout=settings.timeout), entries, args, progress)
     return 0 if outcomes and all(outcomes) else 1
 

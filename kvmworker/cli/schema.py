@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kvmworker.app import build_registry
-from kvmworker.schema import write_schemas
-from kvmworker.settings import Settings
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("schema", help="write the JSON schemas of the envelope, reply and every command")
@@ -17,6 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in write_schemas(build_registry(Settings(host="schema")), args.out):
-        print(path)
+    from kvmworker.app import build_registry
+    from kvmworker.schema import write_schemas
+    from kvmworker.settings import load_settings
+
+    # the schemas depend on the code alone: no variable or config file of this machine is read
+    for path in write_schemas(build_registry(load_settings({"host": "schema"}, (), environ={})), args.out):
+        print(path, flush=True)
     return 0

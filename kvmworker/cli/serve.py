@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
-from kvmworker.bridge.app import create_app
-from kvmworker.bridge.server import BridgeServer
-from kvmworker.cli.bridge import BRIDGE_FLAGS
-from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
+from kvmworker.cli.bridge import BRIDGE_FLAGS, check_port_free, http_server
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
-from kvmworker.client import Client
-from kvmworker.runtime import start_worker
-from kvmworker.settings import Settings
-from kvmworker.trust.signing import load_signer
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.serve")
 
@@ -31,28 +27,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvmworker.bridge.app import create_app
+    from kvmworker.client import Client
+    from kvmworker.observability.attach import libvirt_problem
+    from kvmworker.runtime import start_worker
+    from kvmworker.trust.signing import load_signer
+
     settings = embedded(settings_from(args))
     setup_logging(settings)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    running = start_worker(settings)
+    check_port_free(settings.bind, settings.port)
     try:
-        with Client(settings.broker_url, signer=load_signer(settings)) as client:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
+    running = start_worker(settings)
+    libvirt = libvirt_problem(running.dispatcher)
+    if libvirt:
+        log.warning("%s", libvirt)
+    try:
+        with Client(settings.broker, signer=load_signer(settings)) as client:
             app = create_app(settings, client, registry=running.dispatcher.registry)
-            server = BridgeServer(app, settings.bind, settings.port, settings.log_level)
-            print(banner(server.url, settings), flush=True)
+            server = http_server(app, settings)
+            print(banner(server.url, settings, libvirt), flush=True)
             server.run()
     finally:
         running.stop(STOP_TIMEOUT_S)
     return 0
 
 
-def embedded(settings: Settings) -> Settings:
+def embedded(settings: Any) -> Any:
     """The bridge's default host is this worker, so that a POST without any header reaches it."""
     return settings.model_copy(update={"default_host": settings.default_host or settings.host})
 
 
-def banner(url: str, settings: Settings) -> str:
-    return (
-        f"kvmworker serve: worker for host {settings.host!r} on {settings.broker_url}, bridge on {url}\n"
-        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'"
-    )
+def banner(url: str, settings: Any, libvirt_problem: str | None = None) -> str:
+    lines = [
+        f"kvmworker serve: worker for host {settings.host!r} on {mask_url(settings.broker)}, bridge on {url}",
+        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'",
+        f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping",
+    ]
+    if libvirt_problem:
+        lines.append(f"warning: {libvirt_problem}")
+    return "\n".join(lines)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from typing import TYPE_CHECKING
 
-from kvmworker.bridge.users import UsersFile
-from kvmworker.cli.common import add_settings_flags, settings_from
+from kvmworker.cli.common import EXIT_USAGE, CliError, add_settings_flags, settings_from
+
+if TYPE_CHECKING:
+    from kvmworker.bridge.users import UsersFile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,16 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvmworker.bridge.users import UsersFile
+
     settings = settings_from(args)
-    if settings.users_file is None:
-        print("kvmworker users: --users FILE (or KVMWORKER_USERS_FILE) is required", file=sys.stderr)
-        return 2
-    users = UsersFile(settings.users_file)
+    if settings.users is None:
+        raise CliError("users: --users FILE (or KVMWORKER_USERS, or users = in the config file) is required")
+    users = UsersFile(settings.users)
     try:
         return ACTIONS[args.action](users, args)
     except ValueError as exc:
-        print(f"kvmworker users: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"users: {exc}", EXIT_USAGE) from None
 
 
 def _add(users: UsersFile, args: argparse.Namespace) -> int:
@@ -49,7 +52,7 @@ def _add(users: UsersFile, args: argparse.Namespace) -> int:
 
 def _remove(users: UsersFile, args: argparse.Namespace) -> int:
     if not users.remove(args.username):
-        print(f"kvmworker users: no user {args.username!r} in {users.path}", file=sys.stderr)
+        print(f"kvmworker: error: users: no user {args.username!r} in {users.path}", file=sys.stderr)
         return 1
     print(f"user {args.username} removed from {users.path}")
     return 0

@@ -7,7 +7,7 @@ import logging
 import signal
 
 from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
-from kvmworker.runtime import build_worker, close_handlers
+from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker")
 
@@ -41,12 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvmworker.runtime import build_worker, close_handlers
+
     settings = settings_from(args)
     setup_logging(settings)
     worker, dispatcher = build_worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    log.info("worker for host %s on %s", settings.host, settings.broker_url)
+    log.info("worker for host %s on %s", settings.host, mask_url(settings.broker))
     worker.run()
     close_handlers(dispatcher)
     return 0

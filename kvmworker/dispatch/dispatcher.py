@@ -22,6 +22,9 @@ from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.errors import InvalidRequest
 
 log = logging.getLogger("kvmworker.dispatch")
+# Every reply is logged once when it is sent (CommandLogMiddleware, at WARNING when it is an error, with
+# its detail): a refusal logged here as well would be said twice.
+EXPECTED_LEVEL = logging.DEBUG
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,13 @@ class Dispatcher:
             bound = self.registry.lookup(envelope.handler, envelope.command)
         except Exception as exc:
             request.assign_msg_id()
-            return reply_for_exception(exc, context=_label(request))
+            return reply_for_exception(exc, context=_label(request), expected_level=EXPECTED_LEVEL)
         try:
             data = bound.spec.model.model_validate(envelope.data)
         except Exception as exc:
-            return reply_for_exception(exc, invalid_code=bound.invalid_code, context=_label(request))
+            return reply_for_exception(
+                exc, invalid_code=bound.invalid_code, context=_label(request), expected_level=EXPECTED_LEVEL
+            )
         resource = bound.spec.resource(data) if bound.spec.resource else None
         request.inline = bound.spec.inline
         request.read_only = not bound.spec.mutates
@@ -78,7 +83,9 @@ class Dispatcher:
                 return answer
             result = admitted.command.call(admitted.data, self.context(request))
         except Exception as exc:
-            return reply_for_exception(exc, invalid_code=admitted.command.invalid_code, context=_label(request))
+            return reply_for_exception(
+                exc, invalid_code=admitted.command.invalid_code, context=_label(request), expected_level=EXPECTED_LEVEL
+            )
         return result if isinstance(result, Reply) else Reply.ok(_plain(result))
 
     def handle(self, request: Request) -> Reply:

@@ -14,12 +14,22 @@ from kvmworker.protocol.types import code_of_error_type
 log = logging.getLogger("kvmworker.dispatch")
 
 
-def reply_for_exception(exc: BaseException, *, invalid_code: Code = Code.INVALID_REQUEST, context: str = "") -> Reply:
-    """Expected errors are logged at WARNING without a traceback; anything else is 99999 with one."""
+def reply_for_exception(
+    exc: BaseException,
+    *,
+    invalid_code: Code = Code.INVALID_REQUEST,
+    context: str = "",
+    expected_level: int = logging.WARNING,
+) -> Reply:
+    """Expected errors are logged at ``expected_level`` without a traceback; anything else is 99999 with one.
+
+    A caller whose every reply is logged anyway (the worker's command line) passes DEBUG, so that one
+    refusal is one warning.
+    """
     if isinstance(exc, ValidationError):
         exc = invalid_data_error(exc, invalid_code)
     if isinstance(exc, KvmError):
-        log.warning("%s%s → %d: %s", context, type(exc).__name__, exc.code, exc.detail)
+        log.log(expected_level, "%s%s → %d: %s", context, type(exc).__name__, exc.code, exc.detail)
         return Reply.from_error(exc)
     log.exception("%sunexpected error", context, exc_info=exc)
     return Reply.error(Code.INTERNAL_ERROR, f"unexpected {type(exc).__name__} inside the worker; see its log")

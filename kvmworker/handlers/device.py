@@ -113,10 +113,14 @@ class DeviceHandler:
         for name in filter(None, (data.name, data.peer)):
             if nl.link(name) is not None:
                 raise InvalidParameter(f"a device named {name} already exists", field="name")
+        state = "up"
         if data.link is not None:
-            devices.check_usable_parent(devices.existing(nl.link(data.link), data.link), self._plane.physical)
+            parent = devices.existing(nl.link(data.link), data.link)
+            devices.check_usable_parent(parent, self._plane.physical)
+            if data.type == "vlan" and not parent.up:
+                state = "down"  # the kernel refuses a VLAN up on a lower device that is down (ENETDOWN)
         fields = data.model_dump(include={"mtu", "mac", "link", "vlan_id", "vni", "peer"})
-        step = AddLink(data.name, data.type, device_tag(), **fields)
+        step = AddLink(data.name, data.type, device_tag(), state=state, **fields)
         return self._run([step], data, ctx, lambda: self._show(data.name, data.namespace))
 
     @command(DeviceRef, resource=_key)
@@ -134,14 +138,14 @@ class DeviceHandler:
         link = devices.existing(nl.link(data.name), data.name)
         if changes.keys() == {"master"} and self._plane.physical.permits(link):
             self._check_free_interface(link.name, data.namespace)
+            if data.master is not None:
+                self._plane.physical.check_uplink(link.name, nl, field="name")
         else:
             devices.check_worker_device(link)
-        if data.master is not None:
-            master = devices.existing(nl.link(data.master), data.master)
-            if master.kind != "bridge":
-                raise InvalidParameter(f"{data.master} is not a bridge", field="master")
-        if data.netns is not None and not namespace_exists(data.netns):
-            raise NamespaceNotFound(f"network namespace {data.netns!r} does not exist", field="netns")
+        if "master" in changes:
+            devices.check_master_change(link, data.master, nl)
+        if data.netns is not None:
+            self._check_target_namespace(data.netns)
         if "alias" in changes:
             changes["alias"] = device_tag(data.alias)
         step = SetLink(link.name, **changes)
@@ -188,6 +192,16 @@ class DeviceHandler:
     def _addressable(self, data: AddressChange) -> None:
         link = devices.existing(self._plane.pool.get(data.namespace).link(data.name), data.name)
         devices.check_addressable(link)
+
+    def _check_target_namespace(self, name: str) -> None:
+        """Devices go only into namespaces this worker made (or its own), never into a container's or another
+        tenant's namespace that merely has a name in /run/netns."""
+        if not namespace_exists(name):
+            raise NamespaceNotFound(f"network namespace {name!r} does not exist", field="netns")
+        if name != self._plane.pool.default and name not in self._plane.store.namespaces():
+            raise OperationNotAllowed(
+                f"namespace {name} was not created by this worker; devices are moved only into its own", field="netns"
+            )
 
     def _check_free_interface(self, name: str, namespace: str | None) -> None:
         if namespace not in (None, self._plane.pool.default):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.handlers.naming import is_owned
 from kvmworker.netplane.ownership import PhysicalInterfaces, is_worker_device, network_of, user_alias
 from kvmworker.netplane.reader import Link
-from kvmworker.protocol.errors import DeviceNotFound, OperationNotAllowed
+from kvmworker.protocol.errors import DeviceNotFound, InvalidParameter, OperationNotAllowed
+
+if TYPE_CHECKING:
+    from kvmworker.netplane.netlink import Netlink
 
 KIND_NAMES = {"tun": "tap", None: "physical"}
 
@@ -74,3 +77,21 @@ def check_usable_parent(link: Link, physical: PhysicalInterfaces, field: str = "
         raise OperationNotAllowed(
             f"{link.name} is neither a device of this worker nor an allowed physical interface", field=field
         )
+
+
+def check_master_change(link: Link, master: str | None, nl: Netlink) -> None:
+    """A device is enslaved only onto, and released only from, a bridge this worker owns (a network's or its
+    own): a host NIC is never pulled off a bridge the host set up, nor a worker veth plugged into one."""
+    if link.master:
+        current = nl.link_at(link.master)
+        if current is not None and not is_owned(current.alias):
+            raise OperationNotAllowed(
+                f"{link.name} is a port of {current.name}, which this worker did not create", field="master"
+            )
+    if master is None:
+        return
+    bridge = existing(nl.link(master), master)
+    if bridge.kind != "bridge":
+        raise InvalidParameter(f"{master} is not a bridge", field="master")
+    if not is_owned(bridge.alias):
+        raise OperationNotAllowed(f"bridge {master} was not created by this worker", field="master")

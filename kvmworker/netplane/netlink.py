@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
@@ -37,6 +38,10 @@ from kvmworker.protocol.errors import (
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 11, 12
 NETNS_RUN_DIR = "/run/netns"
+RT_TABLE_MAIN = 254
+NETNS_HELPER_TIMEOUT = 30.0
+"""Seconds pyroute2's helper process may take to open a socket in a namespace (its default, 2 s, is exceeded on a
+busy host or under emulation, and then the namespace cannot be used at all)."""
 
 
 class Netlink:
@@ -103,6 +108,15 @@ class Netlink:
         with self._kernel("listing addresses"):
             return self._reader.addresses(index)
 
+    def host_traffic(self, index: int) -> list[str]:
+        """What the host sends through one device: its addresses and the routes of the main table through it.
+        Link-local IPv6 is left out: every interface that is up has it, whatever it carries."""
+        with self._kernel("listing addresses and routes"):
+            carried = [a.cidr for a in self._reader.addresses(index)]
+            routes = self._ipr.route("dump", table=RT_TABLE_MAIN, oif=index)
+            carried += [_route_text(route) for route in routes if route.get("oif") == index]
+        return [item for item in carried if not _link_local(item)]
+
     def add_address(self, index: int, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
         with self._kernel(f"adding {cidr}"):
@@ -125,6 +139,19 @@ class Netlink:
                 yield
             except NetlinkError as exc:
                 raise kernel_error(exc, what) from exc
+
+
+def _route_text(route: Any) -> str:
+    dst = route.get("dst")
+    return f"route {dst}/{route['dst_len']}" if dst else "default route"
+
+
+def _link_local(item: str) -> bool:
+    text = item.removeprefix("route ")
+    try:
+        return ipaddress.ip_interface(text).is_link_local
+    except ValueError:
+        return False
 
 
 _LINK_COMMANDS = {"add": (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL), "set": (RTM_NEWLINK, 0), "del": (RTM_DELLINK, 0)}
@@ -168,6 +195,9 @@ def open_netlink(namespace: str | None) -> Netlink:
     """Open the sockets of a namespace (None: the worker's own). A named namespace must exist."""
     if namespace is not None and not namespace_exists(namespace):
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace")
+    if namespace is not None:
+        timeout = max(pyroute2_config.default_communicate_timeout, NETNS_HELPER_TIMEOUT)
+        pyroute2_config.default_communicate_timeout = timeout
     try:
         ipr = IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
         try:

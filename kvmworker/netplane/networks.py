@@ -85,7 +85,7 @@ def check_same_parameters(known: Network, asked: Network) -> None:
 def plan_network(network: Network, nl: Netlink, physical: PhysicalInterfaces) -> list[Step]:
     """The steps from what the kernel has now to what ``network`` needs: everything for a new network,
     nothing for a healthy one, the missing pieces after a reboot or a deletion behind our back."""
-    phys = physical.check(network.physical_interface, nl.link(network.physical_interface))
+    phys = physical.check_uplink(network.physical_interface, nl)
     if network.mtu is not None and network.mtu > phys.mtu:
         raise InvalidParameter(f"mtu {network.mtu} is larger than {phys.name}'s MTU {phys.mtu}", field="mtu")
     tag = network_alias(network.network_id)

@@ -7,9 +7,14 @@ through DeviceHandler.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvmworker.handlers.naming import device_alias, is_owned, network_alias
 from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound, OperationNotAllowed
+
+if TYPE_CHECKING:
+    from kvmworker.netplane.netlink import Netlink
 
 _NETWORK_TAG = network_alias("")
 
@@ -37,26 +42,32 @@ def is_worker_device(link: Link) -> bool:
     return alias == device_alias() or alias.startswith(device_alias() + ":")
 
 
-def is_virtual(link: Link) -> bool:
-    """Physical NICs have no rtnl link kind; everything made through netlink has one."""
-    return link.kind is not None or link.loopback
+UPLINK_KINDS = frozenset({None, "bond", "team"})
+"""Physical NICs have no rtnl link kind; the host's own aggregates of them (bonds, teams) carry networks too."""
+
+
+def is_virtual(link: Link, uplink_kinds: frozenset[str | None] = UPLINK_KINDS) -> bool:
+    """Anything made through netlink that is not an aggregate of NICs: veth, tap, bridge, vlan, vxlan, ..."""
+    return link.kind not in uplink_kinds or link.loopback
 
 
 class PhysicalInterfaces:
     """Which interfaces networks (and enslaving through DeviceHandler) may use.
 
-    ``allowed`` from configuration; when None, any existing interface that is not virtual.
+    ``allowed`` from configuration; when None, any existing NIC, bond or team that does not carry the
+    host's own traffic (an address or a route: the management interface is never taken by default).
     """
 
-    def __init__(self, allowed: list[str] | None = None):
+    def __init__(self, allowed: list[str] | None = None, uplink_kinds: frozenset[str | None] = UPLINK_KINDS):
         self.allowed = None if allowed is None else frozenset(allowed)
+        self.uplink_kinds = uplink_kinds
 
     def permits(self, link: Link) -> bool:
         if is_owned(link.alias):
             return False
         if self.allowed is not None:
             return link.name in self.allowed
-        return not is_virtual(link)
+        return not is_virtual(link, self.uplink_kinds)
 
     def check(self, name: str, link: Link | None, field: str = "physical_interface") -> Link:
         """The interface, or the reason it cannot be used (30003 missing, 30004 not allowed)."""
@@ -69,10 +80,24 @@ class PhysicalInterfaces:
             raise DeviceNotFound(f"physical interface {name} does not exist", field=field)
         if is_owned(link.alias):
             raise OperationNotAllowed(f"{name} was created by this worker; it is not a physical interface", field=field)
-        if self.allowed is None and is_virtual(link):
+        if self.allowed is None and is_virtual(link, self.uplink_kinds):
             what = "the loopback" if link.loopback else f"a virtual ({link.kind}) interface"
             raise OperationNotAllowed(
                 f"{name} is {what}; only physical interfaces are used unless configured in physical_interfaces",
                 field=field,
             )
+        return link
+
+    def check_uplink(self, name: str, nl: Netlink, field: str = "physical_interface") -> Link:
+        """``check``, and by default refuse an interface the host itself talks through: enslaving it to a
+        bridge or stacking a network on it would cut the host off. A configured list is trusted as is."""
+        link = self.check(name, nl.link(name), field)
+        if self.allowed is None:
+            carried = nl.host_traffic(link.index)
+            if carried:
+                raise OperationNotAllowed(
+                    f"{name} carries the host's own traffic ({', '.join(carried[:3])}): it looks like the "
+                    "management interface; list it in physical_interfaces to use it anyway",
+                    field=field,
+                )
         return link

@@ -37,6 +37,26 @@ def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -
     return server
 
 
+def libvirt_problem(dispatcher: Dispatcher) -> str | None:
+    """At start: None when libvirt answers, else what is wrong and what to do, in words for the operator.
+
+    Opening the connection here also warms it for the first VM command (it is the worker's shared one).
+    """
+    probe = _feature_probe(dispatcher, "libvirt")
+    if probe is None:
+        return None
+    try:
+        probe()
+    except Exception as exc:
+        return (
+            f"libvirt is unreachable ({exc}): every VmHandler command answers 30009 until it is. "
+            "Networks, namespaces, devices and host inventory work meanwhile. To fix it on Debian: "
+            "apt-get install libvirt-daemon-system, then start libvirtd (systemctl start libvirtd, or libvirtd -d "
+            "without systemd); or point --libvirt-uri at a running libvirt."
+        )
+    return None
+
+
 def _stop_with(worker: Worker, server: HealthServer) -> None:
     worker.wait_stopped()
     server.stop()

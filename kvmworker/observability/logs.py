@@ -41,16 +41,28 @@ class CommandLogMiddleware(Middleware):
         _current.fields = None
         fields = command_fields(request) | {"code": reply.code, "duration_ms": round(duration * 1000, 3)}
         name = f"{fields['handler']}.{fields['command']}" if fields["handler"] else "(undecodable message)"
+        detail = _detail(reply)
+        if detail is not None:
+            fields["detail"] = detail
         log.log(
             logging.INFO if reply.code == 0 else logging.WARNING,
-            "[%s] %s → %d in %.1f ms%s",
+            "[%s] %s → %d in %.1f ms%s%s",
             request.msg_id,
             name,
             reply.code,
             fields["duration_ms"],
             " (redelivered)" if request.redelivered else "",
+            f": {detail}" if detail is not None else "",
             extra=fields,
         )
+
+
+def _detail(reply: Reply) -> str | None:
+    """Why a command failed, as its reply tells the caller (the one line about a refusal says it)."""
+    if reply.code == 0 or not isinstance(reply.data, dict):
+        return None
+    detail = reply.data.get("detail")
+    return str(detail)[:500] if detail is not None else None
 
 
 class CommandContextFilter(logging.Filter):

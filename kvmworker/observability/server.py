@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from kvmworker.observability.health import health_answer
+
 log = logging.getLogger("kvmworker.health")
 
 # (healthy?, the reason shown when it is not)
@@ -50,8 +52,8 @@ Response = tuple[int, str, bytes]
 
 def _check_response(check: Check) -> Response:
     ok, reason = check()
-    body = json.dumps({"status": "ok"} if ok else {"status": "unavailable", "reason": reason}).encode()
-    return (200 if ok else 503), "application/json", body
+    status, body = health_answer(None if ok else reason)
+    return status, "application/json", json.dumps(body).encode()
 
 
 def _handler_class(routes: dict[str, Callable[[], Response]]) -> type[BaseHTTPRequestHandler]:

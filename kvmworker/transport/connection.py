@@ -7,6 +7,7 @@ import logging
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from kvmworker.protocol.urls import mask_secrets
 from kvmworker.transport.names import host_queue
 
 HEARTBEAT_S = 30
@@ -56,7 +57,7 @@ def log_connection_loss(log: logging.Logger, conn: Connection, exc: BaseExceptio
         logging.WARNING if expected else logging.ERROR,
         "%s stopped (%s); reconnecting in %.1f s",
         what,
-        exc,
+        mask_secrets(str(exc)),  # kombu and redis quote the URL they failed on
         retry_in,
         exc_info=not expected,
     )

@@ -21,6 +21,7 @@ from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
 from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Request
+from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
 from kvmworker.transport.connection import log_connection_loss
@@ -48,6 +49,7 @@ class Worker:
         workers: int = 16,
         on_connected: Callable[[bool], None] | None = None,
         signer: Any = None,
+        notifier: Notifier | None = None,
     ):
         self._connection = connection
         self._publisher = publisher
@@ -62,6 +64,8 @@ class Worker:
         self.connected = threading.Event()
         self._on_connected = on_connected or (lambda up: None)
         self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
+        # systemd (Type=notify): READY once consuming, WATCHDOG while this thread goes round, STOPPING at stop()
+        self._notifier = notifier or Notifier.from_environment()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -69,21 +73,26 @@ class Worker:
         """Consume until ``stop()``; reconnect with backoff whenever the broker goes away."""
         backoff = 0.5
         while not self._stopping.is_set():
+            self._notifier.alive()  # reconnecting is progress too: a broker outage is no reason to restart
             try:
                 self._consume_once()
                 backoff = 0.5
             except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
                 self._set_connected(False)
                 log_connection_loss(log, self._connection, exc, "consumer", backoff)
+                self._notifier.status(f"not consuming: {type(exc).__name__}; reconnecting in {backoff:g} s")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
-        self._stopped.set()
+        # Said before the waiters are released: once wait_stopped() returns, the process may close its
+        # log handlers and exit, and a line logged after that is a "--- Logging error ---".
         log.info("worker stopped")
+        self._stopped.set()
 
     def stop(self) -> None:
         """Finish what is running; give back what has not started (SIGTERM)."""
         self._stopping.set()
+        self._notifier.stopping()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -97,6 +106,7 @@ class Worker:
             consumer.consume()
             self._set_connected(True)
             log.info("consuming %s on %s", self._queue.name, conn.as_uri())
+            self._notifier.ready(f"consuming {self._queue.name} on {conn.as_uri()}")
             while not self._stopping.is_set():
                 self._drain(conn)
             consumer.cancel()
@@ -107,6 +117,7 @@ class Worker:
             conn.drain_events(timeout=BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
         conn.heartbeat_check()
         self._settle()
+        self._notifier.alive()
 
     def _finish_in_flight(self, conn: Connection) -> None:
         while self._in_flight > 0:
@@ -155,7 +166,8 @@ class Worker:
 
     def publish_reply(self, request: Request, reply: Reply, body: bytes) -> None:
         if not request.reply_to:
-            log.warning("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
+            # INFO: the command's own line already says how it ended; the reply is in the journal
+            log.info("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
             return
         correlation_id = request.correlation_id or request.msg_id
         headers = {HEADER_MSG_ID: request.msg_id}

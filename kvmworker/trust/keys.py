@@ -34,7 +34,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kvmworker.trust import KeyFileError
+
 log = logging.getLogger("kvmworker.trust")
+__all__ = ["KeyFileError"]  # defined in kvmworker.trust (light enough for the CLI to catch)
 
 KEY_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 HOST_NAME = r"^[A-Za-z0-9_.-]{1,253}$"
@@ -42,10 +45,6 @@ KEY_BYTES = 32
 # A random 32-byte seed has about 30 distinct byte values; fewer than this is a made-up key (zeros, a pattern).
 MIN_DISTINCT_SEED_BYTES = 16
 REPLY_KEYS_NAME = "reply-keys.json"
-
-
-class KeyFileError(ValueError):
-    """A key file is missing, unreadable, unsafe or invalid: refuse to start (or to verify) rather than run open."""
 
 
 # -- the two files -------------------------------------------------------------

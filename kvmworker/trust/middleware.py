@@ -62,7 +62,7 @@ class TrustMiddleware(Middleware):
         self._next_open_warning = -math.inf
 
     def on_receive(self, request: Request) -> Reply | None:
-        self._warn_if_open()
+        self.warn_if_open()
         try:
             if self.signer is not None:
                 self._authenticate(request)
@@ -79,9 +79,10 @@ class TrustMiddleware(Middleware):
             return self._refuse(request, exc)
         return None
 
-    def _warn_if_open(self) -> None:
-        # Said with the first message and then hourly rather than at construction, so that it lands in the
-        # serving worker's log (and not in every CLI run that builds a dispatcher).
+    def warn_if_open(self) -> None:
+        # Said at the serving worker's start (announce_open) or with the first message, then hourly; not at
+        # construction, so that it lands in the serving worker's log and not in every CLI run that builds
+        # a dispatcher. Once per hour whoever says it first.
         now = self._clock()
         if self.signer is None and now >= self._next_open_warning:
             self._next_open_warning = now + OPEN_WARNING_EVERY_S
@@ -135,7 +136,8 @@ class TrustMiddleware(Middleware):
     def _refuse(self, request: Request, exc: KvmError) -> Reply:
         request.assign_msg_id()  # so that the journal files the refusal under the message's own msg_id
         to = f"answered to {request.reply_to}" if request.reply_to else "no reply (reply_to absent or not signed)"
-        log.warning("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
+        # INFO: the command's own line (kvmworker.commands) is the one warning, with the code and the detail
+        log.info("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
         return Reply.from_error(exc)
 
 
@@ -156,6 +158,15 @@ def _is_uuid(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def announce_open(chain: MiddlewareChain, host: str) -> None:
+    """At the worker's start: RUNNING OPEN now, and from the guard again in an hour (not with the first message)."""
+    guard = next((mw for mw in chain.middleware if isinstance(mw, TrustMiddleware)), None)
+    if guard is None:
+        warn_open(host)
+    else:
+        guard.warn_if_open()
 
 
 def reply_signer(chain: MiddlewareChain) -> WorkerKeys | None:

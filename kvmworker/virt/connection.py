@@ -16,6 +16,7 @@ from typing import Any
 import libvirt
 
 from kvmworker.protocol.errors import HypervisorUnavailable
+from kvmworker.protocol.urls import mask_secrets, mask_url
 from kvmworker.virt.events import LifecycleEvents
 
 log = logging.getLogger("kvmworker.virt")
@@ -86,14 +87,14 @@ class LibvirtConnection:
         except libvirt.libvirtError as exc:
             if not _alive(conn):
                 self._forget(conn)
-                raise HypervisorUnavailable(f"lost the connection to {self.uri}: {_message(exc)}") from None
+                raise HypervisorUnavailable(f"lost the connection to {mask_url(self.uri)}: {_message(exc)}") from None
             raise
 
     def version(self) -> dict[str, Any]:
         with self.session() as conn:
             return {
                 "available": True,
-                "uri": self.uri,
+                "uri": mask_url(self.uri),
                 "library": _dotted(libvirt.getVersion()),
                 "daemon": _dotted(conn.getLibVersion()),
                 "hypervisor": f"{conn.getType()} {_dotted(conn.getVersion())}",
@@ -111,11 +112,11 @@ class LibvirtConnection:
             conn.setKeepAlive(*self._keepalive)
         conn.registerCloseCallback(self._on_close, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.events.on_event, None)
-        log.info("connected to %s", self.uri)
+        log.info("connected to %s", mask_url(self.uri))
         return conn
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
-        log.warning("libvirt connection to %s closed (reason %d)", self.uri, reason)
+        log.warning("libvirt connection to %s closed (reason %d)", mask_url(self.uri), reason)
         self._forget(conn)
 
     def _forget(self, conn: libvirt.virConnect) -> None:
@@ -165,9 +166,9 @@ class _OpenAttempt:
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
-                raise HypervisorUnavailable(f"no answer from {self.uri} within {timeout:g} s")
+                raise HypervisorUnavailable(f"no answer from {mask_url(self.uri)} within {timeout:g} s")
         if self._error is not None:
-            raise HypervisorUnavailable(f"cannot connect to {self.uri}: {_message(self._error)}")
+            raise HypervisorUnavailable(f"cannot connect to {mask_url(self.uri)}: {_message(self._error)}")
         return self._conn
 
 
@@ -186,7 +187,7 @@ def _alive(conn: libvirt.virConnect) -> bool:
 
 
 def _message(exc: libvirt.libvirtError) -> str:
-    return exc.get_error_message() or str(exc)
+    return mask_secrets(exc.get_error_message() or str(exc))  # libvirt quotes the URI it failed on
 
 
 def _dotted(version: int) -> str:

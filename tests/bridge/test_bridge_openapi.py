@@ -47,7 +47,7 @@ def test_the_schema_has_a_branch_for_every_registered_command_and_for_login(brid
 
 def test_probes_and_metrics_answer(bridge):
     assert bridge.http.get(bridge.url + "/healthz").json() == {"status": "ok"}
-    assert bridge.http.get(bridge.url + "/readyz").json() == {"status": "ready"}
+    assert bridge.http.get(bridge.url + "/readyz").json() == {"status": "ok"}
     bridge.call("SystemHandler", "ping")
     bridge.call("NoSuch", "thing")
     metrics = bridge.http.get(bridge.url + "/metrics").text
@@ -65,7 +65,8 @@ def test_without_a_broker_readyz_is_503_and_a_post_is_minus_one_in_time(make_bri
         started = time.monotonic()
         reply = bridge.post({"handler": "SystemHandler", "command": "ping", "data": {}, "timeout": 0.5}).json()
         elapsed = time.monotonic() - started
-    assert response.status_code == 503 and response.json()["status"] == "unready"
+    assert response.status_code == 503 and response.json()["status"] == "unavailable"
+    assert response.json()["reason"].startswith("broker amqp://guest:**@127.0.0.1:1// unreachable")
     assert reply["code"] == -1 and reply["data"]["msg_id"]
     assert elapsed < 1.5
 

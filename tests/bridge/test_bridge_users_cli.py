@@ -37,5 +37,5 @@ def test_users_are_listed_and_removed(monkeypatch, tmp_path, capsys):
 
 def test_a_bad_username_or_an_empty_password_is_refused(monkeypatch, tmp_path):
     path = str(tmp_path / "users")
-    assert _run(monkeypatch, "users", "add", "a b", "--password-stdin", "--users", path, stdin="x\n") == 2
-    assert _run(monkeypatch, "users", "add", "alice", "--password-stdin", "--users", path, stdin="\n") == 2
+    assert _run(monkeypatch, "users", "add", "a b", "--password-stdin", "--users", path, stdin="x\n") == 64
+    assert _run(monkeypatch, "users", "add", "alice", "--password-stdin", "--users", path, stdin="\n") == 64

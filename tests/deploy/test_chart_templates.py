@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from kvmworker.options import OLD_NAMES
 from kvmworker.settings import ENV_PREFIX, Settings
 from tests.deploy.conftest import DOCKERFILE
 
@@ -74,9 +75,11 @@ def test_every_kvmworker_variable_the_chart_and_the_image_set_is_a_setting_the_p
     names = {m.group(1) for text in templates.values() for m in ENV_NAME.finditer(text)}
     names |= set(re.findall(r"\b(" + ENV_PREFIX + r"[A-Z0-9_]+)=", DOCKERFILE.read_text()))
     fields = {name.removeprefix(ENV_PREFIX).lower() for name in names}
-    expected = {"host", "broker_url", "state_dir", "health_port", "health_bind", "keys_file", "trusted_keys_file"}
-    assert expected | {"users_file", "allowed_hosts"} <= fields
-    assert sorted(fields - set(Settings.model_fields)) == []
+    # each name by its current spelling or an older one the program still reads (kvmworker.options.OLD_NAMES)
+    current = {OLD_NAMES.get(name, name) for name in fields}
+    expected = {"host", "broker", "state_dir", "health_port", "health_bind", "keys_file", "trusted_keys_file"}
+    assert expected | {"users", "allowed_hosts"} <= current
+    assert sorted(current - set(Settings.model_fields)) == []
 
 
 def test_every_template_block_is_closed(templates):

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvmworker.cli.common import JsonFormatter
 from kvmworker.observability.logs import CommandContextFilter, install_context_filter
+from kvmworker.observability.logsetup import JsonFormatter
 from tests.journal.conftest import new_id
 
 
@@ -46,15 +46,18 @@ def test_each_command_logs_one_line_with_msg_id_handler_command_code_and_duratio
     assert line["duration_ms"] >= 0
 
 
-def test_lines_logged_inside_a_command_carry_its_msg_id_and_the_failure_is_a_warning(wired, json_lines):
+def test_lines_logged_inside_a_command_carry_its_msg_id_and_the_failure_is_one_warning_with_its_detail(
+    wired, json_lines
+):
     msg_id = new_id()
     wired.send("EffectsHandler", "fail", {}, msg_id=msg_id)
     by_logger = {entry["logger"]: entry for entry in lines(json_lines)}
     assert by_logger["tests.effects"]["msg_id"] == msg_id
     assert by_logger["tests.effects"]["command"] == "fail"
-    assert by_logger["kvmworker.dispatch"]["msg_id"] == msg_id
-    assert by_logger["kvmworker.commands"]["level"] == "WARNING"
-    assert by_logger["kvmworker.commands"]["code"] == 30006
+    warnings = [entry for entry in lines(json_lines) if entry["level"] == "WARNING" and entry.get("msg_id") == msg_id]
+    assert [w["logger"] for w in warnings] == ["kvmworker.commands"]
+    assert (warnings[0]["code"], warnings[0]["detail"]) == (30006, "refused on purpose")
+    assert warnings[0]["message"].endswith(": refused on purpose")
 
 
 def test_the_context_filter_is_installed_once_per_log_handler():

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from kvmworker.handlers.naming import bridge_name, device_alias
+from tests.conftest import unique
 from tests.netplane.conftest import flat, ip, make_namespace
 
 pytestmark = pytest.mark.netlink
@@ -80,8 +81,9 @@ def test_an_allowed_physical_interface_may_be_enslaved_and_released_unless_a_net
     assert call("DeviceHandler", "set", {"name": "ens226", "master": "ens225"}).code == 30006  # not a bridge
 
 
-def test_a_worker_device_can_move_to_another_namespace_and_be_handled_there(call, kernel):
-    other = make_namespace(nics=())
+def test_a_worker_device_can_move_to_a_namespace_the_worker_made_and_be_handled_there(call, kernel):
+    other = unique("kvt-np-")
+    assert call("NamespaceHandler", "create", {"name": other}).code == 0
     try:
         call("DeviceHandler", "create", {"name": "kvtv0", "type": "veth", "peer": "kvtv1"})
         moved = call("DeviceHandler", "set", {"name": "kvtv1", "netns": other})
@@ -124,3 +126,28 @@ def test_dry_run_returns_the_operation_and_changes_nothing(call, kernel):
         "operations": [{"op": "link_add", "name": "kvtbr0", "kind": "bridge", "alias": device_alias(), "state": "up"}],
     }
     assert "kvtbr0" not in kernel.links()
+
+
+def test_a_worker_device_is_never_moved_into_a_namespace_the_worker_did_not_make(call, kernel):
+    foreign = make_namespace(nics=())  # e.g. a container's namespace with a name in /run/netns
+    try:
+        call("DeviceHandler", "create", {"name": "kvtv0", "type": "veth", "peer": "kvtv1"})
+        moved = call("DeviceHandler", "set", {"name": "kvtv1", "netns": foreign})
+        assert moved.code == 30004 and moved.data["field"] == "netns" and foreign in moved.data["detail"]
+        assert "kvtv1" in kernel.links() and "kvtv1" not in ip("-n", foreign, "-br", "link")
+    finally:
+        ip("netns", "del", foreign)
+
+
+def test_master_changes_only_onto_and_off_bridges_the_worker_made(call, kernel):
+    kernel.ip("link", "add", "kvthostbr", "type", "bridge")  # the host's own bridge, made behind the worker
+    kernel.ip("link", "set", "ens225", "master", "kvthostbr")
+    call("DeviceHandler", "create", {"name": "kvtv0", "type": "veth", "peer": "kvtv1"})
+    released = call("DeviceHandler", "set", {"name": "ens225", "master": None})
+    assert released.code == 30004 and "kvthostbr" in released.data["detail"]
+    assert kernel.link("ens225")["master"] == "kvthostbr"
+    plugged = call("DeviceHandler", "set", {"name": "kvtv0", "master": "kvthostbr"})
+    assert plugged.code == 30004 and plugged.data["field"] == "master"
+    assert "master" not in kernel.link("kvtv0")
+    taken = call("DeviceHandler", "set", {"name": "ens226", "master": "kvthostbr"})
+    assert taken.code == 30004 and "master" not in kernel.link("ens226")

@@ -201,7 +201,7 @@ def test_keys_generate_never_overwrites_and_add_rotates_without_losing_the_old_k
     assert kvmworker("keys", "generate", str(path), "--id", "o1", cwd=tmp_path).returncode == 0
     before = load_private_keys(path).public()
     again = kvmworker("keys", "generate", str(path), "--id", "o1", cwd=tmp_path)
-    assert again.returncode == 1 and "exists" in again.stderr
+    assert again.returncode == 64 and "exists" in again.stderr
     added = kvmworker("keys", "generate", str(path), "--id", "o2", "--add", "--activate", cwd=tmp_path)
     assert added.returncode == 0, added.stderr
     after = load_private_keys(path)
