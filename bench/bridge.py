@@ -81,7 +81,18 @@ def worker(host: str, broker: str, state_dir: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def bridge(host: str, broker: str) -> Iterator[str]:
-    argv = ["bridge", "--broker", broker, "--port", "0", "--default-host", host, "--log-level", "WARNING"]
+    argv = [
+        "bridge",
+        "--broker",
+        broker,
+        "--port",
+        "0",
+        "--default-host",
+        host,
+        "--log-level",
+        "WARNING",
+        "--insecure-open",
+    ]
     with process(argv, stdout=subprocess.PIPE) as proc:
         for line in proc.stdout:
             if found := re.search(r"(http://\S+)", line):

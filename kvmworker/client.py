@@ -47,7 +47,17 @@ class PendingCall:
 
 
 class Client:
-    def __init__(self, broker_url: str, *, confirms: bool = True, persistent: bool = True, signer: Any = None):
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        confirms: bool = True,
+        persistent: bool = True,
+        signer: Any = None,
+        declare_host_queues: bool = True,
+    ):
+        """``declare_host_queues=False`` (the bridge): never create a host's queue, only publish to it."""
+        self._declare_host_queues = declare_host_queues
         self._consumer_conn = open_connection(broker_url)
         self._publisher = Publisher(open_connection(broker_url, confirms=confirms))
         self._persistent = persistent
@@ -158,7 +168,7 @@ class Client:
 
     def _declare_once(self, host: str) -> tuple[Queue, ...]:
         """The host's queue is declared with the first command to it, so that it waits for a late worker."""
-        if host in self._declared:
+        if host in self._declared or not self._declare_host_queues:
             return ()
         self._declared.add(host)
         return (host_queue(host),)

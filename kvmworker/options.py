@@ -52,13 +52,22 @@ OPTIONS: dict[str, Option] = {
     "bind": Option("Bridge: address to listen on."),
     "default_host": Option("Bridge: the host a POST without X-Kvm-Host goes to."),
     "allowed_hosts": Option(
-        "Bridge: the only hosts it forwards to (default: any; each new one gets a queue; repeat the flag).", "list"
+        "Bridge: the only hosts it forwards to (default: any host whose queue exists; repeat the flag).", "list"
     ),
     "users": Option("Bridge: the users file (who may log in); none: no login needed."),
     "timeout": Option("Seconds to wait for a reply."),
     "url": Option("call/status: reach a running `serve` or `bridge` over HTTP (http://host:8080/), not the broker."),
     "token": Option("call/status with --url: the bridge's login token (sent as Authorization: Bearer)."),
     "token_ttl": Option("Bridge: seconds a login token stays valid."),
+    "token_file": Option("Bridge: write a fresh bearer token here at start (mode 0600); serve: /run/kvmworker/token."),
+    "insecure_open": Option("Bridge: run with no authentication at all (only behind a proxy that checks).", "flag"),
+    "server_names": Option(
+        "Bridge: Host header names accepted besides IP addresses and localhost ('*': any; repeat the flag).", "list"
+    ),
+    "forwarded_allow_ips": Option("Bridge: proxies whose X-Forwarded-For is believed (default: none).", "list"),
+    "max_connections": Option("Bridge: open connections at most."),
+    "header_timeout": Option("Bridge: seconds to send a request's headers."),
+    "body_timeout": Option("Bridge: seconds to send a request's body."),
     # logging
     "log_level": Option("DEBUG, INFO, WARNING or ERROR."),
     "log_json": Option("One JSON object per log line.", "flag"),

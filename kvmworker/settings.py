@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     token_ttl: float = Field(default=3600.0, gt=0, description=_help("token_ttl"))
     url: str | None = Field(default=None, pattern=r"^https?://", description=_help("url"))
     token: str | None = Field(default=None, exclude=True, repr=False, description=_help("token"))
+    token_file: Path | None = Field(default=None, description=_help("token_file"))
+    insecure_open: bool = Field(default=False, description=_help("insecure_open"))
+    server_names: list[str] | None = Field(default=None, description=_help("server_names"))
+    forwarded_allow_ips: list[str] | None = Field(default=None, description=_help("forwarded_allow_ips"))
+    max_connections: int = Field(default=1000, ge=8, description=_help("max_connections"))
+    header_timeout: float = Field(default=10.0, gt=0, description=_help("header_timeout"))
+    body_timeout: float = Field(default=30.0, gt=0, description=_help("body_timeout"))
 
     # logging
     log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")

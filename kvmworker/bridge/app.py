@@ -1,7 +1,11 @@
 """The ASGI application: ``POST /`` and ``POST /hosts/<host>`` (INTERFACE §5), probes, metrics, OpenAPI.
 
-Every POST is answered HTTP 200 with ``{code, msg, data}``: any failure, expected or not, becomes a
-reply in ``Bridge.post`` alone. ``UserHandler`` is answered here; everything else goes to a worker.
+Every POST that reaches ``Bridge.post`` is answered HTTP 200 with ``{code, msg, data}``: any failure,
+expected or not, becomes a reply there alone. Before that, ``RequestGuard`` refuses what a web page
+could send on a browser's behalf (foreign Host or Origin, non-JSON content types) with an HTTP error.
+``UserHandler`` is answered here; everything else goes to a worker, in this order: who is calling
+(20004), may they reach this host and command (20004 naming what is refused), is the host one this
+bridge serves and has a queue (20001 ``field: host``), and only then is the command signed and published.
 """
 
 from __future__ import annotations
@@ -15,15 +19,26 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kvmworker.app import build_registry
-from kvmworker.bridge.auth import USER_HANDLER, Authenticator, LoginData, LogoutData, bearer_token
-from kvmworker.bridge.body import BodyTooLarge, check_host, read_envelope
+from kvmworker.bridge.auth import (
+    USER_HANDLER,
+    Authenticator,
+    LocalToken,
+    LoginData,
+    LogoutData,
+    Principal,
+    bearer_token,
+)
+from kvmworker.bridge.body import BodyTooLarge, read_envelope
 from kvmworker.bridge.forwarder import Forwarder
+from kvmworker.bridge.guard import RequestGuard
 from kvmworker.bridge.health import BrokerProbe
+from kvmworker.bridge.hosts import HostDirectory
 from kvmworker.bridge.metrics import BridgeMetrics
 from kvmworker.bridge.openapi import Command, build_openapi
 from kvmworker.bridge.throttle import Throttle
@@ -44,6 +59,7 @@ JSON_UTF8 = "application/json; charset=utf-8"
 USER_COMMANDS: list[Command] = [(USER_HANDLER, "login", LoginData), (USER_HANDLER, "logout", LogoutData)]
 # argon2 is slow and memory-hungry on purpose: a few verifications at a time, whatever the load
 LOGIN_THREADS = 2
+LOOKUP_THREADS = 2
 
 
 class Bridge:
@@ -56,17 +72,20 @@ class Bridge:
         metrics: BridgeMetrics,
         probe: BrokerProbe,
         openapi: dict,
-        allowed_hosts: frozenset[str] | None = None,
+        hosts: HostDirectory,
+        body_timeout: float | None = None,
     ):
         self._forwarder = forwarder
-        self._allowed_hosts = allowed_hosts
+        self._hosts = hosts
         self._default_host = default_host
         self._max_body = max_body
+        self._body_timeout = body_timeout
         self._auth = auth
         self._metrics = metrics
         self._probe = probe
         self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
         self._login_pool = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="bridge-login")
+        self._lookup_pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="bridge-hosts")
 
     # -- POST ------------------------------------------------------------------
 
@@ -84,7 +103,7 @@ class Bridge:
         # a caller that hangs up cancels this task: the gauge must come down all the same
         with self._metrics.in_flight.track_inprogress():
             try:
-                envelope = await read_envelope(request, self._max_body)
+                envelope = await read_envelope(request, self._max_body, self._body_timeout)
                 reply = await self._answer(request, envelope, host)
             except Exception as exc:
                 reply = reply_for_exception(exc, context=f"[bridge {_address(request) or '-'}] ")
@@ -94,9 +113,19 @@ class Bridge:
     async def _answer(self, request: HttpRequest, envelope: Envelope, host: str) -> Reply:
         if envelope.handler == USER_HANDLER:
             return await self._user_command(request, envelope)
-        if self._auth is not None:
-            self._auth.user_of(_token(request, envelope))
-        return await self._forwarder.forward(check_host(host, self._allowed_hosts), envelope)
+        principal = self._authorised(request, envelope, host)
+        host = self._hosts.check_name(host)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._lookup_pool, self._hosts.check_exists, host)
+        # only what passed every check above is signed and published
+        return await self._forwarder.forward(host, envelope, principal.name if principal else None)
+
+    def _authorised(self, request: HttpRequest, envelope: Envelope, host: str) -> Principal | None:
+        if self._auth is None:
+            return None
+        principal = self._auth.principal(_token(request, envelope))
+        principal.authorise(host, envelope.handler, envelope.command)
+        return principal
 
     async def _user_command(self, request: HttpRequest, envelope: Envelope) -> Reply:
         if envelope.command == "login":
@@ -112,7 +141,7 @@ class Bridge:
 
     async def _login(self, data: LoginData, address: str) -> dict:
         if self._auth is None:
-            # no users file: nothing to check, but legacy callers log in first and must not break
+            # no authentication at all (--insecure-open): legacy callers log in first and must not break
             return {"token": "", "expires_in": 0, "auth": "disabled"}
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._login_pool, self._auth.login, data.username, data.password, address)
@@ -142,7 +171,9 @@ class Bridge:
 
     def close(self) -> None:
         self._forwarder.close()
+        self._hosts.close()
         self._login_pool.shutdown(wait=False, cancel_futures=True)
+        self._lookup_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _address(request: HttpRequest) -> str:
@@ -158,13 +189,17 @@ def create_app(
     client: Client,
     users: Authenticator | None = None,
     registry: HandlerRegistry | None = None,
+    local: LocalToken | None = None,
 ) -> Starlette:
-    """The bridge over ``client``. ``users`` defaults to the settings' users file (none: no login needed)."""
+    """The bridge over ``client``. ``users`` defaults to the settings' users file; ``local`` is the token file's token.
+
+    With neither, the bridge refuses to be built unless ``settings.insecure_open`` says so.
+    """
     registry = build_registry(settings) if registry is None else registry
     commands = [*((b.handler, b.name, b.spec.model) for b in registry.commands()), *USER_COMMANDS]
-    auth = users or authenticator_from(settings)
+    auth = users or authenticator_from(settings, local)
     if auth is None:
-        log.warning("no users file: the bridge accepts every caller without a token")
+        log.warning("--insecure-open: the bridge accepts every caller without a token")
     bridge = Bridge(
         Forwarder(client, settings.timeout),
         settings.host_for_bridge,
@@ -173,9 +208,16 @@ def create_app(
         BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
         BrokerProbe(settings.broker),
         build_openapi(commands),
-        frozenset(settings.allowed_hosts) if settings.allowed_hosts is not None else None,
+        HostDirectory(
+            settings.broker_url, frozenset(settings.allowed_hosts) if settings.allowed_hosts is not None else None
+        ),
+        settings.body_timeout,
     )
-    app = Starlette(routes=_routes(bridge), lifespan=_closing(bridge))
+    app = Starlette(
+        routes=_routes(bridge),
+        lifespan=_closing(bridge),
+        middleware=[Middleware(RequestGuard, server_names=settings.server_names)],
+    )
     app.state.bridge = bridge
     return app
 
@@ -189,10 +231,20 @@ def _closing(bridge: Bridge):
     return lifespan
 
 
-def authenticator_from(settings: Settings) -> Authenticator | None:
-    if settings.users_file is None:
-        return None
-    return Authenticator(UsersFile(settings.users_file), TokenStore(settings.token_ttl), Throttle())
+class NoAuthentication(Exception):
+    """Neither a users file nor a token file, and ``insecure_open`` not set: the bridge does not start."""
+
+
+def authenticator_from(settings: Settings, local: LocalToken | None = None) -> Authenticator | None:
+    users = UsersFile(settings.users_file) if settings.users_file is not None else None
+    if users is None and local is None:
+        if settings.insecure_open:
+            return None
+        raise NoAuthentication(
+            "the bridge needs --users FILE or --token-file PATH (or, only behind a proxy that authenticates,"
+            " --insecure-open)"
+        )
+    return Authenticator(users, TokenStore(settings.token_ttl), Throttle(), local=local)
 
 
 def _routes(bridge: Bridge) -> Iterable[Route]:

@@ -1,11 +1,13 @@
-"""The request body: counted while it streams in, so an oversize body is refused before it is read whole.
+"""The request body: counted and timed while it streams in, so an oversize or trickling body is refused early.
 
-The HTTP content type is not looked at: legacy callers send JSON as ``text/plain``, form types or
-nothing at all; the bytes must be a JSON envelope, whatever the header says.
+The bytes must be a JSON envelope. The HTTP content type may be missing (older callers that send a
+bare body) or JSON (``application/json``, ``application/*+json``); the types a web page can send to
+another site without asking first (``text/plain``, form types) are refused in ``guard.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from starlette.requests import Request as HttpRequest
@@ -22,8 +24,16 @@ class BodyTooLarge(InvalidRequest):
     """The rest of the body is never read, so the connection must be closed after the answer."""
 
 
-async def read_envelope(request: HttpRequest, max_bytes: int) -> Envelope:
-    body = await read_body(request, max_bytes)
+class BodyTooSlow(BodyTooLarge):
+    """The body did not arrive within its time: the connection is closed after the answer."""
+
+
+async def read_envelope(request: HttpRequest, max_bytes: int, timeout: float | None = None) -> Envelope:
+    try:
+        async with asyncio.timeout(timeout):
+            body = await read_body(request, max_bytes)
+    except TimeoutError:
+        raise BodyTooSlow(f"the body did not arrive within {timeout:g} s") from None
     return parse_envelope(decode_body(body, JSON_CONTENT_TYPE, max_bytes))
 
 
@@ -38,12 +48,3 @@ async def read_body(request: HttpRequest, max_bytes: int) -> bytes:
             raise BodyTooLarge(f"body is over the limit of {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def check_host(host: str, allowed: frozenset[str] | None = None) -> str:
-    """A routing key we are willing to publish to (and so to declare a durable queue for)."""
-    if not HOST_NAME.fullmatch(host):
-        raise InvalidRequest(f"{host[:64]!r} is not a host name (1-200 of A-Z a-z 0-9 _ . : -)", field="host")
-    if allowed is not None and host not in allowed:
-        raise InvalidRequest(f"this bridge does not serve host {host!r} (see allowed_hosts)", field="host")
-    return host

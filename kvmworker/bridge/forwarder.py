@@ -24,11 +24,19 @@ class Forwarder:
         self.default_timeout = default_timeout
         self._pool = ThreadPoolExecutor(publish_threads, thread_name_prefix="bridge-publish")
 
-    async def forward(self, host: str, envelope: Envelope) -> Reply:
-        """The worker's reply, or ``-1`` with ``data.msg_id`` once the request's deadline has passed."""
+    async def forward(self, host: str, envelope: Envelope, principal: str | None = None) -> Reply:
+        """The worker's reply, or ``-1`` with ``data.msg_id`` once the request's deadline has passed.
+
+        ``principal`` (the authenticated caller) replaces whatever the body said, so that the journal
+        and the worker's log lines name who asked; it travels in the body, covered by the signature.
+        """
         timeout = envelope.timeout or self.default_timeout
         # the msg_id is fixed here so that even a publish stuck past the deadline can be asked about later
-        envelope = envelope.model_copy(update={"token": None, "timeout": timeout}).ensure_msg_id()
+        update = {"token": None, "timeout": timeout, "principal": principal}
+        envelope = envelope.model_copy(update=update).ensure_msg_id()
+        if principal is not None:
+            name = f"{envelope.handler}.{envelope.command}"
+            log.info("[%s] %s for host %s by %s", envelope.msg_id, name, host, principal)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         submit = partial(self._client.submit, host, envelope, timeout=timeout)

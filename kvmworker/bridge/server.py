@@ -1,25 +1,76 @@
-"""uvicorn on a socket bound before it starts, so that port 0 works and the real port is known at once."""
+"""uvicorn on a socket bound before it starts, so that port 0 works and the real port is known at once.
+
+Slow and idle clients cannot starve it (``GuardedHttpProtocol``): a request's headers must arrive
+within ``header_timeout`` and stay under ``MAX_HEADER_BYTES``; idle keep-alive connections are closed
+after ``KEEP_ALIVE_S``; at most ``max_connections`` are open (and never more than the file descriptor
+limit allows), and when that many are, a new connection pushes out the oldest one that has not yet
+sent its headers, so that ``/healthz`` still answers while 200 clients trickle. The body's own time
+limit is in ``body.py``. ``X-Forwarded-For`` is believed only from ``forwarded_allow_ips`` (default:
+nobody), so that a local caller cannot pose as another address to the login throttle.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import resource
 import signal
 import socket
 import threading
+from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from kvmworker.settings import Settings
 
 STARTUP_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 64 * 1024
+SPARE_FDS = 64  # for the broker connections, log files and the pools around the HTTP server
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    forwarded_allow_ips: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.max_connections, settings.header_timeout, tuple(settings.forwarded_allow_ips or ()))
+
+    def connection_cap(self) -> int:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(8, min(self.max_connections, soft - SPARE_FDS))
 
 
 class BridgeServer:
-    def __init__(self, app: Starlette, bind: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(
+        self,
+        app: Starlette,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        limits: Limits | None = None,
+    ):
+        limits = limits or Limits()
         self.socket = bind_socket(bind, port)
         # log_config=None: uvicorn's lines go through the process's own logging (setup_logging), so they are
         # JSON with --log-json and masked like every other line; its access log only at DEBUG
         level = log_level.lower()
         config = uvicorn.Config(
-            app, log_level=level, log_config=None, access_log=level == "debug", timeout_graceful_shutdown=5
+            app,
+            log_level=level,
+            log_config=None,
+            access_log=level == "debug",
+            timeout_graceful_shutdown=5,
+            http=guarded_protocol(limits.connection_cap(), limits.header_timeout),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            proxy_headers=bool(limits.forwarded_allow_ips),
+            forwarded_allow_ips=list(limits.forwarded_allow_ips) or "",
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -87,3 +138,83 @@ def _wait(condition, timeout: float) -> bool:
             return True
         event.wait(0.01)
     return condition()
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a header size limit and a connection cap."""
+
+    max_connections = 1000
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.waiting_since: float | None = self.loop.time()  # None once the headers are in
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._header_timer is None:  # the next request on a kept-alive connection
+            self.waiting_since = self.loop.time()
+            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        self.waiting_since = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.waiting_since = self.loop.time()  # idle until the next request: first to go when full
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._stop_header_timer()
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self.waiting_since is not None and not self.transport.is_closing():
+            self.logger.info("closing a connection from %s: no complete request headers in time", self.client)
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        waiting = [c for c in self.connections if getattr(c, "waiting_since", None) is not None and c is not self]
+        if not waiting:
+            self.logger.warning("connection limit (%d) reached: refusing a new connection", self.max_connections)
+            self.transport.close()
+            return
+        oldest = min(waiting, key=lambda c: c.waiting_since)
+        self.logger.warning("connection limit (%d) reached: closing the longest-waiting idle one", self.max_connections)
+        oldest.transport.close()
+        self.connections.discard(oldest)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+
+def guarded_protocol(max_connections: int, header_timeout: float) -> type[GuardedHttpProtocol]:
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"max_connections": max_connections, "header_timeout": header_timeout},
+    )

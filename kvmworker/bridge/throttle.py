@@ -68,3 +68,35 @@ class Throttle:
         if over < 0:
             return 0.0
         return min(self.base_delay * 2**over, self.max_delay)
+
+
+class RateLimit:
+    """A token bucket over the whole bridge: at most ``burst`` at once, refilled at ``per_second``.
+
+    Per-user and per-address throttles stop guessing one account or from one place; this one bounds
+    guessing across every account and address together (many users, many source addresses).
+    """
+
+    def __init__(self, per_second: float = 1.0, burst: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._level = burst
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def retry_after(self) -> float:
+        """Seconds until one more is allowed (0: now)."""
+        with self._lock:
+            self._refill()
+            return 0.0 if self._level >= 1 else (1 - self._level) / self.per_second
+
+    def take(self) -> None:
+        with self._lock:
+            self._refill()
+            self._level -= 1
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self.burst, self._level + (now - self._at) * self.per_second)
+        self._at = now

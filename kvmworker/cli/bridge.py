@@ -1,4 +1,9 @@
-"""``kvmworker bridge``: the HTTP bridge alone, in front of the workers on a broker."""
+"""``kvmworker bridge``: the HTTP bridge alone, in front of the workers on a broker.
+
+It needs a way to tell callers apart: ``--users FILE`` (logins, per-user grants), ``--token-file PATH``
+(one bearer token written at start, 0600), or both. Without either it does not start, unless
+``--insecure-open`` says that something in front of it authenticates.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import logging
 from typing import Any
 
-from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_OS, EXIT_USAGE, CliError, add_settings_flags, settings_from, setup_logging
 from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.bridge")
@@ -21,6 +26,13 @@ BRIDGE_FLAGS = (
     "timeout",
     "max-body",
     "token-ttl",
+    "token-file",
+    "insecure-open",
+    "server-names",
+    "forwarded-allow-ips",
+    "max-connections",
+    "header-timeout",
+    "body-timeout",
     "keys-file",
     "trusted-keys-file",
 )
@@ -33,20 +45,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvmworker.bridge.app import create_app
+    from kvmworker.bridge.app import NoAuthentication, create_app
+    from kvmworker.bridge.tokenfile import TokenFileError, create_token_file, remove_token_file
     from kvmworker.client import Client
     from kvmworker.trust.signing import load_signer
 
     settings = settings_from(args)
     setup_logging(settings)
     check_port_free(settings.bind, settings.port)
-    with Client(settings.broker, signer=load_signer(settings)) as client:
-        server = http_server(create_app(settings, client), settings)
-        log.info(
-            "bridge on %s over %s; default host %s", server.url, mask_url(settings.broker), settings.host_for_bridge
-        )
-        print(f"kvmworker bridge listening on {server.url}", flush=True)
-        server.run()
+    try:
+        local = create_token_file(settings.token_file) if settings.token_file else None
+    except (OSError, TokenFileError) as exc:
+        raise CliError(f"cannot write the token file: {exc}", EXIT_OS) from None
+    try:
+        with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
+            try:
+                app = create_app(settings, client, local=local)
+            except NoAuthentication as exc:
+                raise CliError(str(exc), EXIT_USAGE) from None
+            server = http_server(app, settings)
+            broker = mask_url(settings.broker)
+            log.info("bridge on %s over %s; default host %s", server.url, broker, settings.host_for_bridge)
+            token = f"\ntoken: {local.path}" if local is not None else ""
+            print(f"kvmworker bridge listening on {server.url}{token}", flush=True)
+            server.run()
+    finally:
+        if local is not None:
+            remove_token_file(local)
     return 0
 
 
@@ -70,10 +95,10 @@ def check_port_free(bind: str, port: int) -> None:
 
 def http_server(app: Any, settings: Any) -> Any:
     """The BridgeServer (which binds its socket at once), or the one-line error if it cannot."""
-    from kvmworker.bridge.server import BridgeServer
+    from kvmworker.bridge.server import BridgeServer, Limits
 
     try:
-        return BridgeServer(app, settings.bind, settings.port, settings.log_level)
+        return BridgeServer(app, settings.bind, settings.port, settings.log_level, Limits.from_settings(settings))
     except OSError as exc:
         raise port_error(settings.bind, settings.port, exc) from None
 

@@ -1,6 +1,8 @@
 """``kvmworker serve``: worker and bridge in one process, on ``memory://`` unless ``--broker`` says otherwise.
 
-The embedded default: on a fresh machine, one command and a POST works at once.
+The embedded default: on a fresh machine, one command and a POST works at once, for root only. At
+start it writes a fresh bearer token to ``--token-file`` (default ``/run/kvmworker/token``, mode 0600)
+and prints the ``curl`` that reads it; other local users cannot read it, and web pages cannot either.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kvmworker.bridge.app import create_app
+    from kvmworker.bridge.tokenfile import DEFAULT_TOKEN_FILE, TokenFileError, create_token_file, remove_token_file
     from kvmworker.client import Client
     from kvmworker.observability.attach import libvirt_problem
     from kvmworker.runtime import start_worker
@@ -37,21 +40,29 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings)
     check_port_free(settings.bind, settings.port)
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
-    running = start_worker(settings)
-    libvirt = libvirt_problem(running.dispatcher)
-    if libvirt:
-        log.warning("%s", libvirt)
+        local = None if settings.insecure_open else create_token_file(settings.token_file or DEFAULT_TOKEN_FILE)
+    except (OSError, TokenFileError) as exc:
+        raise CliError(f"cannot write the token file ({exc}); choose one with --token-file", EXIT_OS) from None
     try:
-        with Client(settings.broker, signer=load_signer(settings)) as client:
-            app = create_app(settings, client, registry=running.dispatcher.registry)
-            server = http_server(app, settings)
-            print(banner(server.url, settings, libvirt), flush=True)
-            server.run()
+        try:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
+        running = start_worker(settings)
+        libvirt = libvirt_problem(running.dispatcher)
+        if libvirt:
+            log.warning("%s", libvirt)
+        try:
+            with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
+                app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
+                server = http_server(app, settings)
+                print(banner(server.url, settings, local, libvirt), flush=True)
+                server.run()
+        finally:
+            running.stop(STOP_TIMEOUT_S)
     finally:
-        running.stop(STOP_TIMEOUT_S)
+        if local is not None:
+            remove_token_file(local)
     return 0
 
 
@@ -60,11 +71,19 @@ def embedded(settings: Any) -> Any:
     return settings.model_copy(update={"default_host": settings.default_host or settings.host})
 
 
-def banner(url: str, settings: Any, libvirt_problem: str | None = None) -> str:
+def banner(url: str, settings: Any, local: Any, libvirt_problem: str | None = None) -> str:
+    auth = f'-H "Authorization: Bearer $(cat {local.path})" ' if local is not None else ""
+    token = (
+        f"token: {local.path} (mode 0600: root only; a new one at every start)"
+        if local is not None
+        else "token: none (--insecure-open): ANY local user or web page can command this host"
+    )
     lines = [
         f"kvmworker serve: worker for host {settings.host!r} on {mask_url(settings.broker)}, bridge on {url}",
-        f"try:  curl -s -X POST {url}/ -H 'Content-Type: application/json' -d '{EXAMPLE_BODY}'",
-        f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping",
+        token,
+        f"try:  curl -s {url}/ -H 'Content-Type: application/json' {auth}-d '{EXAMPLE_BODY}'",
+        f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping"
+        + (f' --token "$(cat {local.path})"' if local is not None else ""),
     ]
     if libvirt_problem:
         lines.append(f"warning: {libvirt_problem}")

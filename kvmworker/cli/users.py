@@ -1,7 +1,9 @@
-"""``kvmworker users add/remove/list --users FILE``: who may log in at the bridge.
+"""``kvmworker users add/grant/remove/list --users FILE``: who may log in at the bridge, and reach what.
 
 The password is read from the terminal (twice) or, for scripts, from stdin with ``--password-stdin``;
 never from the command line, where every user of the machine could read it in the process list.
+``--hosts`` and ``--commands`` take patterns (``kvm0*``, ``NetworkHandler.*``, ``*``; comma-separated or
+repeated). A new user given neither may log in but reach nothing until granted.
 """
 
 from __future__ import annotations
@@ -14,19 +16,26 @@ from typing import TYPE_CHECKING
 from kvmworker.cli.common import EXIT_USAGE, CliError, add_settings_flags, settings_from
 
 if TYPE_CHECKING:
-    from kvmworker.bridge.users import UsersFile
+    from kvmworker.bridge.users import UserRecord, UsersFile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("users", help="add, remove and list the bridge's users")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="add a user or change a password")
+    add = actions.add_parser("add", help="add a user or change a password (the user's tokens stop working)")
     add.add_argument("username")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line)")
-    remove = actions.add_parser("remove", help="remove a user")
+    grant = actions.add_parser("grant", help="set which hosts and commands a user may reach")
+    grant.add_argument("username")
+    for sub in (add, grant):
+        sub.add_argument("--hosts", action="append", help="host patterns the user may reach, e.g. 'kvm0*' or '*'")
+        sub.add_argument(
+            "--commands", action="append", help="Handler.command patterns, e.g. 'NetworkHandler.*', 'VmHandler.start'"
+        )
+    remove = actions.add_parser("remove", help="remove a user (the user's tokens stop working)")
     remove.add_argument("username")
-    listing = actions.add_parser("list", help="list the users")
-    for sub in (add, remove, listing):
+    listing = actions.add_parser("list", help="list the users and their grants")
+    for sub in (add, grant, remove, listing):
         add_settings_flags(sub, "users")
         sub.set_defaults(run=run)
 
@@ -40,13 +49,23 @@ def run(args: argparse.Namespace) -> int:
     users = UsersFile(settings.users)
     try:
         return ACTIONS[args.action](users, args)
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:
         raise CliError(f"users: {exc}", EXIT_USAGE) from None
 
 
 def _add(users: UsersFile, args: argparse.Namespace) -> int:
-    users.add(args.username, _password(args.password_stdin))
-    print(f"user {args.username} saved in {users.path}")
+    record = users.add(args.username, _password(args.password_stdin), args.hosts, args.commands)
+    print(f"user {args.username} saved in {users.path}: {_grants(record)}")
+    if not record.grants.hosts or not record.grants.commands:
+        print(f"note: {args.username} can log in but reach nothing until given --hosts and --commands")
+    return 0
+
+
+def _grant(users: UsersFile, args: argparse.Namespace) -> int:
+    if args.hosts is None and args.commands is None:
+        raise ValueError("grant needs --hosts and/or --commands")
+    record = users.grant(args.username, args.hosts, args.commands)
+    print(f"user {args.username}: {_grants(record)}")
     return 0
 
 
@@ -59,9 +78,15 @@ def _remove(users: UsersFile, args: argparse.Namespace) -> int:
 
 
 def _list(users: UsersFile, args: argparse.Namespace) -> int:
-    for name in users.names():
-        print(name)
+    for record in users.records():
+        print(f"{record.name}\t{_grants(record)}")
     return 0
+
+
+def _grants(record: UserRecord) -> str:
+    hosts, commands = record.grants.hosts, record.grants.commands
+    legacy = " (a line without grants: everything, as before grants existed)" if record.legacy else ""
+    return f"hosts={','.join(hosts) or '(none)'} commands={','.join(commands) or '(none)'}{legacy}"
 
 
 def _password(from_stdin: bool) -> str:
@@ -73,4 +98,4 @@ def _password(from_stdin: bool) -> str:
     return first
 
 
-ACTIONS = {"add": _add, "remove": _remove, "list": _list}
+ACTIONS = {"add": _add, "grant": _grant, "remove": _remove, "list": _list}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,9 +20,11 @@ from kvmworker.protocol.errors import (
     VmShutdownFailed,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains
+from kvmworker.virt import description, domains, policy, safe_xml
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
+from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
+from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.requests import (
     AttachInterfaceData,
     AutostartData,
@@ -43,12 +46,20 @@ REPLY_MARGIN = 1.0
 class VmHandler:
     name = "VmHandler"
 
-    def __init__(self, connection: LibvirtConnection, storage: StorageRules, owns_connection: bool = True):
+    def __init__(
+        self,
+        connection: LibvirtConnection,
+        storage: StorageRules,
+        owns_connection: bool = True,
+        records: VolumeRecords | None = None,
+    ):
         self.connection = connection
         self._storage = storage
         self._owns_connection = owns_connection
+        self._records = records or VolumeRecords(None)
 
     def close(self) -> None:
+        self._records.close()
         if self._owns_connection:
             self.connection.close()
 
@@ -136,13 +147,15 @@ class VmHandler:
             dom = domains.lookup(conn, data)
             if dom.isActive():
                 raise OperationNotAllowed(f"{dom.name()} is running: shut it down or destroy it first")
-            created = description.created_volumes(description.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
-            removing = created if data.remove_storage else []
+            uuid = dom.UUIDString()
+            removing = self._records.of(uuid) if data.remove_storage else []
             if ctx.dry_run:
-                return _plan(f"undefine {dom.name()}", *(f"delete volume {path}" for path in removing))
+                return _plan(f"undefine {dom.name()}", *(f"delete volume {owned.path}" for owned in removing))
             identity = domains.identity(dom)
             domains.undefine(dom)
-            removed = [p for p in removing if Pools(conn, self._storage).delete_path(p)]
+            pools = Pools(conn, self._storage)
+            removed = [owned.path for owned in removing if pools.delete_owned(owned)]
+            self._records.forget(uuid)  # a volume kept now belongs to nobody: no later domain inherits it
             return {**identity, "undefined": True, "removed_volumes": removed}
 
     @command(AttachInterfaceData, resource=vm_key)
@@ -152,6 +165,7 @@ class VmHandler:
         xml = interface_xml(nic)
         with self._session() as conn:
             dom = domains.lookup(conn, data)
+            self._policy(conn).check_device(safe_xml.parse(xml), dom.name())  # the one checker, for devices too
             if ctx.dry_run:
                 return {**_plan(f"attach to {dom.name()}"), "xml": xml}
             if dom.isActive():
@@ -195,24 +209,43 @@ class VmHandler:
         return {**domains.identity(dom), "state": domains.state_or_gone(dom), "changed": True, "forced": True}
 
     def _define_xml(self, conn: libvirt.virConnect, xml: str, ctx: Context) -> dict[str, Any]:
-        root = ET.fromstring(xml)
-        for i, path in enumerate(description.file_sources(root)):
-            self._storage.check_file_source(path, field=f"xml.disk[{i}]")
+        root = safe_xml.parse(xml)
+        self._policy(conn).check(root)
         if ctx.dry_run:
-            return {**_plan(f"define {root.findtext('name')} from the given XML"), "xml": xml}
-        dom = conn.defineXML(xml)
+            return {**_plan(f"define {root.findtext('name')} from the given XML"), "xml": policy.masked(root)}
+        self._forget_stale_records(conn, root.findtext("uuid"))
+        # libvirt gets the tree that was checked, re-serialized: never a byte the checker did not see.
+        dom = conn.defineXML(safe_xml.serialize(root))
         return {**domains.identity(dom), "defined": True}
 
     def _define_spec(self, conn: libvirt.virConnect, spec: DomainSpec, ctx: Context) -> dict[str, Any]:
         if domains.exists(conn, spec.name):
             raise InvalidParameter(f"a VM named {spec.name} is already defined; send xml to change it", field="name")
         disks = [self._disk(conn, spec, i) for i in range(len(spec.disks))]
-        xml = domain_xml(spec, disks, spec.domain_type or domains.default_domain_type(conn))
+        uuid = str(uuidlib.uuid4())
+        xml = domain_xml(spec, disks, spec.domain_type or domains.default_domain_type(conn), uuid)
+        root = safe_xml.parse(xml)
+        self._policy(conn, generated=True, approved=frozenset(d.path for d in disks)).check(root)  # the same checker
         new = [d for d in disks if d.create_gib is not None]
         if ctx.dry_run:
             steps = [f"create {d.create_gib:g} GiB qcow2 volume {d.volume} in pool {d.pool}" for d in new]
-            return {**_plan(*steps, f"define {spec.name}"), "xml": xml}
-        return {**_define_with_volumes(conn, Pools(conn, self._storage), xml, new), "volumes": [d.path for d in new]}
+            return {**_plan(*steps, f"define {spec.name}"), "xml": policy.masked(root)}
+        defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, xml, uuid, new)
+        return {**defined, "volumes": [d.path for d in new]}
+
+    def _policy(
+        self, conn: libvirt.virConnect, generated: bool = False, approved: frozenset[str] = frozenset()
+    ) -> policy.DomainPolicy:
+        pools = Pools(conn, self._storage)
+        paths = policy.PathRules(
+            self._storage, pool_dirs=pools.configured_dirs(), approved=approved, emulators=domains.emulators(conn)
+        )
+        return policy.DomainPolicy(paths, pools.check_existing, generated)
+
+    def _forget_stale_records(self, conn: libvirt.virConnect, uuid: str | None) -> None:
+        """Records of a domain that is gone (undefined behind the worker's back) do not pass to a new one."""
+        if uuid and not domains.exists_uuid(conn, uuid):
+            self._records.forget(uuid)
 
     def _disk(self, conn: libvirt.virConnect, spec: DomainSpec, index: int) -> Disk:
         disk, field = spec.disks[index], f"disks.{index}"
@@ -242,17 +275,33 @@ def _wait_budget(timeout: float, deadline: float | None) -> float:
     return max(0.0, min(timeout, deadline - time.time() - REPLY_MARGIN))
 
 
-def _define_with_volumes(conn: libvirt.virConnect, pools: Pools, xml: str, new: list[Disk]) -> dict[str, Any]:
-    created: list[str] = []
+def _define_with_volumes(
+    conn: libvirt.virConnect, pools: Pools, records: VolumeRecords, xml: str, uuid: str, new: list[Disk]
+) -> dict[str, Any]:
+    """Record, then create, each volume, then define; on failure all of it is undone."""
+    created: list[OwnedVolume] = []
     try:
         for disk in new:
-            created.append(pools.create(disk))
+            planned = OwnedVolume(uuid, str(disk.pool), str(disk.volume), disk.path)
+            records.add(planned)  # before the volume exists: a crash now leaves a record, not an orphan
+            path = pools.create(disk)
+            made = planned if path == disk.path else _moved(records, planned, path)
+            created.append(made)
         dom = conn.defineXML(xml)
     except Exception:
-        for path in created:
-            pools.delete_path(path)
+        for volume in created:
+            pools.delete_owned(volume)
+        records.forget(uuid)
         raise
     return {**domains.identity(dom), "defined": True}
+
+
+def _moved(records: VolumeRecords, planned: OwnedVolume, path: str) -> OwnedVolume:
+    """libvirt put the volume elsewhere than planned: the record follows the volume."""
+    actual = OwnedVolume(planned.domain_uuid, planned.pool, planned.volume, path)
+    records.add(actual)
+    records.forget(planned.domain_uuid, planned.path)
+    return actual
 
 
 def create_vm_handler(
@@ -265,4 +314,5 @@ def create_vm_handler(
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     features["libvirt"] = connection.version
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
-    return VmHandler(connection, storage, owns_connection=libvirt is None)
+    records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
+    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)

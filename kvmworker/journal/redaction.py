@@ -27,6 +27,8 @@ _TEXT_SECRET = re.compile(
 )
 _ANY_SECRET_WORD = re.compile(r"(?i)pass|pwd|secret|token|credential|authorization|signature|key")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
+# An XML attribute (``<graphics passwd='...'>``): any value length, one quantifier each, so linear time.
+_XML_ATTRIBUTE = re.compile(r"""(?P<name>[\w:.\-]{1,64})(?P<sep>\s{0,8}=\s{0,8})(?P<value>"[^"]*"|'[^']*')""")
 
 
 @functools.lru_cache(maxsize=4096)  # the same few dozen key names come by on every message
@@ -44,8 +46,21 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     if isinstance(value, str):
-        return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+        return redact_xml(_BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value))
     return value
+
+
+def redact_xml(text: str) -> str:
+    """Secrets inside XML a value carries (VNC/SPICE ``passwd=`` of domain XML): attributes with a secret name."""
+    if "<" not in text or not _ANY_SECRET_WORD.search(text):
+        return text
+    return _XML_ATTRIBUTE.sub(_mask_attribute, text)
+
+
+def _mask_attribute(match: re.Match[str]) -> str:
+    if not is_sensitive(match.group("name").rpartition(":")[2]):
+        return match.group(0)
+    return f"{match.group('name')}{match.group('sep')}{_masked_like(match.group('value'))}"
 
 
 def redact_text(text: str) -> str:

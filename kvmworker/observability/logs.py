@@ -1,7 +1,7 @@
 """One structured log line per command, and the command's context on every line logged while it runs.
 
-With ``--log-json`` each line carries msg_id, correlation_id, handler, command (and, on the closing
-line, code and duration_ms); ``CommandContextFilter`` adds the first four to whatever a handler logs
+With ``--log-json`` each line carries msg_id, correlation_id, handler, command, principal (and, on the closing
+line, code and duration_ms); ``CommandContextFilter`` adds the first five to whatever a handler logs
 on the command's thread, so ``grep msg_id`` finds everything about one command.
 """
 
@@ -29,6 +29,7 @@ def command_fields(request: Request) -> dict[str, Any]:
         "correlation_id": request.correlation_id,
         "handler": envelope.handler if envelope else None,
         "command": envelope.command if envelope else None,
+        "principal": envelope.principal if envelope else None,
     }
 
 
@@ -46,9 +47,10 @@ class CommandLogMiddleware(Middleware):
             fields["detail"] = detail
         log.log(
             logging.INFO if reply.code == 0 else logging.WARNING,
-            "[%s] %s → %d in %.1f ms%s%s",
+            "[%s] %s%s → %d in %.1f ms%s%s",
             request.msg_id,
             name,
+            f" by {fields['principal']}" if fields["principal"] else "",
             reply.code,
             fields["duration_ms"],
             " (redelivered)" if request.redelivered else "",

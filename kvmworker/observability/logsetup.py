@@ -28,7 +28,7 @@ QUIET_LOGGERS = ("kombu", "amqp")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; command context (msg_id, handler, ...) rides in ``extra``."""
 
-    CONTEXT = ("msg_id", "correlation_id", "host", "handler", "command", "code", "duration_ms", "detail")
+    CONTEXT = ("msg_id", "correlation_id", "host", "handler", "command", "principal", "code", "duration_ms", "detail")
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

@@ -25,6 +25,11 @@ class Envelope(BaseModel):
     dry_run: StrictBool = Field(default=False, description="Validate and return the plan; change nothing.")
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds the caller will wait.")
     token: StrictStr | None = Field(default=None, description="Bridge session token (alternative to a Bearer header).")
+    principal: StrictStr | None = Field(
+        default=None,
+        max_length=128,
+        description="Who asked, as the HTTP bridge authenticated them; set by the bridge (a caller's own is dropped).",
+    )
 
     def ensure_msg_id(self) -> Envelope:
         return self if self.msg_id else self.model_copy(update={"msg_id": uuid.uuid4()})

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from kvmworker.virt.domain_xml import METADATA_NS
-
 
 def parse(xml: str) -> ET.Element:
     return ET.fromstring(xml)
@@ -64,15 +62,6 @@ def consoles(root: ET.Element) -> list[dict[str, Any]]:
         for el in root.iterfind(f"devices/{kind}"):
             found.append({"kind": kind, "type": el.get("type"), "path": _source_path(el), "target": _target(el)})
     return found
-
-
-def created_volumes(root: ET.Element) -> list[str]:
-    return [el.get("path", "") for el in root.iterfind(f"metadata/{{{METADATA_NS}}}worker/{{{METADATA_NS}}}volume")]
-
-
-def file_sources(root: ET.Element) -> list[str]:
-    """Paths of file-backed disks, for the storage rules to check before libvirt sees them."""
-    return [el.get("file", "") for el in root.iterfind("devices/disk/source") if el.get("file") is not None]
 
 
 def _source_path(el: ET.Element) -> str | None:

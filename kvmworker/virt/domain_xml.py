@@ -6,20 +6,20 @@ from collections.abc import Sequence
 from xml.etree import ElementTree as ET
 
 from kvmworker.handlers.naming import bridge_name
+from kvmworker.virt.policy import METADATA_NS
 from kvmworker.virt.spec import DomainSpec, InterfaceSpec
 from kvmworker.virt.storage import Disk
-
-METADATA_NS = "https://kvmworker.invalid/xmlns/domain/1"
-"""Our element inside ``<metadata>``: which volumes this worker created, so undefine may remove only those."""
 
 ET.register_namespace("kvmworker", METADATA_NS)
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
-def domain_xml(spec: DomainSpec, disks: Sequence[Disk], domain_type: str) -> str:
+def domain_xml(spec: DomainSpec, disks: Sequence[Disk], domain_type: str, uuid: str) -> str:
+    """The uuid is chosen here, not by libvirt, so that the volumes can be recorded as this domain's first."""
     root = ET.Element("domain", type=domain_type)
     ET.SubElement(root, "name").text = spec.name
+    ET.SubElement(root, "uuid").text = uuid
     _metadata(root, [d.path for d in disks if d.create_gib is not None])
     ET.SubElement(root, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(root, "vcpu").text = str(spec.vcpus)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -57,8 +57,16 @@ def lookup(conn: libvirt.virConnect, ref: VmRef) -> libvirt.virDomain:
 
 
 def exists(conn: libvirt.virConnect, name: str) -> bool:
+    return _found(conn.lookupByName, name)
+
+
+def exists_uuid(conn: libvirt.virConnect, uuid: str) -> bool:
+    return _found(conn.lookupByUUIDString, uuid)
+
+
+def _found(look: Callable[[str], libvirt.virDomain], key: str) -> bool:
     try:
-        conn.lookupByName(name)
+        look(key)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return False
@@ -218,3 +226,9 @@ def default_domain_type(conn: libvirt.virConnect) -> str:
     """kvm when the host offers it, else qemu (TCG), else the driver's own (``test``)."""
     offered = {el.get("type") for el in ET.fromstring(conn.getCapabilities()).iterfind("guest/arch/domain")}
     return next((t for t in ("kvm", "qemu") if t in offered), sorted(offered)[0] if offered else "qemu")
+
+
+def emulators(conn: libvirt.virConnect) -> frozenset[str]:
+    """The QEMU binaries libvirt itself reports for this host: the only ones raw XML may name."""
+    caps = ET.fromstring(conn.getCapabilities())
+    return frozenset(el.text for el in caps.iterfind("guest/arch/emulator") if el.text)

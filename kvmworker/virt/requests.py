@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from xml.etree import ElementTree as ET
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kvmworker.protocol.codes import Code
+from kvmworker.protocol.errors import InvalidParameter
 from kvmworker.protocol.types import MacAddress, coded
+from kvmworker.virt import safe_xml
 from kvmworker.virt.spec import DomainSpec, InterfaceSpec, VmName, VmRef
 from kvmworker.virt.states import StateFilter
 
@@ -65,9 +65,9 @@ class DefineData(DomainSpec):
 
 def xml_name(xml: str) -> str:
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise coded(Code.INVALID_PARAMETER, f"xml is not well-formed: {exc}") from None
+        root = safe_xml.parse(xml)
+    except InvalidParameter as exc:
+        raise coded(Code.INVALID_PARAMETER, exc.detail) from None
     name = root.findtext("name")
     if root.tag != "domain" or not name:
         raise coded(Code.INVALID_PARAMETER, "xml must be a <domain> with a <name>")

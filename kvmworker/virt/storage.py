@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from kvmworker.protocol.errors import InvalidParameter
+from kvmworker.virt.ownership import OwnedVolume
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
 """A file, volume or pool name: never a path (the character set excludes '/' and NUL)."""
@@ -67,13 +68,6 @@ class StorageRules:
                 return Disk(str(real), image_format(real))
         raise InvalidParameter(f"no image {name_or_path!r} in {', '.join(map(str, self.dirs))}", field=field)
 
-    def check_file_source(self, path: str, field: str) -> None:
-        """Raw XML may name file disks too: the same containment rule applies to them."""
-        if "\0" in path or not path.startswith("/"):
-            raise InvalidParameter(f"disk source {path!r} must be an absolute path", field=field)
-        if not self._inside(Path(os.path.realpath(path))):
-            raise InvalidParameter(f"disk source {path} is outside the storage directories", field=field)
-
     def _named(self, name: str, field: str) -> list[Path]:
         check_plain_name(name, field)
         return [d / name for d in self.dirs]
@@ -102,6 +96,10 @@ class Pools:
             raise InvalidParameter(f"volume {volume} links outside pool {pool_name}", field=field)
         return Disk(path, volume_format(vol), pool=pool_name, volume=volume)
 
+    def check_existing(self, pool: str, volume: str, field: str) -> None:
+        """For ``<disk type='volume'>`` in raw XML: the same rule as an existing volume of the spec."""
+        self.existing(volume, pool, field)
+
     def planned(self, volume: str, pool: str | None, size_gib: float, field: str) -> Disk:
         """A new qcow2 volume, not created yet (so that a dry run can show it)."""
         pool_name = pool or self._rules.default_pool
@@ -117,9 +115,23 @@ class Pools:
         vol = target.createXML(volume_xml(disk.volume, disk.create_gib), 0)
         return vol.path()
 
-    def delete_path(self, path: str) -> bool:
+    def configured_dirs(self) -> list[str]:
+        """The directory of the configured pool, where raw XML may put file disks too; none when it has none."""
         try:
-            self._conn.storageVolLookupByPath(path).delete(0)
+            pool = self._conn.storagePoolLookupByName(self._rules.default_pool)
+            return [pool_path(pool)] if pool.isActive() else []
+        except libvirt.libvirtError:
+            return []
+
+    def delete_owned(self, owned: OwnedVolume) -> bool:
+        """Deletes a volume the worker's records say it made, only if it is still that volume inside that pool."""
+        try:
+            pool = self._conn.storagePoolLookupByName(owned.pool)
+            vol = pool.storageVolLookupByName(owned.volume)
+            real, home = Path(os.path.realpath(vol.path())), Path(os.path.realpath(pool_path(pool)))
+            if vol.path() != owned.path or real == home or not real.is_relative_to(home):
+                return False
+            vol.delete(0)
         except libvirt.libvirtError:
             return False
         return True

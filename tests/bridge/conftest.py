@@ -1,7 +1,12 @@
-"""A real bridge: uvicorn on a loopback port, over the parametrised broker, in front of a real worker."""
+"""A real bridge: uvicorn on a loopback port, over the parametrised broker, in front of a real worker.
+
+Without an ``Authenticator`` the bridge gets a local token (as ``kvmworker serve`` does) and the
+test's HTTP client sends it; ``RunningBridge.anonymous`` is a client without it.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,8 +15,8 @@ import httpx
 import pytest
 
 from kvmworker.bridge.app import create_app
-from kvmworker.bridge.auth import Authenticator
-from kvmworker.bridge.server import BridgeServer
+from kvmworker.bridge.auth import Authenticator, LocalToken
+from kvmworker.bridge.server import BridgeServer, Limits
 from kvmworker.client import Client
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.settings import Settings
@@ -22,6 +27,8 @@ class RunningBridge:
     url: str
     http: httpx.Client
     settings: Settings
+    token: str = ""
+    server: BridgeServer | None = None
 
     def post(self, body: object, path: str = "/", **kwargs) -> httpx.Response:
         return self.http.post(self.url + path, json=body, **kwargs)
@@ -31,18 +38,27 @@ class RunningBridge:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def anonymous(self) -> httpx.Client:
+        return httpx.Client(timeout=30)
+
 
 @contextmanager
 def serving(
-    settings: Settings, authenticator: Authenticator | None = None, registry: HandlerRegistry | None = None
+    settings: Settings,
+    authenticator: Authenticator | None = None,
+    registry: HandlerRegistry | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[RunningBridge]:
-    with Client(settings.broker_url) as client:
-        app = create_app(settings, client, authenticator, registry or HandlerRegistry())
-        server = BridgeServer(app, "127.0.0.1", 0)
+    token = "" if authenticator is not None or settings.insecure_open else secrets.token_urlsafe(32)
+    local = LocalToken(token, "(test)") if token else None
+    with Client(settings.broker_url, declare_host_queues=False) as client:
+        app = create_app(settings, client, authenticator, registry or HandlerRegistry(), local=local)
+        server = BridgeServer(app, "127.0.0.1", 0, limits=limits)
         server.start()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            with httpx.Client(timeout=30) as http:
-                yield RunningBridge(server.url, http, settings)
+            with httpx.Client(timeout=30, headers=headers) as http:
+                yield RunningBridge(server.url, http, settings, token, server)
         finally:
             server.stop()
             app.state.bridge.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,19 +43,45 @@ def _announced_url(proc: subprocess.Popen) -> str:
     raise AssertionError(f"the process exited ({proc.wait()}) without announcing its URL")
 
 
-def test_serve_answers_a_post_at_once_on_the_embedded_broker(tmp_path):
+def test_serve_answers_a_post_at_once_on_the_embedded_broker_to_the_holder_of_its_token(tmp_path):
     host = unique("kvt-serve-")
-    with process("serve", "--port", "0", "--host", host, "--state-dir", str(tmp_path)) as (proc, url):
-        reply = httpx.post(url + "/", json=PING, timeout=10).json()
+    token_file = tmp_path / "run" / "token"
+    argv = (
+        "serve",
+        "--port",
+        "0",
+        "--host",
+        host,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--token-file",
+        str(token_file),
+    )
+    with process(*argv) as (proc, url):
+        bearer = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        reply = httpx.post(url + "/", json=PING, headers=bearer, timeout=10).json()
         assert reply["code"] == 0 and reply["data"]["host"] == host
+        assert httpx.post(url + "/", json=PING, timeout=10).json()["code"] == 20004
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert proc.returncode == 0
+    assert not token_file.exists(), "a clean stop removes the token file"
 
 
-def test_the_bridge_process_reaches_a_worker_over_a_real_broker(running_worker, broker_url, host):
+def test_the_bridge_process_reaches_a_worker_over_a_real_broker(running_worker, broker_url, host, tmp_path):
     if broker_url.startswith("memory://"):
         pytest.skip("memory:// lives inside one process; a separate bridge process cannot share it")
-    argv = ("bridge", "--broker", broker_url, "--port", "0", "--default-host", host)
+    token_file = tmp_path / "token"
+    argv = ("bridge", "--broker", broker_url, "--port", "0", "--default-host", host, "--token-file", str(token_file))
     with process(*argv) as (proc, url):
-        reply = httpx.post(url + "/", json=PING, timeout=10).json()
+        bearer = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        reply = httpx.post(url + "/", json=PING, headers=bearer, timeout=10).json()
         assert reply["code"] == 0 and reply["data"]["host"] == host
     assert proc.returncode == 0
+
+
+def test_the_bridge_does_not_start_without_a_way_to_tell_callers_apart():
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmworker", "bridge", "--port", "0"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 64  # EX_USAGE: a configuration that must not run
+    assert "--users FILE or --token-file PATH" in done.stderr

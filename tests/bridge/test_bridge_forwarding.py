@@ -12,6 +12,7 @@ import pytest
 
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import start_worker
+from kvmworker.transport.connection import delete_host_queue
 from tests.bridge.conftest import serving
 from tests.conftest import unique
 from tests.support.handlers import ProbeHandler
@@ -42,8 +43,6 @@ def test_the_target_host_can_be_named_by_path_or_header(bridge, host):
     by_path = bridge.post(ECHO, path=f"/hosts/{host}").json()
     by_header = bridge.post(ECHO, headers={"X-KVM-Host": host}).json()
     assert by_path["code"] == by_header["code"] == 0
-    away = bridge.post({**ECHO, "timeout": 0.3}, headers={"X-KVM-Host": unique("kvt-nobody-")}).json()
-    assert away["code"] == -1
 
 
 def test_with_allowed_hosts_set_another_host_is_refused_20001_and_gets_no_queue(bridge_settings, running_worker, host):
@@ -63,23 +62,31 @@ def test_with_allowed_hosts_set_another_host_is_refused_20001_and_gets_no_queue(
             host_queue(stranger).bind(conn.default_channel).queue_declare(passive=True)
 
 
-def test_an_unknown_host_is_answered_minus_one_within_the_deadline_then_result_tells(bridge, broker_url, tmp_path):
-    nobody = unique("kvt-late-")
-    started = time.monotonic()
-    reply = bridge.post({**ECHO, "timeout": 1.0}, path=f"/hosts/{nobody}").json()
-    elapsed = time.monotonic() - started
-    assert (reply["code"], reply["msg"]) == (-1, "未知异常")
-    assert 0.9 <= elapsed < 2.5, elapsed
-    msg_id = reply["data"]["msg_id"]
-    late = start_worker(
-        bridge.settings.model_copy(update={"host": nobody, "state_dir": tmp_path / "late"}),
-        extra_handlers=[ProbeHandler()],
-    )
+def test_a_known_host_whose_worker_is_down_is_answered_minus_one_in_time_then_result_tells(
+    bridge, broker_url, tmp_path
+):
+    if broker_url.startswith("memory"):
+        pytest.skip("on memory:// the host's queue lives only while some process holds it; nothing is down")
+    absent = unique("kvt-late-")
+    late_settings = bridge.settings.model_copy(update={"host": absent, "state_dir": tmp_path / "late"})
+    first = start_worker(late_settings, extra_handlers=[ProbeHandler()])  # its queue is made, then it stops
+    assert first.worker.connected.wait(15)
+    first.stop(timeout=10)
     try:
-        assert late.worker.connected.wait(15)
-        outcome = _result_when_known(bridge, nobody, msg_id)
+        started = time.monotonic()
+        reply = bridge.post({**ECHO, "timeout": 1.0}, path=f"/hosts/{absent}").json()
+        elapsed = time.monotonic() - started
+        assert (reply["code"], reply["msg"]) == (-1, "未知异常")
+        assert 0.9 <= elapsed < 2.5, elapsed
+        msg_id = reply["data"]["msg_id"]
+        late = start_worker(late_settings, extra_handlers=[ProbeHandler()])
+        try:
+            assert late.worker.connected.wait(15)
+            outcome = _result_when_known(bridge, absent, msg_id)
+        finally:
+            late.stop(timeout=10)
     finally:
-        late.stop(timeout=10)
+        delete_host_queue(broker_url, absent)
     # it ran late (0, the echo) or was refused as expired (20005): either way the caller now knows
     assert outcome["code"] in (Code.OK, Code.EXPIRED), outcome
     if outcome["code"] == Code.OK:
@@ -105,7 +112,7 @@ def test_two_hundred_concurrent_requests_each_get_their_own_reply(bridge):
 
     async def all_of_them() -> list[tuple[int, dict]]:
         limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        async with httpx.AsyncClient(timeout=30, limits=limits, headers=bridge.http.headers) as http:
             return await asyncio.gather(*(one(http, i) for i in range(200)))
 
     answers = asyncio.run(all_of_them())

@@ -26,7 +26,7 @@ def broker_url() -> str:
 def users(tmp_path) -> UsersFile:
     # cheaper than the production parameters (~0.4 s a verification here), same code path
     users = UsersFile(tmp_path / "users", PasswordHasher(time_cost=1, memory_cost=16384, parallelism=1))
-    users.add("alice", "correct horse")
+    users.add("alice", "correct horse", hosts=["*"], commands=["*"])
     return users
 
 
@@ -130,6 +130,8 @@ def test_an_unknown_user_and_a_wrong_password_take_the_same_time(guarded):
     assert slow / fast < 1.25, (unknown, wrong)
 
 
-def test_without_a_users_file_login_succeeds_and_no_token_is_needed(bridge):
-    assert _login(bridge, "anyone", "anything")["data"]["auth"] == "disabled"
-    assert bridge.post(PING).json()["code"] == 0
+def test_with_insecure_open_login_succeeds_and_no_token_is_needed(make_bridge, bridge_settings, running_worker):
+    settings = bridge_settings.model_copy(update={"insecure_open": True})
+    with make_bridge(settings, None, running_worker.dispatcher.registry) as bridge, bridge.anonymous() as http:
+        assert http.post(bridge.url + "/", json=_login_body("anyone", "anything")).json()["data"]["auth"] == "disabled"
+        assert http.post(bridge.url + "/", json=PING).json()["code"] == 0

@@ -64,3 +64,28 @@ def test_bearer_tokens_and_name_value_pairs_are_masked_in_free_text():
     masked = redact_text(text)
     assert SECRET not in masked
     assert "user=ops" in masked
+
+
+def test_a_vnc_password_inside_domain_xml_is_masked_in_the_journal_and_the_dry_run_reply(tmp_path):
+    from tests.journal.conftest import wire
+
+    images = tmp_path / "images"
+    images.mkdir()
+    wired = wire(tmp_path / "state", tmp_path / "effects", libvirt_uri="test:///default", storage_dirs=[images])
+    xml = (
+        "<domain type='test'><name>kvt-vnc-secret</name><memory unit='MiB'>32</memory><os><type>hvm</type></os>"
+        f"<devices><graphics type='vnc' autoport='yes' passwd='{SECRET}'/></devices></domain>"
+    )
+    msg_id = new_id()
+    reply = wired.send("VmHandler", "define", {"xml": xml}, msg_id=msg_id, dry_run=True)
+    assert reply.code == Code.OK, reply.data
+    assert SECRET not in reply.data["xml"] and 'passwd="***"' in reply.data["xml"]
+    assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)
+    assert "passwd='***'" in wired.journal.store.find(msg_id).envelope["data"]["xml"]
+
+
+def test_secret_attributes_are_masked_in_xml_text_and_others_kept():
+    xml = f"""<graphics type="spice" passwd = "{SECRET}" keymap='en-us'/><x:a xmlns:x='u' x:password='{SECRET}'/>"""
+    masked = redact({"xml": xml})["xml"]
+    assert SECRET not in masked
+    assert "keymap='en-us'" in masked and 'type="spice"' in masked

@@ -175,7 +175,7 @@ def test_a_worker_and_a_bridge_that_cannot_reach_their_redis_say_why_without_the
     assert_clean_shutdown(worker)
     assert_clean_shutdown(bridge)
     assert readyz.status_code == 503
-    assert "redis://:***@127.0.0.1:1/0 unreachable" in readyz.json()["detail"]
+    assert "redis://:***@127.0.0.1:1/0 unreachable" in readyz.json()["reason"]
     for text in (worker.stderr, worker.stdout, bridge.stderr, bridge.stdout, readyz.text):
         assert password not in text
     assert "redis://:***@127.0.0.1:1/0" in worker.stderr

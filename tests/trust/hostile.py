@@ -146,7 +146,19 @@ def classics(storage_dir: Path) -> dict[str, tuple[Hostile, set[int]]]:
         "long-unicode-device-name": (_device_show("ü" * 8), {30005, 30006}),
         "path-traversal-in-a-disk": (Hostile(json.dumps(define).encode()), {30006}),
         "path-traversal-in-a-namespace": (_namespace_show("../../../proc/1/ns/net"), {30002, 30006}),
+        **{f"raw-xml-{case}": (_define_xml(case, storage_dir), {30006}) for case in HOSTILE_XML},
     }
+
+
+HOSTILE_XML = ("namespaced-attribute", "qemu-commandline", "hostdev", "dtd-with-an-external-entity", "os-kernel")
+
+
+def _define_xml(case: str, storage_dir: Path) -> Hostile:
+    from tests.vm.hostile_xml import CASES  # domain XML that got past the old disk-only check (issue 13)
+
+    xml = CASES[case].build("kvt-fz-xml", "test", storage_dir)
+    body = {"handler": "VmHandler", "command": "define", "dry_run": True, "data": {"xml": xml}}
+    return Hostile(json.dumps(body).encode())
 
 
 def _device_show(name: str) -> Hostile:

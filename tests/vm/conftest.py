@@ -20,7 +20,7 @@ from kvmworker.dispatch.request import Request
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import ensure_event_loop
-from tests.vm.guest import READY_LINE, GuestImage, guest_image
+from tests.vm.guest import CACHE_DIR, READY_LINE, GuestImage, guest_image
 
 SYSTEM_URI = os.environ.get("KVMWORKER_TEST_LIBVIRT", "qemu:///system")
 SERIAL_LOG_DIR = Path("/var/log/libvirt/qemu")
@@ -47,8 +47,9 @@ def caller(dispatcher: Dispatcher) -> Call:
     return call
 
 
-def _dispatcher(tmp_path: Path, uri: str) -> Iterator[Dispatcher]:
-    settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=[tmp_path], state_dir=tmp_path / "state")
+def _dispatcher(tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = ()) -> Iterator[Dispatcher]:
+    storage = [tmp_path, *more_storage]
+    settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=storage, state_dir=tmp_path / "state")
     dispatcher = build_dispatcher(settings)
     yield dispatcher
     for handler in dispatcher.registry.handlers:
@@ -88,7 +89,8 @@ def system(images: Path) -> Iterator[Dispatcher]:
         if os.environ.get("CI"):
             pytest.fail(f"libvirtd at {SYSTEM_URI} is not answering; .ci/run should have started it")
         pytest.skip(f"libvirtd at {SYSTEM_URI} is not answering (start it with .ci/services.sh)")
-    yield from _dispatcher(images, SYSTEM_URI)
+    # The test guest's kernel boots from its cache: that directory is a storage directory of this worker too.
+    yield from _dispatcher(images, SYSTEM_URI, more_storage=(CACHE_DIR,))
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_raw_xml_naming_a_disk_outside_the_storage_directories_is_refused(call):
         "</domain>"
     )
     reply = call("define", xml=xml)
-    assert reply.code == 30006 and reply.data["field"] == "xml.disk[0]"
+    assert reply.code == 30006 and reply.data["field"] == "xml:/domain/devices/disk/source/@file"
     assert call("info", name=name).code == 30007
 
 
