@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -146,7 +147,7 @@ def load_worker_keys(settings: Settings) -> WorkerKeys | None:
     reply_path = settings.keys_file or settings.state_dir / REPLY_KEYS_NAME
     if settings.keys_file is None and not reply_path.exists():
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        generate_key_file(reply_path, new_key_id(settings.host[:48]))
+        generate_key_file(reply_path, new_key_id(re.sub(r"[^A-Za-z0-9_.-]", "-", settings.host)[:48]))
         log.info("generated this host's reply key in %s", reply_path)
     keys = WorkerKeys(settings.host, trusted, Watched(reply_path, load_private_keys))
     log.info(
