@@ -59,7 +59,10 @@ OPTIONS: dict[str, Option] = {
     "url": Option("call/status: reach a running `serve` or `bridge` over HTTP (http://host:8080/), not the broker."),
     "token": Option("call/status with --url: the bridge's login token (sent as Authorization: Bearer)."),
     "token_ttl": Option("Bridge: seconds a login token stays valid."),
-    "token_file": Option("Bridge: write a fresh bearer token here at start (mode 0600); serve: /run/kvmworker/token."),
+    "token_file": Option(
+        "Bridge: write a fresh bearer token here at start (mode 0600; serve: /run/kvmworker/token). "
+        "call/status/replay with --url: read the token from it (default: /run/kvmworker/token when readable)."
+    ),
     "insecure_open": Option("Bridge: run with no authentication at all (only behind a proxy that checks).", "flag"),
     "server_names": Option(
         "Bridge: Host header names accepted besides IP addresses and localhost ('*': any; repeat the flag).", "list"

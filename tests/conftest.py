@@ -70,9 +70,14 @@ def remove_test_queues_at_the_end() -> Iterator[None]:
         from kombu import Connection
 
         with Connection(AMQP_URL, connect_timeout=5) as conn:
-            channel = conn.channel()
             for name in ours:
-                channel.queue_delete(name)
+                channel = conn.channel()
+                try:
+                    channel.queue_delete(name)
+                except conn.channel_errors:
+                    pass  # gone meanwhile, or exclusive to a connection still open: its owner deletes it
+                finally:
+                    channel.close() if channel.is_open else None
     _remove_redis_test_queues()
 
 

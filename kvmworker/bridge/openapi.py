@@ -1,5 +1,8 @@
 """``/openapi.json``: every handler/command body as a discriminated union, from the same pydantic models.
 
+Every schema under ``components/schemas`` is JSON Schema 2020-12 (OpenAPI 3.1's dialect), made by
+``kvmworker.schema.KvmJsonSchema`` like the files in ``schemas/``.
+
 ``handler`` discriminates first, then ``command`` within the handler, each branch naming the model of
 its ``data``. Built from the registry when the app is created, so a handler added to the worker
 appears here without anyone writing it down.
@@ -15,8 +18,8 @@ from pydantic.json_schema import models_json_schema
 
 from kvmworker import __version__
 from kvmworker.observability.health import HEALTH_SCHEMA
-from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope
+from kvmworker.schema import KvmJsonSchema, model_schema, reply_schema
 
 REF = "#/components/schemas/{model}"
 CALL = "Call"
@@ -40,7 +43,9 @@ def build_openapi(commands: Iterable[Command]) -> dict[str, Any]:
 
 def _model_schemas(commands: list[Command]) -> dict[str, Any]:
     models = list(dict.fromkeys(model for _, _, model in commands))
-    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    refs, defs = models_json_schema(
+        [(m, "validation") for m in models], ref_template=REF, schema_generator=KvmJsonSchema
+    )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["__refs__"] = {model: refs[(model, "validation")] for model in models}
     return schemas
@@ -82,19 +87,8 @@ def _union(discriminator: str, mapping: dict[str, str]) -> dict[str, Any]:
 
 
 def _envelope_extras() -> dict[str, Any]:
-    properties = Envelope.model_json_schema(ref_template=REF)["properties"]
+    properties = model_schema(Envelope, ref_template=REF)["properties"]
     return {name: properties[name] for name in ENVELOPE_EXTRAS}
-
-
-def reply_schema() -> dict[str, Any]:
-    """Every documented code with its exact text: a reply outside the table does not validate."""
-    return {
-        "type": "object",
-        "title": "Reply",
-        "required": ["code", "msg", "data"],
-        "properties": {"code": {"type": "integer"}, "msg": {"type": "string"}, "data": {}},
-        "oneOf": [{"properties": {"code": {"const": int(code)}, "msg": {"const": code.msg}}} for code in Code],
-    }
 
 
 def _paths() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from kvmworker.cli.common import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_UNKNOWN_OUTCOME,
+    EXIT_USAGE,
     CliError,
     add_settings_flags,
     broker_reachable,
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=json_object, default={}, help="the command's data, a JSON object")
     parser.add_argument("--dry-run", action="store_true", help="validate and show the plan; change nothing")
     parser.add_argument("--msg-id", type=_uuid, default=None, help="idempotency key (a UUID); generated when absent")
-    add_settings_flags(parser, "broker", "url", "token", "timeout", "keys-file", "trusted-keys-file")
+    add_settings_flags(parser, "broker", "url", "token", "token-file", "timeout", "keys-file", "trusted-keys-file")
     parser.set_defaults(run=run)
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "msg_id": args.msg_id,
     }
     if settings.url:
-        reply = call_over_http(settings.url, args.target_host, envelope, settings.timeout, settings.token)
+        reply = call_over_http(settings.url, args.target_host, envelope, settings.timeout, bearer_token(settings))
     else:
         reply = call_over_broker(settings, args.target_host, envelope)
     print_json(reply)
@@ -133,11 +134,27 @@ class HttpCaller:
         return Reply.model_validate(call_over_http(self._url, host, envelope, timeout, self._token))
 
 
+def bearer_token(settings: Any) -> str | None:
+    """``--token``; else the file a bridge wrote its token into (``--token-file``, or ``serve``'s default when this
+    user may read it: root on the machine that runs ``serve``)."""
+    if settings.token:
+        return settings.token
+    from kvmworker.bridge.tokenfile import DEFAULT_TOKEN_FILE
+
+    path = getattr(settings, "token_file", None) or DEFAULT_TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        if getattr(settings, "token_file", None):
+            raise CliError(f"cannot read the token file {path}: {exc.strerror}", EXIT_USAGE) from None
+        return None
+
+
 def caller_for(settings: Any, command: str) -> Any:
     """What sends commands for ``command``: the bridge at --url, else a Client on a broker that can be reached
     (memory:// with nobody in this process and an unreachable broker are one-line errors)."""
     if settings.url:
-        return HttpCaller(settings.url, settings.token)
+        return HttpCaller(settings.url, bearer_token(settings))
     refuse_lonely_memory(settings.broker, command)
     broker_reachable(settings.broker)
     from kvmworker.client import Client

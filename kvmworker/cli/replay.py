@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", dest="target_host", help="send to this host (default: the host that recorded it)")
     parser.add_argument("--dry-run", action="store_true", help="show each handler's plan; change nothing")
     parser.add_argument("--yes", action="store_true", help="do not ask before executing")
-    add_settings_flags(parser, "state-dir", "broker", "url", "token", "timeout", "keys-file", "trusted-keys-file")
+    add_settings_flags(
+        parser, "state-dir", "broker", "url", "token", "token-file", "timeout", "keys-file", "trusted-keys-file"
+    )
     parser.set_defaults(run=run)
 
 

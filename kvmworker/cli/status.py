@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object (its shape is documented in README)")
     add_settings_flags(
-        parser, "host", "broker", "url", "token", "timeout", "state-dir", "keys-file", "trusted-keys-file"
+        parser, "host", "broker", "url", "token", "token-file", "timeout", "state-dir", "keys-file", "trusted-keys-file"
     )
     parser.set_defaults(run=run)
 
@@ -94,7 +94,7 @@ def gather(settings: Any, timeout: float) -> dict[str, Any]:
 
 def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: contextlib.ExitStack) -> Any:
     """A function (handler, command) → reply dict, or None when neither broker nor bridge can be reached."""
-    from kvmworker.cli.call import call_over_http
+    from kvmworker.cli.call import bearer_token, call_over_http
 
     if settings.url:
         report["bridge"] = {"url": settings.url, "reachable": True, "error": None}
@@ -102,7 +102,7 @@ def _asker(settings: Any, report: dict[str, Any], timeout: float, closing: conte
         def over_http(handler: str, command: str) -> dict[str, Any]:
             envelope = {"handler": handler, "command": command, "data": {}, "dry_run": False, "msg_id": None}
             try:
-                return call_over_http(settings.url, settings.host, envelope, timeout, settings.token)
+                return call_over_http(settings.url, settings.host, envelope, timeout, bearer_token(settings))
             except CliError as exc:
                 report["bridge"].update(reachable=False, error=str(exc))
                 return {"code": None, "msg": str(exc), "data": {}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
@@ -19,22 +19,56 @@ from kvmworker.netplane.plan import AddAddress, AddLink, DeleteAddress, DeleteLi
 from kvmworker.netplane.plane import Netplane, netlink_key
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import InvalidParameter, NamespaceNotFound, OperationNotAllowed
-from kvmworker.protocol.types import Cidr, IfName, MacAddress, Mtu, NamespaceName, VlanId, Vni, coded
+from kvmworker.protocol.patterns import case_insensitive, schema_pattern
+from kvmworker.protocol.types import (
+    Cidr,
+    IfName,
+    MacAddress,
+    Mtu,
+    NamespaceName,
+    VlanId,
+    Vni,
+    absent,
+    coded,
+    given,
+    one_of_words,
+    schema_rules,
+    string_schema,
+)
 
+DEVICE_TYPES = ("veth", "tap", "bridge", "vlan", "vxlan")
 DeviceType = Literal["veth", "tap", "bridge", "vlan", "vxlan"]
 _NEEDS = {"veth": ("peer",), "vlan": ("link", "vlan_id"), "vxlan": ("vni",)}
 _OPTIONAL = {"vxlan": ("link",)}
 _TYPE_FIELDS = ("peer", "link", "vlan_id", "vni")
+_lower_type, _TYPE_SCHEMA = one_of_words(*DEVICE_TYPES)
+_lower_state, _STATE_SCHEMA = one_of_words("up", "down")
 
 
-def _lower(value: object) -> object:
-    return value.strip().lower() if isinstance(value, str) else value
+def _type_rule(kind: str) -> dict[str, Any]:
+    """What ``_fields_fit_type`` checks for one device type, as JSON Schema (``peer != name`` it cannot say)."""
+    needed = _NEEDS.get(kind, ())
+    unwanted = [f for f in _TYPE_FIELDS if f not in needed + _OPTIONAL.get(kind, ())]
+    then = {"allOf": [given(*needed), absent(*unwanted)]} if needed else absent(*unwanted)
+    word = {"type": "string", "pattern": schema_pattern(case_insensitive(kind))}
+    when = {"required": ["type"], "properties": {"type": word}}
+    return {"if": when, "then": then}
 
 
 def _check_alias(alias: str) -> str:
     if not alias.isprintable():
         raise coded(Code.INVALID_PARAMETER, "must be printable text")
     return alias
+
+
+_ALIAS_SCHEMA = string_schema(
+    r"[^\x00-\x1f\x7f-\x9f]*",
+    max_length=200,
+    description="printable text: no control characters (the worker also refuses other characters Python's "
+    "str.isprintable() refuses, such as format characters and unassigned code points)",
+)
+
+Alias = Annotated[str, Field(max_length=200), AfterValidator(_check_alias), WithJsonSchema(_ALIAS_SCHEMA)]
 
 
 def _with_prefix(address: object) -> object:
@@ -52,8 +86,13 @@ class _OnDevice(BaseModel):
 
 
 class DeviceCreate(_OnDevice):
-    type: Annotated[DeviceType, BeforeValidator(_lower)]
-    peer: IfName | None = Field(default=None, description="veth: the other end")
+    model_config = ConfigDict(json_schema_extra=schema_rules(*(_type_rule(kind) for kind in DEVICE_TYPES)))
+
+    type: Annotated[DeviceType, BeforeValidator(_lower_type), WithJsonSchema(_TYPE_SCHEMA)]
+    peer: IfName | None = Field(
+        default=None,
+        description="veth: the other end, named unlike `name` (the worker checks that; JSON Schema cannot)",
+    )
     link: IfName | None = Field(default=None, description="vlan (required) / vxlan: the lower device")
     vlan_id: VlanId | None = None
     vni: Vni | None = None
@@ -79,12 +118,12 @@ class DeviceRef(_OnDevice):
 
 
 class DeviceSet(_OnDevice):
-    state: Annotated[Literal["up", "down"], BeforeValidator(_lower)] | None = None
+    state: Annotated[Literal["up", "down"], BeforeValidator(_lower_state), WithJsonSchema(_STATE_SCHEMA)] | None = None
     mtu: Mtu | None = None
     mac: MacAddress | None = None
     master: IfName | None = Field(default=None, description="a bridge to enslave to; null releases")
     netns: NamespaceName | None = Field(default=None, description="move the device into this namespace")
-    alias: Annotated[str, Field(max_length=200), AfterValidator(_check_alias)] | None = None
+    alias: Alias | None = None
 
 
 class AddressChange(_OnDevice):

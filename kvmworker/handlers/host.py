@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
@@ -22,11 +22,18 @@ from kvmworker.inventory.services import ServiceInventory
 from kvmworker.inventory.storage import StorageInventory
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.errors import KvmError
+from kvmworker.protocol.types import matching, string_schema
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import LibvirtConnection
 
 # systemd's unit name characters; the leading character may not be '-' (it would read as an option elsewhere)
-UnitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$")]
+_UNIT_BODY = r"[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*"
+UnitName = Annotated[
+    str,
+    Field(max_length=255),
+    matching(_UNIT_BODY, "a unit name is 1-255 of [A-Za-z0-9:_.@\\-], not starting with '-'", None),
+    WithJsonSchema(string_schema(_UNIT_BODY, min_length=1, max_length=255)),
+]
 
 
 class ServicesData(BaseModel):

@@ -6,7 +6,16 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
@@ -14,28 +23,29 @@ from kvmworker.netplane import networks
 from kvmworker.netplane.plan import describe, execute
 from kvmworker.netplane.plane import Netplane, netlink_key
 from kvmworker.netplane.store import Network
+from kvmworker.protocol import patterns
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import DeviceNotFound, KvmError
-from kvmworker.protocol.types import IfName, Mtu, VlanId, coded
+from kvmworker.protocol.patterns import case_insensitive, fullmatch, schema_pattern
+from kvmworker.protocol.types import UUID_SCHEMA, IfName, Mtu, VlanId, coded, one_of_words, schema_rules
 
 log = logging.getLogger("kvmworker.network")
 
 
+_UUID = fullmatch(patterns.UUID)
+_lower_type, _TYPE_SCHEMA = one_of_words(networks.FLAT, networks.VLAN)
+
+
 def _uuid(value: object) -> str:
-    try:
-        return str(uuid.UUID(value)) if isinstance(value, str) else _not_uuid()
-    except ValueError:
-        return _not_uuid()
-
-
-def _not_uuid() -> str:
+    if isinstance(value, str) and _UUID.fullmatch(value):
+        return str(uuid.UUID(value))
     raise coded(Code.INVALID_PARAMETER, "must be a UUID, e.g. 5b0503ba-1af4-11ea-baa2-000c2902e179")
 
 
 def _network_type(value: object) -> str:
     if value is None:
         raise coded(Code.UNSUPPORTED_NETWORK_TYPE, "required: flat or vlan")
-    kind = value.strip().lower() if isinstance(value, str) else value
+    kind = _lower_type(value)
     if kind not in (networks.FLAT, networks.VLAN):
         raise coded(Code.UNSUPPORTED_NETWORK_TYPE, f"{value!r} is not supported; use flat or vlan")
     return kind
@@ -59,20 +69,35 @@ def _required_in_schema(schema: dict[str, Any]) -> None:
         schema["required"].append(name)
 
 
-NetworkId = Annotated[str, BeforeValidator(_uuid), WithJsonSchema({"type": "string", "format": "uuid"})]
-NetworkType = Annotated[
-    str, BeforeValidator(_network_type), WithJsonSchema({"type": "string", "enum": [networks.FLAT, networks.VLAN]})
-]
+def _vlan_rule(kind: str, then: dict[str, Any]) -> dict[str, Any]:
+    pattern = schema_pattern(case_insensitive(kind))
+    return {"if": {"required": ["network_type"], "properties": {"network_type": {"pattern": pattern}}}, "then": then}
+
+
+_VLAN_RULES = (
+    _vlan_rule(networks.VLAN, {"required": ["vlan_id"], "properties": {"vlan_id": {"not": {"enum": [None, ""]}}}}),
+    _vlan_rule(networks.FLAT, {"properties": {"vlan_id": {"enum": [None, ""]}}}),
+)
+
+
+def _network_schema(schema: dict[str, Any]) -> None:
+    _required_in_schema(schema)
+    schema_rules(*_VLAN_RULES)(schema)
+
+
+NetworkId = Annotated[str, BeforeValidator(_uuid), WithJsonSchema(UUID_SCHEMA)]
+NetworkType = Annotated[str, BeforeValidator(_network_type), WithJsonSchema(_TYPE_SCHEMA)]
 PhysicalInterface = Annotated[IfName, BeforeValidator(_interface_given)]
+_VLAN_OR_BLANK = {"anyOf": [TypeAdapter(VlanId).json_schema(), {"type": "null"}, {"const": ""}]}
 
 
 class NetworkCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_required_in_schema)
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_network_schema)
 
     network_id: NetworkId
     network_type: NetworkType = Field(default=None, validate_default=True, description="flat or vlan, in any case")
     physical_interface: PhysicalInterface = Field(default=None, validate_default=True)
-    vlan_id: Annotated[VlanId | None, BeforeValidator(_blank_is_none)] = Field(
+    vlan_id: Annotated[VlanId | None, BeforeValidator(_blank_is_none), WithJsonSchema(_VLAN_OR_BLANK)] = Field(
         default=None, validate_default=True, description="1-4094, vlan networks only; a string of digits is accepted"
     )
     mtu: Mtu | None = Field(default=None, description="applied to the bridge and the VLAN subinterface")

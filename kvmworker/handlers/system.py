@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
+from kvmworker.protocol.types import Uuid
 from kvmworker.protocol.urls import mask_secrets
 
 FeatureProbe = Callable[[], Any]
@@ -25,7 +25,7 @@ ERROR_SCAN = 500  # the newest entries searched for errors
 
 
 class ResultQuery(BaseModel):
-    msg_id: uuid.UUID
+    msg_id: Uuid
 
 
 class SystemHandler:

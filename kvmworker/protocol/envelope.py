@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import KvmError
+from kvmworker.protocol.types import Uuid, number
 
 MAX_TIMEOUT_S = 24 * 3600
 
@@ -21,9 +22,9 @@ class Envelope(BaseModel):
     command: StrictStr = Field(min_length=1, max_length=64)
     handler: StrictStr = Field(min_length=1, max_length=64)
     data: dict[str, Any]
-    msg_id: uuid.UUID | None = Field(default=None, description="Idempotency key; generated when absent.")
+    msg_id: Uuid | None = Field(default=None, description="Idempotency key; generated when absent.")
     dry_run: StrictBool = Field(default=False, description="Validate and return the plan; change nothing.")
-    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds the caller will wait.")
+    timeout: number(gt=0, le=MAX_TIMEOUT_S) | None = Field(default=None, description="Seconds the caller will wait.")
     token: StrictStr | None = Field(default=None, description="Bridge session token (alternative to a Bearer header).")
     principal: StrictStr | None = Field(
         default=None,

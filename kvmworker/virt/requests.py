@@ -6,9 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import InvalidParameter
-from kvmworker.protocol.types import MacAddress, coded
+from kvmworker.protocol.types import Flag, MacAddress, coded, given, number, schema_rules
 from kvmworker.virt import safe_xml
-from kvmworker.virt.spec import DomainSpec, InterfaceSpec, VmName, VmRef
+from kvmworker.virt.spec import INTERFACE_RULE, VM_REF_RULE, DomainSpec, InterfaceSpec, VmName, VmRef
 from kvmworker.virt.states import StateFilter
 
 MAX_XML = 256 * 1024
@@ -20,32 +20,45 @@ class ListData(BaseModel):
 
 
 class ShutdownData(VmRef):
-    timeout: float = Field(default=60.0, gt=0, le=3600)
-    force: bool = False
+    timeout: number(gt=0, le=3600) = 60.0
+    force: Flag = False
 
 
 class AutostartData(VmRef):
-    enabled: bool
+    enabled: Flag
 
 
 class UndefineData(VmRef):
-    remove_storage: bool = False
+    remove_storage: Flag = False
 
 
 class AttachInterfaceData(VmRef, InterfaceSpec):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=schema_rules(VM_REF_RULE, INTERFACE_RULE))
 
 
 class DetachInterfaceData(VmRef):
     mac: MacAddress
 
 
+XML_OR_SPEC_RULE = {
+    "if": {"required": ["xml"], "properties": {"xml": {"type": "string"}}},
+    "then": {"propertyNames": {"const": "xml"}},
+    "else": given("name"),
+}
+
+
 class DefineData(DomainSpec):
     """Either ``xml`` (raw domain XML) or the structured spec's fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(XML_OR_SPEC_RULE))
 
-    xml: str | None = Field(default=None, max_length=MAX_XML)
+    xml: str | None = Field(
+        default=None,
+        max_length=MAX_XML,
+        json_schema_extra={"contentMediaType": "application/xml"},
+        description="libvirt domain XML: well-formed, a <domain> with a <name> (checked by the worker, "
+        "not expressible in JSON Schema)",
+    )
     name: VmName | None = None  # type: ignore[assignment]
 
     @model_validator(mode="after")

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import re
-import uuid as uuidlib
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from kvmworker.protocol.codes import Code
-from kvmworker.protocol.types import IfName, LooseInt, MacAddress, coded
+from kvmworker.protocol.types import (
+    Flag,
+    IfName,
+    MacAddress,
+    Uuid,
+    absent,
+    coded,
+    given,
+    loose_int,
+    number,
+    schema_rules,
+    string_schema,
+)
 from kvmworker.virt.storage import PLAIN_NAME
 
 _VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 _LOOKUP_NAME = re.compile(r"[^\x00-\x1f/]{1,255}")
+_PLAIN_BODY = r"[A-Za-z0-9_](?:[A-Za-z0-9_+-]|\.[A-Za-z0-9_+-])*\.?"
+"""``PLAIN_NAME`` without '..': every '.' is followed by another character or ends the name."""
 
 
 def _check_vm_name(name: str) -> str:
@@ -35,22 +48,42 @@ def _check_plain(name: str) -> str:
     return name
 
 
-VmName = Annotated[str, AfterValidator(_check_vm_name)]
+VmName = Annotated[
+    str,
+    AfterValidator(_check_vm_name),
+    WithJsonSchema(string_schema("[A-Za-z0-9_][A-Za-z0-9_.+-]*", min_length=1, max_length=64)),
+]
 """A name for a VM this worker defines."""
-LookupName = Annotated[str, AfterValidator(_check_lookup_name)]
+LookupName = Annotated[
+    str,
+    AfterValidator(_check_lookup_name),
+    WithJsonSchema(string_schema(r"[^\x00-\x1f/]*", min_length=1, max_length=255)),
+]
 """A name to look an existing VM up by."""
-PlainName = Annotated[str, AfterValidator(_check_plain)]
+PlainName = Annotated[
+    str, AfterValidator(_check_plain), WithJsonSchema(string_schema(_PLAIN_BODY, min_length=1, max_length=255))
+]
 """A volume or pool name: never a path."""
 DomainType = Literal["kvm", "qemu"]
+
+
+VM_REF_RULE = {"anyOf": [given("name"), given("uuid")]}
+INTERFACE_RULE = {"oneOf": [given("network_id"), given("bridge")]}
+DISK_RULE = {
+    "anyOf": [
+        {"allOf": [given("image"), absent("volume", "pool", "size_gib")]},
+        {"allOf": [absent("image"), {"anyOf": [given("volume"), given("size_gib")]}]},
+    ]
+}
 
 
 class VmRef(BaseModel):
     """A VM addressed by ``name`` or ``uuid`` (the uuid wins when both are given and they must agree)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=schema_rules(VM_REF_RULE))
 
     name: LookupName | None = None
-    uuid: uuidlib.UUID | None = None
+    uuid: Uuid | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> VmRef:
@@ -70,9 +103,9 @@ class VmRef(BaseModel):
 class InterfaceSpec(BaseModel):
     """A NIC on a network created by NetworkHandler (``network_id``) or on any bridge."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(INTERFACE_RULE))
 
-    network_id: uuidlib.UUID | None = None
+    network_id: Uuid | None = None
     bridge: IfName | None = None
     mac: MacAddress | None = None
     model: Literal["virtio", "e1000", "e1000e", "rtl8139"] = "virtio"
@@ -87,12 +120,12 @@ class InterfaceSpec(BaseModel):
 class DiskSpec(BaseModel):
     """``image`` (an existing file), ``volume`` (an existing pool volume) or ``size_gib`` (a new qcow2 volume)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(DISK_RULE))
 
     image: str | None = Field(default=None, max_length=4096)
     volume: PlainName | None = None
     pool: PlainName | None = None
-    size_gib: float | None = Field(default=None, gt=0, le=65536)
+    size_gib: number(gt=0, le=65536) | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
 
     @model_validator(mode="after")
@@ -108,9 +141,9 @@ class DomainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: VmName
-    vcpus: Annotated[LooseInt, Field(ge=1, le=512)] = 1
-    memory_mib: Annotated[LooseInt, Field(ge=16, le=16 * 1024 * 1024)] = 512
+    vcpus: loose_int(1, 512) = 1
+    memory_mib: loose_int(16, 16 * 1024 * 1024) = 512
     disks: list[DiskSpec] = Field(default_factory=list, max_length=26)
     interfaces: list[InterfaceSpec] = Field(default_factory=list, max_length=32)
     domain_type: DomainType | None = None
-    graphics: bool = False
+    graphics: Flag = False

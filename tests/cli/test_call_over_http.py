@@ -17,25 +17,31 @@ def serve_args(tmp_path: Path, host: str, *extra: str) -> list[str]:
 
 def test_call_with_url_reaches_the_worker_inside_a_running_serve(tmp_path):
     host = unique("kvt-serve-")
-    with serving(*serve_args(tmp_path, host)) as (_, url):
-        done = kvmworker("call", "--url", f"{url}/", host, "SystemHandler", "ping")
+    token_file = tmp_path / "token"
+    with serving(*serve_args(tmp_path, host, "--token-file", str(token_file))) as (_, url):
+        done = kvmworker("call", "--url", f"{url}/", "--token-file", str(token_file), host, "SystemHandler", "ping")
         assert (done.returncode, done.stderr) == (0, ""), done.stderr
         assert json.loads(done.stdout)["data"]["host"] == host
-        refused = kvmworker("call", "--url", url, host, "SystemHandler", "nope")
+        anonymous = kvmworker("call", "--url", url, "--token-file", "/dev/null", host, "SystemHandler", "ping")
+        assert anonymous.returncode == 1 and json.loads(anonymous.stdout)["code"] == 20004
+        auth = ("--token", token_file.read_text().strip())
+        refused = kvmworker("call", "--url", url, *auth, host, "SystemHandler", "nope")
         assert refused.returncode == 1 and json.loads(refused.stdout)["code"] == 20003
-        dry = kvmworker("call", "--url", url, host, "SystemHandler", "ping", "--dry-run", "--data", "{}")
+        dry = kvmworker("call", "--url", url, *auth, host, "SystemHandler", "ping", "--dry-run", "--data", "{}")
         assert dry.returncode == 0, dry.stdout
-        from_env = kvmworker("call", host, "SystemHandler", "ping", env=clean_env(KVMWORKER_URL=url))
+        env = clean_env(KVMWORKER_URL=url, KVMWORKER_TOKEN_FILE=str(token_file))
+        from_env = kvmworker("call", host, "SystemHandler", "ping", env=env)
         assert from_env.returncode == 0, from_env.stderr
 
 
 def test_call_with_url_logs_in_with_a_token_when_the_bridge_has_users(tmp_path):
     host = unique("kvt-serve-")
     users = tmp_path / "users.json"
-    added = kvmworker("users", "add", "alice", "--password-stdin", "--users", str(users), input="pw-kvt\n")
+    grants = ("--hosts", "*", "--commands", "*")
+    added = kvmworker("users", "add", "alice", *grants, "--password-stdin", "--users", str(users), input="pw-kvt\n")
     assert added.returncode == 0, added.stderr
-    with serving(*serve_args(tmp_path, host, "--users", str(users))) as (_, url):
-        anonymous = kvmworker("call", "--url", url, host, "SystemHandler", "ping")
+    with serving(*serve_args(tmp_path, host, "--users", str(users), "--token-file", str(tmp_path / "t"))) as (_, url):
+        anonymous = kvmworker("call", "--url", url, "--token-file", "/dev/null", host, "SystemHandler", "ping")
         assert anonymous.returncode == 1, anonymous.stdout
         login = {"username": "alice", "password": "pw-kvt"}
         logged_in = kvmworker("call", "--url", url, host, "UserHandler", "login", "--data", json.dumps(login))

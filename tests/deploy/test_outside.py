@@ -81,9 +81,12 @@ def spawn(wheel_venv: WheelVenv, tmp_path: Path) -> Iterator:
         process.stop()
 
 
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+def http(method: str, url: str, body: dict | None = None, token: Path | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token is not None and token.exists():
+        headers["Authorization"] = f"Bearer {token.read_text().strip()}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=REPLY_S) as response:
             return response.status, json.loads(response.read())
@@ -91,12 +94,14 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def until_answers(method: str, url: str, process: Process, body: dict | None = None) -> tuple[int, dict]:
+def until_answers(
+    method: str, url: str, process: Process, body: dict | None = None, token: Path | None = None
+) -> tuple[int, dict]:
     deadline = time.monotonic() + START_S
     while True:
         assert process.proc.poll() is None, f"exited {process.proc.returncode}:\n{process.output()}"
         try:
-            return http(method, url, body)
+            return http(method, url, body, token)
         except (ConnectionError, urllib.error.URLError):
             if time.monotonic() > deadline:
                 raise AssertionError(f"no answer from {url} in {START_S:g} s:\n{process.output()}") from None
@@ -135,10 +140,12 @@ def test_kvmworker_version_prints_the_version_from_the_wheel_alone(wheel_venv):
 
 def test_kvmworker_serve_from_the_wheel_answers_a_post_and_is_ready(spawn, tmp_path):
     port = free_port()
+    token = tmp_path / "token"
     serve = spawn(
-        "serve", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--libvirt-uri", "test:///default"
-    )
-    status, reply = until_answers("POST", f"http://127.0.0.1:{port}/", serve, PING)
+        "serve", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--libvirt-uri", "test:///default",
+        "--token-file", str(token),
+    )  # fmt: skip
+    status, reply = until_answers("POST", f"http://127.0.0.1:{port}/", serve, PING, token)
     assert (status, reply["code"], reply["msg"]) == (200, 0, "成功"), reply
     assert reply["data"]["version"] == VERSION
     assert http("GET", f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ok"})
@@ -149,9 +156,11 @@ def test_kvmworker_serve_from_the_wheel_answers_a_post_and_is_ready(spawn, tmp_p
 def test_kvmworker_serve_says_at_start_that_libvirt_is_unreachable_and_what_to_do(spawn, tmp_path):
     port, socket_path = free_port(), tmp_path / "kvt-no-libvirtd.sock"
     uri = f"qemu+unix:///system?socket={socket_path}"
-    serve = spawn("serve", "--port", str(port), "--state-dir", str(tmp_path / "state"), "--libvirt-uri", uri)
-    until_answers("POST", f"http://127.0.0.1:{port}/", serve, PING)
-    vm = http("POST", f"http://127.0.0.1:{port}/", {"handler": "VmHandler", "command": "list", "data": {}})[1]
+    token = tmp_path / "token"
+    state = str(tmp_path / "state")
+    serve = spawn("serve", "--port", str(port), "--state-dir", state, "--libvirt-uri", uri, "--token-file", str(token))
+    until_answers("POST", f"http://127.0.0.1:{port}/", serve, PING, token)
+    vm = http("POST", f"http://127.0.0.1:{port}/", {"handler": "VmHandler", "command": "list", "data": {}}, token)[1]
     assert serve.stop() == 0
     assert vm["code"] == 30009 and str(socket_path) in vm["data"]["detail"]
     lines = serve.output().splitlines()
@@ -231,7 +240,7 @@ def test_the_worker_and_the_bridge_answer_readyz_in_one_shape(spawn, tmp_path):
         "worker", "--host", "kvt-outside-down", "--broker", unreachable, "--state-dir", str(tmp_path / "state"),
         "--health-port", str(worker_port), "--health-bind", "127.0.0.1",
     )  # fmt: skip
-    bridge = spawn("bridge", "--broker", unreachable, "--port", str(bridge_port))
+    bridge = spawn("bridge", "--broker", unreachable, "--port", str(bridge_port), "--token-file", str(tmp_path / "t"))
     answers = {
         "worker": until_answers("GET", f"http://127.0.0.1:{worker_port}/readyz", worker),
         "bridge": until_answers("GET", f"http://127.0.0.1:{bridge_port}/readyz", bridge),

@@ -57,7 +57,17 @@ def free_port() -> int:
 def test_run_sh_starts_the_embedded_default_and_a_post_is_answered(tmp_path):
     port = free_port()
     log = (tmp_path / "run.log").open("w")
-    args = ["--port", str(port), "--state-dir", str(tmp_path / "state"), "--host", "kvt-run-sh"]
+    token = tmp_path / "token"
+    args = [
+        "--port",
+        str(port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--host",
+        "kvt-run-sh",
+        "--token-file",
+        str(token),
+    ]
     proc = subprocess.Popen(["bash", "scripts/run.sh", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     body = json.dumps({"handler": "SystemHandler", "command": "ping", "data": {}}).encode()
     try:
@@ -65,7 +75,11 @@ def test_run_sh_starts_the_embedded_default_and_a_post_is_answered(tmp_path):
         while reply is None:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", data=body, timeout=30) as response:
+                headers = {"Content-Type": "application/json"}
+                if token.exists():
+                    headers["Authorization"] = f"Bearer {token.read_text().strip()}"
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, headers=headers)
+                with urllib.request.urlopen(request, timeout=30) as response:
                     reply = json.loads(response.read())
             except (ConnectionError, urllib.error.URLError):
                 assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()

@@ -13,6 +13,7 @@ import pytest
 from kombu import Connection
 
 from kvmworker.transport.connection import delete_host_queue
+from kvmworker.transport.names import host_queue
 from tests.conftest import AMQP_URL, unique
 from tests.logs.conftest import BridgeUser, BrokerUser, Captured, json_lines, mentioning
 
@@ -68,8 +69,11 @@ class Session:
 
 @pytest.fixture
 def silent_host():
-    """A host no worker serves: the bridge's call to it times out (-1). Its queue goes at the end."""
+    """A host whose worker is down (its queue exists, nobody consumes): the bridge's call to it times out (-1).
+    Its queue goes at the end."""
     host = unique("kvt-silent-")
+    with Connection(AMQP_URL, connect_timeout=5) as conn:
+        host_queue(host).bind(conn.default_channel).declare()
     yield host
     delete_host_queue(AMQP_URL, host)
 
@@ -95,7 +99,7 @@ def assert_said_once(lines: list[dict], session: Session) -> None:
     (bad_data,) = mentioning(lines, session.bad_data_msg_id, "WARNING")
     assert (bad_data["code"], bad_data["handler"], bad_data["command"]) == (30006, "NetworkHandler", "create")
     assert bad_data["detail"].startswith("network_id:")
-    (timed_out,) = mentioning(lines, session.timed_out_msg_id)
+    (timed_out,) = mentioning(lines, session.timed_out_msg_id, "WARNING")
     assert timed_out["level"] == "WARNING" and timed_out["code"] == -1
     assert (timed_out["host"], timed_out["handler"], timed_out["command"]) == (
         session.silent_host,
@@ -150,7 +154,8 @@ def test_serve_on_a_list_of_broker_urls_logs_json_lines_without_any_password(
     brokers = f"{broker_user.url('localhost')};{broker_user.url('127.0.0.1')}"
     state = str(tmp_path / "state")
     serve = run("serve", "serve", "--host", worker_host, "--broker", brokers, "--port", "0", "--state-dir", state,
-                "--users", str(bridge_user.users_file), "--log-json", "--log-level", "debug")  # fmt: skip
+                "--users", str(bridge_user.users_file), "--token-file", str(tmp_path / "token"),
+                "--log-json", "--log-level", "debug")  # fmt: skip
     session = Session(serve.url(), bridge_user, silent_host)
     session.drive()
 
@@ -168,7 +173,7 @@ def test_a_worker_and_a_bridge_that_cannot_reach_their_redis_say_why_without_the
     broker = f"redis://:{password}@127.0.0.1:1/0"
     worker = run("worker-redis", "worker", "--host", unique("kvt-ops-"), "--broker", broker,
                  "--state-dir", str(tmp_path / "state"))  # fmt: skip
-    bridge = run("bridge-redis", "bridge", "--broker", broker, "--port", "0")
+    bridge = run("bridge-redis", "bridge", "--broker", broker, "--port", "0", "--token-file", str(tmp_path / "token"))
     readyz = httpx.get(bridge.url() + "/readyz", timeout=10)
     worker.wait_for(r"consumer stopped \(.+\); reconnecting")
 

@@ -182,8 +182,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def serve(namespace: str, tmp_path: Path) -> Iterator[str]:
-    """``kvmworker serve`` (the embedded default, memory://) operating in the test's namespace."""
+def serve(namespace: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``kvmworker serve`` (the embedded default, memory://) operating in the test's namespace, and its token file."""
     port = _free_port()
     exe = shutil.which("kvmworker", path=str(Path(sys.executable).parent)) or "kvmworker"
     env = os.environ | {
@@ -192,9 +192,9 @@ def serve(namespace: str, tmp_path: Path) -> Iterator[str]:
         "KVMWORKER_STATE_DIR": str(tmp_path / "state"),
     }
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [exe, "serve", "--port", str(port), "--host", unique("kvt-g-")], env=env, stdout=log, stderr=log, cwd=ROOT
-    )
+    token = tmp_path / "token"
+    command = [exe, "serve", "--port", str(port), "--host", unique("kvt-g-"), "--token-file", str(token)]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120  # imports are slow under emulation
@@ -205,23 +205,23 @@ def serve(namespace: str, tmp_path: Path) -> Iterator[str]:
             except OSError:
                 time.sleep(0.5)
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        yield url
+        yield url, token
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
 
 
-def _post(url: str, envelope: dict) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(envelope).encode(), headers={"Content-Type": "application/json"}
-    )
+def _post(serve: tuple[str, Path], envelope: dict) -> dict:
+    url, token = serve
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token.read_text().strip()}"}
+    request = urllib.request.Request(url, data=json.dumps(envelope).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status == 200
         return json.loads(response.read())
 
 
-def test_the_documented_example_end_to_end_through_the_http_bridge(serve: str, kernel: Kernel):
+def test_the_documented_example_end_to_end_through_the_http_bridge(serve: tuple[str, Path], kernel: Kernel):
     seed_body = {"command": "create", "handler": "NetworkHandler", "data": DOCUMENTED_EXAMPLE}
     reply = _post(serve, seed_body)
     assert (reply["code"], reply["msg"]) == (0, "成功"), reply
