@@ -32,6 +32,7 @@ from kvmworker.transport.names import (
     reply_queue,
 )
 from kvmworker.transport.publisher import Publisher
+from kvmworker.trust.keys import KeyFileError
 
 log = logging.getLogger("kvmworker.client")
 
@@ -63,6 +64,7 @@ class Client:
         self._signer = signer
         self._reply_queue = reply_queue()
         self._pending: dict[str, Future] = {}
+        self._hosts: dict[str, str] = {}  # correlation id → the host whose key must have signed the reply
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -103,8 +105,13 @@ class Client:
             return PendingCall(msg_id, correlation_id, future)
         with self._lock:
             self._pending[correlation_id] = future
+            self._hosts[correlation_id] = host
         try:
             self._publish(host, envelope, msg_id, correlation_id, timeout)
+        except KeyFileError as exc:
+            self.forget(correlation_id)
+            log.error("[%s] not sent: %s", msg_id, exc)
+            future.set_result(Reply.error(Code.UNAUTHENTICATED, f"not sent: the command could not be signed ({exc})"))
         except Exception as exc:
             self._declared.discard(host)
             if self.forget(correlation_id):
@@ -137,6 +144,7 @@ class Client:
     def forget(self, correlation_id: str) -> bool:
         """Stop waiting for this call's reply; False if the reply consumer has already taken it."""
         with self._lock:
+            self._hosts.pop(correlation_id, None)
             return self._pending.pop(correlation_id, None) is not None
 
     def _publish(self, host: str, envelope: Envelope, msg_id: str, correlation_id: str, timeout: float) -> None:
@@ -191,12 +199,21 @@ class Client:
 
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
+        host = self._hosts.get(correlation_id)
+        if host is None:
+            log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
+            return
         if self._signer is not None and not self._signer.reply_is_authentic(
-            message.body, correlation_id, message.properties.get("message_id"), message.headers
+            message.body, correlation_id, message.properties.get("message_id"), message.headers, host
         ):
-            log.warning("reply for %s dropped: its signature does not verify (forged, or other keys)", correlation_id)
+            log.warning(
+                "reply for %s dropped: its signature does not verify with the keys of the host the command went to"
+                " (forged, or that host's key is not enrolled)",
+                correlation_id,
+            )
             return
         with self._lock:
+            self._hosts.pop(correlation_id, None)
             future = self._pending.pop(correlation_id, None)
         if future is None or future.done():
             log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)

@@ -37,7 +37,14 @@ OPTIONS: dict[str, Option] = {
     "storage_pool": Option("libvirt pool for new volumes."),
     "health_port": Option("Worker /healthz, /readyz, /metrics port."),
     "health_bind": Option("Address of the health port (probes come from outside)."),
-    "keys_file": Option("HMAC signing keys (key id → secret)."),
+    "keys_file": Option(
+        "Private Ed25519 keys this party signs with (0600): the orchestrator's command keys (call, bridge,"
+        " replay), or a worker's reply key (default there: <state_dir>/reply-keys.json, made at first start)."
+    ),
+    "trusted_keys_file": Option(
+        "Public Ed25519 keys this party trusts: `orchestrator` (a worker runs only commands they signed) and"
+        " `hosts` (a client accepts a host's reply only when that host's key signed it)."
+    ),
     "journal_max_age_days": Option("Journal entries older than this go."),
     "journal_max_mb": Option("The journal is kept under this size."),
     # the bridge and the client

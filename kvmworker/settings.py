@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=0, le=65535, description=_help("health_port"))
     health_bind: str = Field(default="0.0.0.0", description=_help("health_bind"))
     keys_file: Path | None = Field(default=None, description=_help("keys_file"))
+    trusted_keys_file: Path | None = Field(default=None, description=_help("trusted_keys_file"))
     journal_max_age_days: float = Field(default=30.0, gt=0, description=_help("journal_max_age_days"))
     journal_max_mb: float = Field(default=512.0, gt=0, description=_help("journal_max_mb"))
 

@@ -22,6 +22,7 @@ from kvmworker.cli.common import (
     EXIT_USAGE,
     CliError,
 )
+from kvmworker.trust import KeyFileError
 
 # name → one line for `kvmworker --help`; each module has ``register(subparsers)`` and says the same.
 COMMANDS = {
@@ -31,6 +32,7 @@ COMMANDS = {
     "serve": "run the worker and the HTTP bridge in one process",
     "bridge": "run the HTTP bridge for legacy callers",
     "users": "add, remove and list the bridge's users",
+    "keys": "make Ed25519 key files (0600) and print their public keys",
     "journal": "what the worker received and answered",
     "replay": "send recorded commands again under fresh msg_ids",
     "schema": "write the JSON schemas of the envelope, reply and every command",
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
+    except KeyFileError as exc:  # a key file missing, unsafe or weak: a bad setting, said with its file and reason
+        return _fail(str(exc), EXIT_USAGE)
     except BrokenPipeError:
         # `kvmworker schema | head`: the reader has all it wanted; say nothing, as `cat` would
         _silence_stdout()

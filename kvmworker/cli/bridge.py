@@ -34,6 +34,7 @@ BRIDGE_FLAGS = (
     "header-timeout",
     "body-timeout",
     "keys-file",
+    "trusted-keys-file",
 )
 
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, TokenFileError) as exc:
         raise CliError(f"cannot write the token file: {exc}", EXIT_OS) from None
     try:
-        with Client(settings.broker, signer=load_signer(settings.keys_file), declare_host_queues=False) as client:
+        with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
             try:
                 app = create_app(settings, client, local=local)
             except NoAuthentication as exc:

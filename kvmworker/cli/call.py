@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=json_object, default={}, help="the command's data, a JSON object")
     parser.add_argument("--dry-run", action="store_true", help="validate and show the plan; change nothing")
     parser.add_argument("--msg-id", type=_uuid, default=None, help="idempotency key (a UUID); generated when absent")
-    add_settings_flags(parser, "broker", "url", "token", "token-file", "timeout", "keys-file")
+    add_settings_flags(parser, "broker", "url", "token", "token-file", "timeout", "keys-file", "trusted-keys-file")
     parser.set_defaults(run=run)
 
 
@@ -160,7 +160,7 @@ def caller_for(settings: Any, command: str) -> Any:
     from kvmworker.client import Client
     from kvmworker.trust.signing import load_signer
 
-    return Client(settings.broker, signer=load_signer(settings.keys_file))
+    return Client(settings.broker, signer=load_signer(settings))
 
 
 def _reply_of(body: bytes, target: str) -> dict[str, Any]:

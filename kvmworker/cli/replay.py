@@ -84,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"differing replies shown (default {MAX_DETAILS})",
     )
-    add_settings_flags(parser, "state-dir", "broker", "url", "token", "token-file", "timeout", "keys-file")
+    add_settings_flags(
+        parser, "state-dir", "broker", "url", "token", "token-file", "timeout", "keys-file", "trusted-keys-file"
+    )
     parser.set_defaults(run=run)
 
 

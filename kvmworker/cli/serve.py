@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if libvirt:
             log.warning("%s", libvirt)
         try:
-            with Client(settings.broker, signer=load_signer(settings.keys_file), declare_host_queues=False) as client:
+            with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
                 app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
                 server = http_server(app, settings)
                 print(banner(server.url, settings, local, libvirt), flush=True)

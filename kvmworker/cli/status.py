@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status", help="one screen for the operator on call: broker, libvirt, queue, running, errors, networks"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object (its shape is documented in README)")
-    add_settings_flags(parser, "host", "broker", "url", "token", "token-file", "timeout", "state-dir", "keys-file")
+    add_settings_flags(
+        parser, "host", "broker", "url", "token", "token-file", "timeout", "state-dir", "keys-file", "trusted-keys-file"
+    )
     parser.set_defaults(run=run)
 
 
@@ -127,7 +129,7 @@ def _over_broker(settings: Any, timeout: float, closing: contextlib.ExitStack) -
     from kvmworker.client import Client
     from kvmworker.trust.signing import load_signer
 
-    client = closing.enter_context(Client(settings.broker, signer=load_signer(settings.keys_file)))
+    client = closing.enter_context(Client(settings.broker, signer=load_signer(settings)))
 
     def over_broker(handler: str, command: str) -> dict[str, Any]:
         return client.call(settings.host, handler, command, {}, timeout=timeout).model_dump(mode="json")

@@ -27,6 +27,7 @@ WORKER_FLAGS = (
     "health-port",
     "health-bind",
     "keys-file",
+    "trusted-keys-file",
     "redis-visibility-timeout",
     "journal-max-age-days",
     "journal-max-mb",

@@ -1,1 +1,5 @@
-"""Trust: who may command this host (HMAC-signed messages) and until when (deadlines)."""
+"""Trust: who may command this host (Ed25519-signed messages) and until when (deadlines)."""
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable, unsafe or invalid: refuse to start (or to verify) rather than run open."""

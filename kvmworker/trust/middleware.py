@@ -21,7 +21,7 @@ from kvmworker.protocol.envelope import MAX_TIMEOUT_S, Reply
 from kvmworker.protocol.errors import Expired, InvalidRequest, KvmError, Unauthenticated
 from kvmworker.settings import Settings
 from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
-from kvmworker.trust.signing import Signer, load_signer
+from kvmworker.trust.signing import WorkerKeys, load_worker_keys
 
 log = logging.getLogger("kvmworker.trust")
 
@@ -32,14 +32,14 @@ MAX_VALIDITY_S = MAX_TIMEOUT_S
 
 
 def create_trust(settings: Settings) -> TrustMiddleware:
-    """The guard of ``settings``: signatures checked when ``keys_file`` is set (a bad key file stops the start)."""
-    return TrustMiddleware(settings.host, load_signer(settings.keys_file))
+    """The guard of ``settings``: signatures checked when ``trusted_keys_file`` is set (a bad file stops the start)."""
+    return TrustMiddleware(settings.host, load_worker_keys(settings))
 
 
 def warn_open(host: str) -> None:
     log.warning(
-        "RUNNING OPEN: no keys_file is configured, so messages are NOT authenticated; anyone who can publish "
-        "to the queue kvmworker.%s can command this host. Configure keys_file (see docs/trust.md).",
+        "RUNNING OPEN: no trusted_keys_file is configured, so messages are NOT authenticated; anyone who can publish "
+        "to the queue kvmworker.%s can command this host. Configure trusted_keys_file (see docs/trust.md).",
         host,
     )
 
@@ -50,7 +50,7 @@ class TrustMiddleware(Middleware):
     def __init__(
         self,
         host: str,
-        signer: Signer | None,
+        signer: WorkerKeys | None,
         *,
         skew: float = CLOCK_SKEW_S,
         clock: Callable[[], float] = time.time,
@@ -171,6 +171,6 @@ def announce_open(chain: MiddlewareChain, host: str) -> None:
         guard.warn_if_open()
 
 
-def reply_signer(chain: MiddlewareChain) -> Signer | None:
-    """The worker signs its replies with the key ring its trust middleware verifies with (loaded once)."""
+def reply_signer(chain: MiddlewareChain) -> WorkerKeys | None:
+    """The worker signs its replies with its own key, held beside the keys its trust middleware verifies with."""
     return next((mw.signer for mw in chain.middleware if isinstance(mw, TrustMiddleware)), None)

@@ -8,6 +8,7 @@ the API schemas of each Kubernetes release.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,7 @@ RELEASE, NAMESPACE = "kvm", "kvm"
 BROKER = {"secret": {"brokerUrl": "amqp://kvmworker:pw@rabbitmq.messaging.svc:5672/kvmworker"}}
 USERS = "ops:$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g\n"
 OLDEST_KUBERNETES = "1.25.0"  # the chart's kubeVersion floor
+AUTH = {"auth": {"enabled": True}}
 
 
 class Refused(Exception):
@@ -116,7 +118,13 @@ VALUE_SETS = {
     "a secret managed elsewhere, signing, logins, two bridges": {
         "secret": {"existingSecret": "kvm-creds"},
         "signing": {"enabled": True},
-        "bridge": {"replicas": 2, "auth": {"enabled": True}},
+        "bridge": {"replicas": 2, "auth": {"enabled": True}, "allowedHosts": ["kvm01", "kvm02"]},
+    },
+    "signing with no bridge in the cluster": {
+        **BROKER,
+        "secret": {**BROKER["secret"], "trustedKeys": '{"orchestrator": {}}'},
+        "signing": {"enabled": True},
+        "bridge": {"enabled": False},
     },
     "no bridge, no host inventory, a fixed health address": {
         **BROKER,
@@ -209,20 +217,22 @@ def test_logins_on_two_bridges_keep_each_caller_on_the_bridge_that_issued_its_to
 
 
 def test_an_existing_secret_replaces_the_charts_own(helm):
-    docs = helm.render({"secret": {"existingSecret": "kvm-creds"}, "signing": {"enabled": True}})
+    values = {"secret": {"existingSecret": "kvm-creds"}, "signing": {"enabled": True}, "bridge": AUTH}
+    docs = helm.render(values)
     assert "Secret" not in {d["kind"] for d in docs}
     for pod in (worker_pod(docs), bridge_pod(docs)):
         secret_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")
         assert env_of(pod)["KVMWORKER_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "kvm-creds"
         assert secret_volume["secret"]["secretName"] == "kvm-creds"
-        assert env_of(pod)["KVMWORKER_KEYS_FILE"]["value"] == "/etc/kvmworker/secret/signing-keys.json"
+        assert env_of(pod)["KVMWORKER_TRUSTED_KEYS_FILE"]["value"] == "/etc/kvmworker/secret/trusted-keys.json"
 
 
 def test_without_signing_or_logins_no_secret_file_is_mounted(helm):
     docs = helm.render(BROKER)
     for pod in (worker_pod(docs), bridge_pod(docs)):
         assert "secret" not in {v["name"] for v in pod["spec"]["volumes"]}
-        assert "KVMWORKER_KEYS_FILE" not in env_of(pod)
+        assert {"KVMWORKER_KEYS_FILE", "KVMWORKER_TRUSTED_KEYS_FILE"}.isdisjoint(env_of(pod))
+        assert "initContainers" not in pod["spec"]
 
 
 def test_changing_the_charts_secret_rolls_the_pods(helm):
@@ -247,19 +257,79 @@ def test_the_notes_tell_how_to_label_a_node_and_warn_about_an_open_bridge(helm):
     assert "WARNING: bridge.auth.enabled is false" in notes
 
 
-def test_the_example_secret_files_load_with_the_programs_own_readers_where_the_chart_mounts_them(helm, tmp_path):
+def test_the_example_key_files_load_with_the_programs_own_readers_where_each_role_reads_them(helm, tmp_path):
     from kvmworker.bridge.users import parse as parse_users
-    from kvmworker.trust.keys import load_keys
+    from kvmworker.trust.keys import load_private_keys, load_trusted_keys
+    from kvmworker.trust.signing import load_worker_trust
 
     docs = helm.render(fleet())
     secret = by_kind(docs)[("Secret", "kvm-kvmworker")]["stringData"]
     for pod in (worker_pod(docs), bridge_pod(docs)):
-        keys_file = PurePosixPath(env_of(pod)["KVMWORKER_KEYS_FILE"]["value"])
+        trusted = PurePosixPath(env_of(pod)["KVMWORKER_TRUSTED_KEYS_FILE"]["value"])
         volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")
         mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "secret")
-        assert keys_file.parent == PurePosixPath(mount["mountPath"])
-        assert {"key": "signing-keys", "path": keys_file.name} in volume["secret"]["items"]
-    local = tmp_path / keys_file.name  # the name's suffix decides how the key file is parsed
-    local.write_text(secret["signing-keys"])
-    assert load_keys(local).active == "k1"
+        assert trusted.parent == PurePosixPath(mount["mountPath"])
+        assert {"key": "trusted-keys", "path": trusted.name} in volume["secret"]["items"]
+    local = tmp_path / "trusted-keys.json"  # the name's suffix decides how the key file is parsed
+    local.write_text(secret["trusted-keys"])
+    orchestrator = load_worker_trust(local).orchestrator  # what a worker needs: at least one orchestrator key
+    private = tmp_path / "orchestrator-keys.json"
+    private.write_text(secret["orchestrator-keys"])
+    private.chmod(0o600)
+    keys = load_private_keys(private)
+    assert {k: v.public_bytes_raw() for k, v in orchestrator.items()} == {
+        k: v.public_key().public_bytes_raw() for k, v in keys.keys.items()
+    }, "the example's trusted orchestrator keys are not the public halves of its orchestrator keys"
+    assert set(load_trusted_keys(local).hosts) == {"kvm01"}
     assert list(parse_users(secret["bridge-users"])) == ["ops"]
+
+
+def test_no_worker_pod_is_given_a_key_that_can_sign_commands(helm):
+    pod = worker_pod(helm.render(fleet()))
+    items = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")["secret"]["items"]
+    assert [i["key"] for i in items] == ["trusted-keys"]
+    assert "KVMWORKER_KEYS_FILE" not in env_of(pod)  # its reply key is its own, made in its state directory
+
+
+def test_the_bridge_reads_the_orchestrators_keys_from_a_0600_copy_the_init_container_makes(helm):
+    pod = bridge_pod(helm.render(fleet()))
+    [init] = pod["spec"]["initContainers"]
+    source, target = init["command"][-2:]
+    assert init["command"][:3] == ["install", "-m", "0600"]
+    assert env_of(pod)["KVMWORKER_KEYS_FILE"]["value"] == target
+    init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    main_mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert PurePosixPath(source).parent == PurePosixPath(init_mounts["secret"])
+    assert PurePosixPath(target).parent == PurePosixPath(init_mounts["private-keys"])
+    assert main_mounts["private-keys"] == init_mounts["private-keys"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "private-keys")
+    assert volume["emptyDir"]["medium"] == "Memory"
+    secret_items = next(v for v in pod["spec"]["volumes"] if v["name"] == "secret")["secret"]["items"]
+    assert {"key": "orchestrator-keys", "path": PurePosixPath(source).name} in secret_items
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {**BROKER, "secret": {**BROKER["secret"], "trustedKeys": "{}", "orchestratorKeys": "{}"}},
+        {"secret": {"existingSecret": "kvm-creds"}},
+    ],
+    ids=["the charts secret", "an existing secret"],
+)
+def test_helm_refuses_to_render_signing_with_a_bridge_that_has_no_logins(helm, values):
+    """A bridge without auth would sign any command anyone in the cluster sends it: a signing oracle."""
+    with pytest.raises(Refused, match=r"signing\.enabled needs bridge\.auth\.enabled"):
+        helm.render({**values, "signing": {"enabled": True}})
+    with pytest.raises(Refused, match=r"signing\.enabled needs bridge\.auth\.enabled"):
+        helm.render({**values, "signing": {"enabled": True}, "bridge": {"auth": {"enabled": False}}})
+
+
+def test_the_bridges_allowed_hosts_are_a_chart_value(helm):
+    pod = bridge_pod(helm.render(fleet()))
+    assert json.loads(env_of(pod)["KVMWORKER_ALLOWED_HOSTS"]["value"]) == ["kvm01", "kvm02"]
+    assert "KVMWORKER_ALLOWED_HOSTS" not in env_of(bridge_pod(helm.render(BROKER)))
+
+
+def test_the_notes_tell_how_to_enrol_each_workers_reply_key_when_signing(helm):
+    assert "kvmworker keys public" in helm.notes(fleet())
+    assert "kvmworker keys public" not in helm.notes(BROKER)

@@ -77,7 +77,8 @@ def test_every_kvmworker_variable_the_chart_and_the_image_set_is_a_setting_the_p
     fields = {name.removeprefix(ENV_PREFIX).lower() for name in names}
     # each name by its current spelling or an older one the program still reads (kvmworker.options.OLD_NAMES)
     current = {OLD_NAMES.get(name, name) for name in fields}
-    assert {"host", "broker", "state_dir", "health_port", "health_bind", "keys_file", "users"} <= current
+    expected = {"host", "broker", "state_dir", "health_port", "health_bind", "keys_file", "trusted_keys_file"}
+    assert expected | {"users", "allowed_hosts"} <= current
     assert sorted(current - set(Settings.model_fields)) == []
 
 

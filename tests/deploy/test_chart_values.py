@@ -36,7 +36,18 @@ REFUSED = {
     "a bridge port a non-root process cannot bind": ({"bridge": {"port": 80}}, ["bridge", "port"]),
     "a bridge running as root": ({"bridge": {"runAsUser": 0}}, ["bridge", "runAsUser"]),
     "a memory:// broker, which no two pods share": ({"secret": {"brokerUrl": "memory://"}}, ["secret", "brokerUrl"]),
-    "signing without keys": ({"signing": {"enabled": True}}, ["secret", "signingKeys"]),
+    "signing without the trusted public keys": (
+        {"signing": {"enabled": True}, "secret": {"orchestratorKeys": "{}"}},
+        ["secret", "trustedKeys"],
+    ),
+    "signing without the orchestrator's keys for the bridge": (
+        {"signing": {"enabled": True}, "secret": {"trustedKeys": "{}"}},
+        ["secret", "orchestratorKeys"],
+    ),
+    "an allowed host that is no host name": (
+        {"bridge": {"allowedHosts": ["kvm01; rm"]}},
+        ["bridge", "allowedHosts", 0],
+    ),
     "bridge logins without users": ({"bridge": {"auth": {"enabled": True}}}, ["secret", "bridgeUsers"]),
     "a worker on every node (the label deleted)": (
         {"worker": {"nodeSelector": {"kvmworker/hypervisor": None}}},
@@ -74,3 +85,8 @@ def test_bridge_users_are_not_required_when_the_bridge_is_disabled(schema, value
 def test_the_charts_app_version_is_the_packages_version_so_the_default_image_tag_matches():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == kvmworker.__version__
+
+
+def test_without_the_bridge_signing_needs_only_the_public_keys(schema, values):
+    override = {"signing": {"enabled": True}, "secret": {"trustedKeys": "{}"}, "bridge": {"enabled": False}}
+    assert errors(schema, merged(values, override)) == []

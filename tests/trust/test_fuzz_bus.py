@@ -23,7 +23,12 @@ def fuzzed(real_broker, tmp_path, request):
     """A worker that cannot hurt the host, on a real broker; with keys when the test asks for them."""
     if os.geteuid() != 0:
         pytest.skip("the fuzzed worker runs in a network namespace of its own, which needs root")
-    extra = {"keys_file": request.getfixturevalue("keys_file")} if "signer" in request.fixturenames else {}
+    extra = {}
+    if "signer" in request.fixturenames:
+        extra = {
+            "trusted_keys_file": request.getfixturevalue("worker_trust"),
+            "keys_file": request.getfixturevalue("reply_keys_file"),
+        }
     with fuzz_settings(tmp_path, broker_url=real_broker, **extra) as config:
         running = start_worker(config)
         assert running.worker.connected.wait(15), "worker did not connect to the broker"

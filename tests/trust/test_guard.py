@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -16,20 +17,21 @@ from kvmworker.dispatch.request import Request
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.settings import Settings
 from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
-from kvmworker.trust.keys import KeyFileError
+from kvmworker.trust.keys import KeyFileError, load_private_keys
 from kvmworker.trust.middleware import TrustMiddleware
-from kvmworker.trust.signing import Signer
+from kvmworker.trust.signing import Signer, load_worker_keys
 from tests.support.handlers import ProbeHandler, count_of
+from tests.trust.conftest import write_trusted
 
 HOST = "kvt-guard"
 REPLY_TO = "kvmworker.reply.caller"
 
 
 class Guarded:
-    def __init__(self, tmp: Path, keys_file: Path | None):
+    def __init__(self, tmp: Path, trusted: Path | None, reply_keys: Path | None = None):
         self.counters = tmp / "counters"
         self.counters.mkdir(exist_ok=True)
-        settings = Settings(host=HOST, state_dir=tmp / "state", keys_file=keys_file)
+        settings = Settings(host=HOST, state_dir=tmp / "state", keys_file=reply_keys, trusted_keys_file=trusted)
         self.middleware = build_middleware(settings)
         self.dispatcher = build_dispatcher(settings, [ProbeHandler(self.counters)], self.middleware)
         self.journal = next(mw for mw in self.middleware if isinstance(mw, JournalMiddleware))
@@ -39,8 +41,8 @@ class Guarded:
 
 
 @pytest.fixture
-def guarded(tmp_path, keys_file):
-    g = Guarded(tmp_path, keys_file)
+def guarded(tmp_path, worker_trust, reply_keys_file):
+    g = Guarded(tmp_path, worker_trust, reply_keys_file)
     yield g
     g.journal.store.close()
 
@@ -156,9 +158,12 @@ def test_the_same_signed_message_delivered_twice_runs_once_and_both_get_its_repl
     assert guarded.count() == 1
 
 
-def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(tmp_path, signer):
+def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(
+    tmp_path, signer, worker_trust, reply_keys_file
+):
     now = [time.time()]
-    guard = TrustMiddleware(HOST, signer, clock=lambda: now[0])
+    keys = load_worker_keys(Settings(host=HOST, keys_file=reply_keys_file, trusted_keys_file=worker_trust))
+    guard = TrustMiddleware(HOST, keys, clock=lambda: now[0])
     g = Guarded(tmp_path, None)
     g.dispatcher.middleware.middleware.insert(1, guard)
     admitted = g.dispatcher.admit(request(signer, issued=now[0], validity=2))
@@ -196,8 +201,58 @@ def test_an_unreadable_expiry_header_is_a_malformed_request(open_worker):
     assert open_worker.count() == 0
 
 
-def test_a_worker_whose_key_file_is_broken_refuses_to_start_instead_of_running_open(tmp_path):
-    broken = tmp_path / "keys.json"
+def test_a_worker_whose_trusted_keys_file_is_broken_refuses_to_start_instead_of_running_open(tmp_path):
+    broken = tmp_path / "trusted.json"
     broken.write_text("{")
     with pytest.raises(KeyFileError):
-        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", keys_file=broken))
+        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=broken))
+
+
+def test_a_worker_given_only_a_keys_file_refuses_to_start_rather_than_run_open(tmp_path, reply_keys_file):
+    with pytest.raises(KeyFileError, match="trusted_keys_file is not"):
+        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", keys_file=reply_keys_file))
+
+
+def test_a_worker_holding_the_orchestrators_private_key_file_as_its_trust_refuses_to_start(tmp_path, keys_file):
+    with pytest.raises(KeyFileError):
+        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=keys_file))
+
+
+def test_a_worker_makes_its_own_reply_key_in_its_state_directory_at_first_start(tmp_path, worker_trust):
+    g = Guarded(tmp_path, worker_trust)
+    made = tmp_path / "state" / "reply-keys.json"
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    first = load_private_keys(made).public()
+    g.journal.store.close()
+    g = Guarded(tmp_path, worker_trust)  # a restart keeps it
+    assert load_private_keys(made).public() == first
+    g.journal.store.close()
+
+
+def test_a_key_removed_from_the_trusted_file_stops_verifying_at_the_next_message_without_a_restart(
+    guarded, signer, worker_trust, key_o1, key_o2
+):
+    write_trusted(worker_trust, orchestrator={"o1": key_o1, "o2": key_o2})
+    assert guarded.dispatcher.handle(request(signer)).code == 0
+    write_trusted(worker_trust, orchestrator={"o2": key_o2})
+    reply = guarded.dispatcher.handle(request(signer))
+    assert reply.code == 20004 and "unknown signing key id 'o1'" in reply.data["detail"]
+    assert guarded.count() == 1
+
+
+def test_a_trusted_file_broken_while_running_refuses_everything_until_fixed(guarded, signer, worker_trust, key_o1):
+    worker_trust.write_text('{"orchestrator": ')
+    reply = guarded.dispatcher.handle(request(signer))
+    assert reply.code == 20004 and "nothing verifies" in reply.data["detail"]
+    write_trusted(worker_trust, orchestrator={"o1": key_o1})
+    assert guarded.dispatcher.handle(request(signer)).code == 0
+    assert guarded.count() == 1
+
+
+def test_a_worker_whose_reply_key_file_broke_sends_replies_unsigned_rather_than_requeue_them_forever(
+    tmp_path, worker_trust, reply_keys_file
+):
+    keys = load_worker_keys(Settings(host=HOST, keys_file=reply_keys_file, trusted_keys_file=worker_trust))
+    assert keys.sign_reply(b"{}", "c", str(uuid.uuid4()))["x-kvm-signature"].startswith("v2:r1:")
+    reply_keys_file.chmod(0o644)
+    assert keys.sign_reply(b"{}", "c", str(uuid.uuid4())) == {}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kvmworker.client import Client
-from kvmworker.trust.keys import load_keys
-from kvmworker.trust.signing import Signer
+from kvmworker.trust.keys import load_private_keys
 from tests.support.handlers import count_of
-from tests.trust.conftest import write_keys
+from tests.trust.conftest import signer_of, write_private, write_trusted
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +42,10 @@ def test_a_client_without_keys_gets_no_answer_and_nothing_runs(keyed_worker, rea
 
 def test_a_raw_forged_signature_is_not_answered_and_the_worker_keeps_serving(keyed_worker, raw, signed_client, host):
     out = raw.message(COUNT)
-    out.headers["x-kvm-signature"] = "v1:k1:" + "0" * 64
+    out.headers["x-kvm-signature"] = "v2:o1:" + "0" * 128
     assert raw.wait(raw.send(out), NO_REPLY_WAIT_S) == []
     assert count_of(keyed_worker.counters, "bus") == 0
+    assert keyed_worker.journal.store.find(out.msg_id).reply["code"] == 20004
     assert signed_client.call(host, "SystemHandler", "ping", timeout=10).code == 0
 
 
@@ -94,8 +95,8 @@ def test_every_reply_of_a_keyed_worker_carries_a_signature_the_caller_can_check(
     out = raw.sign(raw.message(COUNT), signer)
     correlation_id = raw.send(out)
     [reply] = raw.wait(correlation_id)
-    assert reply.headers["x-kvm-signature"].startswith("v1:k1:")
-    assert signer.reply_is_authentic(reply.raw, correlation_id, out.msg_id, reply.headers)
+    assert reply.headers["x-kvm-signature"].startswith("v2:r1:")
+    assert signer.reply_is_authentic(reply.raw, correlation_id, out.msg_id, reply.headers, raw.host)
 
 
 def test_a_forged_reply_is_dropped_by_the_client_which_answers_minus_one(real_broker, signer, host):
@@ -127,31 +128,43 @@ def test_a_forged_reply_is_dropped_by_the_client_which_answers_minus_one(real_br
     assert reply.code == -1
 
 
-def test_during_key_rotation_a_client_on_the_old_key_and_a_worker_on_the_new_one_understand_each_other(
-    real_broker, host, tmp_path, secret_k1, secret_k2
+def test_during_key_rotation_clients_on_the_old_and_the_new_orchestrator_key_are_both_served(
+    keyed_worker, real_broker, host, tmp_path, keys_file, worker_trust, client_trust, key_o1, key_o2
+):
+    write_trusted(worker_trust, orchestrator={"o1": key_o1, "o2": key_o2})  # step 1: every worker learns o2
+    new_keys = write_private(tmp_path / "new.json", "o2", {"o1": key_o1, "o2": key_o2})  # step 2: sign with o2
+    for keys in (keys_file, new_keys):
+        with Client(real_broker, signer=signer_of(keys, client_trust)) as client:
+            assert client.call(host, "ProbeHandler", "count", {"name": "bus"}, timeout=10).code == 0
+    assert count_of(keyed_worker.counters, "bus") == 2
+
+
+def test_a_client_that_has_not_enrolled_the_hosts_new_reply_key_drops_its_replies(
+    real_broker, host, tmp_path, signer, worker_trust, client_trust, reply_key
 ):
     from kvmworker.runtime import start_worker
     from kvmworker.settings import Settings
-    from tests.support.handlers import ProbeHandler
 
-    worker_keys = write_keys(tmp_path / "worker.json", "k2", {"k1": secret_k1, "k2": secret_k2})
-    client_keys = write_keys(tmp_path / "client.json", "k1", {"k1": secret_k1, "k2": secret_k2})
-    settings = Settings(host=host, broker_url=real_broker, state_dir=tmp_path / "state", keys_file=worker_keys)
-    running = start_worker(settings, extra_handlers=[ProbeHandler(tmp_path)])
+    # the worker switched to a reply key r2 that this client's trusted file does not list yet
+    rotated = write_private(tmp_path / "rotated.json", "r2", {"r1": reply_key, "r2": Ed25519PrivateKey.generate()})
+    settings = Settings(
+        host=host, broker_url=real_broker, state_dir=tmp_path / "s", keys_file=rotated, trusted_keys_file=worker_trust
+    )
+    running = start_worker(settings)
     try:
         assert running.worker.connected.wait(15)
-        with Client(real_broker, signer=Signer(load_keys(client_keys))) as client:
-            assert client.call(host, "SystemHandler", "ping", timeout=10).code == 0
-        stale = write_keys(tmp_path / "stale.json", "k1", {"k1": secret_k1})
-        with Client(real_broker, signer=Signer(load_keys(stale))) as client:
-            # its command verifies (k1 is still listed), but it cannot check the k2-signed reply
+        with Client(real_broker, signer=signer) as client:
             assert client.call(host, "SystemHandler", "ping", timeout=NO_REPLY_WAIT_S).code == -1
+            write_trusted(client_trust, hosts={host: {"r2": load_private_keys(rotated).keys["r2"]}})
+            assert client.call(host, "SystemHandler", "ping", timeout=10).code == 0  # enrolled: no restart needed
     finally:
         running.stop(timeout=10)
 
 
-def test_the_kvmworker_call_command_signs_with_the_configured_key_file(keyed_worker, real_broker, host, keys_file):
-    env = os.environ | {"KVMWORKER_KEYS_FILE": str(keys_file)}
+def test_the_kvmworker_call_command_signs_with_the_configured_key_file(
+    keyed_worker, real_broker, host, keys_file, client_trust
+):
+    env = os.environ | {"KVMWORKER_KEYS_FILE": str(keys_file), "KVMWORKER_TRUSTED_KEYS_FILE": str(client_trust)}
     cmd = [sys.executable, "-m", "kvmworker", "call", host, "ProbeHandler", "count", "--data", '{"name": "cli"}']
     done = subprocess.run(
         [*cmd, "--broker", real_broker, "--timeout", "10"],
@@ -166,9 +179,9 @@ def test_the_kvmworker_call_command_signs_with_the_configured_key_file(keyed_wor
 
 
 def test_the_http_bridge_signs_what_it_forwards_with_the_configured_key_file(
-    keyed_worker, real_broker, host, keys_file
+    keyed_worker, real_broker, host, keys_file, client_trust
 ):
-    env = os.environ | {"KVMWORKER_KEYS_FILE": str(keys_file)}
+    env = os.environ | {"KVMWORKER_KEYS_FILE": str(keys_file), "KVMWORKER_TRUSTED_KEYS_FILE": str(client_trust)}
     cmd = [sys.executable, "-m", "kvmworker", "bridge", "--broker", real_broker, "--port", "0", "--default-host", host]
     cmd.append("--insecure-open")  # what is under test is the signature; callers are told apart elsewhere
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -59,7 +59,14 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 - name: KVMWORKER_LOG_JSON
   value: {{ .Values.logJson | quote }}
 {{- if .Values.signing.enabled }}
-- name: KVMWORKER_KEYS_FILE
-  value: /etc/kvmworker/secret/signing-keys.json
+- name: KVMWORKER_TRUSTED_KEYS_FILE
+  value: /etc/kvmworker/secret/trusted-keys.json
+{{- end }}
+{{- end }}
+
+{{/* Values that render but must not be deployed: refused with the reason. */}}
+{{- define "kvmworker.checks" -}}
+{{- if and .Values.signing.enabled .Values.bridge.enabled (not .Values.bridge.auth.enabled) }}
+{{- fail "signing.enabled needs bridge.auth.enabled: a bridge without logins would sign any command anyone in the cluster sends it (set bridge.auth.enabled=true, or bridge.enabled=false)" }}
 {{- end }}
 {{- end }}
