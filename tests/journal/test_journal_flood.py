@@ -5,22 +5,21 @@ journal, then replays the capture. It must be answered from the journal, not run
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kvmworker.journal.store import JournalStore, journal_path
 from kvmworker.protocol.codes import Code
 from kvmworker.transport.connection import delete_host_queue
 from kvmworker.transport.names import host_queue
-from kvmworker.trust.keys import load_keys
 from kvmworker.trust.signing import Signer
 from tests.conftest import unique
 from tests.journal.effects import runs_of
 from tests.support.processes import WorkerProcess, wait_for
-from tests.trust.conftest import write_keys
+from tests.trust.conftest import signer_of, write_private, write_trusted
 from tests.trust.wire import RawPublisher
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -31,16 +30,24 @@ JOURNAL_MB = 2
 
 @pytest.fixture
 def keyed(amqp_url: str, tmp_path: Path) -> Iterator[tuple[WorkerProcess, Signer, RawPublisher]]:
-    keys = write_keys(tmp_path / "keys.json", "k1", {"k1": os.urandom(32)})
-    env = {"KVMWORKER_KEYS_FILE": str(keys), "KVMWORKER_JOURNAL_MAX_MB": str(JOURNAL_MB)}
-    workers = WorkerProcess(amqp_url, tmp_path, host=unique("kvt-jflood-"), env=env)
+    host, orchestrator, reply = unique("kvt-jflood-"), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    env = {
+        "KVMWORKER_TRUSTED_KEYS_FILE": str(write_trusted(tmp_path / "trusted.json", orchestrator={"o1": orchestrator})),
+        "KVMWORKER_KEYS_FILE": str(write_private(tmp_path / "reply-keys.json", "r1", {"r1": reply})),
+        "KVMWORKER_JOURNAL_MAX_MB": str(JOURNAL_MB),
+    }
+    signer = signer_of(
+        write_private(tmp_path / "orchestrator-keys.json", "o1", {"o1": orchestrator}),
+        write_trusted(tmp_path / "client-trusted.json", hosts={host: {"r1": reply}}),
+    )
+    workers = WorkerProcess(amqp_url, tmp_path, host=host, env=env)
     raw = None
     try:
         workers.start()
         raw = RawPublisher(amqp_url, workers.host)
         # "worker ready" is printed before it declares its queue: what is published before would be dropped.
         host_queue(workers.host).bind(raw.conn.default_channel).declare()
-        yield workers, Signer(load_keys(keys)), raw
+        yield workers, signer, raw
     finally:
         if raw is not None:
             raw.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kvmworker.client import Client
 from kvmworker.journal.store import JournalStore, journal_path
@@ -19,12 +20,10 @@ from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue
-from kvmworker.trust.keys import load_keys
-from kvmworker.trust.signing import Signer
 from tests.conftest import unique
 from tests.journal.effects import EffectsHandler, runs_of
 from tests.support.processes import wait_for
-from tests.trust.conftest import write_keys
+from tests.trust.conftest import signer_of, write_private, write_trusted
 from tests.trust.wire import RawPublisher
 
 pytestmark = pytest.mark.broker
@@ -33,19 +32,40 @@ PINGS = 67
 
 
 @dataclass
+class Keys:
+    """The orchestrator's side of signing (its private key, and the host's public reply key); the worker's files."""
+
+    orchestrator: Path
+    client_trust: Path
+    worker_trust: Path
+    reply: Path
+
+    @classmethod
+    def make(cls, where: Path, host: str) -> Keys:
+        orchestrator, reply = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        return cls(
+            write_private(where / "orchestrator-keys.json", "o1", {"o1": orchestrator}),
+            write_trusted(where / "client-trusted.json", hosts={host: {"r1": reply}}),
+            write_trusted(where / "worker-trusted.json", orchestrator={"o1": orchestrator}),
+            write_private(where / "reply-keys.json", "r1", {"r1": reply}),
+        )
+
+
+@dataclass
 class Host:
     settings: Settings
     running: RunningWorker
     effects: Path
     client: Client
+    keys: Keys | None = None
 
     def cli(self, *args: str, stdin: str = "", keys: bool = True) -> subprocess.CompletedProcess:
         """``kvmworker ARGS`` against this host's journal and broker, without a terminal."""
         flags = ["--state-dir", str(self.settings.state_dir)]
         if args[0] == "replay":
-            flags += ["--broker", self.settings.broker_url, "--timeout", "90"]
-        if args[0] == "replay" and keys and self.settings.keys_file:
-            flags += ["--keys-file", str(self.settings.keys_file)]
+            flags += ["--broker", self.settings.broker, "--timeout", "90"]
+        if args[0] == "replay" and keys and self.keys is not None:
+            flags += ["--keys-file", str(self.keys.orchestrator), "--trusted-keys-file", str(self.keys.client_trust)]
         return subprocess.run(
             [sys.executable, "-m", "kvmworker", *args, *flags],
             cwd=ROOT,
@@ -57,16 +77,24 @@ class Host:
         )
 
 
-def host_fixture(amqp_url: str, tmp_path: Path, keys_file: Path | None) -> Iterator[Host]:
+def host_fixture(amqp_url: str, tmp_path: Path, signed: bool) -> Iterator[Host]:
     effects = tmp_path / "effects"
     effects.mkdir()
-    settings = Settings(host=unique("kvt-jrc-"), broker_url=amqp_url, state_dir=tmp_path / "state", keys_file=keys_file)
+    name = unique("kvt-jrc-")
+    keys = Keys.make(tmp_path, name) if signed else None
+    settings = Settings(
+        host=name,
+        broker=amqp_url,
+        state_dir=tmp_path / "state",
+        keys_file=keys.reply if keys else None,
+        trusted_keys_file=keys.worker_trust if keys else None,
+    )
     running = start_worker(settings, extra_handlers=[EffectsHandler(effects)])
     try:
         assert running.worker.connected.wait(15)
-        signer = Signer(load_keys(keys_file)) if keys_file else None
+        signer = signer_of(keys.orchestrator, keys.client_trust) if keys else None
         with Client(amqp_url, signer=signer) as client:
-            yield Host(settings, running, effects, client)
+            yield Host(settings, running, effects, client, keys)
     finally:
         running.stop(timeout=10)
         delete_host_queue(amqp_url, settings.host)
@@ -74,13 +102,12 @@ def host_fixture(amqp_url: str, tmp_path: Path, keys_file: Path | None) -> Itera
 
 @pytest.fixture
 def host(amqp_url: str, tmp_path: Path) -> Iterator[Host]:
-    yield from host_fixture(amqp_url, tmp_path, None)
+    yield from host_fixture(amqp_url, tmp_path, signed=False)
 
 
 @pytest.fixture
 def keyed(amqp_url: str, tmp_path: Path) -> Iterator[Host]:
-    keys = write_keys(tmp_path / "keys.json", "k1", {"k1": os.urandom(32)})
-    yield from host_fixture(amqp_url, tmp_path, keys)
+    yield from host_fixture(amqp_url, tmp_path, signed=True)
 
 
 def pinged(host: Host, count: int) -> Path:
