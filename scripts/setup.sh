@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Services must not be started by the package scripts (there may be no init); scripts/services.sh starts them.
+  # Services must not be started by the package scripts (there may be no init); .ci/services.sh starts them.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d

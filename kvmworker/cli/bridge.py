@@ -11,7 +11,15 @@ import argparse
 import logging
 from typing import Any
 
-from kvmworker.cli.common import EXIT_OS, EXIT_USAGE, CliError, add_settings_flags, settings_from, setup_logging
+from kvmworker.cli.common import (
+    EXIT_OS,
+    EXIT_USAGE,
+    CliError,
+    add_settings_flags,
+    announce,
+    settings_from,
+    setup_logging,
+)
 from kvmworker.protocol.urls import mask_url
 
 log = logging.getLogger("kvmworker.bridge")
@@ -67,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
             broker = mask_url(settings.broker)
             log.info("bridge on %s over %s; default host %s", server.url, broker, settings.host_for_bridge)
             token = f"\ntoken: {local.path}" if local is not None else ""
-            print(f"kvmworker bridge listening on {server.url}{token}", flush=True)
+            token_file = str(local.path) if local is not None else None
+            announce(
+                settings, f"kvmworker bridge listening on {server.url}{token}", url=server.url, token_file=token_file
+            )
             server.run()
     finally:
         if local is not None:

@@ -117,5 +117,14 @@ def broker_reachable(url: str, timeout: float = 5.0) -> None:
         conn.release()
 
 
+def announce(settings: Any, text: str, **fields: Any) -> None:
+    """What a server prints on stdout once it listens: the text for a person, or with --log-json one JSON line
+    (its fields and the same text), so that a ``jq`` pipeline over the container's output never meets plain text."""
+    if settings.log_json:
+        print(json.dumps({"event": "listening", **fields, "text": text}, ensure_ascii=False), flush=True)
+    else:
+        print(text, flush=True)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))

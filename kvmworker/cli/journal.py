@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from kvmworker.cli.common import add_settings_flags, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_USAGE, CliError, add_settings_flags, settings_from, setup_logging
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.query import Query
 from kvmworker.journal.store import RUNNING, JournalStore, journal_path
@@ -57,8 +57,7 @@ def _reported(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         try:
             return run(args)
         except (FileNotFoundError, LookupError) as exc:
-            print(exc, file=sys.stderr)
-            return 1
+            raise CliError(f"journal: {exc}", EXIT_USAGE) from None
 
     return guarded
 

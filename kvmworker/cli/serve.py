@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from kvmworker.cli.bridge import BRIDGE_FLAGS, check_port_free, http_server
-from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_OS, CliError, add_settings_flags, announce, settings_from, setup_logging
 from kvmworker.cli.worker import WORKER_FLAGS
 from kvmworker.protocol.urls import mask_url
 
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
                 app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
                 server = http_server(app, settings)
-                print(banner(server.url, settings, local, libvirt), flush=True)
+                token = str(local.path) if local is not None else None
+                announce(settings, banner(server.url, settings, local, libvirt), url=server.url, token_file=token)
                 server.run()
         finally:
             running.stop(STOP_TIMEOUT_S)

@@ -204,7 +204,8 @@ def _read_local_journal(settings: Any, report: dict[str, Any]) -> None:
 
 def _reason(reply: dict[str, Any]) -> str:
     detail = (reply.get("data") or {}).get("detail")
-    return f"{reply.get('code')} {reply.get('msg')}" + (f": {detail}" if detail else "")
+    said = " ".join(str(part) for part in (reply.get("code"), reply.get("msg")) if part is not None)
+    return said + (f": {detail}" if detail else "")
 
 
 def _healthy(report: dict[str, Any]) -> bool:

@@ -24,25 +24,9 @@ from pydantic import ValidationError
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.redaction import contains_mask, redact
 from kvmworker.journal.store import REFUSED
+from kvmworker.journal.volatile import VOLATILE_FIELDS
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
-
-VOLATILE_FIELDS: tuple[str, ...] = (
-    "uptime",
-    "uptime_s",
-    "*_at",
-    "timestamp",
-    "ts",
-    "time",
-    "now",
-    "duration",
-    "duration_*",
-    "elapsed",
-    "elapsed_*",
-    "took_ms",
-    "late_s",
-)
-"""Key names ignored by default at any depth: they differ on every call (``--no-default-ignore`` compares them)."""
 
 REFUSAL_CODES = frozenset({Code.UNAUTHENTICATED, Code.EXPIRED})
 """Refused by the guard: replay would sign what the worker would not run (laundering) unless forced."""

@@ -194,3 +194,13 @@ def test_the_memory_refusal_does_not_stop_a_call_made_inside_the_process_that_ru
         assert json.loads(capsys.readouterr().out)["data"]["host"] == host
     finally:
         running.stop(10)
+
+
+def test_replay_and_journal_usage_errors_are_one_line_with_exit_64(tmp_path):
+    state = str(tmp_path / "state")
+    neither = kvmworker("replay", "--state-dir", state, "--broker", AMQP_URL)
+    assert_one_line_error(neither, 64, "MSG_IDs or --file")
+    no_journal = kvmworker("journal", "list", "--state-dir", state)
+    assert_one_line_error(no_journal, 64, "no journal at")
+    unknown = kvmworker("journal", "show", "kvt-nope", "--state-dir", state)
+    assert_one_line_error(unknown, 64)

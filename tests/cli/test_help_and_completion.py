@@ -13,7 +13,19 @@ import pytest
 from tests.support.cli import KVMWORKER, ROOT, clean_env, kvmworker
 
 HEAVY = ("libvirt", "pyroute2", "kombu", "uvicorn", "starlette", "pydantic_settings", "pydantic")
-LIGHT_COMMANDS = ("", "worker", "call", "status", "serve", "bridge", "users", "journal", "schema", "completion")
+LIGHT_COMMANDS = (
+    "",
+    "worker",
+    "call",
+    "status",
+    "serve",
+    "bridge",
+    "users",
+    "journal",
+    "replay",
+    "schema",
+    "completion",
+)
 
 
 def imported_modules(*args: str) -> set[str]:

@@ -65,9 +65,9 @@ def test_export_writes_json_lines_oldest_first(filled, capsys):
 
 def test_an_unknown_msg_id_and_a_missing_journal_are_reported_without_a_traceback(filled, capsys, tmp_path):
     wired, _ = filled
-    assert journal(wired, "show", "ffffffff") == 1
+    assert journal(wired, "show", "ffffffff") == 64  # EX_USAGE, one line (README "Command line")
     assert "no entry" in capsys.readouterr().err
-    assert main(["journal", "list", "--state-dir", str(tmp_path / "nowhere")]) == 1
+    assert main(["journal", "list", "--state-dir", str(tmp_path / "nowhere")]) == 64
     assert "no journal" in capsys.readouterr().err
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvmworker.cli import main
-from kvmworker.cli.replay import ProgressBar, describe, side_by_side
+from kvmworker.cli.replaying import ProgressBar, describe, side_by_side
 from kvmworker.client import Client
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.replay import Ignore, NotReplayable, differences, replay_envelope

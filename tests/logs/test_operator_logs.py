@@ -6,6 +6,7 @@ event is said once; nothing but log lines at shutdown.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -165,6 +166,8 @@ def test_serve_on_a_list_of_broker_urls_logs_json_lines_without_any_password(
     assert_said_once(lines, session)
     assert_nothing_secret(broker_user, bridge_user, session, serve.stdout, serve.stderr, *session.probes)
     assert serve.stdout.count(":***@") == 2  # the banner names both brokers, both masked
+    announced = [json.loads(line) for line in serve.stdout.splitlines()]  # JSON mode: stdout is JSON too
+    assert announced[0]["event"] == "listening" and announced[0]["url"].startswith("http://")
 
 
 def test_a_worker_and_a_bridge_that_cannot_reach_their_redis_say_why_without_the_password(run, tmp_path):
