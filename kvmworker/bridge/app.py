@@ -169,6 +169,9 @@ class Bridge:
     async def openapi(self, request: HttpRequest) -> Response:
         return Response(self._openapi, media_type=JSON_UTF8)
 
+    def drain(self) -> None:
+        self._forwarder.drain()
+
     def close(self) -> None:
         self._forwarder.close()
         self._hosts.close()

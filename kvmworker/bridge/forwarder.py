@@ -23,6 +23,14 @@ class Forwarder:
         self._client = client
         self.default_timeout = default_timeout
         self._pool = ThreadPoolExecutor(publish_threads, thread_name_prefix="bridge-publish")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained: asyncio.Future | None = None  # done once the server is stopping
+
+    def drain(self) -> None:
+        """The server is stopping (SIGTERM): every request still waiting is answered -1 now, while its caller
+        can still read it, instead of being cut off with an HTTP 500 when the grace period ends. Thread-safe."""
+        if self._loop is not None and self._drained is not None:
+            self._loop.call_soon_threadsafe(lambda: self._drained.done() or self._drained.set_result(None))
 
     async def forward(self, host: str, envelope: Envelope, principal: str | None = None) -> Reply:
         """The worker's reply, or ``-1`` with ``data.msg_id`` once the request's deadline has passed.
@@ -38,6 +46,8 @@ class Forwarder:
             name = f"{envelope.handler}.{envelope.command}"
             log.info("[%s] %s for host %s by %s", envelope.msg_id, name, host, principal)
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._drained = loop, loop.create_future()
         deadline = loop.time() + timeout
         submit = partial(self._client.submit, host, envelope, timeout=timeout)
         try:
@@ -46,6 +56,8 @@ class Forwarder:
             if reply is not None:
                 return reply
             detail = f"no reply from host {host!r} within {timeout:g} s"
+            if self._drained.done():
+                detail = "the bridge is stopping and could not wait for the reply; the command may still run"
         except TimeoutError:
             detail = f"the command was not published within {timeout:g} s; it may still reach the worker"
         return timed_out(host, envelope, detail)
@@ -55,8 +67,8 @@ class Forwarder:
         # asyncio.wait, not wait_for: a timeout must not cancel the client's future, which its
         # consumer thread may be resolving at this very moment
         waiter = asyncio.wrap_future(pending.future)
-        done, _ = await asyncio.wait({waiter}, timeout=max(remaining, 0))
-        if done:
+        await asyncio.wait({waiter, self._drained}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
             return waiter.result()
         self._client.forget(pending.correlation_id)
         return None

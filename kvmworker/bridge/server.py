@@ -16,7 +16,9 @@ import resource
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -72,7 +74,7 @@ class BridgeServer:
             proxy_headers=bool(limits.forwarded_allow_ips),
             forwarded_allow_ips=list(limits.forwarded_allow_ips) or "",
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config, on_exit=lambda: drain(app))
         self._thread: threading.Thread | None = None
 
     @property
@@ -109,10 +111,31 @@ class BridgeServer:
             raise RuntimeError("the bridge's HTTP server failed to start; see its log")
 
     def stop(self, timeout: float = 10.0) -> None:
+        drain(self._server.config.app)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
         self.socket.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also tells the app the moment a stop signal arrives: requests still waiting for a
+    worker are answered -1 at once rather than cut off when the graceful shutdown's time is up."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def drain(app: object) -> None:
+    """Tell a bridge app that its server is stopping (see ``Forwarder.drain``); any other app: nothing to do."""
+    bridge = getattr(getattr(app, "state", None), "bridge", None)
+    if bridge is not None:
+        bridge.drain()
 
 
 def _replayed(signum: int, frame: object) -> None:

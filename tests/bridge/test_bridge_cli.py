@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -85,3 +86,33 @@ def test_the_bridge_does_not_start_without_a_way_to_tell_callers_apart():
     )
     assert done.returncode == 64  # EX_USAGE: a configuration that must not run
     assert "--users FILE or --token-file PATH" in done.stderr
+
+
+@pytest.mark.broker
+def test_a_post_still_waiting_when_the_bridge_is_stopped_gets_minus_one_not_an_http_500(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kombu import Connection
+
+    from kvmworker.transport.connection import delete_host_queue
+    from kvmworker.transport.names import host_queue
+    from tests.conftest import AMQP_URL, require_broker
+
+    broker, host = require_broker("amqp", AMQP_URL), unique("kvt-drain-")
+    with Connection(broker, connect_timeout=5) as conn:
+        host_queue(host).bind(conn.default_channel).declare()  # a host whose worker is down
+    token = tmp_path / "token"
+    argv = ("bridge", "--broker", broker, "--port", "0", "--token-file", str(token), "--timeout", "60")
+    try:
+        with process(*argv) as (proc, url), ThreadPoolExecutor(1) as pool:
+            headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+            waiting = pool.submit(httpx.post, f"{url}/hosts/{host}", json=PING, headers=headers, timeout=60)
+            time.sleep(1.0)  # the POST is now waiting for a reply that cannot come
+            proc.send_signal(signal.SIGTERM)
+            response = waiting.result(30)
+            assert proc.wait(20) == 0
+        assert response.status_code == 200, response.text
+        reply = response.json()
+        assert reply["code"] == -1 and reply["data"]["msg_id"] and "stopping" in reply["data"]["detail"]
+    finally:
+        delete_host_queue(broker, host)
