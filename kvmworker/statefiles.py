@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 log = logging.getLogger("kvmworker.state")
@@ -86,3 +88,43 @@ def _tighten(path: Path, info: os.stat_result, mode: int) -> None:
         stat.S_IMODE(info.st_mode),
         stat.S_IMODE(info.st_mode) & mode,
     )
+
+
+class StateDatabase:
+    """One small SQLite file in the state directory: opened on first use (so building the handlers touches no
+    disk), 0600 from its first moment, WAL with ``synchronous=NORMAL`` (a commit costs no fsync; a crash never
+    corrupts it), one statement at a time. ``path`` None keeps it in memory (tests, tools)."""
+
+    SCHEMA = ""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return list(self._connection().execute(sql, args))
+
+    def _write(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            db = self._connection()
+            with db:
+                db.execute(sql, args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            where = ":memory:" if self.path is None else str(private_file(self.path))
+            db = sqlite3.connect(where, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(self.SCHEMA)
+            db.isolation_level = "DEFERRED"
+            self._db = db
+        return self._db

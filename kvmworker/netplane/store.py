@@ -7,13 +7,10 @@ power cut can lose only the last moments, which ``NetworkHandler.create`` repeat
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import astuple, dataclass, fields
-from pathlib import Path
 
-from kvmworker.statefiles import private_file
+from kvmworker.statefiles import StateDatabase
 
 FILENAME = "networks.sqlite"
 
@@ -55,13 +52,10 @@ class Network:
 _COLUMNS = ", ".join(f.name for f in fields(Network))
 
 
-class NetworkStore:
+class NetworkStore(StateDatabase):
     """Opened on first use, so that building the handlers touches no disk."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+    SCHEMA = _SCHEMA
 
     def get(self, network_id: str) -> Network | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM networks WHERE network_id = ?", (network_id,))
@@ -93,32 +87,7 @@ class NetworkStore:
         self._write("DELETE FROM namespaces WHERE name = ?", (name,))
 
     def namespaces(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._connection().execute("SELECT name FROM namespaces")}
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        return {row[0] for row in self._rows("SELECT name FROM namespaces")}
 
     def _query(self, sql: str, args: tuple = ()) -> list[Network]:
-        with self._lock:
-            return [Network(*row) for row in self._connection().execute(sql, args)]
-
-    def _write(self, sql: str, args: tuple) -> None:
-        with self._lock:
-            db = self._connection()
-            with db:
-                db.execute(sql, args)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            private_file(self.path)  # 0600 from the start (the state directory is private, see statefiles)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            db.isolation_level = "DEFERRED"
-            self._db = db
-        return self._db
+        return [Network(*row) for row in self._rows(sql, args)]

@@ -7,12 +7,10 @@ an orphan nobody may remove; it goes when the volume is deleted or the domain is
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+from kvmworker.statefiles import StateDatabase
 
 FILENAME = "vm-volumes.sqlite"
 _SCHEMA = """
@@ -35,13 +33,10 @@ class OwnedVolume:
     path: str
 
 
-class VolumeRecords:
+class VolumeRecords(StateDatabase):
     """One SQLite table in the state directory (0600); ``None`` keeps it in memory (tests, tools)."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+    SCHEMA = _SCHEMA
 
     def add(self, owned: OwnedVolume) -> None:
         self._write(
@@ -50,40 +45,14 @@ class VolumeRecords:
         )
 
     def of(self, domain_uuid: str) -> list[OwnedVolume]:
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT domain_uuid, pool, volume, path FROM volumes WHERE domain_uuid = ? ORDER BY created_at",
-                (domain_uuid,),
-            )
-            return [OwnedVolume(*row) for row in rows]
+        rows = self._rows(
+            "SELECT domain_uuid, pool, volume, path FROM volumes WHERE domain_uuid = ? ORDER BY created_at",
+            (domain_uuid,),
+        )
+        return [OwnedVolume(*row) for row in rows]
 
     def forget(self, domain_uuid: str, path: str | None = None) -> None:
         if path is None:
             self._write("DELETE FROM volumes WHERE domain_uuid = ?", (domain_uuid,))
         else:
             self._write("DELETE FROM volumes WHERE domain_uuid = ? AND path = ?", (domain_uuid, path))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def _write(self, sql: str, args: tuple) -> None:
-        with self._lock:
-            db = self._connection()
-            with db:
-                db.execute(sql, args)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = sqlite3.connect(self._file(), check_same_thread=False)
-            self._db.executescript(_SCHEMA)
-        return self._db
-
-    def _file(self) -> str:
-        if self.path is None:
-            return ":memory:"
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # never readable by others, not even briefly
-        return str(self.path)

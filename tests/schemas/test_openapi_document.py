@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from kvmworker.settings import Settings
 from tests.conftest import unique
 from tests.schemas.test_published_schemas import PLATFORM_EXAMPLE, load, standard_keywords, unknown_keywords
 from tests.schemas.test_schema_differential import COMMANDS, Judges, examples_for, mutations
+from tests.support.processes import stop_process
 
 OPENAPI_KEYWORDS = {"discriminator"}
 """What OpenAPI 3.1's schema dialect adds to JSON Schema 2020-12 and this document uses."""
@@ -47,12 +47,7 @@ def serving(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any], dict[str, s
         assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
         yield url.rstrip("/"), response.json(), {"Authorization": f"Bearer {token.read_text().strip()}"}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 20)
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.processes import stop_process
+
 KVMWORKER = str(Path(sys.executable).parent / "kvmworker")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,9 +71,4 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[sub
         assert url, f"{args[0]} did not announce its URL (exit {proc.poll()})"
         yield proc, url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 30)
