@@ -21,7 +21,7 @@ from kombu import Consumer, Message, Queue
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
-from kvmworker.transport.connection import log_connection_loss, open_connection
+from kvmworker.transport.connection import drain_this_connection, log_connection_loss, open_connection
 from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
     HEADER_HOST,
@@ -162,14 +162,13 @@ class Client:
             try:
                 with self._consumer_conn.clone() as conn:
                     conn.ensure_connection(max_retries=1)
+                    raw = conn.connection  # drained directly: kombu would reconnect underneath, without the consumer
                     with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
                         self._ready.set()
+                        log.info("reply consumer on %s", conn.as_uri())
                         backoff = 0.2
                         while not self._closing.is_set():
-                            try:
-                                conn.drain_events(timeout=0.2)
-                            except TimeoutError:
-                                conn.heartbeat_check()
+                            drain_this_connection(conn, raw, 0.2)
             except Exception as exc:  # this thread must outlive any failure: callers depend on it
                 self._ready.clear()
                 if self._closing.is_set():

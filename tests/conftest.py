@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -70,9 +71,10 @@ def remove_test_queues_at_the_end() -> Iterator[None]:
         from kombu import Connection
 
         with Connection(AMQP_URL, connect_timeout=5) as conn:
-            channel = conn.channel()
             for name in ours:
-                channel.queue_delete(name)
+                # another session's exclusive reply queue is locked to its connection: that session removes it
+                with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
+                    channel.queue_delete(name)
     _remove_redis_test_queues()
 
 

@@ -82,7 +82,9 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def masked(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages; each of several failover URLs (``a;b;c``) alike."""
+    if ";" in url:
+        return ";".join(masked(one) for one in url.split(";"))
     scheme, sep, rest = url.partition("://")
     credentials, at, location = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:
