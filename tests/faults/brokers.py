@@ -80,6 +80,9 @@ class PrivateRabbit:
         _wait(lambda: _port_open(self.port), 30, f"{self.node} did not listen on {self.port}")
         self.os_pid = int(self._ctl("eval", "os:getpid().").stdout.strip().strip('"'))
 
+    def running(self) -> bool:
+        return _port_open(self.port)
+
     def kill(self) -> None:
         """SIGKILL the node's Erlang VM: no connection is closed, no peer is told."""
         os.kill(self.os_pid, signal.SIGKILL)
