@@ -174,6 +174,7 @@ class Client:
                 if self._closing.is_set():
                     return
                 log_connection_loss(log, self._consumer_conn, exc, "reply consumer", backoff)
+                self._consumer_conn.maybe_switch_next()  # several URLs: the next node first
                 self._closing.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 

@@ -78,6 +78,7 @@ class Worker:
             except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
                 self._set_connected(False)
                 log_connection_loss(log, self._connection, exc, "consumer", backoff)
+                self._connection.maybe_switch_next()  # several URLs: start again at the next node, not the lost one
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
