@@ -157,7 +157,7 @@ class Client:
     # -- the reply consumer ----------------------------------------------------
 
     def _consume_replies(self) -> None:
-        backoff = 0.2
+        backoff, lost = 0.2, False
         while not self._closing.is_set():
             try:
                 with self._consumer_conn.clone() as conn:
@@ -165,7 +165,7 @@ class Client:
                     raw = conn.connection  # drained directly: kombu would reconnect underneath, without the consumer
                     with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
                         self._ready.set()
-                        log.info("reply consumer on %s", conn.as_uri())
+                        log.log(logging.INFO if lost else logging.DEBUG, "reply consumer on %s", conn.as_uri())
                         backoff = 0.2
                         while not self._closing.is_set():
                             drain_this_connection(conn, raw, 0.2)
@@ -173,6 +173,7 @@ class Client:
                 self._ready.clear()
                 if self._closing.is_set():
                     return
+                lost = True
                 log_connection_loss(log, self._consumer_conn, exc, "reply consumer", backoff)
                 self._consumer_conn.maybe_switch_next()  # several URLs: the next node first
                 self._closing.wait(backoff)
