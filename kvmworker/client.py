@@ -21,7 +21,7 @@ from kombu import Consumer, Message, Queue
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
-from kvmworker.transport.connection import drain_this_connection, log_connection_loss, open_connection
+from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss, open_connection
 from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
     HEADER_HOST,
@@ -161,7 +161,7 @@ class Client:
         while not self._closing.is_set():
             try:
                 with self._consumer_conn.clone() as conn:
-                    conn.ensure_connection(max_retries=1)
+                    conn.ensure_connection(max_retries=every_url(conn))
                     raw = conn.connection  # drained directly: kombu would reconnect underneath, without the consumer
                     with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
                         self._ready.set()

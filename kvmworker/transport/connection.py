@@ -34,6 +34,11 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
     return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
 
 
+def every_url(conn: Connection) -> int:
+    """``max_retries`` for ``ensure_connection`` that tries each of several failover URLs once (at least 1)."""
+    return max(len(conn.alt) - 1, 1)
+
+
 def delete_host_queue(url: str, host: str) -> None:
     """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
     if _scheme(url) == "memory":

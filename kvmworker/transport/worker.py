@@ -22,7 +22,7 @@ from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
-from kvmworker.transport.connection import drain_this_connection, log_connection_loss
+from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss
 from kvmworker.transport.names import HEADER_MSG_ID, host_queue
 from kvmworker.transport.publisher import Publisher
 
@@ -94,7 +94,7 @@ class Worker:
 
     def _consume_once(self) -> None:
         with self._connection.clone() as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=every_url(conn))
             raw = conn.connection  # drained directly from now on: see drain_this_connection
             channel = conn.channel()
             consumer = Consumer(channel, queues=[self._queue], on_message=self._on_message, auto_declare=True)
