@@ -63,6 +63,9 @@ class Worker:
         self.consuming = threading.Event()
         self.connected = self.consuming  # the older name
         self._channel: Any = None  # the consuming channel: messages from any other one are not settled
+        # monotonic time of the consuming loop's last pass over the live connection: a watchdog (systemd's
+        # WATCHDOG=1) pings only while ``consuming`` is set and this is recent, i.e. the loop is not stuck
+        self.last_drain = 0.0
         self._on_connected = on_connected or (lambda up: None)
         self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
 
@@ -115,6 +118,7 @@ class Worker:
     def _drain(self, conn: Connection, raw: Any) -> None:
         drain_this_connection(conn, raw, BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
         self._settle()
+        self.last_drain = time.monotonic()
 
     def _finish_in_flight(self, conn: Connection, raw: Any) -> None:
         while self._in_flight > 0:
