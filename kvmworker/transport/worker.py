@@ -66,6 +66,7 @@ class Worker:
         # monotonic time of the consuming loop's last pass over the live connection: a watchdog (systemd's
         # WATCHDOG=1) pings only while ``consuming`` is set and this is recent, i.e. the loop is not stuck
         self.last_drain = 0.0
+        self._had_consumed = False  # in the current attempt: then the next failure starts its backoff afresh
         self._on_connected = on_connected or (lambda up: None)
         self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
 
@@ -77,9 +78,9 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._consume_once()
-                backoff = 0.5
             except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
-                self._set_connected(False)
+                if self._had_consumed:
+                    backoff = 0.5  # it had consumed since the last failure: a new incident starts afresh
                 log_connection_loss(log, self._connection, exc, "consumer", backoff)
                 self._connection.maybe_switch_next()  # several URLs: start again at the next node, not the lost one
                 self._stopping.wait(backoff)
@@ -96,6 +97,7 @@ class Worker:
         return self._stopped.wait(timeout)
 
     def _consume_once(self) -> None:
+        self._had_consumed = False
         with self._connection.clone() as conn:
             conn.ensure_connection(max_retries=every_url(conn))
             raw = conn.connection  # drained directly from now on: see drain_this_connection
@@ -112,7 +114,7 @@ class Worker:
                 consumer.cancel()
                 self._finish_in_flight(conn, raw)
             finally:
-                self._channel = None
+                self._channel, self._had_consumed = None, True
                 self._set_connected(False)
 
     def _drain(self, conn: Connection, raw: Any) -> None:
