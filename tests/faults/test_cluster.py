@@ -34,13 +34,15 @@ FIRST_PORT = 5691  # tests/faults/* use 5682-5684; the cluster's Erlang distribu
 
 
 @pytest.fixture(scope="module")
-def cluster_once() -> Iterator[PrivateCluster]:
+def cluster_once(request: pytest.FixtureRequest) -> Iterator[PrivateCluster]:
     require_private_brokers()
     with private_cluster("kvtcl", FIRST_PORT) as cluster:
         yield cluster
-    if FAULT_TABLE:  # the closing note's table (shown with -s, and kept where KVT_FAULT_TABLE says)
+    if FAULT_TABLE:  # the closing note's table: in the run's output (CI's log), and where KVT_FAULT_TABLE says
         table = "\n".join(["scenario | runs | commands | lost / twice / unanswered | time to resume", *FAULT_TABLE])
-        print(f"\n{table}")
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n{table}")
         if os.environ.get("KVT_FAULT_TABLE"):
             Path(os.environ["KVT_FAULT_TABLE"]).write_text(table + "\n")
 
@@ -410,6 +412,7 @@ def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_
     )
     assert late and all(c == 0 for _, c in late), f"the bridge did not answer again: {late[-5:]}\n{bridge_log}"
     assert all(c in (0, -1) for _, c in posts), f"the bridge failed a POST otherwise than -1: {posts}"
+    assert "reply consumer on" in bridge_log, "the bridge's reply consumer never lost its node: wrong victim"
     assert "kvt-cluster-secret" not in bridge_log, "a broker password reached the bridge's log"
 
 
