@@ -23,9 +23,10 @@ log = logging.getLogger("kvmworker.publisher")
 
 RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 DEFAULT_POOL_SIZE = 4
-# RabbitMQ nacks publishes to a quorum queue while it elects a leader (its node died): the same message
-# (same msg_id, which the worker's journal dedupes) is published again after 0.1, 0.2, 0.4 ... 2 s, ~13 s in all.
-NACK_RETRIES = 10
+# RabbitMQ nacks publishes to a quorum queue while it elects a leader (its node died). kombu's retry policy
+# publishes a nacked message again up to 3 times (~2 s); then this loop does it all again, up to 4 more
+# rounds (~12 s in all). Always the same message and msg_id: the worker's journal dedupes.
+NACK_RETRIES = 4
 NACK_BACKOFF_MAX_S = 2.0
 
 
@@ -67,8 +68,8 @@ class Publisher:
                 with self._producer() as producer:
                     producer.publish(body, **options)
                 return
-            except MessageNacked:
-                if attempt == NACK_RETRIES:
+            except Exception as exc:  # kombu's retry re-raises a nack as OperationalError, from MessageNacked
+                if not nacked(exc) or attempt == NACK_RETRIES:
                     raise
                 pause = min(0.1 * 2**attempt, NACK_BACKOFF_MAX_S)
                 log.warning(
@@ -104,3 +105,8 @@ class Publisher:
                 producer.connection.release()
             self._created.clear()
         self._connection.release()
+
+
+def nacked(exc: BaseException) -> bool:
+    """The broker refused the message (basic.nack), as opposed to a lost connection."""
+    return isinstance(exc, MessageNacked) or isinstance(exc.__cause__, MessageNacked)
