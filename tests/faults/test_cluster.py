@@ -41,8 +41,10 @@ def cluster_once(request: pytest.FixtureRequest) -> Iterator[PrivateCluster]:
     if FAULT_TABLE:  # the closing note's table: in the run's output (CI's log), and where KVT_FAULT_TABLE says
         table = "\n".join(["scenario | runs | commands | lost / twice / unanswered | time to resume", *FAULT_TABLE])
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\n{table}")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\n{table}")
         if os.environ.get("KVT_FAULT_TABLE"):
             Path(os.environ["KVT_FAULT_TABLE"]).write_text(table + "\n")
 
@@ -217,7 +219,7 @@ def check_once_each(worker: WorkerProcess, replies: dict[str, tuple[str, Reply]]
     return sum(1 for m in replies if effects[m] == 0), sum(1 for m in replies if effects[m] > 1), unanswered
 
 
-def test_the_worker_s_node_killed_mid_stream_loses_nothing_runs_nothing_twice_and_consumption_resumes(cluster, worker):
+def test_the_worker_s_node_killed_mid_stream_loses_nothing_runs_nothing_twice_and_consumption_resumes(cluster, worker, caplog):
     queue = queue_of(worker)
     assert cluster.queue_type(queue) == "quorum"
     restart: threading.Thread | None = None
@@ -249,8 +251,10 @@ def test_the_worker_s_node_killed_mid_stream_loses_nothing_runs_nothing_twice_an
             FAULT_TABLE.append(
                 f"kill -9 worker's node | run {run + 1} | {STREAM} | {lost} / {twice} / {unanswered} | "
                 f"ready again {resumed:.1f} s, longest reply gap {silence:.1f} s, first command sent after the kill "
-                f"answered after {stream.first_answer_sent_after(killed_at[0]):.1f} s"
+                f"answered after {stream.first_answer_sent_after(killed_at[0]):.1f} s; client publishes nacked and "
+                f"sent again: {caplog.text.count('nacked the publish')}"
             )
+            caplog.clear()
             assert (lost, twice, unanswered) == (0, 0, 0), f"run {run}: lost/twice/unanswered\n{worker.log()}"
             assert down is not None, f"run {run}: /readyz never said not ready after the worker's node died"
             assert resumed <= RESUME_BOUND_S, f"run {run}: consumption resumed after {resumed:.1f} s"
