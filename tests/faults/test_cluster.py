@@ -219,7 +219,9 @@ def check_once_each(worker: WorkerProcess, replies: dict[str, tuple[str, Reply]]
     return sum(1 for m in replies if effects[m] == 0), sum(1 for m in replies if effects[m] > 1), unanswered
 
 
-def test_the_worker_s_node_killed_mid_stream_loses_nothing_runs_nothing_twice_and_consumption_resumes(cluster, worker, caplog):
+def test_the_worker_s_node_killed_mid_stream_loses_nothing_runs_nothing_twice_and_consumption_resumes(
+    cluster, worker, caplog
+):
     queue = queue_of(worker)
     assert cluster.queue_type(queue) == "quorum"
     restart: threading.Thread | None = None
