@@ -22,7 +22,7 @@ from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
-from kvmworker.transport.connection import log_connection_loss, open_connection
+from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss, open_connection
 from kvmworker.transport.names import (
     HEADER_EXPIRES_AT,
     HEADER_HOST,
@@ -176,24 +176,25 @@ class Client:
     # -- the reply consumer ----------------------------------------------------
 
     def _consume_replies(self) -> None:
-        backoff = 0.2
+        backoff, lost = 0.2, False
         while not self._closing.is_set():
             try:
                 with self._consumer_conn.clone() as conn:
-                    conn.ensure_connection(max_retries=1)
+                    conn.ensure_connection(max_retries=every_url(conn))
+                    raw = conn.connection  # drained directly: kombu would reconnect underneath, without the consumer
                     with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
                         self._ready.set()
+                        log.log(logging.INFO if lost else logging.DEBUG, "reply consumer on %s", conn.as_uri())
                         backoff = 0.2
                         while not self._closing.is_set():
-                            try:
-                                conn.drain_events(timeout=0.2)
-                            except TimeoutError:
-                                conn.heartbeat_check()
+                            drain_this_connection(conn, raw, 0.2)
             except Exception as exc:  # this thread must outlive any failure: callers depend on it
                 self._ready.clear()
                 if self._closing.is_set():
                     return
+                lost = True
                 log_connection_loss(log, self._consumer_conn, exc, "reply consumer", backoff)
+                self._consumer_conn.maybe_switch_next()  # several URLs: the next node first
                 self._closing.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 

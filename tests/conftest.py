@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -71,13 +72,9 @@ def remove_test_queues_at_the_end() -> Iterator[None]:
 
         with Connection(AMQP_URL, connect_timeout=5) as conn:
             for name in ours:
-                channel = conn.channel()
-                try:
+                # another session's exclusive reply queue is locked to its connection: that session removes it
+                with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
                     channel.queue_delete(name)
-                except conn.channel_errors:
-                    pass  # gone meanwhile, or exclusive to a connection still open: its owner deletes it
-                finally:
-                    channel.close() if channel.is_open else None
     _remove_redis_test_queues()
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 
 from kvmworker.protocol.urls import mask_url
-from kvmworker.transport.connection import open_connection
+from kvmworker.transport.connection import every_url, open_connection
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -30,7 +30,7 @@ class BrokerProbe:
     def _connect(self) -> str | None:
         conn = open_connection(self._url)
         try:
-            conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT_S)
+            conn.ensure_connection(max_retries=every_url(conn), timeout=CONNECT_TIMEOUT_S)
         except (
             Exception
         ) as exc:  # kombu re-raises as OperationalError, outside connection_errors: any failure is "not ready"

@@ -106,11 +106,11 @@ def memory_has_workers() -> bool:
 
 def broker_reachable(url: str, timeout: float = 5.0) -> None:
     """Connect once (and close), or raise CliError(69) saying which broker could not be reached and why."""
-    from kvmworker.transport.connection import open_connection
+    from kvmworker.transport.connection import every_url, open_connection
 
     conn = open_connection(url)
     try:
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        conn.ensure_connection(max_retries=every_url(conn), interval_start=0, interval_step=0, timeout=timeout)
     except Exception as exc:
         raise CliError(f"cannot reach the broker at {mask_url(url)}: {exc}", EXIT_UNAVAILABLE) from None
     finally:

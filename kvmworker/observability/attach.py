@@ -22,7 +22,7 @@ def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -
     metrics = next((mw.metrics for mw in chain if isinstance(mw, MetricsMiddleware)), None)
     if metrics is None or settings.health_port is None:
         return None
-    metrics.watch_broker(worker.connected.is_set)
+    metrics.watch_broker(worker.consuming.is_set)
     libvirt = _feature_probe(dispatcher, "libvirt")
     if libvirt is not None:
         metrics.watch_libvirt(libvirt)
@@ -30,7 +30,7 @@ def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -
         settings.health_port,
         settings.health_bind,
         alive=lambda: (not worker.wait_stopped(0), "the consumer has stopped"),
-        ready=lambda: (worker.connected.is_set(), "not connected to the broker"),
+        ready=lambda: (worker.consuming.is_set(), "not consuming from the broker"),
         registry=metrics.registry,
     ).start()
     threading.Thread(target=_stop_with, args=(worker, server), name="kvmworker-health-stop", daemon=True).start()

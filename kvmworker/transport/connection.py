@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Any
 
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -33,6 +35,11 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
     return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
 
 
+def every_url(conn: Connection) -> int:
+    """``max_retries`` for ``ensure_connection`` that tries each of several failover URLs once (at least 1)."""
+    return max(len(conn.alt) - 1, 1)
+
+
 def delete_host_queue(url: str, host: str) -> None:
     """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
     if _scheme(url) == "memory":
@@ -61,3 +68,22 @@ def log_connection_loss(log: logging.Logger, conn: Connection, exc: BaseExceptio
         retry_in,
         exc_info=not expected,
     )
+
+
+class ConnectionLost(ConnectionError):
+    """The connection a consumer was declared on is gone (its socket failed, or kombu dropped it)."""
+
+
+def drain_this_connection(conn: Connection, raw: Any, timeout: float) -> None:
+    """Wait for events on ``raw``, the very connection the consumer was declared on, and check its heartbeat.
+
+    ``Connection.drain_events`` and ``heartbeat_check`` go through ``Connection.connection``, which quietly
+    opens a new connection (to the next failover URL) when the current one was lost: a connection with no
+    channel and no consumer, on which draining times out forever while heartbeats keep it alive. Going
+    through the transport with ``raw`` instead, a lost connection raises, and the consumer is set up again.
+    """
+    if not conn.transport.verify_connection(raw):
+        raise ConnectionLost(f"the connection to {conn.as_uri()} was lost")
+    with contextlib.suppress(TimeoutError):
+        conn.transport.drain_events(raw, timeout=timeout)
+    conn.transport.heartbeat_check(raw, rate=2)

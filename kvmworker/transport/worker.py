@@ -7,7 +7,6 @@ the message back to the consumer thread to be settled (acked only after the repl
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -24,7 +23,7 @@ from kvmworker.dispatch.request import Request
 from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
-from kvmworker.transport.connection import log_connection_loss
+from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss
 from kvmworker.transport.names import HEADER_MSG_ID, host_queue
 from kvmworker.transport.publisher import Publisher
 
@@ -61,7 +60,15 @@ class Worker:
         self._in_flight = 0
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self.connected = threading.Event()
+        # Set while basic.consume is confirmed on the live connection, cleared on any connection or channel
+        # error and while reconnecting: readiness (/readyz, the metrics, the systemd watchdog) follows it.
+        self.consuming = threading.Event()
+        self.connected = self.consuming  # the older name
+        self._channel: Any = None  # the consuming channel: messages from any other one are not settled
+        # monotonic time of the consuming loop's last pass over the live connection: a watchdog (systemd's
+        # WATCHDOG=1) pings only while ``consuming`` is set and this is recent, i.e. the loop is not stuck
+        self.last_drain = 0.0
+        self._had_consumed = False  # in the current attempt: then the next failure starts its backoff afresh
         self._on_connected = on_connected or (lambda up: None)
         self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
         # systemd (Type=notify): READY once consuming, WATCHDOG while this thread goes round, STOPPING at stop()
@@ -76,11 +83,12 @@ class Worker:
             self._notifier.alive()  # reconnecting is progress too: a broker outage is no reason to restart
             try:
                 self._consume_once()
-                backoff = 0.5
             except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
-                self._set_connected(False)
+                if self._had_consumed:
+                    backoff = 0.5  # it had consumed since the last failure: a new incident starts afresh
                 log_connection_loss(log, self._connection, exc, "consumer", backoff)
                 self._notifier.status(f"not consuming: {type(exc).__name__}; reconnecting in {backoff:g} s")
+                self._connection.maybe_switch_next()  # several URLs: start again at the next node, not the lost one
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._executor.shutdown(wait=True)
@@ -98,33 +106,41 @@ class Worker:
         return self._stopped.wait(timeout)
 
     def _consume_once(self) -> None:
+        self._had_consumed = False
         with self._connection.clone() as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=every_url(conn))
+            raw = conn.connection  # drained directly from now on: see drain_this_connection
             channel = conn.channel()
             consumer = Consumer(channel, queues=[self._queue], on_message=self._on_message, auto_declare=True)
             consumer.qos(prefetch_count=self._prefetch)
-            consumer.consume()
+            consumer.consume()  # returns once the broker has confirmed basic.consume
+            self._channel = channel
             self._set_connected(True)
             log.info("consuming %s on %s", self._queue.name, conn.as_uri())
             self._notifier.ready(f"consuming {self._queue.name} on {conn.as_uri()}")
-            while not self._stopping.is_set():
-                self._drain(conn)
-            consumer.cancel()
-            self._finish_in_flight(conn)
+            try:
+                while not self._stopping.is_set():
+                    self._drain(conn, raw)
+                consumer.cancel()
+                self._finish_in_flight(conn, raw)
+            finally:
+                self._channel, self._had_consumed = None, True
+                self._set_connected(False)
 
-    def _drain(self, conn: Connection) -> None:
-        with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
-        conn.heartbeat_check()
+    def _drain(self, conn: Connection, raw: Any) -> None:
+        drain_this_connection(conn, raw, BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
         self._settle()
+        self.last_drain = time.monotonic()
         self._notifier.alive()
 
-    def _finish_in_flight(self, conn: Connection) -> None:
+    def _finish_in_flight(self, conn: Connection, raw: Any) -> None:
         while self._in_flight > 0:
-            self._drain(conn)
+            self._drain(conn, raw)
 
     def _set_connected(self, up: bool) -> None:
-        (self.connected.set if up else self.connected.clear)()
+        if up == self.consuming.is_set():
+            return
+        (self.consuming.set if up else self.consuming.clear)()
         self._on_connected(up)
 
     # -- one message -----------------------------------------------------------
@@ -182,16 +198,23 @@ class Worker:
         )
 
     def _settle(self) -> None:
+        """Ack or requeue finished messages on the consuming channel; a failure there is a lost connection
+        (it raises, and the consumer is set up again). A message from an earlier channel is not settled:
+        the broker took it back when that channel died and delivers it again (the journal answers it)."""
         while True:
             try:
                 message, action = self._settle_queue.get_nowait()
             except Empty:
                 return
             self._in_flight -= 1
-            try:
-                message.ack() if action == ACK else message.requeue()
-            except Exception as exc:  # the channel it came on is gone; the broker redelivers it
-                log.info("could not %s a message from a closed channel: %s", action, exc)
+            if message.channel is not self._channel:
+                log.info(
+                    "[%s] not %sed: its channel is gone, the broker delivers it again",
+                    message.properties.get("message_id"),
+                    action,
+                )
+                continue
+            message.ack() if action == ACK else message.requeue()
 
 
 def serialisable(reply: Reply, request: Request) -> tuple[Reply, bytes]:

@@ -110,7 +110,7 @@ def test_readiness_is_503_with_the_reason_while_the_broker_cannot_be_reached(tmp
     )  # fmt: skip
     running = start_worker(settings)
     try:
-        assert get(port, "/readyz") == (503, '{"status": "unavailable", "reason": "not connected to the broker"}')
+        assert get(port, "/readyz") == (503, '{"status": "unavailable", "reason": "not consuming from the broker"}')
         assert get(port, "/healthz")[0] == 200  # alive: it keeps trying, a restart would not help
         assert samples(port)[("kvmworker_broker_connected", ())] == 0
     finally:

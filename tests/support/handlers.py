@@ -19,6 +19,10 @@ class SleepData(BaseModel):
     key: str | None = None
 
 
+class HoldData(BaseModel):
+    seconds: float = Field(ge=0, le=10)
+
+
 class EchoData(BaseModel):
     text: str = Field(max_length=1000)
 
@@ -26,6 +30,8 @@ class EchoData(BaseModel):
 class CountData(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
     sleep: float = Field(default=0, ge=0, le=60)
+    # finish at the next multiple of ``align`` seconds of the wall clock: commands in flight end together
+    align: float = Field(default=0, ge=0, le=5)
 
 
 class ProbeHandler:
@@ -44,6 +50,12 @@ class ProbeHandler:
         time.sleep(data.seconds)
         return {"slept": data.seconds}
 
+    @command(HoldData, mutates=False, inline=True)
+    def hold(self, data: HoldData, ctx: Context) -> dict:
+        """Runs on the consumer thread itself (inline), holding it: nothing is read from the broker meanwhile."""
+        time.sleep(data.seconds)
+        return {"held": data.seconds}
+
     @command(EchoData, mutates=False)
     def echo(self, data: EchoData, ctx: Context) -> dict:
         return {"text": data.text, "msg_id": ctx.msg_id}
@@ -56,6 +68,8 @@ class ProbeHandler:
             f.write(f"{ctx.msg_id}\n")
             f.flush()
         time.sleep(data.sleep)
+        if data.align:
+            time.sleep(data.align - time.time() % data.align)
         return {"counted": data.name}
 
     @command(CountData, resource=lambda d: f"count:{d.name}", idempotent=True)
