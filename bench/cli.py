@@ -22,6 +22,7 @@ CASES = {
     "kvmworker --help": [KVMWORKER, "--help"],
     "kvmworker call --help": [KVMWORKER, "call", "--help"],
     "kvmworker status --help": [KVMWORKER, "status", "--help"],
+    "kvmworker replay --help": [KVMWORKER, "replay", "--help"],
     "kvmworker worker --help": [KVMWORKER, "worker", "--help"],
     "kvmworker completion bash": [KVMWORKER, "completion", "bash"],
     "kvmworker call (memory:// refusal)": [KVMWORKER, "call", "h", "SystemHandler", "ping"],
