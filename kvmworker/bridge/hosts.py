@@ -19,7 +19,7 @@ from kombu import Connection
 
 from kvmworker.bridge.body import HOST_NAME
 from kvmworker.protocol.errors import InvalidRequest
-from kvmworker.transport.connection import connection_errors, open_connection
+from kvmworker.transport.connection import connection_errors, every_url, open_connection
 from kvmworker.transport.names import EXCHANGE_NAME, host_queue_name
 
 log = logging.getLogger("kvmworker.bridge")
@@ -74,7 +74,8 @@ class HostDirectory:
         """True/False, or None when the broker cannot be asked (the publish will report that)."""
         conn = self._connection()
         try:
-            conn.ensure_connection(max_retries=0, timeout=2)
+            # several failover URLs: each tried once, at once, before the broker counts as unreachable
+            conn.ensure_connection(max_retries=every_url(conn), interval_start=0, interval_step=0, timeout=2)
             channel = conn.channel()
             try:
                 if hasattr(channel, "get_table") and conn.transport.driver_type == "redis":

@@ -341,16 +341,29 @@ def test_a_graceful_stop_app_of_the_worker_s_node_and_its_rejoining_lose_nothing
     assert cluster.queue_depth(queue) == 0
 
 
-def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_a_definite_outcome(cluster, worker):
+def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_a_definite_outcome(
+    cluster, worker, tmp_path
+):
     worker_node = consuming_on(cluster, worker)
     victim = next(n for n in cluster.nodes if n is not worker_node)
     urls = cluster.urls(cluster.nodes.index(victim))  # the client and the bridge start on the victim
-    port = free_port()
+    port, token = free_port(), tmp_path / "token"
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "kvmworker", "bridge", "--broker", urls, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "kvmworker",
+            "bridge",
+            "--broker",
+            urls,
+            "--port",
+            str(port),
+            "--token-file",
+            str(token),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "bridge.log").open("w"),  # a file, not a pipe nobody reads while it logs every POST
         text=True,
         env=os.environ | {"KVMWORKER_DEFAULT_HOST": worker.host},
     )
@@ -363,7 +376,8 @@ def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_
         os.kill(victim.os_pid, signal.SIGKILL)
 
     def post_all_along() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        auth = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as http:
             while not stop_posting.is_set():
                 body = {"handler": "SystemHandler", "command": "ping", "data": {}, "timeout": 5}
                 sent = time.monotonic()
@@ -393,7 +407,8 @@ def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_
         poster.join(40)
     finally:
         bridge.terminate()
-        bridge_log = bridge.communicate(timeout=20)[1]
+        bridge.wait(20)
+        bridge_log = (tmp_path / "bridge.log").read_text()
 
     effects = effects_by_msg_id(worker.effects)
     twice = sum(1 for m in replies if effects[m] > 1)
