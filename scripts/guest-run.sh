@@ -119,7 +119,8 @@ cat > "$io/stage2" <<STAGE2
 # The guest's second stage, run by bash from the overlay root.
 mount -t proc proc /proc; mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm /run/netns /tmp
-mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm; mount -t tmpfs tmpfs /tmp
+mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+# /tmp stays the overlay's (writable, and showing this machine's /tmp): the caller's directory may be there
 mountpoint -q /run/netns || mount -t tmpfs tmpfs /run/netns
 hostname kvmworker-guest
 ip link set lo up
