@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from kvmworker.cli.common import CliError, settings_from, setup_logging
+from kvmworker.cli.common import EXIT_USAGE, CliError, settings_from, setup_logging
 from kvmworker.cli.journal import find_entry, iso
 from kvmworker.journal.entry import Entry
 from kvmworker.journal.replay import (
@@ -31,7 +31,7 @@ from kvmworker.settings import Settings
 from kvmworker.transport.names import HEADER_SIGNATURE
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}
-EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 64
+EXIT_SAME, EXIT_DIFFERENT = 0, 1
 MAX_PATHS = 8
 """Differing paths listed per reply without --verbose."""
 MAX_LISTED = 20

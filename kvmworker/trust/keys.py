@@ -27,6 +27,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -122,18 +123,8 @@ def load_trusted_keys(path: Path) -> TrustedKeys:
 
 
 def decode_private(key_id: str, text: str) -> Ed25519PrivateKey:
-    _check_key_id(key_id)
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        try:
-            key = serialization.load_pem_private_key(text.encode(), password=None)
-        except (ValueError, TypeError):
-            raise KeyFileError(f"key {key_id!r} is not a readable unencrypted PEM private key") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"key {key_id!r} is not an Ed25519 key")
-        seed = key.private_bytes_raw()
-    else:
-        seed = _raw(key_id, text)
+    load = partial(serialization.load_pem_private_key, password=None)
+    seed = _key_bytes(key_id, text, load, Ed25519PrivateKey, "unencrypted PEM private key")
     if len(set(seed)) < MIN_DISTINCT_SEED_BYTES:
         raise KeyFileError(
             f"key {key_id!r} is weak (all zeros, or a pattern): generate one with `kvmworker keys generate`"
@@ -142,24 +133,28 @@ def decode_private(key_id: str, text: str) -> Ed25519PrivateKey:
 
 
 def decode_public(key_id: str, text: str) -> Ed25519PublicKey:
-    _check_key_id(key_id)
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        try:
-            key = serialization.load_pem_public_key(text.encode())
-        except (ValueError, TypeError):
-            raise KeyFileError(f"key {key_id!r} is not a readable PEM public key") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(f"key {key_id!r} is not an Ed25519 key")
-        raw = key.public_bytes_raw()
-    else:
-        raw = _raw(key_id, text)
+    raw = _key_bytes(key_id, text, serialization.load_pem_public_key, Ed25519PublicKey, "PEM public key")
     if not is_valid_point(raw):
         raise KeyFileError(f"key {key_id!r} is not a valid Ed25519 public key")
     if has_small_order(raw):
         # With such a key (the all-zero one among them) anybody can make signatures that verify.
         raise KeyFileError(f"key {key_id!r} is a weak Ed25519 public key (a point of small order)")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _key_bytes(key_id: str, text: str, load_pem: Callable[[bytes], object], kind: type, what: str) -> bytes:
+    """The 32 raw bytes of a key written as PEM or as raw base64/hex (``_raw``)."""
+    _check_key_id(key_id)
+    text = text.strip()
+    if not text.startswith("-----BEGIN"):
+        return _raw(key_id, text)
+    try:
+        key = load_pem(text.encode())
+    except (ValueError, TypeError):
+        raise KeyFileError(f"key {key_id!r} is not a readable {what}") from None
+    if not isinstance(key, kind):
+        raise KeyFileError(f"key {key_id!r} is not an Ed25519 key")
+    return key.private_bytes_raw() if isinstance(key, Ed25519PrivateKey) else key.public_bytes_raw()
 
 
 def encode_public(key: Ed25519PublicKey) -> str:

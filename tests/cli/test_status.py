@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -19,6 +18,7 @@ from kombu import Connection
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import AMQP_URL, require_broker, unique
 from tests.support.cli import KVMWORKER, ROOT, clean_env, kvmworker
+from tests.support.processes import stop_process
 
 NIC = "ens224"
 
@@ -40,13 +40,7 @@ class WorkerProcess:
         return kvmworker("call", self.host, handler, command, *extra, "--broker", self.broker, "--timeout", "20")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
 
 
 def ip(*args: str) -> str:

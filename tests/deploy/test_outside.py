@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kvmworker.observability.health import HEALTH_SCHEMA
 from tests.conftest import AMQP_URL, REDIS_URL, require_broker
 from tests.deploy.conftest import ROOT, WheelVenv
+from tests.support.processes import stop_process
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 PING = {"handler": "SystemHandler", "command": "ping", "data": {}}
@@ -56,13 +56,7 @@ class Process:
         return self.log.read_text()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        return stop_process(self.proc, 30)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ on the host can read the journal; what an older version left wider is tightened 
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from kvmworker.protocol.codes import Code
 from kvmworker.statefiles import SharedDirectory, secure_state_dir
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import unique
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,13 +58,7 @@ class Worker:
         assert reply.code == Code.OK, self.log.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         delete_host_queue(self.url, self.host)
 
 
