@@ -72,9 +72,10 @@ def remove_test_queues_at_the_end() -> Iterator[None]:
 
         with Connection(AMQP_URL, connect_timeout=5) as conn:
             for name in ours:
-                # another session's exclusive reply queue is locked to its connection: that session removes it
+                # another session's exclusive reply queue is locked to its connection, and a queue with a
+                # consumer belongs to a session still running (if_unused): that session removes it
                 with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
-                    channel.queue_delete(name)
+                    channel.queue_delete(name, if_unused=True)
     _remove_redis_test_queues()
 
 
