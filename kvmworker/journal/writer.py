@@ -21,7 +21,6 @@ import logging
 import os
 import sqlite3
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ Write = Callable[[sqlite3.Connection], Any]
 """One change on the connection: a single statement (atomic alone), or marked ``in_transaction=False``."""
 MAX_GROUP = 512
 """Writes per transaction at most: the write lock is not held for long, whatever piles up."""
+LINGER_S = 0.005
+"""After writing, the thread lets what comes next gather this long: one commit and one wake-up for them."""
 MAX_QUEUED = 4096
 """Writes nobody waits for, at most, before ``submit`` waits too: the queue cannot outgrow a slow disk."""
 
@@ -43,8 +44,9 @@ class _Queued:
     seq: int
     key: str | None
     in_transaction: bool
+    waited: bool
     wake: threading.Condition | None = None
-    """Its caller's own, when one waits for it: woken when it is written, or when it is its turn to write."""
+    """Its caller's own, once it had to wait: woken when it is written, or when it is its turn to write."""
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -63,13 +65,14 @@ class GroupWriter:
         self._flushed = threading.Condition(self._lock)  # flush() waits here
         self._flushing = 0
         self._queue: list[_Queued] = []
-        self._waited: deque[_Queued] = deque()  # the queued writes a caller waits for, in order
+        self._waiting: list[_Queued] = []  # writes whose callers sleep until written (or their turn)
         self._last_seq = 0  # the newest write queued
         self._done_seq = 0  # every write up to this one is done (committed, or failed and reported)
         self._pending_keys: dict[str, int] = {}  # key → its newest write not done yet
         self._busy = False  # a group is being written, by the thread or by a caller
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._asleep = False  # the thread waits for a write (not lingering): the next one wakes it
         self._users = 0
 
     @classmethod
@@ -119,13 +122,15 @@ class GroupWriter:
     def run(self, write: Write, *, key: str | None = None, in_transaction: bool = True) -> Any:
         """Write and wait until committed: ``write``'s result, or its exception raised here."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction, threading.Condition(self._lock))
-            self._waited.append(queued)
+            queued = self._enqueue(write, key, in_transaction, waited=True)
             while not queued.done:
-                if self._busy:
-                    queued.wake.wait()
-                else:
+                if not self._busy:
                     self._write_queue_locked()
+                    continue
+                if queued.wake is None:  # made only when needed: quiet, the caller writes at once
+                    queued.wake = threading.Condition(self._lock)
+                    self._waiting.append(queued)
+                queued.wake.wait()
         if queued.error is not None:
             raise queued.error
         return queued.result
@@ -133,11 +138,12 @@ class GroupWriter:
     def submit(self, write: Write, *, key: str | None = None, in_transaction: bool = True) -> None:
         """Write soon, in order, without waiting (a failure is logged)."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction)
+            queued = self._enqueue(write, key, in_transaction, waited=False)
             if len(self._queue) >= MAX_QUEUED:
                 self._wait_locked(queued.seq)
-            elif len(self._queue) == 1:
+            elif self._thread is None:
                 self._start_thread()
+            elif self._asleep or len(self._queue) >= MAX_GROUP:
                 self._queued.notify()
 
     def flush(self, key: str | None = None) -> None:
@@ -146,13 +152,11 @@ class GroupWriter:
             seq = self._last_seq if key is None else self._pending_keys.get(key, 0)
             self._wait_locked(seq)
 
-    def _enqueue(
-        self, write: Write, key: str | None, in_transaction: bool, wake: threading.Condition | None = None
-    ) -> _Queued:
+    def _enqueue(self, write: Write, key: str | None, in_transaction: bool, waited: bool) -> _Queued:
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         self._last_seq += 1
-        queued = _Queued(write, self._last_seq, key, in_transaction, wake)
+        queued = _Queued(write, self._last_seq, key, in_transaction, waited)
         self._queue.append(queued)
         if key is not None:
             self._pending_keys[key] = queued.seq
@@ -180,7 +184,7 @@ class GroupWriter:
             self._done_seq = group[-1].seq
             self._written_locked(group)
         for queued in group:
-            if queued.error is not None and queued.wake is None:
+            if queued.error is not None and not queued.waited:
                 log.error(
                     "journal: a write%s failed and is lost: %s",
                     f" for {queued.key}" if queued.key else "",
@@ -192,15 +196,21 @@ class GroupWriter:
         for queued in group:
             if queued.key is not None and self._pending_keys.get(queued.key) == queued.seq:
                 del self._pending_keys[queued.key]
-        while self._waited and self._waited[0].seq <= self._done_seq:
-            self._waited.popleft().wake.notify()
+        still = []
+        for queued in self._waiting:
+            if queued.seq <= self._done_seq:
+                queued.wake.notify()
+            else:
+                still.append(queued)
+        self._waiting = still
         if self._flushing:
             self._flushed.notify_all()
-        if self._waited:
-            self._waited[0].wake.notify()
+        if still:
+            min(still, key=lambda queued: queued.seq).wake.notify()
         elif self._queue:
             self._start_thread()
-            self._queued.notify()
+            if self._asleep:
+                self._queued.notify()
 
     def _start_thread(self) -> None:
         if self._thread is None:
@@ -208,17 +218,19 @@ class GroupWriter:
             self._thread.start()
 
     def _serve(self) -> None:
-        """The thread: write what nobody waits for, as soon as it comes and whoever else is writing."""
+        """The thread: write what nobody waits for, then linger for more while it keeps coming; idle, sleep."""
         with self._lock:
             while True:
-                while not self._queue and not self._closed:
-                    self._queued.wait()
-                if not self._queue:
-                    return
-                if self._busy:  # the one writing now hands the queue on when done
-                    self._queued.wait()
-                else:
+                if self._queue and not self._busy:
                     self._write_queue_locked()
+                    if not self._closed:
+                        self._queued.wait(LINGER_S)
+                    continue
+                if self._closed and not self._queue:
+                    return
+                self._asleep = True  # nothing to write, or the one writing now hands the queue on when done
+                self._queued.wait()
+                self._asleep = False
 
     # -- one group -------------------------------------------------------------
 
