@@ -5,8 +5,10 @@ and whoever writes takes everything queued and commits it as one transaction:
 
 - a write the caller waits for (``run``) is written by the caller itself when nobody is writing (no thread
   hop when the journal is quiet), else it joins the next group; it returns once that group is committed;
-- a write nobody waits for (``submit``) is written by the writer's own thread, soon after, in order with
-  the rest; a crash may lose it, never a ``run`` write that returned, nor one queued before it;
+- a write nobody waits for (``submit``) is written by the writer's own thread, in order with the rest,
+  within ``LINGER_S`` or so (after a group the thread lingers, so that what keeps coming shares the next
+  commit and the next wake-up); a crash may lose it, never a ``run`` write that returned, nor one
+  queued before it;
 - ``flush`` waits for what is queued (or for the writes of one key), so that readers see it.
 
 One ``GroupWriter`` per file and process (``open`` hands out the same one, counted): every store on a
