@@ -55,13 +55,15 @@ class _Queued:
 
 
 class GroupWriter:
-    _open: ClassVar[dict[str, GroupWriter]] = {}
+    _open: ClassVar[dict[str, GroupWriter]] = {}  # by path: the writer a new store on that file joins
+    _unclosed: ClassVar[set[GroupWriter]] = set()  # every writer not closed yet: closed at exit
     _open_lock: ClassVar[threading.Lock] = threading.Lock()
-    _flushes_at_exit: ClassVar[bool] = False
+    _closes_at_exit: ClassVar[bool] = False
 
     def __init__(self, path: str, db: sqlite3.Connection):
         self._path = path
         self._db = db
+        self._file = _identity(path)
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)  # the writer's thread waits here for writes
         self._flushed = threading.Condition(self._lock)  # flush() waits here
@@ -83,11 +85,12 @@ class GroupWriter:
         key = os.path.realpath(path)
         with cls._open_lock:
             writer = cls._open.get(key)
-            if writer is None:
+            if writer is None or writer._file != _identity(key):  # none yet, or its file was replaced since
                 writer = cls._open[key] = cls(key, connect(Path(key)))
-                if not cls._flushes_at_exit:
+                cls._unclosed.add(writer)
+                if not cls._closes_at_exit:
                     atexit.register(cls.close_all)
-                    cls._flushes_at_exit = True
+                    cls._closes_at_exit = True
             writer._users += 1
             return writer
 
@@ -98,15 +101,18 @@ class GroupWriter:
             self._users -= 1
             if self._users > 0:
                 return
-            GroupWriter._open.pop(self._path, None)
+            if GroupWriter._open.get(self._path) is self:
+                del GroupWriter._open[self._path]
+            GroupWriter._unclosed.discard(self)
         self._close()
 
     @classmethod
     def close_all(cls) -> None:
         """At exit: every writer writes what is queued and closes (SQLite then folds the WAL into the file)."""
         with cls._open_lock:
-            writers = list(cls._open.values())
+            writers = list(cls._unclosed)
             cls._open.clear()
+            cls._unclosed.clear()
         for writer in writers:
             writer._close()
 
@@ -293,6 +299,11 @@ class GroupWriter:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 def _fail(run: list[_Queued], exc: Exception) -> None:

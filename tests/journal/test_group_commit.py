@@ -220,3 +220,16 @@ def test_records_older_than_the_age_limit_are_pruned_by_the_writer_while_records
     assert store.find("old") is None
     assert {e.msg_id for e in store.query(Query())} == {"young", "next"}
     store.close()
+
+
+def test_a_store_opened_on_a_file_that_replaced_another_writes_to_the_new_file(tmp_path):
+    path = tmp_path / "j.sqlite"
+    forgotten = JournalStore(path)  # never closed: its writer lives on, on the old file
+    forgotten.answered(received("old-file"), OK, 0.001)
+    forgotten.flush()
+    for name in ("j.sqlite", "j.sqlite-wal", "j.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    store = JournalStore(path)
+    store.begin(received("new-file"))
+    assert rows(path) == [("new-file", RUNNING)]
+    store.close()
