@@ -5,6 +5,15 @@ Written by the worker on its command threads, read at the same time by ``kvmwork
 against a crash of the worker process (the case exactly-once has to survive) though not against
 a power cut; a full fsync per command would cost more than the command itself.
 
+Records are committed in groups (``GroupWriter``), in the order they were handed over:
+
+- ``begin`` (a mutating command's claim), ``finish`` (its reply, recorded before it is published),
+  ``add_delivery`` and ``close_abandoned`` return once committed: a crash after them finds them;
+- ``answered`` (a read-only command) and ``refused`` return at once and are committed soon after by
+  the writer's thread: a crash may lose the last of them, and such a command is safe to run again;
+- every read (``find``, ``query``…) first waits for what this process has handed over (``find``: for
+  that msg_id only), so a record is readable as soon as the call that made it returned.
+
 Two bounds, so that what anyone can send cannot push out what the guard of exactly-once needs:
 
 - *refused* messages (invalid, unauthenticated, expired: nothing ran) are small records, at most
@@ -24,11 +33,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from kvmworker.journal import retention
 from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.query import Query, where_clause
+from kvmworker.journal.retention import Retention
+from kvmworker.journal.writer import GroupWriter
 from kvmworker.statefiles import private_file
 
 log = logging.getLogger("kvmworker.journal")
@@ -80,7 +93,6 @@ CREATE INDEX IF NOT EXISTS entries_refused ON entries (received_at) WHERE state 
 """
 SCHEMA_VERSION = 2
 _JSON_COLUMNS = ("envelope", "properties", "reply", "deliveries")
-_EXPIRED = "(expires_at IS NULL OR expires_at < ?)"
 _ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
 # Up to MAX_DELIVERIES_KEPT deliveries are listed; the count always grows.
 _ADD_DELIVERY = f"""deliveries=CASE WHEN json_array_length(deliveries) < {MAX_DELIVERIES_KEPT}
@@ -103,60 +115,14 @@ class JournalStore:
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.max_refused = max_refused
         self._clock = clock
-        self._lock = threading.Lock()
         self._last_prune = clock()
         self._refused_since_trim = 0
         private_file(self.path)  # 0600 from the start; SQLite gives -wal and -shm the same mode
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        # auto_vacuum must be chosen before the first table exists; it lets pruning give space back.
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoints are where WAL mode fsyncs; the default (every 1000 pages) put one on every
-        # hundredth command. 10000 pages (≤ 40 MB of WAL) halves the journal's cost per command.
-        self._db.execute("PRAGMA wal_autocheckpoint=10000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring a journal written by an earlier version up to this one (additive only)."""
-        present = {row["name"] for row in self._db.execute("PRAGMA table_info(entries)")}
-        for column, declaration in ADDED_COLUMNS:
-            if column not in present:
-                try:
-                    self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {declaration}")
-                except sqlite3.OperationalError as exc:  # the worker and a CLI migrating at the same moment
-                    if "duplicate column" not in str(exc):
-                        raise
-        self._db.executescript(_INDEXES_OF_ADDED)
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
-            shrunk = self._shrink_old_refusals()
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            if shrunk:
-                log.warning(
-                    "journal: %d refused message(s) recorded whole by an earlier version cut to excerpts", shrunk
-                )
-
-    def _shrink_old_refusals(self) -> int:
-        """Earlier versions kept refused bodies whole (up to 1 MiB each): cut them to the excerpt kept now."""
-        rows = self._db.execute(
-            """SELECT msg_id, envelope, properties, reply FROM entries WHERE state='refused' AND
-               (length(envelope) > ?1 OR length(properties) > ?1 OR length(reply) > ?1 OR size_bytes IS NULL)""",
-            (MAX_RECORD_PART,),
-        ).fetchall()
-        self._db.execute("BEGIN")
-        for row in rows:
-            envelope, properties, reply = (_loads(row[column]) for column in ("envelope", "properties", "reply"))
-            parts = [bounded(envelope), bounded(properties), bounded_reply(reply)]
-            texts = [_dumps(part) for part in parts]
-            self._db.execute(
-                "UPDATE entries SET envelope=?, properties=?, reply=?, size_bytes=? WHERE msg_id=?",
-                (*texts, sum(len(t.encode()) for t in texts), row["msg_id"]),
-            )
-        self._db.execute("COMMIT")
-        return len(rows)
+        self._writer = GroupWriter.open(self.path, _open_for_writing)
+        self._closed = False
+        # Reads have a connection of their own: in WAL mode they proceed beside the writer's commits.
+        self._lock = threading.Lock()
+        self._db = _connect(self.path)
 
     @classmethod
     def open_existing(cls, path: Path) -> JournalStore:
@@ -168,34 +134,36 @@ class JournalStore:
     # -- writing (the worker) --------------------------------------------------
 
     def begin(self, received: Received) -> None:
-        """The command is about to run: its row says ``running`` until ``finish``."""
-        with self._lock:
-            self._db.execute(
-                f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
-                                        envelope, properties, deliveries, expires_at)
-                   VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, json_array(json(?)), ?)
-                   ON CONFLICT(msg_id) DO UPDATE SET
-                       state='running', code=NULL, reply=NULL, envelope=excluded.envelope,
-                       properties=excluded.properties, handler=excluded.handler, command=excluded.command,
-                       dry_run=excluded.dry_run, redelivered=excluded.redelivered, size_bytes=NULL,
-                       expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),
-                       {_ADD_DELIVERY}""",
-                (*_row(received), received.expires_at, _dumps(_short(received.delivery))),
-            )
+        """The command is about to run: its row says ``running`` until ``finish`` (committed on return)."""
+        row = _row(received)
+        self._run(
+            received.msg_id,
+            f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
+                                    envelope, properties, deliveries, expires_at)
+               VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, json_array(json(?)), ?)
+               ON CONFLICT(msg_id) DO UPDATE SET
+                   state='running', code=NULL, reply=NULL, envelope=excluded.envelope,
+                   properties=excluded.properties, handler=excluded.handler, command=excluded.command,
+                   dry_run=excluded.dry_run, redelivered=excluded.redelivered, size_bytes=NULL,
+                   expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),
+                   {_ADD_DELIVERY}""",
+            (*row, received.expires_at, row[9]),
+        )
 
     def finish(self, msg_id: str, state: str, reply: dict[str, Any], duration: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE entries SET state=?, code=?, reply=?, duration_ms=?, answered_at=? WHERE msg_id=?",
-                (state, reply.get("code"), _dumps(reply), round(duration * 1000, 3), self._clock(), msg_id),
-            )
+        """The reply of a claimed command, committed on return (before the reply is published)."""
+        self._run(
+            msg_id,
+            "UPDATE entries SET state=?, code=?, reply=?, duration_ms=?, answered_at=? WHERE msg_id=?",
+            (state, reply.get("code"), _dumps(reply), round(duration * 1000, 3), self._clock(), msg_id),
+        )
         self._maybe_prune()
 
     def refused(self, received: Received, reply: dict[str, Any], duration: float) -> None:
         """Answered without running (invalid, unknown, refused by a guard); an existing row only gains a delivery.
 
         Anyone who can publish can make refusals, so each is a small record (``bounded``) under its
-        own bound, and none can make room by pushing an answered msg_id out.
+        own bound, and none can make room by pushing an answered msg_id out. Not waited for.
         """
         small = Received(
             **{
@@ -210,12 +178,12 @@ class JournalStore:
         self._record(small, "refused", bounded_reply(reply), duration, on_conflict="")
         self._refused_since_trim += 1
         if self._refused_since_trim >= TRIM_REFUSED_EVERY:
-            with self._lock:
-                self._trim_refused()
+            self._refused_since_trim = 0
+            self._writer.submit(partial(retention.trim_refused, max_refused=self.max_refused))
 
     def answered(self, received: Received, reply: dict[str, Any], duration: float) -> None:
         """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
-        before this only means it runs again)."""
+        before this only means it runs again). Not waited for."""
         self._record(
             received,
             "answered",
@@ -229,8 +197,10 @@ class JournalStore:
     def _record(self, received: Received, state: str, reply: dict[str, Any], duration: float, on_conflict: str) -> None:
         """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
         row, reply_text = _row(received), _dumps(reply)
-        with self._lock:
-            self._db.execute(
+        self._check_open()
+        self._writer.submit(
+            partial(
+                _execute,
                 f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
                                         envelope, properties, deliveries, code, reply, duration_ms, answered_at,
                                         expires_at, size_bytes)
@@ -246,7 +216,9 @@ class JournalStore:
                     sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
                     row[9],
                 ),
-            )
+            ),
+            key=received.msg_id,
+        )
         self._maybe_prune()
 
     def close_abandoned(self, msg: str, detail: str) -> int:
@@ -255,32 +227,46 @@ class JournalStore:
         Without this, a claim whose message never comes back (expired, purged) would stay
         ``running`` for ever, and retention never drops a running row.
         """
-        with self._lock:
-            return self._db.execute(
-                """UPDATE entries SET state='interrupted', code=-1, answered_at=?,
-                       reply=json_object('code', -1, 'msg', ?, 'data',
-                                         json_object('detail', ?, 'state', 'interrupted', 'msg_id', msg_id))
-                   WHERE state='running'""",
-                (self._clock(), msg, detail),
-            ).rowcount
+        return self._run(
+            None,
+            """UPDATE entries SET state='interrupted', code=-1, answered_at=?,
+                   reply=json_object('code', -1, 'msg', ?, 'data',
+                                     json_object('detail', ?, 'state', 'interrupted', 'msg_id', msg_id))
+               WHERE state='running'""",
+            (self._clock(), msg, detail),
+        )
 
     def add_delivery(self, msg_id: str, delivery: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(f"UPDATE entries SET {_ADD_DELIVERY} WHERE msg_id=?", (_dumps(_short(delivery)), msg_id))
+        """Another arrival of ``msg_id`` (a duplicate, answered from the journal): committed on return."""
+        self._run(msg_id, f"UPDATE entries SET {_ADD_DELIVERY} WHERE msg_id=?", (_dumps(_short(delivery)), msg_id))
+
+    def flush(self) -> None:
+        """Wait until every record handed over so far is committed."""
+        self._check_open()
+        self._writer.flush()
+
+    def _run(self, msg_id: str | None, sql: str, params: tuple[Any, ...]) -> int:
+        """Commit one statement in the next group and wait for it: its row count."""
+        self._check_open()
+        return self._writer.run(partial(_execute, sql, params), key=msg_id)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
 
     # -- reading ---------------------------------------------------------------
 
     def find(self, msg_id: str) -> Entry | None:
+        self._writer.flush(msg_id)
         with self._lock:
             row = self._db.execute("SELECT * FROM entries WHERE msg_id=?", (msg_id,)).fetchone()
         return _entry(row) if row else None
 
     def find_prefix(self, prefix: str) -> list[Entry]:
         """An operator types the first characters of a msg_id."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM entries WHERE msg_id >= ? AND msg_id < ? LIMIT 2", (prefix, prefix + "\uffff")
-            ).fetchall()
+        rows = self._read_all(
+            "SELECT * FROM entries WHERE msg_id >= ? AND msg_id < ? LIMIT 2", (prefix, prefix + "\uffff")
+        )
         return [_entry(row) for row in rows]
 
     def query(self, query: Query) -> Iterator[Entry]:
@@ -289,108 +275,139 @@ class JournalStore:
         sql = f"SELECT * FROM entries {where} ORDER BY received_at {order}"
         if query.limit:
             sql += f" LIMIT {int(query.limit)}"
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
-        return (_entry(row) for row in rows)
+        return (_entry(row) for row in self._read_all(sql, params))
 
     def since_row(self, query: Query, after: int) -> list[tuple[int, Entry]]:
         """Rows written after row ``after`` (SQLite's rowid grows with each insert), oldest first: ``--follow``."""
         where, params = where_clause(query)
         where = f"{where} AND rowid > ?" if where else "WHERE rowid > ?"
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT rowid AS row_number, * FROM entries {where} ORDER BY rowid", [*params, after]
-            )
-            return [(row["row_number"], _entry(row)) for row in rows.fetchall()]
+        rows = self._read_all(f"SELECT rowid AS row_number, * FROM entries {where} ORDER BY rowid", [*params, after])
+        return [(row["row_number"], _entry(row)) for row in rows]
 
     def last_row(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()[0]
+        return self._read_all("SELECT coalesce(max(rowid), 0) FROM entries")[0][0]
 
     def states(self, msg_ids: list[str]) -> dict[str, Entry]:
         """The entries of ``msg_ids`` as they are now (``--follow`` shows a running one again when it ends)."""
         if not msg_ids:
             return {}
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM entries WHERE msg_id IN ({','.join('?' * len(msg_ids))})", msg_ids
-            ).fetchall()
+        rows = self._read_all(f"SELECT * FROM entries WHERE msg_id IN ({','.join('?' * len(msg_ids))})", msg_ids)
         return {row["msg_id"]: _entry(row) for row in rows}
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        return self._read_all("SELECT count(*) FROM entries")[0][0]
 
     def size_bytes(self) -> int:
         """The file and its write-ahead log on disk (what ``journal_max_mb`` is compared with)."""
         wal = self.path.with_name(self.path.name + "-wal")
         return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
 
+    def _read_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """After what this process handed over is committed: every record made by a call that returned."""
+        self._writer.flush()
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     # -- retention -------------------------------------------------------------
 
     def prune(self) -> int:
-        """Drop what is older than the age limit, then the oldest answered until they fit the size limit.
-
-        Refused records have their own bound (``max_refused``) and do not count toward the size; a row
-        whose signature could still verify (``expires_at`` ahead) is never dropped.
-        """
-        with self._lock:
-            now = self._clock()
-            removed = self._trim_refused()
-            removed += self._db.execute(
-                f"DELETE FROM entries WHERE received_at < ? AND state != 'running' AND {_EXPIRED}",
-                (now - self.max_age_s, now),
-            ).rowcount
-            while (excess := self._answered_bytes() - self.max_bytes) > 0:
-                # As many of the oldest rows as the excess is a share of the whole, and a few more.
-                rows = self._db.execute("SELECT count(*) FROM entries WHERE state != 'refused'").fetchone()[0]
-                batch = 1 + rows * excess // max(self._answered_bytes(), 1)
-                deleted = self._db.execute(
-                    f"""DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries
-                        WHERE state NOT IN ('running', 'refused') AND {_EXPIRED} ORDER BY received_at LIMIT ?)""",
-                    (now, batch),
-                ).rowcount
-                removed += deleted
-                if not deleted:
-                    log.warning(
-                        "journal: %.1f MB over journal_max_mb, all of it commands whose signatures are still valid "
-                        "or still running; they are kept until then",
-                        excess / 1024 / 1024,
-                    )
-                    break
-            if removed:
-                self._db.execute("PRAGMA incremental_vacuum")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._last_prune = now
-        return removed
-
-    def _trim_refused(self) -> int:
-        """Only the newest ``max_refused`` refused records are kept (called under the lock)."""
+        """Drop what is older than the age limit, then the oldest answered until they fit the size limit
+        (``retention.prune``); in order with the records handed over before. How many rows went."""
+        self._check_open()
+        self._last_prune = self._clock()
         self._refused_since_trim = 0
-        return self._db.execute(
-            """DELETE FROM entries WHERE msg_id IN (SELECT msg_id FROM entries WHERE state = 'refused'
-               ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
-            (self.max_refused,),
-        ).rowcount
+        return self._writer.run(
+            partial(retention.prune, retention=self._retention(), now=self._clock()), in_transaction=False
+        )
 
-    def _answered_bytes(self) -> int:
-        """The live data less the refused records: what ``max_mb`` bounds."""
-        refused = self._db.execute("SELECT coalesce(sum(size_bytes), 0) FROM entries WHERE state = 'refused'")
-        return self._live_bytes() - refused.fetchone()[0]
+    def _retention(self) -> Retention:
+        return Retention(self.max_age_s, self.max_bytes, self.max_refused)
 
     def _maybe_prune(self) -> None:
         if self._clock() - self._last_prune >= PRUNE_EVERY_S:
-            self.prune()
+            self._last_prune = self._clock()
+            self._writer.submit(
+                partial(retention.prune, retention=self._retention(), now=self._last_prune), in_transaction=False
+            )
 
     def _live_bytes(self) -> int:
-        page_size, pages, free = (
-            self._db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
-        )
-        return page_size * (pages - free)
+        """The live data (pages in use), as committed after what this process handed over."""
+        self._writer.flush()
+        with self._lock:
+            return retention.live_bytes(self._db)
 
     def close(self) -> None:
+        """Commit what was handed over, then close; the writer closes with its last store in this process."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.release()
         with self._lock:
             self._db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _open_for_writing(path: Path) -> sqlite3.Connection:
+    """The writer's connection, the file created or brought up to this version."""
+    db = _connect(path)
+    # auto_vacuum must be chosen before the first table exists; it lets pruning give space back.
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints are where WAL mode fsyncs; the default (every 1000 pages) put one on every
+    # hundredth command. 10000 pages (≤ 40 MB of WAL) halves the journal's cost per command.
+    db.execute("PRAGMA wal_autocheckpoint=10000")
+    db.executescript(_SCHEMA)
+    _migrate(db)
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an earlier version up to this one (additive only)."""
+    present = {row["name"] for row in db.execute("PRAGMA table_info(entries)")}
+    for column, declaration in ADDED_COLUMNS:
+        if column not in present:
+            try:
+                db.execute(f"ALTER TABLE entries ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as exc:  # the worker and a CLI migrating at the same moment
+                if "duplicate column" not in str(exc):
+                    raise
+    db.executescript(_INDEXES_OF_ADDED)
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        shrunk = _shrink_old_refusals(db)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if shrunk:
+            log.warning("journal: %d refused message(s) recorded whole by an earlier version cut to excerpts", shrunk)
+
+
+def _shrink_old_refusals(db: sqlite3.Connection) -> int:
+    """Earlier versions kept refused bodies whole (up to 1 MiB each): cut them to the excerpt kept now."""
+    rows = db.execute(
+        """SELECT msg_id, envelope, properties, reply FROM entries WHERE state='refused' AND
+           (length(envelope) > ?1 OR length(properties) > ?1 OR length(reply) > ?1 OR size_bytes IS NULL)""",
+        (MAX_RECORD_PART,),
+    ).fetchall()
+    db.execute("BEGIN")
+    for row in rows:
+        envelope, properties, reply = (_loads(row[column]) for column in ("envelope", "properties", "reply"))
+        parts = [bounded(envelope), bounded(properties), bounded_reply(reply)]
+        texts = [_dumps(part) for part in parts]
+        db.execute(
+            "UPDATE entries SET envelope=?, properties=?, reply=?, size_bytes=? WHERE msg_id=?",
+            (*texts, sum(len(t.encode()) for t in texts), row["msg_id"]),
+        )
+    db.execute("COMMIT")
+    return len(rows)
+
+
+def _execute(sql: str, params: Any, db: sqlite3.Connection) -> int:
+    return db.execute(sql, params).rowcount
 
 
 def journal_path(state_dir: Path) -> Path:
@@ -454,5 +471,9 @@ def _entry(row: sqlite3.Row) -> Entry:
     return Entry(**value)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    # One encoder for every record: ``json.dumps`` with options builds a new one per call.
+    return _ENCODER.encode(value)
