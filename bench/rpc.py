@@ -1,195 +1,345 @@
-"""RPC round trip and throughput: kvmworker over RabbitMQ and Redis, beside a raw py-amqp loop, in one run.
+"""Issue 15's cost targets in one run: kvmworker beside the raw floors, as ratios, met or not.
 
-    .venv/bin/python bench/rpc.py [--calls 2000] [--amqp URL] [--redis URL]
+    .venv/bin/python bench/rpc.py [--quick] [--only 'amqp-*,bridge-1'] [--rounds 5] [--json FILE]
 
-The raw loop is the floor: a py-amqp responder that answers each message with a reply to ``reply_to``,
-and a py-amqp caller that waits for it. The worker runs in a subprocess (as in production), so the
-caller and the worker do not share a GIL; the raw responder does too.
+Every subject starts once and stays up: py-amqp and Redis responders (the floors), ``kvmworker worker``
+processes (default = publisher confirms + persistent messages; ``fast`` = neither; over Redis), each with
+its own state directory and a client in this process, and a ``kvmworker bridge`` in front of the default
+worker. Then every selected row is measured once per round, rows in turn (raw beside kvmworker, the order
+reversed every other round), so that whatever else loads this machine hits floor and subject alike; a
+row's figure is the median of its rounds. After the rounds, every worker sits idle for ``--idle`` seconds:
+its CPU over that window, then its RSS and threads. Worker CPU per message is the worker process's own CPU
+(``/proc``, every thread) over a row divided by the messages it answered.
 
-Two mixed rows split the cost: the raw caller against the kvmworker worker (what the worker adds over a
-responder that does nothing), and the kvmworker client against the raw responder (what the client adds).
+The table at the end names each target of the issue (section 2) with its figure and whether it is met.
+``bench/compare.py`` runs this against two checkouts and prints them side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
+import fnmatch
+import json
+import os
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import amqp
+import procstat
+import targets
+from bridge import MALFORMED, PING, BridgeSubject
+from peers import AmqpPeer, RedisPeer
+from subjects import ClientToRaw, KvmSubject, RawCallerToWorker
 
-from kvmworker.client import Client
-from kvmworker.transport.connection import delete_host_queue
-from kvmworker.transport.names import host_queue_name
-
-ROOT = Path(__file__).resolve().parents[1]
-
-RAW_RESPONDER = r"""
-import sys, amqp
-conn = amqp.Connection(sys.argv[1]); conn.connect(); ch = conn.channel()
-ch.queue_declare(sys.argv[2], passive=sys.argv[3] == "existing", auto_delete=sys.argv[3] != "existing")
-def on(msg):
-    ch.basic_publish(amqp.Message(b'{"code":0,"msg":"ok","data":null}', correlation_id=msg.correlation_id),
-                     exchange="", routing_key=msg.reply_to)
-    ch.basic_ack(msg.delivery_tag)
-ch.basic_qos(0, 32, False); ch.basic_consume(sys.argv[2], callback=on)
-print("ready", flush=True)
-while True:
-    conn.drain_events()
-"""
+import kvmworker
 
 
-def percentiles(samples: list[float]) -> str:
-    s = sorted(samples)
-    p50, p99 = s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))]
-    return f"p50 {p50 * 1000:6.3f} ms  p99 {p99 * 1000:6.3f} ms"
+@dataclass(frozen=True)
+class Plan:
+    amqp: str
+    redis: str
+    amqp_host_port: str
+    calls: int  # sequential calls per latency row and round
+    seconds: float  # per throughput row and round
+    window: int  # in flight in the raw windowed pipeline
+    worker_args: tuple[str, ...] = ()
 
 
-def raw_responder(host_port: str, queue: str, existing: bool = False) -> subprocess.Popen:
-    args = [sys.executable, "-c", RAW_RESPONDER, host_port, queue, "existing" if existing else "own"]
-    responder = subprocess.Popen(args, stdout=subprocess.PIPE)
-    assert responder.stdout.readline().strip() == b"ready"
-    return responder
+class Lab:
+    """The subjects, each started the first time a row needs it and kept up until the end."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.started: dict[str, object] = {}
+        self.broken: dict[str, str] = {}
+        self._stack = contextlib.ExitStack()
+
+    def get(self, name: str):
+        if name in self.broken:
+            raise RuntimeError(f"{name} did not start: {self.broken[name]}")
+        if name not in self.started:
+            try:
+                self.started[name] = self._stack.enter_context(contextlib.closing(self._build(name)))
+            except Exception as exc:
+                self.broken[name] = str(exc)
+                raise
+        return self.started[name]
+
+    def _build(self, name: str):
+        p = self.plan
+        builders: dict[str, Callable[[], object]] = {
+            "amqp-raw": lambda: AmqpPeer(p.amqp_host_port),
+            "redis-raw": lambda: RedisPeer(p.redis),
+            "amqp-default": lambda: KvmSubject(p.amqp, worker_args=p.worker_args),
+            "amqp-fast": lambda: KvmSubject(p.amqp, confirms=False, persistent=False, worker_args=p.worker_args),
+            "redis-default": lambda: KvmSubject(p.redis, worker_args=p.worker_args),
+            "client-raw": lambda: ClientToRaw(p.amqp, p.amqp_host_port),
+            "raw-caller-worker": lambda: RawCallerToWorker(self.get("amqp-default"), p.amqp_host_port),
+            "bridge": lambda: BridgeSubject(p.amqp, self.get("amqp-default").host),
+        }
+        return builders[name]()
+
+    def close(self) -> None:
+        self._stack.close()
 
 
-def raw_caller(host_port: str, queue: str, calls: int, body: bytes = b'{"x":1}') -> list[float]:
-    """A py-amqp caller: publish, then drain until the reply with this correlation id is in."""
-    conn = amqp.Connection(host_port)
-    conn.connect()
-    ch = conn.channel()
-    reply_q, _, _ = ch.queue_declare("", exclusive=True)
-    got: dict[str, bool] = {}
-    ch.basic_consume(reply_q, callback=lambda m: got.__setitem__(m.correlation_id, True), no_ack=True)
-    samples = []
-    for _ in range(calls):
-        cid = uuid.uuid4().hex
-        props = {"correlation_id": cid, "reply_to": reply_q, "message_id": str(uuid.uuid4())}
-        t = time.perf_counter()
-        ch.basic_publish(amqp.Message(body, content_type="application/json", **props), "", queue)
-        while cid not in got:
-            conn.drain_events(timeout=10)
-        samples.append(time.perf_counter() - t)
-    conn.close()
-    return samples
+# -- what a row measures (each returns the round's figures) -------------------------------------
 
 
-def raw_amqp_loop(host_port: str, calls: int) -> list[float]:
-    queue = f"bench.raw.{uuid.uuid4().hex[:6]}"
-    responder = raw_responder(host_port, queue)
-    try:
-        return raw_caller(host_port, queue, calls)
-    finally:
-        responder.kill()
+def metered(pid: int, work: Callable[[], int]) -> dict[str, float]:
+    """``work()`` returns how many messages it got answered: per second, and ``pid``'s CPU µs per message."""
+    meter = procstat.CpuMeter(pid).start()
+    done = work()
+    cpu, wall = meter.stop()
+    return {"per_s": done / wall, "cpu_us": cpu / done * 1e6}
 
 
-def raw_caller_to_worker(url: str, host_port: str, calls: int) -> list[float]:
-    """What the worker adds: the raw caller against a kvmworker worker (defaults: confirms on)."""
-    ping = b'{"handler":"SystemHandler","command":"ping","data":{}}'
-    with bench_worker(url, confirms=True) as host:
-        raw_caller(host_port, host_queue_name(host), 200, ping)
-        return raw_caller(host_port, host_queue_name(host), calls, ping)
+def latency(caller, pid: int, calls: int) -> dict[str, float]:
+    samples: list[float] = []
+
+    def work() -> int:
+        samples.extend(caller.latencies(calls))
+        return len(samples)
+
+    figures = metered(pid, work)
+    ordered = sorted(samples)
+    return figures | {"p50_ms": ordered[len(ordered) // 2] * 1e3, "p99_ms": ordered[int(len(ordered) * 0.99)] * 1e3}
 
 
-def client_to_raw_responder(url: str, host_port: str, calls: int) -> list[float]:
-    """What the client adds: the kvmworker client (defaults) against the raw responder."""
-    host = f"bench-{uuid.uuid4().hex[:6]}"
-    with Client(url) as client:
-        client.call(host, "SystemHandler", "ping", timeout=0.2)  # declares the host's queue, unanswered
-        responder = raw_responder(host_port, host_queue_name(host), existing=True)
-        try:
-            client.call(host, "SystemHandler", "ping", timeout=10)
-            return sequential(client, host, calls)
-        finally:
-            responder.kill()
-            delete_host_queue(url, host)
+def latency_row(subject: str) -> Callable[[Lab], dict[str, float]]:
+    def measure(lab: Lab) -> dict[str, float]:
+        found = lab.get(subject)
+        return latency(getattr(found, "caller", found), found.pid, lab.plan.calls)
+
+    return measure
 
 
-@contextlib.contextmanager
-def bench_worker(url: str, confirms: bool) -> Iterator[str]:
-    """A worker process for a fresh host, consuming when this yields the host; its queue goes afterwards."""
-    host = f"bench-{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory() as state:
-        cmd = [sys.executable, "-m", "kvmworker", "worker", "--host", host, "--broker", url, "--state-dir", state]
-        cmd += ["--log-level", "WARNING", "--workers", "16", "--prefetch", "128"]
-        cmd += [] if confirms else ["--no-publish-confirms"]
-        worker = subprocess.Popen(cmd, cwd=ROOT)
-        try:
-            with Client(url) as client:  # warm up, and wait for the worker to consume
-                assert any(client.call(host, "SystemHandler", "ping", timeout=10).code == 0 for _ in range(50))
-            yield host
-        finally:
-            worker.terminate()
-            worker.wait(15)
-            delete_host_queue(url, host)
+def callers_row(subject: str, callers: int) -> Callable[[Lab], dict[str, float]]:
+    def measure(lab: Lab) -> dict[str, float]:
+        found: KvmSubject = lab.get(subject)
+        return metered(found.pid, lambda: found.throughput(callers, lab.plan.seconds))
+
+    return measure
 
 
-def sequential(client: Client, host: str, calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        reply = client.call(host, "SystemHandler", "ping", timeout=10)
-        samples.append(time.perf_counter() - t)
-        assert reply.code == 0, reply
-    return samples
+def raw_window(lab: Lab) -> dict[str, float]:
+    peer: AmqpPeer = lab.get("amqp-raw")
+    return metered(peer.pid, lambda: peer.caller.windowed(lab.plan.window, lab.plan.seconds))
 
 
-def concurrent(client: Client, host: str, callers: int, per_caller: int) -> float:
-    def run() -> None:
-        for _ in range(per_caller):
-            assert client.call(host, "SystemHandler", "ping", timeout=30).code == 0
+def bridge_row(connections: int, body: dict = PING, code: int = 0) -> Callable[[Lab], dict[str, float]]:
+    def measure(lab: Lab) -> dict[str, float]:
+        bridge: BridgeSubject = lab.get("bridge")
+        meter = procstat.CpuMeter(bridge.pid).start()
+        figures = bridge.wrk(connections, lab.plan.seconds, body, code)
+        cpu, wall = meter.stop()
+        return figures | {"cpu_us": cpu / (figures["per_s"] * wall) * 1e6}
 
-    threads = [threading.Thread(target=run) for _ in range(callers)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return callers * per_caller / (time.perf_counter() - t)
+    return measure
 
 
-def bench_transport(label: str, url: str, calls: int, confirms: bool, persistent: bool) -> list[float]:
-    with bench_worker(url, confirms) as host, Client(url, confirms=confirms, persistent=persistent) as client:
-        sequential(client, host, 200)
-        samples = sequential(client, host, calls)
-        print(f"  {label:44s} sequential  {percentiles(samples)}")
-        for callers in (1, 8, 64):
-            rate = concurrent(client, host, callers, max(20, calls // callers))
-            print(f"  {label:44s} {callers:2d} callers  {rate:8.0f} commands/s")
-        return samples
+@dataclass(frozen=True)
+class Row:
+    name: str
+    measure: Callable[[Lab], dict[str, float]]
+    what: str
+    quick: bool = True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=2000)
+ROWS = [
+    Row("amqp-raw", latency_row("amqp-raw"), "raw py-amqp publish→consume→reply, 1 caller"),
+    Row("amqp-default", latency_row("amqp-default"), "kvmworker, confirms + persistent, 1 caller"),
+    Row("bridge-1", bridge_row(1), "bridge (wrk), 1 connection"),
+    Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),
+    Row("redis-raw", latency_row("redis-raw"), "raw Redis LPUSH/BRPOP, 1 caller"),
+    Row("redis-default", latency_row("redis-default"), "kvmworker over Redis, 1 caller"),
+    Row("amqp-raw-window", raw_window, "raw py-amqp, 64 in flight"),
+    Row("amqp-default-64", callers_row("amqp-default", 64), "kvmworker default, 64 callers"),
+    Row("bridge-64", bridge_row(64), "bridge (wrk), 64 connections"),
+    Row("amqp-fast-64", callers_row("amqp-fast", 64), "kvmworker fast, 64 callers"),
+    Row("redis-default-64", callers_row("redis-default", 64), "kvmworker over Redis, 64 callers", quick=False),
+    Row("amqp-default-8", callers_row("amqp-default", 8), "kvmworker default, 8 callers", quick=False),
+    Row("amqp-fast-8", callers_row("amqp-fast", 8), "kvmworker fast, 8 callers", quick=False),
+    Row("raw-caller-worker", latency_row("raw-caller-worker"), "raw py-amqp caller → kvmworker worker", quick=False),
+    Row("client-raw", latency_row("client-raw"), "kvmworker client → raw py-amqp responder", quick=False),
+    Row("bridge-ceiling", bridge_row(64, MALFORMED, 20001), "bridge alone (20001, no broker), 64", quick=False),
+]
+IDLE = "idle"  # not a row of the rounds: once, after them
+
+
+def selected(only: str | None, quick: bool) -> tuple[list[Row], bool]:
+    """The rows to run, and whether the idle window is wanted."""
+    if only is None:
+        return [r for r in ROWS if r.quick or not quick], True
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    rows = [r for r in ROWS if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    return rows, any(fnmatch.fnmatchcase(IDLE, p) for p in patterns)
+
+
+def run_rounds(lab: Lab, rows: list[Row], rounds: int) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
+    """Each row's figures per round, and what failed (a failed round is left out of the medians)."""
+    results: dict[str, list[dict[str, float]]] = {r.name: [] for r in rows}
+    failures: dict[str, list[str]] = {}
+    for number in range(rounds):
+        for row in rows if number % 2 == 0 else reversed(rows):
+            try:
+                figures = row.measure(lab)
+            except Exception as exc:
+                failures.setdefault(row.name, []).append(str(exc))
+                print(f"round {number + 1} {row.name}: FAILED: {exc}", file=sys.stderr, flush=True)
+                continue
+            results[row.name].append(figures)
+            shown = "  ".join(f"{k} {v:.3f}" if v < 100 else f"{k} {v:.0f}" for k, v in sorted(figures.items()))
+            print(f"round {number + 1} {row.name:20s} {shown}", file=sys.stderr, flush=True)
+    return results, failures
+
+
+def measure_idle(lab: Lab, seconds: float) -> dict[str, dict[str, float]]:
+    """CPU of every worker and the bridge over one quiet window, then their memory and threads."""
+    with contextlib.suppress(RuntimeError):
+        lab.get("amqp-default")  # reported in the failures already
+    processes = {name: s.pid for name, s in lab.started.items() if isinstance(s, KvmSubject | BridgeSubject)}
+    meters = {name: procstat.CpuMeter(pid).start() for name, pid in processes.items()}
+    time.sleep(seconds if meters else 0)
+    figures = {}
+    for name, meter in meters.items():
+        cpu, wall = meter.stop()
+        status = procstat.status(processes[name])
+        figures[name] = {
+            "idle_cpu_pct": 100 * cpu / wall,
+            "rss_mb": status["VmRSS"] / 1024,
+            "peak_rss_mb": status["VmHWM"] / 1024,
+            "threads": status["Threads"],
+        }
+    return figures
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def describe_checkout() -> dict[str, str]:
+    tree = Path(kvmworker.__file__).resolve().parents[1]
+    git = ["git", "-C", str(tree), "log", "-1", "--format=%h %s"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "tree": str(tree),
+        "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
+        "python": sys.executable,
+    }
+
+
+def print_rows(results: dict[str, list[dict[str, float]]], failures: dict[str, list[str]]) -> None:
+    medians = targets.summary(results)
+    whats = {r.name: r.what for r in ROWS}
+    print(f"{'row':20s} {'what':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'per s':>7s} {'CPU µs/msg':>10s}  rounds")
+    for name, measured in results.items():
+        m = medians.get(name, {})
+        cells = [
+            _cell(m.get("p50_ms"), 3),
+            _cell(m.get("p99_ms"), 3),
+            _cell(m.get("per_s"), 0),
+            _cell(m.get("cpu_us"), 0),
+        ]
+        key = "p50_ms" if "p50_ms" in m else "per_s"
+        span = targets.spread(measured, key)
+        range_text = f"{len(measured)}: {span[0]:.3g}–{span[1]:.3g} {key}" if span else "0"
+        range_text += f", {len(failures[name])} FAILED" if name in failures else ""
+        print(
+            f"{name:20s} {whats[name]:42s} {cells[0]:>8s} {cells[1]:>8s} {cells[2]:>7s} {cells[3]:>10s}  {range_text}"
+        )
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def print_idle(idle: dict[str, dict[str, float]], seconds: float) -> None:
+    title = f"idle {seconds:g} s"
+    print(f"\n{title:20s} {'CPU % of a core':>15s} {'RSS MB':>8s} {'peak MB':>8s} {'threads':>8s}")
+    for name, f in idle.items():
+        print(f"{name:20s} {f['idle_cpu_pct']:15.3f} {f['rss_mb']:8.1f} {f['peak_rss_mb']:8.1f} {f['threads']:8.0f}")
+
+
+def print_targets(verdicts: list[targets.Verdict]) -> None:
+    print(f"\n{'target (issue 15, section 2)':44s} {'measured':>12s} {'target':>12s}  {'':7s}  basis")
+    for v in verdicts:
+        limit = targets.limit_text(v)
+        print(
+            f"{v.name:44s} {targets.shown(v.value, v.unit):>12s} {limit:>12s}  {targets.met_text(v.met):7s}  {v.basis}"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the target rows only, fewer calls, shorter rounds")
+    parser.add_argument("--only", help="comma-separated row names or patterns, e.g. 'amqp-*,idle'")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 3)")
+    parser.add_argument("--calls", type=int, help="sequential calls per latency row and round (400, --quick 200)")
+    parser.add_argument("--seconds", type=float, help="per throughput row and round (3, --quick 1.5)")
+    parser.add_argument("--idle", type=float, help="seconds of the idle window (10, --quick 5)")
+    parser.add_argument("--json", type=Path, help="write every round's figures and the verdicts here")
     parser.add_argument("--amqp", default="amqp://guest:guest@localhost:5672//")
     parser.add_argument("--redis", default="redis://localhost:6379/0")
-    args = parser.parse_args()
+    parser.add_argument("--worker-arg", action="append", default=[], help="extra argument for every worker")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    return parser.parse_args(argv)
 
-    print("RabbitMQ")
-    raw = raw_amqp_loop("localhost:5672", args.calls)
-    print(f"  {'raw py-amqp publish→consume→reply loop':44s} sequential  {percentiles(raw)}")
-    fast = bench_transport("kvmworker, no confirms, transient", args.amqp, args.calls, False, False)
-    safe = bench_transport("kvmworker, confirms, persistent (default)", args.amqp, args.calls, True, True)
-    base = statistics.median(raw)
-    fast_ratio, safe_ratio = statistics.median(fast) / base, statistics.median(safe) / base
-    print(f"  ratio to raw p50: no confirms {fast_ratio:.2f}×, default {safe_ratio:.2f}×")
-    worker_only = raw_caller_to_worker(args.amqp, "localhost:5672", args.calls)
-    print(f"  {'raw caller → kvmworker worker (default)':44s} sequential  {percentiles(worker_only)}")
-    client_only = client_to_raw_responder(args.amqp, "localhost:5672", args.calls)
-    print(f"  {'kvmworker client (default) → raw responder':44s} sequential  {percentiles(client_only)}")
-    added = (statistics.median(worker_only) - base) * 1000, (statistics.median(client_only) - base) * 1000
-    print(f"  added over the raw loop at p50: worker {added[0]:.3f} ms, client {added[1]:.3f} ms")
-    print("Redis")
-    bench_transport("kvmworker (default)", args.redis, args.calls, True, True)
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    host_port = args.amqp.split("@")[-1].split("/")[0]
+    return Plan(
+        amqp=args.amqp,
+        redis=args.redis,
+        amqp_host_port=host_port,
+        calls=args.calls or (200 if args.quick else 400),
+        seconds=args.seconds or (1.5 if args.quick else 3.0),
+        window=64,
+        worker_args=tuple(args.worker_arg),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for row in ROWS:
+            print(f"{row.name:20s} {row.what}{'' if row.quick else '  (not in --quick)'}")
+        print(f"{IDLE:20s} idle CPU, RSS and threads of every worker, once after the rounds")
+        return 0
+    rows, want_idle = selected(args.only, args.quick)
+    rounds = args.rounds or (3 if args.quick else 5)
+    idle_s = args.idle or (5.0 if args.quick else 10.0)
+    meta = describe_checkout() | {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg()}
+    lab = Lab(plan_from(args))
+    try:
+        results, failures = run_rounds(lab, rows, rounds)
+        idle = measure_idle(lab, idle_s) if want_idle else {}
+    finally:
+        lab.close()
+    meta |= {"load_after": os.getloadavg(), "rounds": rounds, "argv": sys.argv[1:]}
+    verdicts = targets.judge(targets.summary(results), idle)
+    print(f"kvmworker {meta['commit']}  ({meta['tree']})")
+    print(f"{rounds} rounds; load average before {_load(meta['load_before'])}, after {_load(meta['load_after'])}\n")
+    print_rows(results, failures)
+    if idle:
+        print_idle(idle, idle_s)
+    print_targets(verdicts)
+    if args.json:
+        document = {"meta": meta, "rounds": results, "failures": failures, "idle": idle}
+        document["verdicts"] = [asdict(v) | {"met": v.met} for v in verdicts]
+        args.json.write_text(json.dumps(document, indent=1, ensure_ascii=False))
+    return 0
+
+
+def _load(values) -> str:
+    return " ".join(f"{v:.1f}" for v in values)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
