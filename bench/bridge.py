@@ -9,13 +9,14 @@ the medians of the rounds show what the bridge adds over the RPC alone. ``bench/
 rows among the issue's targets (``--only 'bridge-*,amqp-default'``). Every process shares this machine's
 cores, so compare within one run only.
 
-``wrk``'s Lua script reads every reply: an answer whose ``code`` is not the expected one counts as an error
+``wrk``'s Lua script reads every reply: an answer whose ``code`` is not 0 counts as an error
 (a bridge that answers 20004 fast must not look fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import shutil
@@ -30,8 +31,8 @@ import httpx
 from subjects import KvmSubject, kvmworker_process, stop
 
 PING = {"handler": "SystemHandler", "command": "ping", "data": {}}
-# answered by the bridge itself (20001): its own HTTP, guard, parse ceiling, no broker involved
-MALFORMED = {"handler": "SystemHandler"}
+# answered by the bridge itself, after the guard, the token check and the parse: its own ceiling, no broker
+LOGOUT = {"handler": "UserHandler", "command": "logout", "data": {}}
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -41,7 +42,7 @@ local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
 function init(args) bad = 0 end
 function response(status, headers, body)
-  if status ~= 200 or not string.find(body, '"code":{code},', 1, true) then bad = bad + 1 end
+  if status ~= 200 or not string.find(body, '"code":0,', 1, true) then bad = bad + 1 end
 end
 function done(summary, latency, requests)
   local total = 0
@@ -85,17 +86,17 @@ class BridgeSubject:
             for _ in range(200):
                 http.post(self.url + "/", json=PING)
 
-    def wrk(self, connections: int, seconds: float, body: dict = PING, code: int = 0) -> dict[str, float]:
-        return run_wrk(self.url, self.token, connections, seconds, body, code)
+    def wrk(self, connections: int, seconds: float, body: dict = PING) -> dict[str, float]:
+        return run_wrk(self.url, self.token, connections, seconds, body)
 
     def close(self) -> None:
         stop(self.process)
         self._scratch.cleanup()
 
 
-def run_wrk(url: str, token: str, connections: int, seconds: float, body: dict, code: int) -> dict[str, float]:
+def run_wrk(url: str, token: str, connections: int, seconds: float, body: dict) -> dict[str, float]:
     """Requests per second, p50 and p99 in ms; one ``wrk`` thread (two cores to share), whole seconds."""
-    script_text = WRK_SCRIPT.format(body=json.dumps(body, separators=(",", ":")), token=token, code=code)
+    script_text = WRK_SCRIPT.format(body=json.dumps(body, separators=(",", ":")), token=token)
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(script_text)
         script.flush()
@@ -125,6 +126,70 @@ def _wrk_ms(out: str, percentile: str) -> float:
     return float(value) * UNITS[unit]
 
 
+class InProcessApp:
+    """The bridge's ASGI application in this process, driven without a socket: its own cost per request.
+
+    ``UserHandler.logout`` with the local token goes through everything a forwarded call does on the event
+    loop (guard, routing, body, parse, token check, metrics, reply) except the broker, so the time per
+    request, the fastest of several repeats, is the bridge's own overhead whatever else loads the machine.
+    """
+
+    def __init__(self):
+        from kvmworker.bridge.app import create_app
+        from kvmworker.bridge.auth import LocalToken
+        from kvmworker.client import Client
+        from kvmworker.settings import Settings
+
+        self._scratch = tempfile.TemporaryDirectory(prefix="bench-")
+        settings = Settings(host="bench-app", broker_url="memory://", state_dir=self._scratch.name)
+        self._client = Client("memory://")
+        token = "b" * 43
+        self.app = create_app(settings, self._client, local=LocalToken(token))
+        headers = [(b"host", b"127.0.0.1:8080"), (b"user-agent", b"wrk"), (b"content-type", b"application/json")]
+        body = json.dumps(LOGOUT).encode()
+        headers += [(b"authorization", b"Bearer " + token.encode()), (b"content-length", str(len(body)).encode())]
+        self._scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST"}
+        self._scope |= {"scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": ""}
+        self._scope |= {"headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+        self._message = {"type": "http.request", "body": body, "more_body": False}
+
+    def cost_us(self, requests: int, repeats: int) -> float:
+        """µs per request: the fastest of ``repeats`` runs of ``requests`` requests one after the other."""
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return min(runner.run(self._run(requests)) for _ in range(repeats)) / requests * 1e6
+
+    async def _run(self, requests: int) -> float:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return self._message
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        started = time.perf_counter()
+        for _ in range(requests):
+            await self.app(dict(self._scope), receive, send)
+        elapsed = time.perf_counter() - started
+        if b'"code":0,' not in sent[-1]["body"]:
+            raise RuntimeError(f"the bridge answered {sent[-1]['body'][:200]!r}")
+        return elapsed
+
+    def close(self) -> None:
+        self.app.state.bridge.close()
+        self._client.close()
+        self._scratch.cleanup()
+
+
+def event_loop_factory():
+    """uvloop's, as uvicorn picks when it is installed (it is a dependency)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def client_row(subject: KvmSubject, callers: int, seconds: float) -> dict[str, float]:
     if callers == 1:
         samples = sorted(subject.latencies(max(50, int(seconds * 300))))
@@ -152,7 +217,7 @@ def main() -> int:
                 rows.setdefault(f"client, {connections} callers", []).append(
                     client_row(subject, connections, args.duration)
                 )
-        rows["bridge alone (20001, no broker), 64 conns"] = [bridge.wrk(64, args.duration, MALFORMED, 20001)]
+        rows["bridge alone (UserHandler.logout, no broker), 64 conns"] = [bridge.wrk(64, args.duration, LOGOUT)]
     finally:
         bridge.close()
         subject.close()

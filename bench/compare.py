@@ -1,13 +1,15 @@
-"""Before and after, side by side, in one run: ``bench/rpc.py`` against two checkouts, runs alternating.
+"""Before and after, side by side, in one run: the rows of ``bench/rpc.py`` against two checkouts, interleaved.
 
-    python3 bench/compare.py --before /work/main --after /work/wt/x [--repeat 2] [--json FILE] [-- --quick …]
+    python3 bench/compare.py --before /work/main --after /work/wt/x [--quick] [--only …] [--rounds 5] [--json FILE]
 
-Each checkout runs with its own Python: ``DIR/.venv/bin/python`` when there is one (``--before-python`` /
-``--after-python`` to choose another), else this Python with ``PYTHONPATH=DIR``; a checkout whose
-``kvmworker`` does not import from DIR is refused. Both sides run the same bench (the ``rpc.py`` next to
-this file), ``--repeat`` times each in the order A B B A A B …, so that drift on this shared machine hits
-both alike; the rounds of one side's runs are pooled and judged as one run. Arguments after ``--`` go to
-every ``rpc.py`` run (``--quick``, ``--only``, ``--rounds``…).
+Each checkout runs with its own Python: ``DIR/.venv/bin/python`` when there is one, else this Python
+(``--before-python`` / ``--after-python`` to choose), always with ``PYTHONPATH=DIR`` so that a plain source
+tree (``git archive``) works with another checkout's venv; a side whose ``kvmworker`` does not import from
+DIR is refused. Each side is one ``rpc.py --serve`` process (the
+``rpc.py`` next to this file, so both sides run the same bench) with its own workers, bridge and
+responders, all started once. Then, round by round and row by row, each side measures the row in turn
+(the side that goes first alternates), so that whatever else loads this shared machine hits both alike;
+the side not measuring sits idle. Last, both sides' idle window at once.
 """
 
 from __future__ import annotations
@@ -18,96 +20,106 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import targets
 
 RPC = Path(__file__).resolve().with_name("rpc.py")
+RPC_FLAGS = ("--amqp", "--redis", "--calls", "--seconds", "--worker-arg")
 
 
-@dataclass
 class Side:
-    label: str
-    tree: Path
-    python: str
-    env: dict[str, str]
-    rounds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    idle_runs: list[dict[str, dict[str, float]]] = field(default_factory=list)
-    failures: dict[str, list[str]] = field(default_factory=dict)
-    commit: str = ""
+    """One checkout's ``rpc.py --serve`` and what it measured."""
 
-    def add(self, document: dict) -> None:
-        for row, measured in document["rounds"].items():
-            self.rounds.setdefault(row, []).extend(measured)
-        self.idle_runs.append(document["idle"])
-        for row, failed in document["failures"].items():
-            self.failures.setdefault(row, []).extend(failed)
-        self.commit = document["meta"]["commit"]
+    def __init__(self, label: str, tree: str, python: str | None, rpc_args: list[str]):
+        self.label, self.tree = label, Path(tree).resolve()
+        python, env = interpreter(self.tree, python)
+        check_imports_from(self.tree, python, env, label)
+        argv = [python, str(RPC), "--serve", *rpc_args]
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=tempfile.gettempdir(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.ask({})  # the ready line
+        self.meta = self.ask({"meta": True})["meta"]
+        self.rounds: dict[str, list[dict[str, float]]] = {}
+        self.failures: dict[str, list[str]] = {}
+        self.idle: dict[str, dict[str, float]] = {}
 
-    def idle(self) -> dict[str, dict[str, float]]:
-        """Per subject and figure, the median over the runs."""
-        pooled: dict[str, list[dict[str, float]]] = {}
-        for run in self.idle_runs:
-            for subject, figures in run.items():
-                pooled.setdefault(subject, []).append(figures)
-        return {subject: targets.summary({"x": runs})["x"] for subject, runs in pooled.items()}
+    def ask(self, request: dict) -> dict:
+        if request:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"{self.label}: rpc.py --serve ended (see its output above)")
+        return json.loads(line)
+
+    def measure(self, row: str, label: str) -> None:
+        found = self.ask({"row": row, "label": f"{self.label:6s} {label}"})
+        if "error" in found:
+            self.failures.setdefault(row, []).append(found["error"])
+        else:
+            self.rounds.setdefault(row, []).append(found["figures"])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(60)
 
 
-def side(label: str, tree: str, python: str | None) -> Side:
-    root = Path(tree).resolve()
-    venv = root / ".venv" / "bin" / "python"
+def interpreter(tree: Path, python: str | None) -> tuple[str, dict[str, str]]:
+    """The tree's venv (or ``python``, or this one), with the tree first on ``PYTHONPATH`` whichever it is."""
     env = dict(os.environ)
-    if python is None and venv.exists():
-        python = str(venv)
-    elif python is None:
-        python = sys.executable
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    found = subprocess.run(
-        [python, "-c", "import kvmworker; print(kvmworker.__file__)"],
-        env=env,
-        cwd=tempfile.gettempdir(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    if not Path(found).resolve().is_relative_to(root):
-        sys.exit(f"{label}: {python} imports kvmworker from {found}, not from {root}")
-    return Side(label, root, python, env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    venv = tree / ".venv" / "bin" / "python"
+    return python or (str(venv) if venv.exists() else sys.executable), env
 
 
-def run_once(one: Side, rpc_args: list[str]) -> None:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        argv = [one.python, str(RPC), *rpc_args, "--json", out.name]
-        print(f"== {one.label}: {' '.join(argv)}", file=sys.stderr, flush=True)
-        subprocess.run(argv, env=one.env, cwd=tempfile.gettempdir(), check=True, stdout=sys.stderr)
-        one.add(json.loads(Path(out.name).read_text()))
+def check_imports_from(tree: Path, python: str, env: dict[str, str], label: str) -> None:
+    argv = [python, "-c", "import kvmworker; print(kvmworker.__file__)"]
+    found = subprocess.run(argv, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True)
+    if not Path(found.stdout.strip()).resolve().is_relative_to(tree):
+        sys.exit(f"{label}: {python} imports kvmworker from {found.stdout.strip()}, not from {tree}")
+
+
+def run(before: Side, after: Side, rows: list[str], rounds: int, idle_s: float | None) -> None:
+    for number in range(rounds):
+        ordered = rows if number % 2 == 0 else list(reversed(rows))
+        for index, row in enumerate(ordered):
+            pair = (before, after) if (number + index) % 2 == 0 else (after, before)
+            for side in pair:
+                side.measure(row, f"round {number + 1}")
+    if idle_s:
+        for side in (before, after):  # both windows at once: an idle process's CPU does not depend on the other
+            side.process.stdin.write(json.dumps({"idle": idle_s}) + "\n")
+            side.process.stdin.flush()
+        for side in (before, after):
+            side.idle = side.ask({})["idle"]
 
 
 def print_sides(before: Side, after: Side) -> None:
-    for one in (before, after):
-        print(f"{one.label:7s} {one.commit}  ({one.tree})")
+    for side in (before, after):
+        print(f"{side.label:7s} {side.meta['commit'] or '(not a git checkout)'}  ({side.tree})")
     b_sum, a_sum = targets.summary(before.rounds), targets.summary(after.rounds)
-    title = "row (median of pooled rounds)"
-    print(f"\n{title:30s} {'metric':8s} {before.label:>10s} {after.label:>10s} {'after/before':>12s}")
+    title = "row (median of rounds)"
+    print(f"\n{title:24s} {'metric':8s} {before.label:>10s} {after.label:>10s} {'after/before':>12s}")
     for row in [*before.rounds, *(r for r in after.rounds if r not in before.rounds)]:
-        for name in ("p50_ms", "per_s", "cpu_us"):
+        for name in ("p50_ms", "p99_ms", "per_s", "cpu_us"):
             b, a = b_sum.get(row, {}).get(name), a_sum.get(row, {}).get(name)
-            if b is None and a is None:
-                continue
-            change = f"{a / b:.2f}×" if a is not None and b else ""
-            print(f"{row:30s} {name:8s} {_num(b):>10s} {_num(a):>10s} {change:>12s}")
-    for one in (before, after):
-        for row, failed in one.failures.items():
-            print(f"{one.label}: {row} failed {len(failed)} time(s), e.g. {failed[0][:200]}")
-    b_verdicts, a_verdicts = targets.judge(b_sum, before.idle()), targets.judge(a_sum, after.idle())
-    print(f"\n{'target (issue 15, section 2)':44s} {before.label:>11s} {after.label:>11s} {'target':>11s}  met?")
-    for b, a in zip(b_verdicts, a_verdicts, strict=True):
+            if b is not None or a is not None:
+                change = f"{a / b:.2f}×" if a is not None and b else ""
+                print(f"{row:24s} {name:8s} {_num(b):>10s} {_num(a):>10s} {change:>12s}")
+    for side in (before, after):
+        for row, failed in side.failures.items():
+            print(f"{side.label}: {row} failed {len(failed)} time(s), e.g. {failed[0][:200]}")
+    print_verdicts(targets.judge(b_sum, before.idle), targets.judge(a_sum, after.idle), before.label, after.label)
+
+
+def print_verdicts(before: list[targets.Verdict], after: list[targets.Verdict], b_label: str, a_label: str) -> None:
+    print(f"\n{'target (issue 15, section 2)':44s} {b_label:>11s} {a_label:>11s} {'target':>11s}  met?")
+    for b, a in zip(before, after, strict=True):
         met = f"{targets.met_text(b.met) or '-'} → {targets.met_text(a.met) or '-'}" if b.limit is not None else ""
-        print(
-            f"{b.name:44s} {targets.shown(b.value, b.unit):>11s} {targets.shown(a.value, a.unit):>11s} "
-            f"{targets.limit_text(b):>11s}  {met}"
-        )
+        values = f"{targets.shown(b.value, b.unit):>11s} {targets.shown(a.value, a.unit):>11s}"
+        print(f"{b.name:44s} {values} {targets.limit_text(b):>11s}  {met}")
 
 
 def _num(value: float | None) -> str:
@@ -116,33 +128,41 @@ def _num(value: float | None) -> str:
     return f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
-def main() -> int:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the checkout before the change")
     parser.add_argument("--after", required=True, help="the checkout after it")
     parser.add_argument("--before-python")
     parser.add_argument("--after-python")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per checkout (default 2)")
-    parser.add_argument("--json", type=Path, help="both sides' pooled rounds and idle figures")
-    parser.add_argument("rpc_args", nargs=argparse.REMAINDER, help="after --: arguments for every rpc.py run")
-    args = parser.parse_args()
-    rpc_args = [a for a in args.rpc_args if a != "--"]
-    before = side("before", args.before, args.before_python)
-    after = side("after", args.after, args.after_python)
-    for number in range(args.repeat):
-        for one in (before, after) if number % 2 == 0 else (after, before):
-            run_once(one, rpc_args)
+    parser.add_argument("--quick", action="store_true", help="as rpc.py --quick")
+    parser.add_argument("--only", help="as rpc.py --only")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 3)")
+    parser.add_argument("--idle", type=float, help="seconds of the idle window (10, --quick 5)")
+    parser.add_argument("--json", type=Path, help="both sides' rounds, idle figures and failures")
+    args, rest = parser.parse_known_args()
+    unknown = [a for a in rest if a.startswith("--") and a.split("=")[0] not in RPC_FLAGS]
+    if unknown:
+        parser.error(f"unknown arguments {unknown}; passed on to rpc.py are only {', '.join(RPC_FLAGS)}")
+    return args, rest + (["--quick"] if args.quick else [])
+
+
+def main() -> int:
+    args, rpc_args = parse_args()
+    rounds = args.rounds or (3 if args.quick else 5)
+    before = Side("before", args.before, args.before_python, rpc_args)
+    after = Side("after", args.after, args.after_python, rpc_args)
+    try:
+        selection = before.ask({"select": {"only": args.only, "quick": args.quick}})
+        idle_s = (args.idle or (5.0 if args.quick else 10.0)) if selection["idle"] else None
+        run(before, after, selection["rows"], rounds, idle_s)
+    finally:
+        before.close()
+        after.close()
     print_sides(before, after)
     if args.json:
         document = {
-            one.label: {
-                "commit": one.commit,
-                "tree": str(one.tree),
-                "rounds": one.rounds,
-                "failures": one.failures,
-                "idle": one.idle(),
-            }
-            for one in (before, after)
+            side.label: {"meta": side.meta, "rounds": side.rounds, "failures": side.failures, "idle": side.idle}
+            for side in (before, after)
         }
         args.json.write_text(json.dumps(document, indent=1, ensure_ascii=False))
     return 0
