@@ -103,7 +103,7 @@ def print_sides(before: Side, after: Side) -> None:
     title = "row (median of rounds)"
     print(f"\n{title:24s} {'metric':8s} {before.label:>10s} {after.label:>10s} {'after/before':>12s}")
     for row in [*before.rounds, *(r for r in after.rounds if r not in before.rounds)]:
-        for name in ("p50_ms", "p99_ms", "per_s", "cpu_us"):
+        for name in ("p50_ms", "p99_ms", "per_s", "cpu_us", "client_p50_ms", "over_client_ms"):
             b, a = b_sum.get(row, {}).get(name), a_sum.get(row, {}).get(name)
             if b is not None or a is not None:
                 change = f"{a / b:.2f}×" if a is not None and b else ""

@@ -11,6 +11,9 @@ row's figure is the median of its rounds. After the rounds, every worker sits id
 its CPU over that window, then its RSS and threads. Worker CPU per message is the worker process's own CPU
 (``/proc``, every thread) over a row divided by the messages it answered.
 
+Workers and the bridge log at WARNING, as the issue's own figures were measured; ``--worker-arg=--log-level
+--worker-arg=INFO`` adds the worker's line per message (production's default) to its cost.
+
 The table at the end names each target of the issue (section 2) with its figure and whether it is met.
 ``bench/compare.py`` runs this against two checkouts and prints them side by side.
 """
