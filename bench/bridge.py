@@ -62,9 +62,13 @@ class BridgeSubject:
         argv = ["bridge", "--broker", broker, "--port", "0", "--default-host", default_host]
         argv += ["--log-level", "WARNING", "--token-file", str(scratch / "token")]
         self.process = kvmworker_process(argv, scratch, "bridge.log", stdout=subprocess.PIPE, text=True)
-        self.url = self._listening_url()
-        self.token = (scratch / "token").read_text().strip()
-        self._warm_up()
+        try:
+            self.url = self._listening_url()
+            self.token = (scratch / "token").read_text().strip()
+            self._warm_up()
+        except BaseException:
+            self.close()  # nobody else holds it yet
+            raise
 
     @property
     def pid(self) -> int:

@@ -71,7 +71,11 @@ class KvmSubject:
         argv += ["--log-level", "WARNING", *([] if confirms else ["--no-publish-confirms"]), *worker_args]
         self.process = kvmworker_process(argv, scratch, "worker.log")
         self.client = Client(url, confirms=confirms, persistent=persistent)
-        self._warm_up()
+        try:
+            self._warm_up()
+        except BaseException:
+            self.close()  # nobody else holds it yet
+            raise
 
     @property
     def pid(self) -> int:
