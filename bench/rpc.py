@@ -1,195 +1,212 @@
-"""RPC round trip and throughput: kvmworker over RabbitMQ and Redis, beside a raw py-amqp loop, in one run.
+"""Issue 15's cost targets in one run: kvmworker beside the raw floors, as ratios, met or not.
 
-    .venv/bin/python bench/rpc.py [--calls 2000] [--amqp URL] [--redis URL]
+    .venv/bin/python bench/rpc.py [--quick] [--only 'amqp-*,bridge-1'] [--rounds 5] [--json FILE]
 
-The raw loop is the floor: a py-amqp responder that answers each message with a reply to ``reply_to``,
-and a py-amqp caller that waits for it. The worker runs in a subprocess (as in production), so the
-caller and the worker do not share a GIL; the raw responder does too.
+Every subject starts once and stays up: py-amqp and Redis responders (the floors), ``kvmworker worker``
+processes (default = publisher confirms + persistent messages; ``fast`` = neither; over Redis), each with
+its own state directory and a client in this process, and a ``kvmworker bridge`` in front of the default
+worker. Then every selected row is measured once per round, rows in turn (raw beside kvmworker, the order
+reversed every other round), so that whatever else loads this machine hits floor and subject alike; a
+row's figure is the median of its rounds. After the rounds, every worker sits idle for ``--idle`` seconds:
+its CPU over that window, then its RSS and threads. Worker CPU per message is the worker process's own CPU
+(``/proc``, every thread) over a row divided by the messages it answered.
 
-Two mixed rows split the cost: the raw caller against the kvmworker worker (what the worker adds over a
-responder that does nothing), and the kvmworker client against the raw responder (what the client adds).
+Workers and the bridge log at WARNING, as the issue's own figures were measured; ``--worker-arg=--log-level
+--worker-arg=INFO`` adds the worker's line per message (production's default) to its cost.
+
+The table at the end names each target of the issue (section 2) with its figure and whether it is met.
+``bench/compare.py`` runs this against two checkouts and prints them side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
+import json
+import os
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
-import amqp
+import targets
+from lab import BY_NAME, IDLE, ROWS, Lab, Plan, Row, measure, measure_idle, selected
 
-from kvmworker.client import Client
-from kvmworker.transport.connection import delete_host_queue
-from kvmworker.transport.names import host_queue_name
+import kvmworker
 
-ROOT = Path(__file__).resolve().parents[1]
-
-RAW_RESPONDER = r"""
-import sys, amqp
-conn = amqp.Connection(sys.argv[1]); conn.connect(); ch = conn.channel()
-ch.queue_declare(sys.argv[2], passive=sys.argv[3] == "existing", auto_delete=sys.argv[3] != "existing")
-def on(msg):
-    ch.basic_publish(amqp.Message(b'{"code":0,"msg":"ok","data":null}', correlation_id=msg.correlation_id),
-                     exchange="", routing_key=msg.reply_to)
-    ch.basic_ack(msg.delivery_tag)
-ch.basic_qos(0, 32, False); ch.basic_consume(sys.argv[2], callback=on)
-print("ready", flush=True)
-while True:
-    conn.drain_events()
-"""
+Results = dict[str, list[dict[str, float]]]
 
 
-def percentiles(samples: list[float]) -> str:
-    s = sorted(samples)
-    p50, p99 = s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))]
-    return f"p50 {p50 * 1000:6.3f} ms  p99 {p99 * 1000:6.3f} ms"
+def run_rounds(lab: Lab, rows: list[Row], rounds: int) -> tuple[Results, dict[str, list[str]]]:
+    """Each row's figures per round (order reversed every other round), and what failed."""
+    results: Results = {r.name: [] for r in rows}
+    failures: dict[str, list[str]] = {}
+    for number in range(rounds):
+        for row in rows if number % 2 == 0 else reversed(rows):
+            figures = measure(lab, row, f"round {number + 1}")
+            if isinstance(figures, str):
+                failures.setdefault(row.name, []).append(figures)
+            else:
+                results[row.name].append(figures)
+    return results, failures
 
 
-def raw_responder(host_port: str, queue: str, existing: bool = False) -> subprocess.Popen:
-    args = [sys.executable, "-c", RAW_RESPONDER, host_port, queue, "existing" if existing else "own"]
-    responder = subprocess.Popen(args, stdout=subprocess.PIPE)
-    assert responder.stdout.readline().strip() == b"ready"
-    return responder
+def serve(lab: Lab) -> None:
+    """``--serve``: one JSON request a line on stdin, one JSON answer a line on stdout, until EOF (compare.py).
+
+    ``{"row": NAME, "label": TEXT}`` → ``{"figures": {…}}`` or ``{"error": TEXT}``; ``{"idle": SECONDS}`` →
+    ``{"idle": {…}}``; ``{"meta": true}`` → ``{"meta": {…}}``; ``{"select": {"only": …, "quick": …}}`` →
+    ``{"rows": [NAME, …], "idle": BOOL}``. ``{"ready": true}`` is written first.
+    """
+    answer({"ready": True})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "row" in request:
+            figures = measure(lab, BY_NAME[request["row"]], request.get("label", ""))
+            answer({"error": figures} if isinstance(figures, str) else {"figures": figures})
+        elif "idle" in request:
+            answer({"idle": measure_idle(lab, request["idle"])})
+        elif "meta" in request:
+            answer({"meta": describe_checkout()})
+        elif "select" in request:
+            rows, want_idle = selected(request["select"]["only"], request["select"]["quick"])
+            answer({"rows": [r.name for r in rows], "idle": want_idle})
 
 
-def raw_caller(host_port: str, queue: str, calls: int, body: bytes = b'{"x":1}') -> list[float]:
-    """A py-amqp caller: publish, then drain until the reply with this correlation id is in."""
-    conn = amqp.Connection(host_port)
-    conn.connect()
-    ch = conn.channel()
-    reply_q, _, _ = ch.queue_declare("", exclusive=True)
-    got: dict[str, bool] = {}
-    ch.basic_consume(reply_q, callback=lambda m: got.__setitem__(m.correlation_id, True), no_ack=True)
-    samples = []
-    for _ in range(calls):
-        cid = uuid.uuid4().hex
-        props = {"correlation_id": cid, "reply_to": reply_q, "message_id": str(uuid.uuid4())}
-        t = time.perf_counter()
-        ch.basic_publish(amqp.Message(body, content_type="application/json", **props), "", queue)
-        while cid not in got:
-            conn.drain_events(timeout=10)
-        samples.append(time.perf_counter() - t)
-    conn.close()
-    return samples
+def answer(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
-def raw_amqp_loop(host_port: str, calls: int) -> list[float]:
-    queue = f"bench.raw.{uuid.uuid4().hex[:6]}"
-    responder = raw_responder(host_port, queue)
-    try:
-        return raw_caller(host_port, queue, calls)
-    finally:
-        responder.kill()
+# -- the report -----------------------------------------------------------------------------------
 
 
-def raw_caller_to_worker(url: str, host_port: str, calls: int) -> list[float]:
-    """What the worker adds: the raw caller against a kvmworker worker (defaults: confirms on)."""
-    ping = b'{"handler":"SystemHandler","command":"ping","data":{}}'
-    with bench_worker(url, confirms=True) as host:
-        raw_caller(host_port, host_queue_name(host), 200, ping)
-        return raw_caller(host_port, host_queue_name(host), calls, ping)
+def describe_checkout() -> dict[str, str]:
+    tree = Path(kvmworker.__file__).resolve().parents[1]
+    git = ["git", "-C", str(tree), "log", "-1", "--format=%h %s"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "tree": str(tree),
+        "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
+        "python": sys.executable,
+    }
 
 
-def client_to_raw_responder(url: str, host_port: str, calls: int) -> list[float]:
-    """What the client adds: the kvmworker client (defaults) against the raw responder."""
-    host = f"bench-{uuid.uuid4().hex[:6]}"
-    with Client(url) as client:
-        client.call(host, "SystemHandler", "ping", timeout=0.2)  # declares the host's queue, unanswered
-        responder = raw_responder(host_port, host_queue_name(host), existing=True)
-        try:
-            client.call(host, "SystemHandler", "ping", timeout=10)
-            return sequential(client, host, calls)
-        finally:
-            responder.kill()
-            delete_host_queue(url, host)
+def print_rows(results: Results, failures: dict[str, list[str]]) -> None:
+    medians = targets.summary(results)
+    whats = {r.name: r.what for r in ROWS}
+    print(f"{'row':20s} {'what':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'per s':>7s} {'CPU µs/msg':>10s}  rounds")
+    for name, measured in results.items():
+        m = medians.get(name, {})
+        cells = [
+            _cell(m.get("p50_ms"), 3),
+            _cell(m.get("p99_ms"), 3),
+            _cell(m.get("per_s"), 0),
+            _cell(m.get("cpu_us"), 0),
+        ]
+        key = next((k for k in ("p50_ms", "per_s", "cpu_us") if k in m), "cpu_us")
+        span = targets.spread(measured, key)
+        range_text = f"{len(measured)}: {span[0]:.3g}–{span[1]:.3g} {key}" if span else "0"
+        range_text += f", {len(failures[name])} FAILED" if name in failures else ""
+        print(
+            f"{name:20s} {whats[name]:42s} {cells[0]:>8s} {cells[1]:>8s} {cells[2]:>7s} {cells[3]:>10s}  {range_text}"
+        )
 
 
-@contextlib.contextmanager
-def bench_worker(url: str, confirms: bool) -> Iterator[str]:
-    """A worker process for a fresh host, consuming when this yields the host; its queue goes afterwards."""
-    host = f"bench-{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory() as state:
-        cmd = [sys.executable, "-m", "kvmworker", "worker", "--host", host, "--broker", url, "--state-dir", state]
-        cmd += ["--log-level", "WARNING", "--workers", "16", "--prefetch", "128"]
-        cmd += [] if confirms else ["--no-publish-confirms"]
-        worker = subprocess.Popen(cmd, cwd=ROOT)
-        try:
-            with Client(url) as client:  # warm up, and wait for the worker to consume
-                assert any(client.call(host, "SystemHandler", "ping", timeout=10).code == 0 for _ in range(50))
-            yield host
-        finally:
-            worker.terminate()
-            worker.wait(15)
-            delete_host_queue(url, host)
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
-def sequential(client: Client, host: str, calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        reply = client.call(host, "SystemHandler", "ping", timeout=10)
-        samples.append(time.perf_counter() - t)
-        assert reply.code == 0, reply
-    return samples
+def print_idle(idle: dict[str, dict[str, float]], seconds: float) -> None:
+    title = f"idle {seconds:g} s"
+    print(f"\n{title:20s} {'CPU % of a core':>15s} {'RSS MB':>8s} {'peak MB':>8s} {'threads':>8s}")
+    for name, f in idle.items():
+        print(f"{name:20s} {f['idle_cpu_pct']:15.3f} {f['rss_mb']:8.1f} {f['peak_rss_mb']:8.1f} {f['threads']:8.0f}")
 
 
-def concurrent(client: Client, host: str, callers: int, per_caller: int) -> float:
-    def run() -> None:
-        for _ in range(per_caller):
-            assert client.call(host, "SystemHandler", "ping", timeout=30).code == 0
-
-    threads = [threading.Thread(target=run) for _ in range(callers)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return callers * per_caller / (time.perf_counter() - t)
+def print_targets(verdicts: list[targets.Verdict]) -> None:
+    print(f"\n{'target (issue 15, section 2)':44s} {'measured':>12s} {'target':>12s}  {'':7s}  basis")
+    for v in verdicts:
+        limit = targets.limit_text(v)
+        print(
+            f"{v.name:44s} {targets.shown(v.value, v.unit):>12s} {limit:>12s}  {targets.met_text(v.met):7s}  {v.basis}"
+        )
 
 
-def bench_transport(label: str, url: str, calls: int, confirms: bool, persistent: bool) -> list[float]:
-    with bench_worker(url, confirms) as host, Client(url, confirms=confirms, persistent=persistent) as client:
-        sequential(client, host, 200)
-        samples = sequential(client, host, calls)
-        print(f"  {label:44s} sequential  {percentiles(samples)}")
-        for callers in (1, 8, 64):
-            rate = concurrent(client, host, callers, max(20, calls // callers))
-            print(f"  {label:44s} {callers:2d} callers  {rate:8.0f} commands/s")
-        return samples
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=2000)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the target rows only, fewer calls, shorter rounds")
+    parser.add_argument("--only", help="comma-separated row names or patterns, e.g. 'amqp-*,idle'")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 3)")
+    parser.add_argument("--calls", type=int, help="sequential calls per latency row and round (400, --quick 200)")
+    parser.add_argument("--seconds", type=float, help="per throughput row and round (3, --quick 1.5)")
+    parser.add_argument("--idle", type=float, help="seconds of the idle window (10, --quick 5)")
+    parser.add_argument("--json", type=Path, help="write every round's figures and the verdicts here")
     parser.add_argument("--amqp", default="amqp://guest:guest@localhost:5672//")
     parser.add_argument("--redis", default="redis://localhost:6379/0")
-    args = parser.parse_args()
+    parser.add_argument("--worker-arg", action="append", default=[], help="extra argument for every worker")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--serve", action="store_true", help="measure rows asked for on stdin (compare.py)")
+    return parser.parse_args(argv)
 
-    print("RabbitMQ")
-    raw = raw_amqp_loop("localhost:5672", args.calls)
-    print(f"  {'raw py-amqp publish→consume→reply loop':44s} sequential  {percentiles(raw)}")
-    fast = bench_transport("kvmworker, no confirms, transient", args.amqp, args.calls, False, False)
-    safe = bench_transport("kvmworker, confirms, persistent (default)", args.amqp, args.calls, True, True)
-    base = statistics.median(raw)
-    fast_ratio, safe_ratio = statistics.median(fast) / base, statistics.median(safe) / base
-    print(f"  ratio to raw p50: no confirms {fast_ratio:.2f}×, default {safe_ratio:.2f}×")
-    worker_only = raw_caller_to_worker(args.amqp, "localhost:5672", args.calls)
-    print(f"  {'raw caller → kvmworker worker (default)':44s} sequential  {percentiles(worker_only)}")
-    client_only = client_to_raw_responder(args.amqp, "localhost:5672", args.calls)
-    print(f"  {'kvmworker client (default) → raw responder':44s} sequential  {percentiles(client_only)}")
-    added = (statistics.median(worker_only) - base) * 1000, (statistics.median(client_only) - base) * 1000
-    print(f"  added over the raw loop at p50: worker {added[0]:.3f} ms, client {added[1]:.3f} ms")
-    print("Redis")
-    bench_transport("kvmworker (default)", args.redis, args.calls, True, True)
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    host_port = args.amqp.split("@")[-1].split("/")[0]
+    return Plan(
+        amqp=args.amqp,
+        redis=args.redis,
+        amqp_host_port=host_port,
+        calls=args.calls or (200 if args.quick else 400),
+        seconds=args.seconds or (1.5 if args.quick else 3.0),
+        window=64,
+        worker_args=tuple(args.worker_arg),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for row in ROWS:
+            print(f"{row.name:20s} {row.what}{'' if row.quick else '  (not in --quick)'}")
+        print(f"{IDLE:20s} idle CPU, RSS and threads of every worker, once after the rounds")
+        return 0
+    lab = Lab(plan_from(args))
+    if args.serve:
+        try:
+            serve(lab)
+        finally:
+            lab.close()
+        return 0
+    rows, want_idle = selected(args.only, args.quick)
+    rounds = args.rounds or (3 if args.quick else 5)
+    idle_s = args.idle or (5.0 if args.quick else 10.0)
+    meta = describe_checkout() | {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg()}
+    try:
+        results, failures = run_rounds(lab, rows, rounds)
+        idle = measure_idle(lab, idle_s) if want_idle else {}
+    finally:
+        lab.close()
+    meta |= {"load_after": os.getloadavg(), "rounds": rounds, "argv": sys.argv[1:]}
+    verdicts = targets.judge(targets.summary(results), idle)
+    print(f"kvmworker {meta['commit']}  ({meta['tree']})")
+    print(f"{rounds} rounds; load average before {_load(meta['load_before'])}, after {_load(meta['load_after'])}\n")
+    print_rows(results, failures)
+    if idle:
+        print_idle(idle, idle_s)
+    print_targets(verdicts)
+    if args.json:
+        document = {"meta": meta, "rounds": results, "failures": failures, "idle": idle}
+        document["verdicts"] = [asdict(v) | {"met": v.met} for v in verdicts]
+        args.json.write_text(json.dumps(document, indent=1, ensure_ascii=False))
+    return 0
+
+
+def _load(values) -> str:
+    return " ".join(f"{v:.1f}" for v in values)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from kvmworker.app import build_registry
 from kvmworker.bridge.auth import (
@@ -60,6 +60,7 @@ USER_COMMANDS: list[Command] = [(USER_HANDLER, "login", LoginData), (USER_HANDLE
 # argon2 is slow and memory-hungry on purpose: a few verifications at a time, whatever the load
 LOGIN_THREADS = 2
 LOOKUP_THREADS = 2
+HOSTS_PREFIX = "/hosts/"
 
 
 class Bridge:
@@ -100,14 +101,15 @@ class Bridge:
         started = time.perf_counter()
         envelope: Envelope | None = None
         close = False
-        # a caller that hangs up cancels this task: the gauge must come down all the same
-        with self._metrics.in_flight.track_inprogress():
-            try:
-                envelope = await read_envelope(request, self._max_body, self._body_timeout)
-                reply = await self._answer(request, envelope, host)
-            except Exception as exc:
-                reply = reply_for_exception(exc, context=f"[bridge {_address(request) or '-'}] ")
-                close = isinstance(exc, BodyTooLarge)
+        self._metrics.in_flight_now += 1
+        try:
+            envelope = await read_envelope(request, self._max_body, self._body_timeout)
+            reply = await self._answer(request, envelope, host)
+        except Exception as exc:
+            reply = reply_for_exception(exc, context=f"[bridge {_address(request) or '-'}] ")
+            close = isinstance(exc, BodyTooLarge)
+        finally:  # a caller that hangs up cancels this task: the gauge must come down all the same
+            self._metrics.in_flight_now -= 1
         return self._respond(reply, envelope, started, close)
 
     async def _answer(self, request: HttpRequest, envelope: Envelope, host: str) -> Reply:
@@ -115,8 +117,8 @@ class Bridge:
             return await self._user_command(request, envelope)
         principal = self._authorised(request, envelope, host)
         host = self._hosts.check_name(host)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._lookup_pool, self._hosts.check_exists, host)
+        if not self._hosts.seen_recently(host):  # the usual case answers here, without a hop to a thread
+            await asyncio.get_running_loop().run_in_executor(self._lookup_pool, self._hosts.check_exists, host)
         # only what passed every check above is signed and published
         return await self._forwarder.forward(host, envelope, principal.name if principal else None)
 
@@ -193,7 +195,7 @@ def create_app(
     users: Authenticator | None = None,
     registry: HandlerRegistry | None = None,
     local: LocalToken | None = None,
-) -> Starlette:
+) -> BridgeApp:
     """The bridge over ``client``. ``users`` defaults to the settings' users file; ``local`` is the token file's token.
 
     With neither, the bridge refuses to be built unless ``settings.insecure_open`` says so.
@@ -216,13 +218,41 @@ def create_app(
         ),
         settings.body_timeout,
     )
-    app = Starlette(
-        routes=_routes(bridge),
-        lifespan=_closing(bridge),
-        middleware=[Middleware(RequestGuard, server_names=settings.server_names)],
-    )
+    app = Starlette(routes=_routes(bridge), lifespan=_closing(bridge))
     app.state.bridge = bridge
-    return app
+    return BridgeApp(app, settings.server_names)
+
+
+class BridgeApp:
+    """The ASGI application: ``RequestGuard`` first, then the two POST paths straight to their endpoints.
+
+    Every legacy call is a ``POST /`` or ``POST /hosts/<host>``: those skip Starlette's router and its two
+    exception middlewares (``Bridge.post`` makes every failure a reply itself). Everything else (probes,
+    metrics, OpenAPI, the lifespan, another method or path) goes to the Starlette app, which has the same two
+    routes, so that a ``GET /`` is still a 405.
+    """
+
+    def __init__(self, app: Starlette, server_names: Iterable[str] | None):
+        self.state = app.state
+        self._app = app
+        self._bridge: Bridge = app.state.bridge
+        self._guarded = RequestGuard(self._route, server_names=server_names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._guarded(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
+        host = path[len(HOSTS_PREFIX) :] if path and path.startswith(HOSTS_PREFIX) else None
+        if path == "/":
+            response = await self._bridge.post_default(HttpRequest(scope, receive))
+        elif host and "/" not in host:
+            scope["path_params"] = {"host": host}
+            response = await self._bridge.post_host(HttpRequest(scope, receive))
+        else:
+            await self._app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
 def _closing(bridge: Bridge):
@@ -253,7 +283,7 @@ def authenticator_from(settings: Settings, local: LocalToken | None = None) -> A
 def _routes(bridge: Bridge) -> Iterable[Route]:
     return [
         Route("/", bridge.post_default, methods=["POST"]),
-        Route("/hosts/{host}", bridge.post_host, methods=["POST"]),
+        Route(HOSTS_PREFIX + "{host}", bridge.post_host, methods=["POST"]),
         Route("/healthz", bridge.healthz, methods=["GET"]),
         Route("/readyz", bridge.readyz, methods=["GET"]),
         Route("/metrics", bridge.metrics, methods=["GET"]),

@@ -31,6 +31,10 @@ from kvmworker.protocol.envelope import Reply
 JSON_UTF8 = b"application/json; charset=utf-8"
 
 
+JUDGED = {b"host": "host", b"origin": "origin", b"sec-fetch-site": "sec-fetch-site", b"content-type": "content-type"}
+KNOWN_HOSTS_MAX = 1024  # Host header values judged and remembered; callers choose them, so the memory is bounded
+
+
 class RequestGuard:
     def __init__(self, app: ASGIApp, server_names: Iterable[str] | None = None):
         self.app = app
@@ -38,6 +42,7 @@ class RequestGuard:
         self._any_name = "*" in names
         self._names = frozenset(n for n in names if not n.startswith("*."))
         self._suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # "*.svc" → ".svc"
+        self._host_verdicts: dict[str, bool] = {}  # every request asks again for the same few Host values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +93,14 @@ class RequestGuard:
         return None
 
     def host_allowed(self, host_header: str) -> bool:
+        verdict = self._host_verdicts.get(host_header)
+        if verdict is None:
+            if len(self._host_verdicts) >= KNOWN_HOSTS_MAX:
+                self._host_verdicts.clear()
+            verdict = self._host_verdicts[host_header] = self._judge_host(host_header)
+        return verdict
+
+    def _judge_host(self, host_header: str) -> bool:
         name = _host_name(host_header)
         if name is None:
             return False
@@ -102,10 +115,13 @@ def json_or_none(content_type: str | None) -> bool:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    # the first of each name; a request with two Host headers is judged by the first
+    """The headers the guard judges: the first of each name (a request with two Host headers is judged by the
+    first); the others are not decoded at all."""
     found: dict[str, str] = {}
     for name, value in scope["headers"]:
-        found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        key = JUDGED.get(name)
+        if key is not None and key not in found:
+            found[key] = value.decode("latin-1")
     return found
 
 

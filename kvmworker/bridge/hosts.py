@@ -48,10 +48,14 @@ class HostDirectory:
             raise InvalidRequest(f"this bridge does not serve host {host!r} (see allowed_hosts)", field="host")
         return host
 
+    def seen_recently(self, host: str) -> bool:
+        """Never blocks (no lock: a dict read): True when ``check_exists`` would answer without the broker."""
+        return time.monotonic() - self._known.get(host, float("-inf")) < self._known_for_s
+
     def check_exists(self, host: str) -> str:
         """Blocking (a broker round trip unless seen recently): 20001 if no worker has a queue for ``host``."""
         with self._lock:
-            if time.monotonic() - self._known.get(host, float("-inf")) < self._known_for_s:
+            if self.seen_recently(host):
                 return host
             exists = self._queue_exists(host)
             if exists:

@@ -28,10 +28,17 @@ class BridgeMetrics:
             "kvmworker_bridge_request_seconds", "POST to reply.", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.in_flight = Gauge("kvmworker_bridge_in_flight", "Requests awaiting a reply.", registry=self.registry)
+        # counted by the event loop's one thread, read when scraped: no lock taken per request
+        self.in_flight_now = 0
+        self.in_flight.set_function(lambda: self.in_flight_now)
+        self._counters: dict[tuple[str, str, int], Counter] = {}
 
     def observe(self, envelope: Envelope | None, reply: Reply, seconds: float) -> None:
-        handler, command = self._labels(envelope)
-        self.requests.labels(handler, command, str(reply.code)).inc()
+        key = (*self._labels(envelope), reply.code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(key[0], key[1], str(reply.code))
+        counter.inc()
         self.latency.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:

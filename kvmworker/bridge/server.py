@@ -163,14 +163,53 @@ def _wait(condition, timeout: float) -> bool:
     return condition()
 
 
+class CoalescingTransport:
+    """What is written in one turn of the event loop goes out in one ``send``.
+
+    uvicorn writes a response's status line and headers, then its body, each at once: with ``TCP_NODELAY``
+    that is two system calls and two segments for every small reply. Held until the end of the current turn,
+    they leave together; nothing waits longer than that (a ``100 Continue`` or a streamed chunk neither).
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a header size limit and a connection cap."""
+    """uvicorn's httptools protocol with a header deadline, a header size limit and a connection cap; its
+    writes coalesced (``CoalescingTransport``)."""
 
     max_connections = 1000
     header_timeout = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self.waiting_since: float | None = self.loop.time()  # None once the headers are in
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)

@@ -1,0 +1,173 @@
+"""kvmworker as it runs in production: a ``kvmworker worker`` process with its own state directory, called
+through ``kvmworker.client.Client`` from this process.
+
+Only ``Client(url, confirms=…, persistent=…)`` and ``Client.call`` are used, so that the same bench runs
+against older and newer checkouts (``compare.py``). Processes start in a scratch directory: ``python -m``
+puts the working directory first on ``sys.path``, and a checkout there would shadow the one under test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from kombu import Connection
+from peers import AMQP_RESPONDER, AmqpCaller, responder
+
+from kvmworker.client import Client
+
+PING = ("SystemHandler", "ping")
+
+try:
+    from kvmworker.transport.names import host_queue_name
+except ImportError:  # where a later layout keeps the wire names
+
+    def host_queue_name(host: str) -> str:
+        from kvmworker.protocol.wire import QUEUE_PREFIX
+
+        return QUEUE_PREFIX + host
+
+
+def new_host() -> str:
+    # not ``kvt…``: a test session, when it ends, deletes every ``kvmworker.kvt…`` queue, this run's too
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+def delete_queue(url: str, host: str) -> None:
+    """The host's durable queue, and whatever still waits in it."""
+    with Connection(url) as conn:
+        conn.default_channel.queue_delete(host_queue_name(host))
+
+
+def kvmworker_process(argv: list[str], scratch: Path, log_name: str, **popen) -> subprocess.Popen:
+    """``python -m kvmworker ARGV`` with its stderr in ``scratch/log_name``."""
+    log = (scratch / log_name).open("ab")
+    cmd = [sys.executable, "-m", "kvmworker", *argv]
+    return subprocess.Popen(cmd, cwd=scratch, stderr=log, **popen)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class KvmSubject:
+    """A worker process for a fresh host, and a client for it in this process."""
+
+    def __init__(self, url: str, *, confirms: bool = True, persistent: bool = True, worker_args: tuple = ()):
+        self.url, self.host = url, new_host()
+        self._scratch = tempfile.TemporaryDirectory(prefix="kvt-bench-")
+        scratch = Path(self._scratch.name)
+        argv = ["worker", "--host", self.host, "--broker", url, "--state-dir", str(scratch / "state")]
+        argv += ["--log-level", "WARNING", *([] if confirms else ["--no-publish-confirms"]), *worker_args]
+        self.process = kvmworker_process(argv, scratch, "worker.log")
+        self.client = Client(url, confirms=confirms, persistent=persistent)
+        try:
+            self._warm_up()
+        except BaseException:
+            self.close()  # nobody else holds it yet
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _warm_up(self) -> None:
+        """The first call waits in the host's queue until the worker consumes; then a few hundred more."""
+        if self.client.call(self.host, *PING, timeout=30).code != 0:
+            log = Path(self._scratch.name, "worker.log").read_text()[-2000:]
+            raise RuntimeError(f"the worker for {self.host} did not answer; its log ends:\n{log}")
+        self.latencies(200)
+
+    def call(self) -> int:
+        reply = self.client.call(self.host, *PING, timeout=10)
+        if reply.code != 0:
+            raise RuntimeError(f"ping answered {reply.code}: {reply.msg} {reply.data}")
+        return 0
+
+    def latencies(self, calls: int) -> list[float]:
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            self.call()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    def throughput(self, callers: int, seconds: float) -> int:
+        """Calls answered in ``seconds`` by ``callers`` threads sharing the one client."""
+        return threaded_calls(self.call, callers, seconds)
+
+    def close(self) -> None:
+        self.client.close()
+        stop(self.process)
+        delete_queue(self.url, self.host)
+        self._scratch.cleanup()
+
+
+class RawCallerToWorker:
+    """What the worker adds: a py-amqp caller sending the ping envelope straight to a worker's queue."""
+
+    def __init__(self, worker: KvmSubject, host_port: str):
+        self.pid = worker.pid
+        self.caller = AmqpCaller(host_port, host_queue_name(worker.host))
+        self.caller.latencies(200)
+
+    def close(self) -> None:
+        self.caller.close()
+
+
+class ClientToRaw:
+    """What the client adds: the kvmworker client (defaults) against a py-amqp responder on a host's queue."""
+
+    def __init__(self, url: str, host_port: str):
+        self.url, self.host = url, new_host()
+        self.client = Client(url)
+        self.client.call(self.host, *PING, timeout=0.2)  # declares the host's queue; nobody answers yet
+        self.process = responder(AMQP_RESPONDER, host_port, host_queue_name(self.host), "existing")
+        self.pid = self.process.pid
+        self.latencies(200)
+
+    call = KvmSubject.call
+    latencies = KvmSubject.latencies
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.kill()
+        self.process.wait()
+        delete_queue(self.url, self.host)
+
+
+def threaded_calls(call, callers: int, seconds: float) -> int:
+    """Answered calls of ``callers`` threads looping ``call()`` for ``seconds``; any failed call fails the row."""
+    counts, failures = [0] * callers, []
+    start = threading.Barrier(callers + 1)
+
+    def loop(index: int) -> None:
+        start.wait()
+        stop_at = time.monotonic() + seconds
+        while time.monotonic() < stop_at:
+            try:
+                call()
+            except Exception as exc:
+                failures.append(exc)
+                return
+            counts[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} callers failed, e.g. {failures[0]}")
+    return sum(counts)
