@@ -111,7 +111,8 @@ def test_an_mtu_goes_to_the_subinterface_and_the_bridge(machine):
 def test_dry_run_lists_the_vlan_operations_and_makes_nothing(machine):
     links = len(machine.kernel.database["links"])
     reply = machine.call("NetworkHandler", "create", DOCUMENTED_EXAMPLE, dry_run=True)
-    assert reply.data["operations"][1] == {
+    assert reply.data["dry_run"] is True
+    assert reply.data["plan"][1] == {
         "op": "link_add",
         "name": "ens224.1001",
         "kind": "vlan",

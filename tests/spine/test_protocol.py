@@ -73,7 +73,7 @@ def test_json_with_a_charset_parameter_is_accepted():
 class Twice:
     name = "Twice"
 
-    @command()
+    @command(mutates=False)
     def a(self, data, ctx):
         return {}
 
