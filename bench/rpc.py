@@ -27,8 +27,8 @@ from pathlib import Path
 import amqp
 
 from kvmworker.client import Client
+from kvmworker.protocol.wire import host_queue_name
 from kvmworker.transport.connection import delete_host_queue
-from kvmworker.transport.names import host_queue_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

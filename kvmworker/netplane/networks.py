@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmworker.api.network import FLAT, VLAN
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.netlink import Netlink
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plan import AddLink, DeleteLink, SetLink, Step

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from xml.etree import ElementTree as ET
 
 from kvmworker.api.domain import DomainSpec, InterfaceSpec
-from kvmworker.handlers.naming import bridge_name
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.virt.policy import METADATA_NS
 from kvmworker.virt.storage import Disk
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, device_alias
+from kvmworker.netplane.naming import bridge_name, device_alias
 from tests.conftest import unique
 from tests.netplane.conftest import flat, ip, make_namespace
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.netplane.naming import bridge_name, network_alias
 from tests.netplane.conftest import NICS, caller, flat, handlers, make_plane
 
 pytestmark = pytest.mark.netlink

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.networks import subinterface_name
 from tests.netplane.conftest import DOCUMENTED_EXAMPLE, caller, flat, handlers, make_plane
 from tests.netplane.mock_kernel import MockKernel, mock_netlink

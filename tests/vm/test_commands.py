@@ -10,7 +10,7 @@ import pytest
 
 from kvmworker.api.vm import VmApi
 from kvmworker.dispatch.commands import declared
-from kvmworker.handlers.naming import bridge_name
+from kvmworker.netplane.naming import bridge_name
 from tests.vm.conftest import vm_name
 
 NETWORK_ID = "5b0503ba-1af4-11ea-baa2-000c2902e179"
