@@ -34,8 +34,8 @@ from pyroute2 import IPRoute
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.request import Request
-from kvmworker.handlers.naming import bridge_name, network_alias
 from kvmworker.handlers.network import NetworkHandler
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.pool import NetlinkPool

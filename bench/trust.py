@@ -20,10 +20,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kvmworker.client import Client
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.keys import Fixed, PrivateKeys, TrustedKeys, encode_public, write_private_keys
 from kvmworker.trust.signing import Signer, WorkerKeys, load_signer
 

@@ -22,15 +22,9 @@ from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
 from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss, open_connection
-from kvmworker.transport.names import (
-    HEADER_EXPIRES_AT,
-    HEADER_HOST,
-    HEADER_ISSUED_AT,
-    host_queue,
-    host_queue_name,
-    reply_queue,
-)
+from kvmworker.transport.names import host_queue, reply_queue
 from kvmworker.transport.publisher import Publisher
 from kvmworker.trust.keys import KeyFileError
 

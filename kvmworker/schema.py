@@ -9,6 +9,7 @@ refuses to emit a keyword that JSON Schema 2020-12 does not define, so pydantic-
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.commands import Declared
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope
 
@@ -97,13 +98,13 @@ def reply_schema() -> dict[str, Any]:
     }
 
 
-def build_schemas(registry: HandlerRegistry) -> dict[str, dict[str, Any]]:
-    """File name → schema: the envelope, the reply, and each command's ``data``."""
+def build_schemas(commands: Iterable[Declared]) -> dict[str, dict[str, Any]]:
+    """File name → schema: the envelope, the reply, and each command's ``data`` (``api.catalogue`` lists them)."""
     schemas = {"envelope.json": model_schema(Envelope), "reply.json": reply_schema()}
-    for bound in registry.commands():
-        schema = model_schema(bound.spec.model)
-        schema["title"] = f"{bound.handler}.{bound.name}"
-        schemas[f"{bound.handler}.{bound.name}.json"] = schema
+    for declared in commands:
+        schema = model_schema(declared.spec.model)
+        schema["title"] = f"{declared.handler}.{declared.name}"
+        schemas[f"{declared.handler}.{declared.name}.json"] = schema
     return {name: _published(name, schema) for name, schema in sorted(schemas.items())}
 
 
@@ -117,10 +118,10 @@ def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def write_schemas(registry: HandlerRegistry, out: Path) -> list[Path]:
+def write_schemas(commands: Iterable[Declared], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    wanted = build_schemas(registry)
+    wanted = build_schemas(commands)
     for stale in out.glob("*.json"):
         if stale.name not in wanted:
             stale.unlink()

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
@@ -24,28 +24,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from kvmworker.app import build_registry
-from kvmworker.bridge.auth import (
-    USER_HANDLER,
-    Authenticator,
-    LocalToken,
-    LoginData,
-    LogoutData,
-    Principal,
-    bearer_token,
-)
+from kvmworker.api.catalogue import bridge_commands, worker_commands
+from kvmworker.api.user import LoginData, UserApi
+from kvmworker.bridge.auth import Authenticator, LocalToken, Principal, bearer_token
 from kvmworker.bridge.body import BodyTooLarge, read_envelope
 from kvmworker.bridge.forwarder import Forwarder
 from kvmworker.bridge.guard import RequestGuard
 from kvmworker.bridge.health import BrokerProbe
 from kvmworker.bridge.hosts import HostDirectory
 from kvmworker.bridge.metrics import BridgeMetrics
-from kvmworker.bridge.openapi import Command, build_openapi
+from kvmworker.bridge.openapi import build_openapi
 from kvmworker.bridge.throttle import Throttle
 from kvmworker.bridge.tokens import TokenStore
 from kvmworker.bridge.users import UsersFile
 from kvmworker.client import Client
-from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.commands import Declared
 from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.observability.health import health_answer
 from kvmworker.protocol.codec import encode_reply
@@ -56,7 +49,7 @@ from kvmworker.settings import Settings
 log = logging.getLogger("kvmworker.bridge")
 
 JSON_UTF8 = "application/json; charset=utf-8"
-USER_COMMANDS: list[Command] = [(USER_HANDLER, "login", LoginData), (USER_HANDLER, "logout", LogoutData)]
+USER_HANDLER = UserApi.name
 # argon2 is slow and memory-hungry on purpose: a few verifications at a time, whatever the load
 LOGIN_THREADS = 2
 LOOKUP_THREADS = 2
@@ -193,15 +186,15 @@ def create_app(
     settings: Settings,
     client: Client,
     users: Authenticator | None = None,
-    registry: HandlerRegistry | None = None,
+    commands: Sequence[Declared] | None = None,
     local: LocalToken | None = None,
 ) -> BridgeApp:
     """The bridge over ``client``. ``users`` defaults to the settings' users file; ``local`` is the token file's token.
 
-    With neither, the bridge refuses to be built unless ``settings.insecure_open`` says so.
+    With neither, the bridge refuses to be built unless ``settings.insecure_open`` says so. ``commands`` (for
+    ``/openapi.json`` and the metrics' labels) defaults to the worker's, as declared: no handler is built.
     """
-    registry = build_registry(settings) if registry is None else registry
-    commands = [*((b.handler, b.name, b.spec.model) for b in registry.commands()), *USER_COMMANDS]
+    commands = [*(worker_commands() if commands is None else commands), *bridge_commands()]
     auth = users or authenticator_from(settings, local)
     if auth is None:
         log.warning("--insecure-open: the bridge accepts every caller without a token")
@@ -210,7 +203,7 @@ def create_app(
         settings.host_for_bridge,
         settings.max_body,
         auth,
-        BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
+        BridgeMetrics(lambda: [(c.handler, c.name) for c in commands]),
         BrokerProbe(settings.broker),
         build_openapi(commands),
         HostDirectory(

@@ -20,37 +20,16 @@ import hmac
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Annotated
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from kvmworker.bridge.throttle import RateLimit, Throttle
 from kvmworker.bridge.tokens import TokenStore
 from kvmworker.bridge.users import FULL_ACCESS, Grants, UsersFile
 from kvmworker.protocol.errors import LoginFailed, Unauthenticated, UnknownUser
-from kvmworker.protocol.types import string_schema
 
-USER_HANDLER = "UserHandler"
 LOCAL_PRINCIPAL = "local:token-file"  # a colon: no username can be spelt like it
-
-
-def _text_or_number(min_length: int, max_length: int) -> dict:
-    """A number is read as its text (``coerce_numbers_to_str``); a bool is not a number here."""
-    return {"anyOf": [string_schema(min_length=min_length, max_length=max_length), {"type": "number"}]}
-
-
-class LoginData(BaseModel):
-    # legacy callers send numeric passwords as numbers now and then
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
-
-    username: Annotated[str, Field(min_length=1, max_length=256), WithJsonSchema(_text_or_number(1, 256))]
-    password: Annotated[str, Field(max_length=1024), WithJsonSchema(_text_or_number(0, 1024))]
-
-
-class LogoutData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from kombu import Connection
 
 from kvmworker.bridge.body import HOST_NAME
 from kvmworker.protocol.errors import InvalidRequest
+from kvmworker.protocol.wire import EXCHANGE_NAME, host_queue_name
 from kvmworker.transport.connection import connection_errors, every_url, open_connection
-from kvmworker.transport.names import EXCHANGE_NAME, host_queue_name
 
 log = logging.getLogger("kvmworker.bridge")
 

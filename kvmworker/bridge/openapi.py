@@ -4,8 +4,8 @@ Every schema under ``components/schemas`` is JSON Schema 2020-12 (OpenAPI 3.1's 
 ``kvmworker.schema.KvmJsonSchema`` like the files in ``schemas/``.
 
 ``handler`` discriminates first, then ``command`` within the handler, each branch naming the model of
-its ``data``. Built from the registry when the app is created, so a handler added to the worker
-appears here without anyone writing it down.
+its ``data``. Built from the commands as declared (``kvmworker.api.catalogue``) when the app is created, so a
+handler added to the worker appears here without anyone writing it down, and without building one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from kvmworker import __version__
+from kvmworker.dispatch.commands import Declared
 from kvmworker.observability.health import HEALTH_SCHEMA
 from kvmworker.protocol.envelope import Envelope
 from kvmworker.schema import KvmJsonSchema, model_schema, reply_schema
@@ -28,8 +29,8 @@ ENVELOPE_EXTRAS = ("msg_id", "dry_run", "timeout", "token")
 Command = tuple[str, str, type[BaseModel]]
 
 
-def build_openapi(commands: Iterable[Command]) -> dict[str, Any]:
-    commands = sorted(commands, key=lambda c: (c[0], c[1]))
+def build_openapi(declared: Iterable[Declared]) -> dict[str, Any]:
+    commands = sorted(((d.handler, d.name, d.spec.model) for d in declared), key=lambda c: c[:2])
     schemas = _model_schemas(commands)
     schemas.update(_call_schemas(commands, schemas.pop("__refs__")))
     schemas["Reply"] = reply_schema()

@@ -99,7 +99,7 @@ def memory_has_workers() -> bool:
     """Whether any host queue has been declared on the memory transport of this process."""
     from kombu.transport.memory import Channel
 
-    from kvmworker.transport.names import QUEUE_PREFIX, REPLY_PREFIX
+    from kvmworker.protocol.wire import QUEUE_PREFIX, REPLY_PREFIX
 
     return any(q.startswith(QUEUE_PREFIX) and not q.startswith(REPLY_PREFIX) for q in list(Channel.queues))
 

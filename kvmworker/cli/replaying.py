@@ -27,8 +27,8 @@ from kvmworker.journal.replay import (
     refusal,
 )
 from kvmworker.journal.store import JournalStore, journal_path
+from kvmworker.protocol.wire import HEADER_SIGNATURE
 from kvmworker.settings import Settings
-from kvmworker.transport.names import HEADER_SIGNATURE
 
 MARKS = {"equal": " ", "replace": "!", "delete": "<", "insert": ">"}
 EXIT_SAME, EXIT_DIFFERENT = 0, 1

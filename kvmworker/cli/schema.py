@@ -13,11 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvmworker.app import build_registry
+    from kvmworker.api.catalogue import worker_commands
     from kvmworker.schema import write_schemas
-    from kvmworker.settings import load_settings
 
-    # the schemas depend on the code alone: no variable or config file of this machine is read
-    for path in write_schemas(build_registry(load_settings({"host": "schema"}, (), environ={})), args.out):
+    # the schemas depend on the declarations alone: no handler is built, no setting of this machine is read
+    for path in write_schemas(worker_commands(), args.out):
         print(path, flush=True)
     return 0

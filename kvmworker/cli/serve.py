@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%s", libvirt)
         try:
             with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
-                app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
+                app = create_app(settings, client, local=local)
                 server = http_server(app, settings)
                 token = str(local.path) if local is not None else None
                 announce(settings, banner(server.url, settings, local, libvirt), url=server.url, token_file=token)

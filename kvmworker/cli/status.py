@@ -139,8 +139,8 @@ def _over_broker(settings: Any, timeout: float, closing: contextlib.ExitStack) -
 
 def queue_depth(url: str, host: str) -> dict[str, Any]:
     """Messages waiting in the host's queue and its consumers, without creating the queue if it is not there."""
+    from kvmworker.protocol.wire import host_queue_name
     from kvmworker.transport.connection import open_connection
-    from kvmworker.transport.names import host_queue_name
 
     name = host_queue_name(host)
     try:

@@ -11,15 +11,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from kvmworker.dispatch.commands import BoundCommand, HandlerRegistry
 from kvmworker.dispatch.middleware import MiddlewareChain
 from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Context, Request
 from kvmworker.protocol.codec import DEFAULT_MAX_BODY, decode_body
-from kvmworker.protocol.envelope import Envelope, Reply
-from kvmworker.protocol.errors import InvalidRequest
+from kvmworker.protocol.envelope import Reply, parse_envelope
 
 log = logging.getLogger("kvmworker.dispatch")
 # Every reply is logged once when it is sent (CommandLogMiddleware, at WARNING when it is an error, with
@@ -106,17 +105,6 @@ class Dispatcher:
             deadline=deadline,
             request=request,
         )
-
-
-def parse_envelope(payload: object) -> Envelope:
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
-    try:
-        return Envelope.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
 
 
 def _label(request: Request) -> str:

@@ -1,16 +1,10 @@
-"""HostHandler: what an orchestrator needs to place VMs and an operator needs to understand a host.
-
-Every command is read-only. Each section fails alone with its own code (40001 … 40501); ``summary`` reports a
-failing section inside its answer instead of failing as a whole.
-"""
+"""HostHandler: the host's inventory, one reader per section (``kvmworker.inventory``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
-
-from kvmworker.dispatch.commands import command
+from kvmworker.api.host import HostApi, ServicesData
 from kvmworker.dispatch.request import Context
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.inventory.hardware import HardwareInventory
@@ -22,31 +16,11 @@ from kvmworker.inventory.services import ServiceInventory
 from kvmworker.inventory.storage import StorageInventory
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.errors import KvmError
-from kvmworker.protocol.types import matching, string_schema
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import LibvirtConnection
 
-# systemd's unit name characters; the leading character may not be '-' (it would read as an option elsewhere)
-_UNIT_BODY = r"[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*"
-UnitName = Annotated[
-    str,
-    Field(max_length=255),
-    matching(_UNIT_BODY, "a unit name is 1-255 of [A-Za-z0-9:_.@\\-], not starting with '-'", None),
-    WithJsonSchema(string_schema(_UNIT_BODY, min_length=1, max_length=255)),
-]
 
-
-class ServicesData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    names: list[UnitName] | None = Field(
-        default=None, max_length=64, description="Units to report besides libvirtd, virtlogd and kvmworker."
-    )
-
-
-class HostHandler:
-    name = "HostHandler"
-
+class HostHandler(HostApi):
     def __init__(
         self,
         cpu: CpuInventory,
@@ -67,33 +41,25 @@ class HostHandler:
         for client in self._owned:
             client.close()
 
-    @command(mutates=False)
     def cpu(self, data: Any, ctx: Context) -> dict[str, Any]:
         return self._cpu.read()
 
-    @command(mutates=False)
     def memory(self, data: Any, ctx: Context) -> dict[str, Any]:
         return self._memory.read()
 
-    @command(mutates=False)
     def storage(self, data: Any, ctx: Context) -> dict[str, Any]:
         return self._storage.read()
 
-    @command(mutates=False)
     def network(self, data: Any, ctx: Context) -> dict[str, Any]:
         return self._network.read()
 
-    @command(mutates=False)
     def hardware(self, data: Any, ctx: Context) -> dict[str, Any]:
         return self._hardware.read()
 
-    @command(ServicesData, mutates=False)
     def services(self, data: ServicesData, ctx: Context) -> dict[str, Any]:
         return self._services.read(data.names)
 
-    @command(mutates=False)
     def summary(self, data: Any, ctx: Context) -> dict[str, Any]:
-        """The headline of each section; a failing section is reported in its place, the others still answer."""
         sections = {
             "cpu": self._cpu,
             "memory": self._memory,

@@ -7,71 +7,49 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from kvmworker.dispatch.commands import command
+from kvmworker.api.namespace import NamespaceApi, NamespaceRef
+from kvmworker.dispatch.commands import Plan
 from kvmworker.dispatch.request import Context
 from kvmworker.netplane import devices
 from kvmworker.netplane.namespaces import create_namespace, delete_namespace, list_namespaces
 from kvmworker.netplane.netlink import namespace_exists
-from kvmworker.netplane.plane import Netplane, netlink_key
+from kvmworker.netplane.plane import Netplane
 from kvmworker.protocol.errors import InvalidParameter, NamespaceNotFound, OperationNotAllowed
-from kvmworker.protocol.types import NamespaceName
 
 
-class NamespaceRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: NamespaceName
-
-
-def _key(data: NamespaceRef) -> str:
-    return netlink_key(data.name)
-
-
-class NamespaceHandler:
-    name = "NamespaceHandler"
-
+class NamespaceHandler(NamespaceApi):
     def __init__(self, plane: Netplane):
         self._plane = plane
 
-    @command(NamespaceRef, resource=_key)
     def create(self, data: NamespaceRef, ctx: Context) -> dict[str, Any]:
-        store = self._plane.store
-        if namespace_exists(data.name):
-            if data.name in store.namespaces():
-                return {"name": data.name, "created": False}
-            raise InvalidParameter(f"namespace {data.name} already exists and was not created by this worker")
-        if ctx.dry_run:
-            return {"name": data.name, "dry_run": True, "operations": [{"op": "netns_add", "name": data.name}]}
+        if self._made_already(data.name):
+            return {"name": data.name, "created": False}
         create_namespace(data.name)
         try:
-            store.add_namespace(data.name)
+            self._plane.store.add_namespace(data.name)
         except BaseException:
             delete_namespace(data.name)
             raise
         return {"name": data.name, "created": True}
 
-    @command(NamespaceRef, resource=_key)
+    def plan_create(self, data: NamespaceRef, ctx: Context) -> Plan:
+        return Plan([] if self._made_already(data.name) else [{"op": "netns_add", "name": data.name}])
+
     def delete(self, data: NamespaceRef, ctx: Context) -> dict[str, Any]:
-        self._existing(data.name)
-        if data.name == self._plane.pool.default:
-            raise OperationNotAllowed(f"{data.name} is the worker's own namespace", field="name")
-        if data.name not in self._plane.store.namespaces():
-            raise OperationNotAllowed(f"namespace {data.name} was not created by this worker", field="name")
-        if ctx.dry_run:
-            return {"name": data.name, "dry_run": True, "operations": [{"op": "netns_del", "name": data.name}]}
+        self._check_deletable(data.name)
         self._plane.pool.forget(data.name)
         delete_namespace(data.name)
         self._plane.store.remove_namespace(data.name)
         return {"name": data.name}
 
-    @command(mutates=False)
+    def plan_delete(self, data: NamespaceRef, ctx: Context) -> Plan:
+        self._check_deletable(data.name)
+        return Plan([{"op": "netns_del", "name": data.name}])
+
     def list(self, data: Any, ctx: Context) -> dict[str, Any]:
         owned = self._plane.store.namespaces()
         return {"namespaces": [{"name": name, "owned": name in owned} for name in list_namespaces()]}
 
-    @command(NamespaceRef, mutates=False)
     def show(self, data: NamespaceRef, ctx: Context) -> dict[str, Any]:
         self._existing(data.name)
         nl = self._plane.pool.get(data.name)
@@ -88,6 +66,21 @@ class NamespaceHandler:
 
     def close(self) -> None:
         self._plane.close()
+
+    def _made_already(self, name: str) -> bool:
+        """True when this worker made the namespace before; a namespace of someone else's is refused."""
+        if not namespace_exists(name):
+            return False
+        if name in self._plane.store.namespaces():
+            return True
+        raise InvalidParameter(f"namespace {name} already exists and was not created by this worker")
+
+    def _check_deletable(self, name: str) -> None:
+        self._existing(name)
+        if name == self._plane.pool.default:
+            raise OperationNotAllowed(f"{name} is the worker's own namespace", field="name")
+        if name not in self._plane.store.namespaces():
+            raise OperationNotAllowed(f"namespace {name} was not created by this worker", field="name")
 
     @staticmethod
     def _existing(name: str) -> None:

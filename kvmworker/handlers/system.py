@@ -8,14 +8,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
 from kvmworker import __version__
-from kvmworker.dispatch.commands import command
+from kvmworker.api.system import ResultQuery, SystemApi
 from kvmworker.dispatch.request import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
-from kvmworker.protocol.types import Uuid
 from kvmworker.protocol.urls import mask_secrets
 
 FeatureProbe = Callable[[], Any]
@@ -24,13 +21,7 @@ LAST_ERRORS = 5
 ERROR_SCAN = 500  # the newest entries searched for errors
 
 
-class ResultQuery(BaseModel):
-    msg_id: Uuid
-
-
-class SystemHandler:
-    name = "SystemHandler"
-
+class SystemHandler(SystemApi):
     def __init__(
         self,
         host: str,
@@ -48,7 +39,6 @@ class SystemHandler:
         self._clock = clock
         self._started = clock()
 
-    @command(mutates=False, inline=True)
     def ping(self, data: Any, ctx: Context) -> dict[str, Any]:
         return {
             "host": self._host,
@@ -57,7 +47,6 @@ class SystemHandler:
             "uptime": round(self._clock() - self._started, 3),
         }
 
-    @command(mutates=False)
     def capabilities(self, data: Any, ctx: Context) -> dict[str, Any]:
         return {
             "host": self._host,
@@ -67,18 +56,14 @@ class SystemHandler:
             "features": {name: _probe(fn) for name, fn in sorted(self._features.items())},
         }
 
-    @command(mutates=False)
     def status(self, data: Any, ctx: Context) -> dict[str, Any]:
-        """What the operator on call asks first (``kvmworker status``): libvirt, commands running, last errors."""
         return {
             **self.ping(data, ctx),
             "libvirt": _probe(self._features["libvirt"]) if "libvirt" in self._features else None,
             **(journal_summary(self._journal) if self._journal is not None else {"commands": None, "last_errors": []}),
         }
 
-    @command(ResultQuery, mutates=False, inline=True)
     def result(self, data: ResultQuery, ctx: Context) -> Reply:
-        """The reply of an earlier command as it was sent, or -1 with ``state`` running/interrupted/never_seen."""
         msg_id = str(data.msg_id)
         if self._results is None:
             return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)

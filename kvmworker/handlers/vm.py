@@ -6,26 +6,13 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 from xml.etree import ElementTree as ET
 
 import libvirt
 
-from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
-from kvmworker.protocol.errors import (
-    InvalidParameter,
-    OperationNotAllowed,
-    VmInfoFailed,
-    VmShutdownFailed,
-)
-from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy, safe_xml
-from kvmworker.virt.connection import LibvirtConnection
-from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
-from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
-from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
-from kvmworker.virt.requests import (
+from kvmworker.api.domain import DomainSpec, InterfaceSpec
+from kvmworker.api.vm import (
     AttachInterfaceData,
     AutostartData,
     DefineData,
@@ -33,9 +20,24 @@ from kvmworker.virt.requests import (
     ListData,
     ShutdownData,
     UndefineData,
-    vm_key,
+    VmApi,
+    VmRef,
 )
-from kvmworker.virt.spec import DomainSpec, InterfaceSpec, VmRef
+from kvmworker.dispatch.commands import Plan
+from kvmworker.dispatch.request import Context
+from kvmworker.protocol import safe_xml
+from kvmworker.protocol.errors import (
+    InvalidParameter,
+    OperationNotAllowed,
+    VmInfoFailed,
+    VmShutdownFailed,
+)
+from kvmworker.settings import Settings
+from kvmworker.virt import description, domains, policy
+from kvmworker.virt.connection import LibvirtConnection
+from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
+from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
+from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
 from kvmworker.virt.storage import Disk, Pools, StorageRules
 
@@ -43,9 +45,16 @@ REPLY_MARGIN = 1.0
 """Seconds kept back from the caller's deadline to send the reply."""
 
 
-class VmHandler:
-    name = "VmHandler"
+class Generated(NamedTuple):
+    """A domain made from the structured spec: its XML (checked), the volumes it needs created, its uuid."""
 
+    xml: str
+    root: ET.Element
+    uuid: str
+    new: list[Disk]
+
+
+class VmHandler(VmApi):
     def __init__(
         self,
         connection: LibvirtConnection,
@@ -63,7 +72,6 @@ class VmHandler:
         if self._owns_connection:
             self.connection.close()
 
-    @command(ListData, mutates=False)
     def list(self, data: ListData, ctx: Context) -> dict[str, Any]:
         flags = LIST_FLAGS[data.state] if data.state else 0
         with self._session() as conn:
@@ -71,7 +79,6 @@ class VmHandler:
         vms = [domains.summary(dom, record) for dom, record in stats]
         return {"vms": vms, "count": len(vms)}
 
-    @command(VmRef, resource=vm_key, mutates=False)
     def info(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
@@ -83,7 +90,6 @@ class VmHandler:
                     raise
                 raise VmInfoFailed(f"reading {data.label}: {exc.get_error_message()}") from None
 
-    @command(VmRef, resource=vm_key, mutates=False)
     def console(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
@@ -94,63 +100,81 @@ class VmHandler:
                 "consoles": description.consoles(root),
             }
 
-    @command(VmRef, resource=vm_key, idempotent=True)
     def start(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "start", domains.start)
+        return self._transition(data, domains.start)
 
-    @command(VmRef, resource=vm_key, idempotent=True)
+    def plan_start(self, data: VmRef, ctx: Context) -> Plan:
+        return self._plan_for(data, "start: {}")
+
     def destroy(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "destroy (power off at once)", domains.destroy)
+        return self._transition(data, domains.destroy)
 
-    @command(VmRef, resource=vm_key)
+    def plan_destroy(self, data: VmRef, ctx: Context) -> Plan:
+        return self._plan_for(data, "destroy (power off at once): {}")
+
     def reboot(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "reboot (ACPI)", domains.reboot)
+        return self._transition(data, domains.reboot)
 
-    @command(VmRef, resource=vm_key, idempotent=True)
+    def plan_reboot(self, data: VmRef, ctx: Context) -> Plan:
+        return self._plan_for(data, "reboot (ACPI): {}")
+
     def suspend(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "suspend (pause the vCPUs)", domains.suspend)
+        return self._transition(data, domains.suspend)
 
-    @command(VmRef, resource=vm_key, idempotent=True)
+    def plan_suspend(self, data: VmRef, ctx: Context) -> Plan:
+        return self._plan_for(data, "suspend (pause the vCPUs): {}")
+
     def resume(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "resume", domains.resume)
+        return self._transition(data, domains.resume)
 
-    @command(ShutdownData, resource=vm_key, idempotent=True)
+    def plan_resume(self, data: VmRef, ctx: Context) -> Plan:
+        return self._plan_for(data, "resume: {}")
+
     def shutdown(self, data: ShutdownData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
-            if ctx.dry_run:
-                then = "destroy it" if data.force else "answer 30008"
-                return _plan(f"shutdown {dom.name()} (ACPI), wait up to {data.timeout:g} s, then {then}")
             if not dom.isActive():
                 return {**domains.identity(dom), "state": "shutoff", "changed": False}
             return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
 
-    @command(AutostartData, resource=vm_key, idempotent=True)
+    def plan_shutdown(self, data: ShutdownData, ctx: Context) -> Plan:
+        then = "destroy it" if data.force else "answer 30008"
+        return self._plan_for(data, f"shutdown {{}} (ACPI), wait up to {data.timeout:g} s, then {then}")
+
     def autostart(self, data: AutostartData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
-            if ctx.dry_run:
-                return _plan(f"set autostart of {dom.name()} to {data.enabled}")
             dom.setAutostart(int(data.enabled))
             return {**domains.identity(dom), "autostart": bool(dom.autostart())}
 
-    @command(DefineData, resource=lambda d: f"vm:{d.name}")
+    def plan_autostart(self, data: AutostartData, ctx: Context) -> Plan:
+        return self._plan_for(data, f"set autostart of {{}} to {data.enabled}")
+
     def define(self, data: DefineData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             if data.xml is not None:
-                return self._define_xml(conn, data.xml, ctx)
-            return self._define_spec(conn, data.spec(), ctx)
+                root = self._checked_xml(conn, data.xml)
+                self._forget_stale_records(conn, root.findtext("uuid"))
+                # libvirt gets the tree that was checked, re-serialized: never a byte the checker did not see.
+                dom = conn.defineXML(safe_xml.serialize(root))
+                return {**domains.identity(dom), "defined": True}
+            made = self._generated(conn, data.spec())
+            defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, made)
+            return {**defined, "volumes": [d.path for d in made.new]}
 
-    @command(UndefineData, resource=vm_key)
+    def plan_define(self, data: DefineData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            if data.xml is not None:
+                root = self._checked_xml(conn, data.xml)
+                return Plan([f"define {root.findtext('name')} from the given XML"], {"xml": policy.masked(root)})
+            made = self._generated(conn, data.spec())
+        steps = [f"create {d.create_gib:g} GiB qcow2 volume {d.volume} in pool {d.pool}" for d in made.new]
+        return Plan([*steps, f"define {data.name}"], {"xml": policy.masked(made.root)})
+
     def undefine(self, data: UndefineData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
-            dom = domains.lookup(conn, data)
-            if dom.isActive():
-                raise OperationNotAllowed(f"{dom.name()} is running: shut it down or destroy it first")
+            dom, removing = self._undefinable(conn, data)
             uuid = dom.UUIDString()
-            removing = self._records.of(uuid) if data.remove_storage else []
-            if ctx.dry_run:
-                return _plan(f"undefine {dom.name()}", *(f"delete volume {owned.path}" for owned in removing))
             identity = domains.identity(dom)
             domains.undefine(dom)
             pools = Pools(conn, self._storage)
@@ -158,40 +182,49 @@ class VmHandler:
             self._records.forget(uuid)  # a volume kept now belongs to nobody: no later domain inherits it
             return {**identity, "undefined": True, "removed_volumes": removed}
 
-    @command(AttachInterfaceData, resource=vm_key)
-    def attach_interface(self, data: AttachInterfaceData, ctx: Context) -> dict[str, Any]:
-        nic = InterfaceSpec.model_validate(data.model_dump(include=set(InterfaceSpec.model_fields)))
-        nic = nic.model_copy(update={"mac": nic.mac or domains.random_mac()})
-        xml = interface_xml(nic)
+    def plan_undefine(self, data: UndefineData, ctx: Context) -> Plan:
         with self._session() as conn:
-            dom = domains.lookup(conn, data)
-            self._policy(conn).check_device(safe_xml.parse(xml), dom.name())  # the one checker, for devices too
-            if ctx.dry_run:
-                return {**_plan(f"attach to {dom.name()}"), "xml": xml}
+            dom, removing = self._undefinable(conn, data)
+            return Plan([f"undefine {dom.name()}", *(f"delete volume {owned.path}" for owned in removing)])
+
+    def attach_interface(self, data: AttachInterfaceData, ctx: Context) -> dict[str, Any]:
+        nic, xml = _interface(data)
+        with self._session() as conn:
+            dom = self._attachable(conn, data, xml)
             if dom.isActive():
                 domains.require_bridge(conn, bridge_of(nic))
             dom.attachDeviceFlags(xml, domains.device_flags(dom))
             return {**domains.identity(dom), "mac": nic.mac, "bridge": bridge_of(nic)}
 
-    @command(DetachInterfaceData, resource=vm_key)
+    def plan_attach_interface(self, data: AttachInterfaceData, ctx: Context) -> Plan:
+        _, xml = _interface(data)
+        with self._session() as conn:
+            dom = self._attachable(conn, data, xml)
+            return Plan([f"attach to {dom.name()}"], {"xml": xml})
+
     def detach_interface(self, data: DetachInterfaceData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
             element = domains.interface_by_mac(dom, data.mac)
-            if ctx.dry_run:
-                return _plan(f"detach interface {data.mac} from {dom.name()}")
             dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), domains.device_flags(dom))
             return {**domains.identity(dom), "mac": data.mac, "detached": True}
 
-    def _transition(
-        self, data: VmRef, ctx: Context, action: str, act: Callable[[libvirt.virDomain], bool]
-    ) -> dict[str, Any]:
+    def plan_detach_interface(self, data: DetachInterfaceData, ctx: Context) -> Plan:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
-            if ctx.dry_run:
-                return _plan(f"{action}: {dom.name()}")
+            domains.interface_by_mac(dom, data.mac)
+            return Plan([f"detach interface {data.mac} from {dom.name()}"])
+
+    def _transition(self, data: VmRef, act: Callable[[libvirt.virDomain], bool]) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
             changed = act(dom)
             return {**domains.identity(dom), "state": state_name(dom.state()[0]), "changed": changed}
+
+    def _plan_for(self, data: VmRef, step: str) -> Plan:
+        """One step on an existing domain: ``step`` with ``{}`` where the domain's name goes."""
+        with self._session() as conn:
+            return Plan([step.format(domains.lookup(conn, data).name())])
 
     def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float) -> dict[str, Any]:
         with self.connection.events.watch(dom.UUIDString()) as waiter:
@@ -208,17 +241,12 @@ class VmHandler:
         dom.destroy()
         return {**domains.identity(dom), "state": domains.state_or_gone(dom), "changed": True, "forced": True}
 
-    def _define_xml(self, conn: libvirt.virConnect, xml: str, ctx: Context) -> dict[str, Any]:
+    def _checked_xml(self, conn: libvirt.virConnect, xml: str) -> ET.Element:
         root = safe_xml.parse(xml)
         self._policy(conn).check(root)
-        if ctx.dry_run:
-            return {**_plan(f"define {root.findtext('name')} from the given XML"), "xml": policy.masked(root)}
-        self._forget_stale_records(conn, root.findtext("uuid"))
-        # libvirt gets the tree that was checked, re-serialized: never a byte the checker did not see.
-        dom = conn.defineXML(safe_xml.serialize(root))
-        return {**domains.identity(dom), "defined": True}
+        return root
 
-    def _define_spec(self, conn: libvirt.virConnect, spec: DomainSpec, ctx: Context) -> dict[str, Any]:
+    def _generated(self, conn: libvirt.virConnect, spec: DomainSpec) -> Generated:
         if domains.exists(conn, spec.name):
             raise InvalidParameter(f"a VM named {spec.name} is already defined; send xml to change it", field="name")
         disks = [self._disk(conn, spec, i) for i in range(len(spec.disks))]
@@ -226,12 +254,19 @@ class VmHandler:
         xml = domain_xml(spec, disks, spec.domain_type or domains.default_domain_type(conn), uuid)
         root = safe_xml.parse(xml)
         self._policy(conn, generated=True, approved=frozenset(d.path for d in disks)).check(root)  # the same checker
-        new = [d for d in disks if d.create_gib is not None]
-        if ctx.dry_run:
-            steps = [f"create {d.create_gib:g} GiB qcow2 volume {d.volume} in pool {d.pool}" for d in new]
-            return {**_plan(*steps, f"define {spec.name}"), "xml": policy.masked(root)}
-        defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, xml, uuid, new)
-        return {**defined, "volumes": [d.path for d in new]}
+        return Generated(xml, root, uuid, [d for d in disks if d.create_gib is not None])
+
+    def _undefinable(self, conn: libvirt.virConnect, data: UndefineData) -> tuple[libvirt.virDomain, list[OwnedVolume]]:
+        """The domain, stopped, and the volumes its undefine removes."""
+        dom = domains.lookup(conn, data)
+        if dom.isActive():
+            raise OperationNotAllowed(f"{dom.name()} is running: shut it down or destroy it first")
+        return dom, self._records.of(dom.UUIDString()) if data.remove_storage else []
+
+    def _attachable(self, conn: libvirt.virConnect, data: AttachInterfaceData, xml: str) -> libvirt.virDomain:
+        dom = domains.lookup(conn, data)
+        self._policy(conn).check_device(safe_xml.parse(xml), dom.name())  # the one checker, for devices too
+        return dom
 
     def _policy(
         self, conn: libvirt.virConnect, generated: bool = False, approved: frozenset[str] = frozenset()
@@ -264,8 +299,11 @@ class VmHandler:
             yield conn
 
 
-def _plan(*steps: str) -> dict[str, Any]:
-    return {"dry_run": True, "plan": list(steps)}
+def _interface(data: AttachInterfaceData) -> tuple[InterfaceSpec, str]:
+    """The NIC asked for (a MAC generated when none is given, so that the reply can name it) and its XML."""
+    nic = InterfaceSpec.model_validate(data.model_dump(include=set(InterfaceSpec.model_fields)))
+    nic = nic.model_copy(update={"mac": nic.mac or domains.random_mac()})
+    return nic, interface_xml(nic)
 
 
 def _wait_budget(timeout: float, deadline: float | None) -> float:
@@ -276,22 +314,21 @@ def _wait_budget(timeout: float, deadline: float | None) -> float:
 
 
 def _define_with_volumes(
-    conn: libvirt.virConnect, pools: Pools, records: VolumeRecords, xml: str, uuid: str, new: list[Disk]
+    conn: libvirt.virConnect, pools: Pools, records: VolumeRecords, made: Generated
 ) -> dict[str, Any]:
     """Record, then create, each volume, then define; on failure all of it is undone."""
     created: list[OwnedVolume] = []
     try:
-        for disk in new:
-            planned = OwnedVolume(uuid, str(disk.pool), str(disk.volume), disk.path)
+        for disk in made.new:
+            planned = OwnedVolume(made.uuid, str(disk.pool), str(disk.volume), disk.path)
             records.add(planned)  # before the volume exists: a crash now leaves a record, not an orphan
             path = pools.create(disk)
-            made = planned if path == disk.path else _moved(records, planned, path)
-            created.append(made)
-        dom = conn.defineXML(xml)
+            created.append(planned if path == disk.path else _moved(records, planned, path))
+        dom = conn.defineXML(made.xml)
     except Exception:
         for volume in created:
             pools.delete_owned(volume)
-        records.forget(uuid)
+        records.forget(made.uuid)
         raise
     return {**domains.identity(dom), "defined": True}
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from kvmworker.handlers.naming import is_owned
 from kvmworker.inventory.files import read_int, read_text
 from kvmworker.inventory.section import failing_as
+from kvmworker.netplane.naming import is_owned
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.errors import NetworkInfoFailed
 

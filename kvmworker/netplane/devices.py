@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kvmworker.handlers.naming import is_owned
+from kvmworker.netplane.naming import is_owned
 from kvmworker.netplane.ownership import PhysicalInterfaces, is_worker_device, network_of, user_alias
 from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound, InvalidParameter, OperationNotAllowed

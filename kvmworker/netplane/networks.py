@@ -11,7 +11,8 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.api.network import FLAT, VLAN
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.netlink import Netlink
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plan import AddLink, DeleteLink, SetLink, Step
@@ -20,7 +21,6 @@ from kvmworker.netplane.store import Network, NetworkStore
 from kvmworker.protocol.errors import InvalidParameter, OperationNotAllowed
 from kvmworker.protocol.types import IFNAMSIZ
 
-FLAT, VLAN = "flat", "vlan"
 Lookup = Callable[[str], Link | None]
 
 

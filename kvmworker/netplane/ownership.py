@@ -1,6 +1,6 @@
 """Who may be touched: devices tagged by this worker, and the physical interfaces networks may use.
 
-Tags live in the ifalias (``kvmworker.handlers.naming``): ``kvmworker:network:<id>`` on a network's
+Tags live in the ifalias (``kvmworker.netplane.naming``): ``kvmworker:network:<id>`` on a network's
 bridge and subinterface, ``kvmworker:device`` (optionally ``:<caller's alias>``) on devices made
 through DeviceHandler.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmworker.handlers.naming import device_alias, is_owned, network_alias
+from kvmworker.netplane.naming import device_alias, is_owned, network_alias
 from kvmworker.netplane.reader import Link
 from kvmworker.protocol.errors import DeviceNotFound, OperationNotAllowed
 

@@ -13,13 +13,6 @@ from kvmworker.netplane.store import FILENAME, NetworkStore
 from kvmworker.protocol.errors import KvmError
 from kvmworker.settings import Settings
 
-WORKER_NAMESPACE_KEY = "@worker"
-
-
-def netlink_key(namespace: str | None) -> str:
-    """The resource key of a namespace: mutations in one namespace run one after another."""
-    return f"netlink:{namespace or WORKER_NAMESPACE_KEY}"
-
 
 @dataclass
 class Netplane:

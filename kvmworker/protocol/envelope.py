@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from kvmworker.protocol.codes import Code
-from kvmworker.protocol.errors import KvmError
+from kvmworker.protocol.errors import InvalidRequest, KvmError
 from kvmworker.protocol.types import Uuid, number
 
 MAX_TIMEOUT_S = 24 * 3600
@@ -38,6 +38,18 @@ class Envelope(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict, without absent optional fields (legacy callers never see them)."""
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"data": self.data}
+
+
+def parse_envelope(payload: object) -> Envelope:
+    """The envelope of a decoded body; anything else is 20001 naming the first wrong field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return Envelope.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
 
 
 class ErrorData(BaseModel):

@@ -41,7 +41,6 @@ UnknownHandler = _error("UnknownHandler", Code.UNKNOWN_HANDLER, "No handler of t
 UnknownCommand = _error("UnknownCommand", Code.UNKNOWN_COMMAND, "The handler has no such command.")
 Unauthenticated = _error("Unauthenticated", Code.UNAUTHENTICATED, "Bad or missing signature or token.")
 Expired = _error("Expired", Code.EXPIRED, "The message expired before it could run; it was not executed.")
-Busy = _error("Busy", Code.BUSY, "Overloaded; retry later.")
 UnsupportedNetworkType = _error("UnsupportedNetworkType", Code.UNSUPPORTED_NETWORK_TYPE, "Not flat or vlan.")
 NamespaceNotFound = _error("NamespaceNotFound", Code.NAMESPACE_NOT_FOUND, "No such network namespace.")
 DeviceNotFound = _error("DeviceNotFound", Code.DEVICE_NOT_FOUND, "No such network device or network.")
@@ -61,6 +60,7 @@ HardwareInfoFailed = _error("HardwareInfoFailed", Code.HARDWARE_INFO_FAILED, "Re
 ServiceInfoFailed = _error("ServiceInfoFailed", Code.SERVICE_INFO_FAILED, "Reading service states failed.")
 VmInfoFailed = _error("VmInfoFailed", Code.VM_INFO_FAILED, "Reading VM information failed.")
 
+# Code.BUSY (20006) has no class: nothing here refuses for load (docs/interface.md §2 says where load goes instead).
 ERROR_FOR_CODE: dict[Code, type[KvmError]] = {
     cls.code: cls for cls in list(globals().values()) if isinstance(cls, type) and issubclass(cls, KvmError)
 }

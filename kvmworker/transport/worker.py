@@ -23,8 +23,9 @@ from kvmworker.dispatch.request import Request
 from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Reply
+from kvmworker.protocol.wire import HEADER_MSG_ID
 from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss
-from kvmworker.transport.names import HEADER_MSG_ID, host_queue
+from kvmworker.transport.names import host_queue
 from kvmworker.transport.publisher import Publisher
 
 log = logging.getLogger("kvmworker.worker")

@@ -19,8 +19,8 @@ from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.envelope import MAX_TIMEOUT_S, Reply
 from kvmworker.protocol.errors import Expired, InvalidRequest, KvmError, Unauthenticated
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.settings import Settings
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.signing import WorkerKeys, load_worker_keys
 
 log = logging.getLogger("kvmworker.trust")

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kvmworker.protocol.errors import Unauthenticated
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_ISSUED_AT, HEADER_SIGNATURE
 from kvmworker.settings import Settings
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_ISSUED_AT, HEADER_SIGNATURE
 from kvmworker.trust.keys import (
     REPLY_KEYS_NAME,
     KeyFileError,

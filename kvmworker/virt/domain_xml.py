@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from xml.etree import ElementTree as ET
 
-from kvmworker.handlers.naming import bridge_name
+from kvmworker.api.domain import DomainSpec, InterfaceSpec
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.virt.policy import METADATA_NS
-from kvmworker.virt.spec import DomainSpec, InterfaceSpec
 from kvmworker.virt.storage import Disk
 
 ET.register_namespace("kvmworker", METADATA_NS)

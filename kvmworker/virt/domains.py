@@ -10,9 +10,9 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 
+from kvmworker.api.vm import VmRef
 from kvmworker.protocol.errors import DeviceNotFound, InvalidParameter, OperationNotAllowed, VmNotFound
 from kvmworker.virt import description
-from kvmworker.virt.spec import VmRef
 from kvmworker.virt.states import state_name
 
 

@@ -17,8 +17,8 @@ from pathlib import Path as FsPath
 from xml.etree import ElementTree as ET
 
 from kvmworker.protocol.errors import InvalidParameter
+from kvmworker.protocol.safe_xml import serialize, split
 from kvmworker.virt.allowlist import ANY, DEVICES, DOMAIN, Path, Rule, Value
-from kvmworker.virt.safe_xml import serialize, split
 from kvmworker.virt.storage import QCOW2_MAGIC, StorageRules, check_plain_name
 
 METADATA_NS = "https://kvmworker.invalid/xmlns/domain/1"

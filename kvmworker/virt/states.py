@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import libvirt
 
 STATE_NAMES = {
@@ -17,9 +15,7 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
 
-StateFilter = Literal["active", "inactive", "running", "paused", "shutoff", "other", "persistent", "transient"]
-
-LIST_FLAGS: dict[str, int] = {
+LIST_FLAGS: dict[str, int] = {  # keyed by the words of kvmworker.api.vm.StateFilter
     "active": libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
     "inactive": libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE,
     "running": libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING,

@@ -8,7 +8,6 @@ allowed directory.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,10 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 
+from kvmworker.api.domain import PLAIN_NAME
 from kvmworker.protocol.errors import InvalidParameter
 from kvmworker.virt.ownership import OwnedVolume
 
-PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
-"""A file, volume or pool name: never a path (the character set excludes '/' and NUL)."""
 QCOW2_MAGIC = b"QFI\xfb"
 GIB = 1024**3
 

@@ -52,7 +52,9 @@ def serving(
     token = "" if authenticator is not None or settings.insecure_open else secrets.token_urlsafe(32)
     local = LocalToken(token, "(test)") if token else None
     with Client(settings.broker_url, declare_host_queues=False) as client:
-        app = create_app(settings, client, authenticator, registry or HandlerRegistry(), local=local)
+        # the bridge lists what the worker in front of it runs; without one, the worker's commands as declared
+        commands = list(registry.commands()) if registry is not None else None
+        app = create_app(settings, client, authenticator, commands, local=local)
         server = BridgeServer(app, "127.0.0.1", 0, limits=limits)
         server.start()
         headers = {"Authorization": f"Bearer {token}"} if token else {}

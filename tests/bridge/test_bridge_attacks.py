@@ -28,7 +28,7 @@ from kvmworker.bridge.server import Limits
 from kvmworker.bridge.throttle import RateLimit, Throttle
 from kvmworker.bridge.tokens import TokenStore
 from kvmworker.bridge.users import UsersFile
-from kvmworker.transport.names import host_queue_name
+from kvmworker.protocol.wire import host_queue_name
 from tests.bridge.test_bridge_cli import process
 from tests.conftest import BROKERS, require_broker, unique
 from tests.support.handlers import count_of

@@ -10,7 +10,6 @@ import hypothesis
 import pytest
 import schemathesis
 
-from kvmworker.app import build_registry
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.handlers.system import SystemHandler
@@ -83,7 +82,7 @@ def fuzzed_bridge(tmp_path_factory) -> Iterator:
     settings = Settings(host=host, broker_url="memory://", state_dir=tmp, timeout=FUZZ_TIMEOUT_S)
     worker, thread = _system_only_worker(settings)
     try:
-        with serving(settings, registry=build_registry(settings)) as bridge:
+        with serving(settings) as bridge:  # the bridge's default: every real handler's commands, as declared
             yield bridge
     finally:
         worker.stop()

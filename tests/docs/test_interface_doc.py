@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmworker.api.catalogue import bridge_commands
 from kvmworker.app import build_registry
-from kvmworker.bridge.app import USER_COMMANDS
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
 
@@ -22,8 +22,8 @@ def catalogue(state_dir: Path) -> dict[str, set[str]]:
     handlers: dict[str, set[str]] = {}
     for bound in build_registry(Settings(host="kvt-docs", state_dir=state_dir)).commands():
         handlers.setdefault(bound.handler, set()).add(bound.name)
-    for handler, name, _ in USER_COMMANDS:
-        handlers.setdefault(handler, set()).add(name)
+    for declared in bridge_commands():
+        handlers.setdefault(declared.handler, set()).add(declared.name)
     return handlers
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.commands import Plan, command
 from kvmworker.dispatch.request import Context
 
 KEY = r"^[a-z0-9-]{1,40}$"
@@ -38,6 +38,9 @@ class StateHandler:
         time.sleep(data.sleep)
         os.replace(tmp, self._dir / data.key)
         return {"key": data.key, "value": data.value}
+
+    def plan_put(self, data: PutData, ctx: Context) -> Plan:
+        return Plan([f"write {data.key}"])
 
 
 def runs_of(state_dir: Path, key: str) -> list[str]:

@@ -1,8 +1,8 @@
 import pytest
 from pyroute2 import IPRoute, netns
 
-from kvmworker.handlers.naming import device_alias
 from kvmworker.inventory.network import NetworkInventory
+from kvmworker.netplane.naming import device_alias
 from kvmworker.protocol.codes import Code
 from tests.host.conftest import host_handler, unique, while_interfaces_unchanged
 

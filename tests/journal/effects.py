@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.commands import Plan, command
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Context, Request
 from kvmworker.protocol.envelope import Reply
@@ -53,18 +53,25 @@ class EffectsHandler:
         time.sleep(data.sleep)
         return {"name": data.name, "run": uuid.uuid4().hex}
 
+    def plan_bump(self, data: BumpData, ctx: Context) -> Plan:
+        return Plan([f"append a line to {data.name}.count"])
+
     @command(TouchData, resource=lambda d: f"file:{d.name}")
     def touch(self, data: TouchData, ctx: Context) -> dict:
         path = self._dir / data.name
-        if ctx.dry_run:
-            return {"dry_run": True, "plan": [f"create {path.name}" if not path.exists() else "nothing to do"]}
         created = not path.exists()
         path.write_text(data.content)
         return {"file": path.name, "created": created}
 
+    def plan_touch(self, data: TouchData, ctx: Context) -> Plan:
+        return Plan([f"create {data.name}" if not (self._dir / data.name).exists() else "nothing to do"])
+
     @command(LoginData)
     def login(self, data: LoginData, ctx: Context) -> dict:
         return {"user": data.username, "token": f"tok-{data.password[::-1]}"}
+
+    def plan_login(self, data: LoginData, ctx: Context) -> Plan:
+        return Plan([f"a token for {data.username}"])
 
     @command(mutates=False)
     def fail(self, data: object, ctx: Context) -> dict:

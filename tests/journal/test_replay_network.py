@@ -15,7 +15,7 @@ import pytest
 
 from kvmworker.cli import main
 from kvmworker.client import Client
-from kvmworker.handlers.naming import bridge_name
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import start_worker
 from kvmworker.settings import Settings

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, device_alias
+from kvmworker.netplane.naming import bridge_name, device_alias
 from tests.conftest import unique
 from tests.netplane.conftest import flat, ip, make_namespace
 
@@ -121,9 +121,8 @@ def test_creation_errors_have_their_codes_and_change_nothing(call, kernel):
 def test_dry_run_returns_the_operation_and_changes_nothing(call, kernel):
     reply = call("DeviceHandler", "create", {"name": "kvtbr0", "type": "bridge"}, dry_run=True)
     assert reply.data == {
-        "name": "kvtbr0",
         "dry_run": True,
-        "operations": [{"op": "link_add", "name": "kvtbr0", "kind": "bridge", "alias": device_alias(), "state": "up"}],
+        "plan": [{"op": "link_add", "name": "kvtbr0", "kind": "bridge", "alias": device_alias(), "state": "up"}],
     }
     assert "kvtbr0" not in kernel.links()
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.netplane.naming import bridge_name, network_alias
 from tests.netplane.conftest import NICS, caller, flat, handlers, make_plane
 
 pytestmark = pytest.mark.netlink
@@ -142,12 +142,12 @@ def test_dry_run_returns_the_netlink_operations_and_changes_nothing(call, kernel
     before = kernel.links()
     reply = call("NetworkHandler", "create", flat(network_id, mtu=1400), dry_run=True)
     assert reply.code == 0 and reply.data["dry_run"] is True
-    assert [(op["op"], op["name"]) for op in reply.data["operations"]] == [
+    assert [(op["op"], op["name"]) for op in reply.data["plan"]] == [
         ("link_add", bridge_name(network_id)),
         ("link_set", "ens224"),
         ("link_set", bridge_name(network_id)),
     ]
-    assert reply.data["operations"][1]["master"] == bridge_name(network_id)
+    assert reply.data["plan"][1]["master"] == bridge_name(network_id)
     assert kernel.links() == before
     assert call("NetworkHandler", "show", {"network_id": network_id}).code == 30003
 

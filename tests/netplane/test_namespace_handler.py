@@ -59,5 +59,14 @@ def test_a_namespace_deleted_and_made_again_behind_the_workers_back_is_not_confu
 
 def test_dry_run_makes_no_namespace(call, fresh_name):
     reply = call("NamespaceHandler", "create", {"name": fresh_name}, dry_run=True)
-    assert reply.data["operations"] == [{"op": "netns_add", "name": fresh_name}]
+    assert reply.data == {"dry_run": True, "plan": [{"op": "netns_add", "name": fresh_name}]}
     assert fresh_name not in ip("netns", "list")
+
+
+def test_a_dry_run_of_delete_keeps_the_namespace_and_of_a_second_create_plans_nothing(call, fresh_name):
+    call("NamespaceHandler", "create", {"name": fresh_name})
+    assert call("NamespaceHandler", "create", {"name": fresh_name}, dry_run=True).data == {"dry_run": True, "plan": []}
+    reply = call("NamespaceHandler", "delete", {"name": fresh_name}, dry_run=True)
+    assert reply.data == {"dry_run": True, "plan": [{"op": "netns_del", "name": fresh_name}]}
+    assert fresh_name in ip("netns", "list")
+    assert call("NamespaceHandler", "show", {"name": fresh_name}).data["owned"] is True

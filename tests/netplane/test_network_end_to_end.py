@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings

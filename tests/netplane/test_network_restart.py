@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
 from kvmworker.handlers.network import NetworkHandler
+from kvmworker.netplane.naming import bridge_name, network_alias
 from tests.netplane.conftest import NICS, caller, flat, make_plane
 
 pytestmark = pytest.mark.netlink

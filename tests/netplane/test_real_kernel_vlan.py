@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
 from kvmworker.handlers.network import NetworkHandler
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.pool import NetlinkPool

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
 from kvmworker.handlers.system import SystemHandler
+from kvmworker.netplane.naming import bridge_name, network_alias
 from tests.netplane.conftest import DOCUMENTED_EXAMPLE, caller
 
 pytestmark = pytest.mark.netlink

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmworker.handlers.naming import bridge_name, network_alias
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.networks import subinterface_name
 from tests.netplane.conftest import DOCUMENTED_EXAMPLE, caller, flat, handlers, make_plane
 from tests.netplane.mock_kernel import MockKernel, mock_netlink
@@ -111,7 +111,8 @@ def test_an_mtu_goes_to_the_subinterface_and_the_bridge(machine):
 def test_dry_run_lists_the_vlan_operations_and_makes_nothing(machine):
     links = len(machine.kernel.database["links"])
     reply = machine.call("NetworkHandler", "create", DOCUMENTED_EXAMPLE, dry_run=True)
-    assert reply.data["operations"][1] == {
+    assert reply.data["dry_run"] is True
+    assert reply.data["plan"][1] == {
         "op": "link_add",
         "name": "ens224.1001",
         "kind": "vlan",

@@ -24,12 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvmworker.api.vm import xml_name
 from kvmworker.app import build_registry
 from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
-from kvmworker.virt.requests import xml_name
 from tests.conftest import unique
 from tests.schemas.bodies import boundary_values, from_model, from_schema, near
 

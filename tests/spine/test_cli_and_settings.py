@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmworker.app import build_registry
+from kvmworker.api.catalogue import worker_commands
 from kvmworker.cli import build_parser
 from kvmworker.cli.common import settings_from
 from kvmworker.schema import build_schemas, render
@@ -59,7 +59,7 @@ def test_kvmworker_call_prints_the_reply_and_exits_by_its_code(running_worker, h
 
 
 def test_the_committed_schemas_are_what_kvmworker_schema_writes_now():
-    wanted = build_schemas(build_registry(Settings(host="schema")))
+    wanted = build_schemas(worker_commands())
     committed = {p.name: p.read_text() for p in (ROOT / "schemas").glob("*.json")}
     stale = sorted(name for name, schema in wanted.items() if committed.get(name) != render(schema))
     extra = sorted(set(committed) - set(wanted))
@@ -67,6 +67,6 @@ def test_the_committed_schemas_are_what_kvmworker_schema_writes_now():
 
 
 def test_every_command_has_a_schema_with_its_title():
-    schemas = build_schemas(build_registry(Settings(host="schema")))
+    schemas = build_schemas(worker_commands())
     assert schemas["SystemHandler.ping.json"]["title"] == "SystemHandler.ping"
     assert {"envelope.json", "reply.json"} <= set(schemas)

@@ -25,9 +25,9 @@ def test_the_code_table_is_exactly_the_contract_table():
     assert {int(code): text for code, text in MESSAGES.items()} == CONTRACT_TABLE
 
 
-def test_every_error_code_except_success_and_unknown_has_an_exception_class():
+def test_every_error_code_except_success_unknown_and_the_reserved_busy_has_an_exception_class():
     missing = set(Code) - set(ERROR_FOR_CODE) - {Code.OK, Code.UNKNOWN_OUTCOME}
-    assert missing == set()
+    assert missing == {Code.BUSY}, "20006 is answered nowhere (docs/interface.md §2); a class for it would be dead code"
     assert all(cls.code == code for code, cls in ERROR_FOR_CODE.items())
 
 
@@ -73,7 +73,7 @@ def test_json_with_a_charset_parameter_is_accepted():
 class Twice:
     name = "Twice"
 
-    @command()
+    @command(mutates=False)
     def a(self, data, ctx):
         return {}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.commands import Plan, command
 from kvmworker.dispatch.request import Context
 
 
@@ -45,10 +45,11 @@ class ProbeHandler:
 
     @command(SleepData, resource=lambda d: d.key)
     def sleep(self, data: SleepData, ctx: Context) -> dict:
-        if ctx.dry_run:
-            return {"dry_run": True, "plan": [f"sleep {data.seconds} s"]}
         time.sleep(data.seconds)
         return {"slept": data.seconds}
+
+    def plan_sleep(self, data: SleepData, ctx: Context) -> Plan:
+        return Plan([f"sleep {data.seconds} s"])
 
     @command(HoldData, mutates=False, inline=True)
     def hold(self, data: HoldData, ctx: Context) -> dict:
@@ -72,11 +73,17 @@ class ProbeHandler:
             time.sleep(data.align - time.time() % data.align)
         return {"counted": data.name}
 
+    def plan_count(self, data: CountData, ctx: Context) -> Plan:
+        return Plan([f"append a line to {data.name}.count"])
+
     @command(CountData, resource=lambda d: f"count:{d.name}", idempotent=True)
     def converge(self, data: CountData, ctx: Context) -> dict:
         """Like ``count`` (each start is recorded), but its effect converges: a second run changes nothing."""
         self.count(data, ctx)
         return {"converged": data.name}
+
+    def plan_converge(self, data: CountData, ctx: Context) -> Plan:
+        return self.plan_count(data, ctx)
 
     @command(CountData, resource=lambda d: f"count:{d.name}", idempotent=True)
     def crash(self, data: CountData, ctx: Context) -> dict:
@@ -84,6 +91,9 @@ class ProbeHandler:
         self.count(data, ctx)
         os.kill(os.getpid(), signal.SIGKILL)
         return {}
+
+    def plan_crash(self, data: CountData, ctx: Context) -> Plan:
+        return Plan([f"append a line to {data.name}.count", "kill the worker"])
 
     @command(mutates=False)
     def unserialisable(self, data: object, ctx: Context) -> dict:

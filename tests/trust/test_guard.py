@@ -15,8 +15,8 @@ from kvmworker.app import build_dispatcher, build_middleware
 from kvmworker.dispatch.dispatcher import Admitted
 from kvmworker.dispatch.request import Request
 from kvmworker.journal.middleware import JournalMiddleware
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.settings import Settings
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.keys import KeyFileError, load_private_keys
 from kvmworker.trust.middleware import TrustMiddleware
 from kvmworker.trust.signing import Signer, load_worker_keys

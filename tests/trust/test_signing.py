@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kvmworker.protocol.errors import Unauthenticated
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, HEADER_SIGNATURE
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, HEADER_SIGNATURE
 from kvmworker.trust.keys import Fixed, PrivateKeys, TrustedKeys
 from kvmworker.trust.signing import Signer, WorkerKeys
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.signing import Signer
 
 

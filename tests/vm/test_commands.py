@@ -6,7 +6,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from xml.etree import ElementTree as ET
 
-from kvmworker.handlers.naming import bridge_name
+import pytest
+
+from kvmworker.api.vm import VmApi
+from kvmworker.dispatch.commands import declared
+from kvmworker.netplane.naming import bridge_name
 from tests.vm.conftest import vm_name
 
 NETWORK_ID = "5b0503ba-1af4-11ea-baa2-000c2902e179"
@@ -173,3 +177,42 @@ def test_commands_on_different_vms_run_at_once_over_the_one_connection(call):
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lifecycle, names))
     assert outcomes == [[0, 0, 0, 0, 0, 0]] * 8
+
+
+# command → the data of its dry run, given the name of a defined (stopped) VM with one NIC
+DRY_RUNS = {
+    "start": lambda name: {"name": name},
+    "destroy": lambda name: {"name": name},
+    "reboot": lambda name: {"name": name},
+    "suspend": lambda name: {"name": name},
+    "resume": lambda name: {"name": name},
+    "shutdown": lambda name: {"name": name, "timeout": 5, "force": True},
+    "autostart": lambda name: {"name": name, "enabled": True},
+    "define": lambda name: {"name": f"{name}-2", "memory_mib": 64},
+    "undefine": lambda name: {"name": name, "remove_storage": True},
+    "attach_interface": lambda name: {"name": name, "bridge": "br-kvt"},
+    "detach_interface": lambda name: {"name": name, "mac": "52:54:00:aa:bb:02"},
+}
+
+
+def test_every_mutating_vm_command_has_a_dry_run_case_here():
+    assert {d.name for d in declared(VmApi) if d.spec.mutates} == set(DRY_RUNS)
+
+
+def vm_state(call, name: str) -> tuple:
+    """The VM as info reports it (but the test driver's ever-growing CPU time), and the VMs there are."""
+    info = call("info", name=name).data
+    info.pop("cpu_time_ns")
+    return info, sorted(vm["name"] for vm in call("list").data["vms"])
+
+
+@pytest.mark.parametrize("command", sorted(DRY_RUNS))
+def test_a_dry_run_of_a_mutating_command_answers_its_plan_and_changes_nothing(call, command):
+    name = define(call, interfaces=[{"bridge": "br-kvt", "mac": "52:54:00:aa:bb:02"}])
+    before = vm_state(call, name)
+    reply = call(command, dry_run=True, **DRY_RUNS[command](name))
+    assert reply.code == 0, reply.data
+    assert reply.data["dry_run"] is True and set(reply.data) <= {"dry_run", "plan", "xml"}
+    assert reply.data["plan"] and all(isinstance(step, str) for step in reply.data["plan"])
+    assert vm_state(call, name) == before
+    call("undefine", name=name)

@@ -14,8 +14,8 @@ from pyroute2 import IPRoute
 
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.handlers.naming import bridge_name
 from kvmworker.handlers.vm import VmHandler
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.storage import StorageRules
 from tests.vm.conftest import SYSTEM_URI, caller, guest_xml, virsh, vm_name, wait_for_ready_line

@@ -1,4 +1,5 @@
-"""The structured VM spec a caller may send instead of domain XML, validated at the edge."""
+"""The structured VM spec a caller may send to ``VmHandler.define`` instead of domain XML; ``virt`` builds the XML
+from it."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from kvmworker.protocol.types import (
     schema_rules,
     string_schema,
 )
-from kvmworker.virt.storage import PLAIN_NAME
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+"""A file, volume or pool name: never a path (the character set excludes '/' and NUL)."""
 _VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
-_LOOKUP_NAME = re.compile(r"[^\x00-\x1f/]{1,255}")
 _PLAIN_BODY = r"[A-Za-z0-9_](?:[A-Za-z0-9_+-]|\.[A-Za-z0-9_+-])*\.?"
 """``PLAIN_NAME`` without '..': every '.' is followed by another character or ends the name."""
 
@@ -32,13 +33,6 @@ _PLAIN_BODY = r"[A-Za-z0-9_](?:[A-Za-z0-9_+-]|\.[A-Za-z0-9_+-])*\.?"
 def _check_vm_name(name: str) -> str:
     if not _VM_NAME.fullmatch(name):
         raise coded(Code.INVALID_PARAMETER, "a VM name is 1-64 of [A-Za-z0-9_.+-], not starting with '.', '-' or '+'")
-    return name
-
-
-def _check_lookup_name(name: str) -> str:
-    # VMs defined by others may have any name libvirt accepts; only refuse what libvirt never would.
-    if not _LOOKUP_NAME.fullmatch(name):
-        raise coded(Code.INVALID_PARAMETER, "a VM name is 1-255 characters without '/' or control characters")
     return name
 
 
@@ -54,12 +48,6 @@ VmName = Annotated[
     WithJsonSchema(string_schema("[A-Za-z0-9_][A-Za-z0-9_.+-]*", min_length=1, max_length=64)),
 ]
 """A name for a VM this worker defines."""
-LookupName = Annotated[
-    str,
-    AfterValidator(_check_lookup_name),
-    WithJsonSchema(string_schema(r"[^\x00-\x1f/]*", min_length=1, max_length=255)),
-]
-"""A name to look an existing VM up by."""
 PlainName = Annotated[
     str, AfterValidator(_check_plain), WithJsonSchema(string_schema(_PLAIN_BODY, min_length=1, max_length=255))
 ]
@@ -67,7 +55,6 @@ PlainName = Annotated[
 DomainType = Literal["kvm", "qemu"]
 
 
-VM_REF_RULE = {"anyOf": [given("name"), given("uuid")]}
 INTERFACE_RULE = {"oneOf": [given("network_id"), given("bridge")]}
 DISK_RULE = {
     "anyOf": [
@@ -75,29 +62,6 @@ DISK_RULE = {
         {"allOf": [absent("image"), {"anyOf": [given("volume"), given("size_gib")]}]},
     ]
 }
-
-
-class VmRef(BaseModel):
-    """A VM addressed by ``name`` or ``uuid`` (the uuid wins when both are given and they must agree)."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra=schema_rules(VM_REF_RULE))
-
-    name: LookupName | None = None
-    uuid: Uuid | None = None
-
-    @model_validator(mode="after")
-    def _one_of(self) -> VmRef:
-        if self.name is None and self.uuid is None:
-            raise coded(Code.INVALID_PARAMETER, "address the VM by 'name' or 'uuid'")
-        return self
-
-    @property
-    def key(self) -> str:
-        return f"vm:{self.uuid or self.name}"
-
-    @property
-    def label(self) -> str:
-        return str(self.uuid or self.name)
 
 
 class InterfaceSpec(BaseModel):

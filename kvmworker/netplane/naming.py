@@ -1,7 +1,8 @@
-"""Names and ownership tags shared by the handlers that create host objects.
+"""Names and ownership tags of what the worker creates on the host: pure strings, no netlink.
 
 Every device the worker creates carries an ifalias starting with ``OWNER_TAG``; the worker changes
-or deletes only devices that carry it.
+or deletes only devices that carry it. A network's bridge is ``brq`` + the first 11 characters of its id: the
+VM side (``virt``) and the inventory read the same names here.
 """
 
 from __future__ import annotations
