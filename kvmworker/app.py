@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
+from kvmworker.dispatch.dispatcher import Dispatcher, MiddlewareChain
+from kvmworker.dispatch.middleware import Middleware
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler

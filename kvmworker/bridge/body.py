@@ -12,9 +12,8 @@ import re
 
 from starlette.requests import Request as HttpRequest
 
-from kvmworker.dispatch.dispatcher import parse_envelope
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE, decode_body
-from kvmworker.protocol.envelope import Envelope
+from kvmworker.protocol.envelope import Envelope, parse_envelope
 from kvmworker.protocol.errors import InvalidRequest
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")

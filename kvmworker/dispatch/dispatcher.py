@@ -9,22 +9,51 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from kvmworker.dispatch.commands import BoundCommand, HandlerRegistry
-from kvmworker.dispatch.middleware import MiddlewareChain
 from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.dispatch.request import Context, Request
 from kvmworker.protocol.codec import DEFAULT_MAX_BODY, decode_body
-from kvmworker.protocol.envelope import Envelope, Reply
-from kvmworker.protocol.errors import InvalidRequest
+from kvmworker.protocol.envelope import Reply, parse_envelope
 
 log = logging.getLogger("kvmworker.dispatch")
 # Every reply is logged once when it is sent (CommandLogMiddleware, at WARNING when it is an error, with
 # its detail): a refusal logged here as well would be said twice.
 EXPECTED_LEVEL = logging.DEBUG
+
+
+class MiddlewareChain:
+    """The old hook runner, kept until the pipeline replaces this dispatcher."""
+
+    def __init__(self, middleware: Iterable[Any] = ()):
+        self.middleware = list(middleware)
+
+    def first_answer(self, hook: str, request: Request) -> Reply | None:
+        for mw in self.middleware:
+            try:
+                reply = getattr(mw, hook)(request)
+            except Exception:
+                log.exception("middleware %s.%s failed", type(mw).__name__, hook)
+                if mw.guard:
+                    raise
+                continue
+            if reply is not None:
+                return reply
+        return None
+
+    def notify(self, hook: str, *args: object) -> None:
+        for mw in self.middleware:
+            try:
+                fn = getattr(mw, hook, None)
+                if fn is not None:
+                    fn(*args)
+            except Exception:
+                log.exception("middleware %s.%s failed", type(mw).__name__, hook)
 
 
 @dataclass(frozen=True)
@@ -106,17 +135,6 @@ class Dispatcher:
             deadline=deadline,
             request=request,
         )
-
-
-def parse_envelope(payload: object) -> Envelope:
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
-    try:
-        return Envelope.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
 
 
 def _label(request: Request) -> str:

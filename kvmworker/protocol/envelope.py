@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from kvmworker.protocol.codes import Code
-from kvmworker.protocol.errors import KvmError
+from kvmworker.protocol.errors import InvalidRequest, KvmError
 from kvmworker.protocol.types import Uuid, number
 
 MAX_TIMEOUT_S = 24 * 3600
@@ -72,3 +72,15 @@ class Reply(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.code == Code.OK
+
+
+def parse_envelope(payload: object) -> Envelope:
+    """A decoded body as an Envelope; anything else is ``InvalidRequest`` naming the first bad field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return Envelope.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None

@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
+from kvmworker.dispatch.dispatcher import MiddlewareChain
+from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.request import Request
 from kvmworker.protocol.envelope import MAX_TIMEOUT_S, Reply
 from kvmworker.protocol.errors import Expired, InvalidRequest, KvmError, Unauthenticated
