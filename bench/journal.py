@@ -18,8 +18,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kvmworker.app import build_dispatcher, build_middleware
+from kvmworker.app import build_middleware, build_pipeline
 from kvmworker.client import Client
+from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue, open_connection
@@ -31,13 +32,9 @@ def start(settings: Settings, *, journal: bool) -> Worker:
     middleware = build_middleware(settings)
     if not journal:
         middleware = [mw for mw in middleware if not isinstance(mw, JournalMiddleware)]
-    dispatcher = build_dispatcher(settings, None, middleware)
+    pipeline = build_pipeline(settings, None, middleware, executor=KeyedExecutor(settings.workers))
     worker = Worker(
-        open_connection(settings.broker_url),
-        Publisher(open_connection(settings.broker_url)),
-        dispatcher,
-        settings.host,
-        workers=settings.workers,
+        open_connection(settings.broker_url), Publisher(open_connection(settings.broker_url)), pipeline, settings.host
     )
     threading.Thread(target=worker.run, daemon=True).start()
     assert worker.connected.wait(15), "worker did not connect"

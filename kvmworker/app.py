@@ -1,4 +1,4 @@
-"""Wiring: settings → the handlers, their clients and the dispatcher. The only module that knows them all."""
+"""Wiring: settings → the handlers, their clients and the pipeline. The only module that knows them all."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher, MiddlewareChain
 from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.pipeline import Executor, Pipeline
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
@@ -19,7 +19,7 @@ from kvmworker.netplane.plane import Netplane
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
-from kvmworker.trust.middleware import create_trust
+from kvmworker.trust.middleware import TrustMiddleware, create_trust
 
 
 def build_registry(
@@ -50,19 +50,26 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
     return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host]
 
 
-def build_dispatcher(
-    settings: Settings, extra_handlers: list[object] | None = None, middleware: list[Middleware] | None = None
-) -> Dispatcher:
+def build_pipeline(
+    settings: Settings,
+    extra_handlers: list[object] | None = None,
+    middleware: list[Middleware] | None = None,
+    *,
+    executor: Executor | None = None,
+) -> Pipeline:
     middleware = middleware or []
     # SystemHandler.result and .status answer from the journal, when there is one.
     journal = next((mw for mw in middleware if isinstance(mw, JournalMiddleware)), None)
-    return Dispatcher(
+    trust = next((mw for mw in middleware if isinstance(mw, TrustMiddleware)), None)
+    return Pipeline(
         build_registry(
             settings, extra_handlers, journal.result if journal else None, journal.store if journal else None
         ),
-        MiddlewareChain(middleware),
+        middleware,
         host=settings.host,
         max_body=settings.max_body,
+        signer=trust.signer if trust else None,
+        executor=executor,
     )
 
 

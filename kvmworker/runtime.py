@@ -1,4 +1,4 @@
-"""Running a worker: settings → handlers → dispatcher → a consuming worker thread, and a clean stop."""
+"""Running a worker: settings → handlers → pipeline → a consuming worker thread, and a clean stop."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from kvmworker.app import build_dispatcher, build_middleware
-from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
-from kvmworker.trust.middleware import announce_open, reply_signer
+from kvmworker.trust.middleware import TrustMiddleware, warn_open
 
 log = logging.getLogger("kvmworker.runtime")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("kvmworker.runtime")
 @dataclass
 class RunningWorker:
     worker: Worker
-    dispatcher: Dispatcher
+    pipeline: Pipeline
     thread: threading.Thread
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -30,46 +31,41 @@ class RunningWorker:
         stopped = self.worker.wait_stopped(timeout)
         if stopped:
             self.thread.join(timeout)  # nothing of the consumer thread outlives stop(), its last log line included
-        close_handlers(self.dispatcher)
+        close_handlers(self.pipeline)
         return stopped
 
 
 def build_worker(
     settings: Settings, extra_handlers: list[object] | None = None, extra_middleware: list[Middleware] | None = None
-) -> tuple[Worker, Dispatcher]:
+) -> tuple[Worker, Pipeline]:
     """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
-    dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
-    for handler in dispatcher.registry.handlers:
+    middleware = [*build_middleware(settings), *(extra_middleware or [])]
+    pipeline = build_pipeline(settings, extra_handlers, middleware, executor=KeyedExecutor(settings.workers))
+    for handler in pipeline.registry.handlers:
         _call_quietly(handler, "on_start")
     connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
     publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
-    signer = reply_signer(dispatcher.middleware)
-    if signer is None:
-        announce_open(dispatcher.middleware, settings.host)  # at start, then hourly while serving
-    worker = Worker(
-        connection,
-        publisher,
-        dispatcher,
-        settings.host,
-        prefetch=settings.prefetch,
-        workers=settings.workers,
-        signer=signer,
-    )
-    observe_worker(settings, worker, dispatcher)
-    return worker, dispatcher
+    trust = next((mw for mw in middleware if isinstance(mw, TrustMiddleware)), None)
+    if trust is None:
+        warn_open(settings.host)
+    else:
+        trust.warn_if_open()  # at start, then hourly while serving
+    worker = Worker(connection, publisher, pipeline, settings.host, prefetch=settings.prefetch)
+    observe_worker(settings, worker, pipeline)
+    return worker, pipeline
 
 
-def close_handlers(dispatcher: Dispatcher) -> None:
-    for handler in dispatcher.registry.handlers:
+def close_handlers(pipeline: Pipeline) -> None:
+    for handler in pipeline.registry.handlers:
         _call_quietly(handler, "close")
 
 
 def start_worker(settings: Settings, extra_handlers: list[object] | None = None) -> RunningWorker:
     """The worker on a thread of its own (embedded mode, tests); ``stop()`` ends it cleanly."""
-    worker, dispatcher = build_worker(settings, extra_handlers)
+    worker, pipeline = build_worker(settings, extra_handlers)
     thread = threading.Thread(target=worker.run, name="kvmworker-consumer", daemon=True)
     thread.start()
-    return RunningWorker(worker, dispatcher, thread)
+    return RunningWorker(worker, pipeline, thread)
 
 
 def _call_quietly(handler: object, hook: str) -> None:

@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
         running = start_worker(settings)
-        libvirt = libvirt_problem(running.dispatcher)
+        libvirt = libvirt_problem(running.pipeline)
         if libvirt:
             log.warning("%s", libvirt)
         try:
             with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
-                app = create_app(settings, client, registry=running.dispatcher.registry, local=local)
+                app = create_app(settings, client, registry=running.pipeline.registry, local=local)
                 server = http_server(app, settings)
                 token = str(local.path) if local is not None else None
                 announce(settings, banner(server.url, settings, local, libvirt), url=server.url, token_file=token)

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(settings)
-    worker, dispatcher = build_worker(settings)
+    worker, pipeline = build_worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("worker for host %s on %s", settings.host, mask_url(settings.broker))
     worker.run()
-    close_handlers(dispatcher)
+    close_handlers(pipeline)
     return 0

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import devices
 from kvmworker.netplane.netlink import namespace_exists
 from kvmworker.netplane.ownership import device_tag

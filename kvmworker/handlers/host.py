@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.inventory.hardware import HardwareInventory
 from kvmworker.inventory.identity import HostIdentity

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import devices
 from kvmworker.netplane.namespaces import create_namespace, delete_namespace, list_namespaces
 from kvmworker.netplane.netlink import namespace_exists

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import networks
 from kvmworker.netplane.plan import describe, execute
 from kvmworker.netplane.plane import Netplane, netlink_key

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from kvmworker import __version__
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.types import Uuid

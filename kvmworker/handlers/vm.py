@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.protocol.errors import (
     InvalidParameter,
     OperationNotAllowed,

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.observability.logs import CommandLogMiddleware, install_context_filter
 from kvmworker.observability.metrics import MetricsMiddleware
 from kvmworker.observability.server import HealthServer
@@ -14,16 +14,16 @@ from kvmworker.settings import Settings
 from kvmworker.transport.worker import Worker
 
 
-def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -> HealthServer | None:
+def observe_worker(settings: Settings, worker: Worker, pipeline: Pipeline) -> HealthServer | None:
     """Returns the health server (already serving), which stops by itself when the worker stops."""
-    chain = dispatcher.middleware.middleware
+    chain = pipeline.middleware
     if any(isinstance(mw, CommandLogMiddleware) for mw in chain):
         install_context_filter()
     metrics = next((mw.metrics for mw in chain if isinstance(mw, MetricsMiddleware)), None)
     if metrics is None or settings.health_port is None:
         return None
     metrics.watch_broker(worker.consuming.is_set)
-    libvirt = _feature_probe(dispatcher, "libvirt")
+    libvirt = _feature_probe(pipeline, "libvirt")
     if libvirt is not None:
         metrics.watch_libvirt(libvirt)
     server = HealthServer(
@@ -37,12 +37,12 @@ def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -
     return server
 
 
-def libvirt_problem(dispatcher: Dispatcher) -> str | None:
+def libvirt_problem(pipeline: Pipeline) -> str | None:
     """At start: None when libvirt answers, else what is wrong and what to do, in words for the operator.
 
     Opening the connection here also warms it for the first VM command (it is the worker's shared one).
     """
-    probe = _feature_probe(dispatcher, "libvirt")
+    probe = _feature_probe(pipeline, "libvirt")
     if probe is None:
         return None
     try:
@@ -62,8 +62,8 @@ def _stop_with(worker: Worker, server: HealthServer) -> None:
     server.stop()
 
 
-def _feature_probe(dispatcher: Dispatcher, name: str) -> Callable[[], Any] | None:
-    for handler in dispatcher.registry.handlers:
+def _feature_probe(pipeline: Pipeline, name: str) -> Callable[[], Any] | None:
+    for handler in pipeline.registry.handlers:
         probe = getattr(handler, "feature_probe", None)
         if probe is not None:
             return probe(name)

@@ -1,4 +1,4 @@
-"""Journal fixtures: a dispatcher wired as the worker wires it (real SQLite journal in tmp), brokers, requests."""
+"""Journal fixtures: a pipeline wired as the worker wires it (real SQLite journal in tmp), brokers, requests."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from kvmworker.app import build_dispatcher, build_middleware
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.journal.store import journal_path
 from kvmworker.settings import Settings
@@ -25,7 +25,7 @@ from tests.journal.effects import EffectsHandler
 @dataclass
 class Wired:
     settings: Settings
-    dispatcher: Dispatcher
+    pipeline: Pipeline
     journal: JournalMiddleware
     effects: Path
 
@@ -34,16 +34,16 @@ class Wired:
         return journal_path(self.settings.state_dir)
 
     def send(self, handler: str, command: str, data: dict[str, Any], **extra: Any) -> Any:
-        return self.dispatcher.handle(request(handler, command, data, **extra))
+        return self.pipeline.handle(request(handler, command, data, **extra))
 
 
-def request(handler: str, command: str, data: dict[str, Any], *, msg_id: str | None = None, **props: Any) -> Request:
+def request(handler: str, command: str, data: dict[str, Any], *, msg_id: str | None = None, **props: Any) -> Delivery:
     body = {"handler": handler, "command": command, "data": data}
     if msg_id:
         body["msg_id"] = msg_id
     if props.pop("dry_run", False):
         body["dry_run"] = True
-    return Request(body=json.dumps(body).encode(), content_type="application/json", **props)
+    return Delivery(body=json.dumps(body).encode(), content_type="application/json", **props)
 
 
 def new_id() -> str:
@@ -55,7 +55,7 @@ def wire(state_dir: Path, effects: Path, **settings: Any) -> Wired:
     config = Settings(host="kvt-journal", state_dir=state_dir, **settings)
     middleware = build_middleware(config)
     journal = next(mw for mw in middleware if isinstance(mw, JournalMiddleware))
-    return Wired(config, build_dispatcher(config, [EffectsHandler(effects)], middleware), journal, effects)
+    return Wired(config, build_pipeline(config, [EffectsHandler(effects)], middleware), journal, effects)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The guard through the real dispatcher and journal (no broker): who is refused, with which code, and what runs."""
+"""The guard through the real pipeline and journal (no broker): who is refused, with which code, and what runs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import logging
 import stat
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kvmworker.app import build_dispatcher, build_middleware
-from kvmworker.dispatch.dispatcher import Admitted
-from kvmworker.dispatch.request import Request
+from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.inflight import InFlight
+from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.dispatch.port import CapturingPort
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.settings import Settings
 from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
@@ -33,7 +38,7 @@ class Guarded:
         self.counters.mkdir(exist_ok=True)
         settings = Settings(host=HOST, state_dir=tmp / "state", keys_file=reply_keys, trusted_keys_file=trusted)
         self.middleware = build_middleware(settings)
-        self.dispatcher = build_dispatcher(settings, [ProbeHandler(self.counters)], self.middleware)
+        self.pipeline = build_pipeline(settings, [ProbeHandler(self.counters)], self.middleware)
         self.journal = next(mw for mw in self.middleware if isinstance(mw, JournalMiddleware))
 
     def count(self, name: str = "g") -> int:
@@ -66,94 +71,96 @@ def request(
     issued: float | None = None,
     validity: float = 30,
     msg_id: str | None = None,
-) -> Request:
+) -> Delivery:
     body = body or command()
     msg_id = msg_id or str(uuid.uuid4())
     issued = time.time() if issued is None else issued
     headers = {HEADER_HOST: host, HEADER_ISSUED_AT: issued, HEADER_EXPIRES_AT: issued + validity}
     if signer is not None:
         headers |= signer.sign(body, msg_id, host, REPLY_TO, headers)
-    return Request(body=body, content_type="application/json", headers=headers, message_id=msg_id, reply_to=REPLY_TO)
+    return Delivery(body=body, content_type="application/json", headers=headers, message_id=msg_id, reply_to=REPLY_TO)
+
+
+def published(g: Guarded, delivery: Delivery) -> tuple[Any, CapturingPort]:
+    """The reply, and the port that saw whether (and where) it was published and how the message was settled."""
+    port = CapturingPort()
+    return g.pipeline.handle(delivery, port), port
 
 
 def test_a_signed_command_for_this_host_runs(guarded, signer):
-    assert guarded.dispatcher.handle(request(signer)).code == 0
+    assert guarded.pipeline.handle(request(signer)).code == 0
     assert guarded.count() == 1
 
 
 def test_an_unsigned_command_is_refused_20004_runs_nothing_and_answers_nobody(guarded):
-    req = request(None)
-    reply = guarded.dispatcher.handle(req)
+    reply, port = published(guarded, request(None))
     assert (reply.code, reply.msg) == (20004, "认证失败")
-    assert req.reply_to is None, "the worker must not answer a reply_to no signature covers"
+    assert port.published == [], "the worker must not answer a reply_to no signature covers"
+    assert port.settled == [True]
     assert guarded.count() == 0
 
 
 def test_a_refusal_is_journalled_under_the_messages_own_msg_id(guarded):
     req = request(None)
-    guarded.dispatcher.handle(req)
+    guarded.pipeline.handle(req)
     entry = guarded.journal.store.find(req.message_id)
     assert (entry.state, entry.reply["code"]) == ("refused", 20004)
 
 
 def test_a_command_whose_body_was_changed_after_signing_is_refused_without_a_reply(guarded, signer):
-    req = request(signer)
-    req.body = command("other")
-    reply = guarded.dispatcher.handle(req)
+    reply, port = published(guarded, replace(request(signer), body=command("other")))
     assert reply.code == 20004 and "bad signature" in reply.data["detail"]
-    assert req.reply_to is None
+    assert port.published == []
     assert guarded.count("other") == 0
 
 
 def test_a_redirected_reply_to_is_refused_and_the_new_queue_gets_nothing(guarded, signer):
-    req = request(signer)
-    req.reply_to = "kvmworker.reply.victim"
-    assert guarded.dispatcher.handle(req).code == 20004
-    assert req.reply_to is None
+    reply, port = published(guarded, replace(request(signer), reply_to="kvmworker.reply.victim"))
+    assert reply.code == 20004
+    assert port.published == []
     assert guarded.count() == 0
 
 
 def test_a_command_signed_for_another_host_is_refused_but_its_signed_reply_to_is_answered(guarded, signer):
-    req = request(signer, host="kvt-other-host")
-    reply = guarded.dispatcher.handle(req)
+    reply, port = published(guarded, request(signer, host="kvt-other-host"))
     assert reply.code == 20004 and "kvt-other-host" in reply.data["detail"]
-    assert req.reply_to == REPLY_TO
+    assert [out.routing_key for out in port.published] == [REPLY_TO]
     assert guarded.count() == 0
 
 
 def test_a_signed_command_that_arrives_expired_is_answered_20005_and_never_runs(guarded, signer):
-    reply = guarded.dispatcher.handle(request(signer, issued=time.time() - 120, validity=60))
+    reply = guarded.pipeline.handle(request(signer, issued=time.time() - 120, validity=60))
     assert (reply.code, reply.msg) == (20005, "请求已过期")
     assert reply.data["late_s"] >= 59
     assert guarded.count() == 0
 
 
 def test_a_command_late_by_less_than_the_clock_skew_allowance_still_runs(guarded, signer):
-    assert guarded.dispatcher.handle(request(signer, issued=time.time() - 12, validity=10)).code == 0
+    assert guarded.pipeline.handle(request(signer, issued=time.time() - 12, validity=10)).code == 0
     assert guarded.count() == 1
 
 
 def test_a_command_issued_in_the_future_is_refused(guarded, signer):
-    reply = guarded.dispatcher.handle(request(signer, issued=time.time() + 600))
+    reply = guarded.pipeline.handle(request(signer, issued=time.time() + 600))
     assert reply.code == 20004 and "future" in reply.data["detail"]
     assert guarded.count() == 0
 
 
 def test_a_signature_valid_for_longer_than_a_day_is_refused(guarded, signer):
-    reply = guarded.dispatcher.handle(request(signer, validity=30 * 24 * 3600))
+    reply = guarded.pipeline.handle(request(signer, validity=30 * 24 * 3600))
     assert reply.code == 20004 and "validity" in reply.data["detail"]
 
 
 def test_a_signed_message_without_a_uuid_message_id_is_refused(guarded, signer):
-    reply = guarded.dispatcher.handle(request(signer, msg_id="not-a-uuid"))
+    reply = guarded.pipeline.handle(request(signer, msg_id="not-a-uuid"))
     assert reply.code == 20004 and "message_id" in reply.data["detail"]
     assert guarded.count() == 0
 
 
 def test_the_same_signed_message_delivered_twice_runs_once_and_both_get_its_reply(guarded, signer):
     first = request(signer)
-    again = Request(**{k: getattr(first, k) for k in ("body", "content_type", "headers", "message_id", "reply_to")})
-    replies = [guarded.dispatcher.handle(first), guarded.dispatcher.handle(again)]
+    again = replace(first)  # the same bytes and properties, delivered again
+    replies = [guarded.pipeline.handle(first), guarded.pipeline.handle(again)]
     assert [r.code for r in replies] == [0, 0]
     assert guarded.count() == 1
 
@@ -163,13 +170,17 @@ def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(
 ):
     now = [time.time()]
     keys = load_worker_keys(Settings(host=HOST, keys_file=reply_keys_file, trusted_keys_file=worker_trust))
-    guard = TrustMiddleware(HOST, keys, clock=lambda: now[0])
+
+    class SitsBehindALongCommand(Middleware[None]):
+        """Between admission and the run, a minute passes: the command on the same resource ahead of it."""
+
+        def before_execute(self, msg: InFlight) -> None:
+            now[0] += 60
+
     g = Guarded(tmp_path, None)
-    g.dispatcher.middleware.middleware.insert(1, guard)
-    admitted = g.dispatcher.admit(request(signer, issued=now[0], validity=2))
-    assert isinstance(admitted, Admitted)
-    now[0] += 60  # it sat behind a long command on the same resource
-    reply = g.dispatcher.execute(admitted)
+    guard = TrustMiddleware(HOST, keys, clock=lambda: now[0])
+    pipeline = Pipeline(g.pipeline.registry, [SitsBehindALongCommand(), guard, g.journal])
+    reply = pipeline.handle(request(signer, issued=now[0], validity=2))
     assert reply.code == 20005
     assert g.count() == 0
     g.journal.store.close()
@@ -177,27 +188,27 @@ def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(
 
 def test_a_worker_without_keys_runs_unsigned_commands_and_says_loudly_that_it_is_open(open_worker, caplog):
     with caplog.at_level(logging.WARNING, logger="kvmworker.trust"):
-        assert open_worker.dispatcher.handle(request(None)).code == 0
-        assert open_worker.dispatcher.handle(request(None)).code == 0
+        assert open_worker.pipeline.handle(request(None)).code == 0
+        assert open_worker.pipeline.handle(request(None)).code == 0
     warnings = [r for r in caplog.records if "RUNNING OPEN" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert open_worker.count() == 2
 
 
 def test_a_worker_without_keys_still_refuses_an_expired_command(open_worker):
-    assert open_worker.dispatcher.handle(request(None, issued=time.time() - 3600, validity=60)).code == 20005
+    assert open_worker.pipeline.handle(request(None, issued=time.time() - 3600, validity=60)).code == 20005
     assert open_worker.count() == 0
 
 
 def test_a_legacy_message_without_any_headers_runs_on_an_open_worker(open_worker):
-    req = Request(body=command(), content_type="application/json")
-    assert open_worker.dispatcher.handle(req).code == 0
+    req = Delivery(body=command(), content_type="application/json")
+    assert open_worker.pipeline.handle(req).code == 0
 
 
 def test_an_unreadable_expiry_header_is_a_malformed_request(open_worker):
     req = request(None)
-    req.headers[HEADER_EXPIRES_AT] = "tomorrow"
-    assert open_worker.dispatcher.handle(req).code == 20001
+    req = replace(req, headers={**req.headers, HEADER_EXPIRES_AT: "tomorrow"})
+    assert open_worker.pipeline.handle(req).code == 20001
     assert open_worker.count() == 0
 
 
@@ -233,19 +244,19 @@ def test_a_key_removed_from_the_trusted_file_stops_verifying_at_the_next_message
     guarded, signer, worker_trust, key_o1, key_o2
 ):
     write_trusted(worker_trust, orchestrator={"o1": key_o1, "o2": key_o2})
-    assert guarded.dispatcher.handle(request(signer)).code == 0
+    assert guarded.pipeline.handle(request(signer)).code == 0
     write_trusted(worker_trust, orchestrator={"o2": key_o2})
-    reply = guarded.dispatcher.handle(request(signer))
+    reply = guarded.pipeline.handle(request(signer))
     assert reply.code == 20004 and "unknown signing key id 'o1'" in reply.data["detail"]
     assert guarded.count() == 1
 
 
 def test_a_trusted_file_broken_while_running_refuses_everything_until_fixed(guarded, signer, worker_trust, key_o1):
     worker_trust.write_text('{"orchestrator": ')
-    reply = guarded.dispatcher.handle(request(signer))
+    reply = guarded.pipeline.handle(request(signer))
     assert reply.code == 20004 and "nothing verifies" in reply.data["detail"]
     write_trusted(worker_trust, orchestrator={"o1": key_o1})
-    assert guarded.dispatcher.handle(request(signer)).code == 0
+    assert guarded.pipeline.handle(request(signer)).code == 0
     assert guarded.count() == 1
 
 
