@@ -84,10 +84,6 @@ class SystemHandler:
             return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)
         return self._results(msg_id)
 
-    def feature_probe(self, name: str) -> FeatureProbe | None:
-        """A registered feature probe (the metrics ask ``libvirt`` at each scrape)."""
-        return self._features.get(name)
-
 
 def journal_summary(store: Any, last: int = LAST_ERRORS) -> dict[str, Any]:
     """Commands running now and the newest answers with a code other than 0, from a JournalStore."""
