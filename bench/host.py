@@ -5,7 +5,7 @@
 ``--links N`` also times ``network`` and ``summary``'s network headline in a namespace of the bench's own holding N
 bridges, beside ``ip -n NS -j addr``.
 
-Each command goes through the real dispatcher (validation, reply building), as the worker runs it. Target:
+Each command goes through the real pipeline (validation, reply building), as the worker runs it. Target:
 ``summary`` p50 ≤ 30 ms.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.inventory.network import NetworkInventory
 from kvmworker.settings import Settings
@@ -53,11 +53,11 @@ def timings(fn: Callable[[], object], runs: int) -> list[float]:
     return samples
 
 
-def command_runner(dispatcher: Dispatcher, command: str) -> Callable[[], object]:
+def command_runner(pipeline: Pipeline, command: str) -> Callable[[], object]:
     body = json.dumps({"command": command, "handler": "HostHandler", "data": {}}).encode()
 
     def run() -> object:
-        reply = dispatcher.handle(Request(body=body, content_type="application/json"))
+        reply = pipeline.handle(Delivery(body=body, content_type="application/json"))
         if reply.code != 0:
             raise SystemExit(f"{command} failed: {reply.code} {reply.data}")
         return reply
@@ -107,10 +107,10 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=0, help="also time a namespace holding this many bridges")
     args = parser.parse_args()
     settings = Settings(state_dir=Path("/tmp/kvmworker-bench"))
-    dispatcher = Dispatcher(HandlerRegistry([create_host_handler(settings)]))
+    pipeline = Pipeline(HandlerRegistry([create_host_handler(settings)]))
     print(f"{'command':<10} {'p50 ms':>8} {'p95 ms':>8}   {'tool':<32} {'p50 ms':>8}  {'tool/ours':>9}  note")
     for command, tool in PAIRS:
-        ours = timings(command_runner(dispatcher, command), args.runs)
+        ours = timings(command_runner(pipeline, command), args.runs)
         note = tool_note(tool)
         line = f"{command:<10} {statistics.median(ours):8.2f} {p(ours, 95):8.2f}   "
         if tool is None or note == "not installed":
@@ -119,7 +119,7 @@ def main() -> None:
         theirs = timings(tool_runner(tool), args.runs)
         ratio = statistics.median(theirs) / statistics.median(ours)
         print(line + f"{' '.join(tool):<32} {statistics.median(theirs):8.2f}  {ratio:8.1f}x  {note}")
-    summary = statistics.median(timings(command_runner(dispatcher, "summary"), args.runs))
+    summary = statistics.median(timings(command_runner(pipeline, "summary"), args.runs))
     verdict = "meets" if summary <= SUMMARY_TARGET_MS else "MISSES"
     print(f"\nsummary p50 {summary:.2f} ms {verdict} the {SUMMARY_TARGET_MS:.0f} ms target")
     if args.links:

@@ -4,7 +4,7 @@
 
 In a namespace of its own (veth ends play the NICs; their peers wait in a second namespace):
 
-1. flat network create and delete latency, through ``Dispatcher.handle`` with raw JSON, beside the
+1. flat network create and delete latency, through ``Pipeline.handle`` with raw JSON, beside the
    ``ip`` sequence a script would run (add the bridge; tag it and bring it up; enslave the NIC);
 2. ``--creates`` networks one after another, beside as many ``ip`` sequences;
 3. ``list`` with ``--networks`` networks present, beside ``ip -j -d link show`` parsed, and beside
@@ -32,8 +32,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.network import NetworkHandler
 from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.ownership import PhysicalInterfaces
@@ -61,7 +61,7 @@ class Bench:
             NetworkStore(Path(tempfile.mkdtemp(prefix="kvt-bench-")) / FILENAME),
             PhysicalInterfaces(self.nics),
         )
-        self.dispatcher = Dispatcher(HandlerRegistry([NetworkHandler(self.plane)]))
+        self.pipeline = Pipeline(HandlerRegistry([NetworkHandler(self.plane)]))
         self.call("list")  # opens the namespace's sockets and the store, as a running worker has them
 
     def _nics(self, ipr: IPRoute, count: int, peer_prefix: str) -> list[str]:
@@ -73,7 +73,7 @@ class Bench:
 
     def call(self, command: str, **data: object) -> dict:
         body = json.dumps({"handler": "NetworkHandler", "command": command, "data": data}).encode()
-        reply = self.dispatcher.handle(Request(body=body, content_type="application/json"))
+        reply = self.pipeline.handle(Delivery(body=body, content_type="application/json"))
         assert reply.code == 0, reply
         return reply.data
 

@@ -19,20 +19,20 @@ from collections.abc import Callable
 import libvirt
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.vm import VmHandler
 from kvmworker.virt.connection import LibvirtConnection, ensure_event_loop
 from kvmworker.virt.storage import StorageRules
 
 
-def dispatcher_for(connection: LibvirtConnection) -> Dispatcher:
-    return Dispatcher(HandlerRegistry([VmHandler(connection, StorageRules(["/var/lib/libvirt/images"], "default"))]))
+def pipeline_for(connection: LibvirtConnection) -> Pipeline:
+    return Pipeline(HandlerRegistry([VmHandler(connection, StorageRules(["/var/lib/libvirt/images"], "default"))]))
 
 
-def request(command: str, **data: object) -> Request:
+def request(command: str, **data: object) -> Delivery:
     body = {"handler": "VmHandler", "command": command, "data": data}
-    return Request(body=json.dumps(body).encode(), content_type="application/json")
+    return Delivery(body=json.dumps(body).encode(), content_type="application/json")
 
 
 def timed(fn: Callable[[], object], rounds: int) -> list[float]:
@@ -45,10 +45,10 @@ def timed(fn: Callable[[], object], rounds: int) -> list[float]:
 
 
 def long_lived(uri: str, command: str, **data: object) -> Callable[[], object]:
-    dispatcher = dispatcher_for(LibvirtConnection(uri))
+    pipeline = pipeline_for(LibvirtConnection(uri))
 
     def run() -> None:
-        reply = dispatcher.handle(request(command, **data))
+        reply = pipeline.handle(request(command, **data))
         assert reply.code == 0, reply
 
     return run
@@ -59,7 +59,7 @@ def fresh_per_call(uri: str, command: str, **data: object) -> Callable[[], objec
 
     def run() -> None:
         connection = LibvirtConnection(uri)
-        reply = dispatcher_for(connection).handle(request(command, **data))
+        reply = pipeline_for(connection).handle(request(command, **data))
         connection.close()
         assert reply.code == 0, reply
 

@@ -28,7 +28,7 @@ from kvmworker.protocol.types import (
 )
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 DEVICE_TYPES = ("veth", "tap", "bridge", "vlan", "vxlan")
 DeviceType = Literal["veth", "tap", "bridge", "vlan", "vxlan"]

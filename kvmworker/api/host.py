@@ -15,7 +15,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import matching, string_schema
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 # systemd's unit name characters; the leading character may not be '-' (it would read as an option elsewhere)
 _UNIT_BODY = r"[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*"

@@ -12,7 +12,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import NamespaceName
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 
 class NamespaceRef(BaseModel):

@@ -25,7 +25,7 @@ from kvmworker.protocol.patterns import case_insensitive, fullmatch, schema_patt
 from kvmworker.protocol.types import UUID_SCHEMA, IfName, Mtu, VlanId, coded, one_of_words, schema_rules
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 FLAT, VLAN = "flat", "vlan"
 

@@ -11,7 +11,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import Uuid
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
     from kvmworker.protocol.envelope import Reply
 
 

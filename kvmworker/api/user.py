@@ -11,7 +11,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import string_schema
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 
 def _text_or_number(min_length: int, max_length: int) -> dict:

@@ -19,7 +19,7 @@ from kvmworker.protocol.errors import InvalidParameter
 from kvmworker.protocol.types import Flag, MacAddress, Uuid, coded, given, number, schema_rules, string_schema
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 MAX_XML = 256 * 1024
 _LOOKUP_NAME = re.compile(r"[^\x00-\x1f/]{1,255}")

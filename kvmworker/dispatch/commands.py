@@ -41,7 +41,7 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import UnknownCommand, UnknownHandler
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 _MARK = "__kvm_command__"
 PLAN_PREFIX = "plan_"

@@ -1,59 +1,62 @@
-"""Hooks around every message (journal, signatures, metrics) that can never fail the message.
+"""Hooks around every message (metrics, signatures, command logs, the journal). The pipeline calls them.
 
-A hook may answer instead of the command (a stored reply for a duplicate, 20004 for a bad
-signature) by returning a Reply. A hook that raises is logged loudly and skipped, except in
-``before_execute`` of a middleware marked ``guard = True``: a guard that cannot decide refuses.
+A hook decides by returning: ``on_receive`` a ``Refusal`` (answer instead of the command) or ``Vouched``
+(the signature holds until then); ``before_execute`` a Reply (answer instead of the command, e.g. the stored
+reply of a duplicate). A hook that raises is logged loudly and skipped, except in a middleware marked
+``guard = True``: a guard that cannot decide refuses (the exception becomes the reply).
+
+What a middleware keeps about one message between its hooks lives in that message's slot: override
+``new_state`` and read it back with ``msg.state_of(self)``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.inflight import InFlight
 from kvmworker.protocol.envelope import Reply
 
-log = logging.getLogger("kvmworker.middleware")
+S = TypeVar("S")
 
 
-class Middleware:
-    guard = False
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Answer ``reply`` instead of running the command.
 
-    def on_receive(self, request: Request) -> Reply | None:
-        """Before the body is decoded; the message's bytes and headers only."""
+    ``answer_sender=False``: nothing vouches for the message's reply_to, so the reply goes to nobody (the
+    message is still logged, journalled and acked).
+    """
+
+    reply: Reply
+    answer_sender: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Vouched:
+    """The message's signature verified; it holds until ``until`` (seconds since the epoch)."""
+
+    until: float
+
+
+class Middleware(Generic[S]):
+    guard: ClassVar[bool] = False
+
+    def new_state(self) -> S:
+        """This middleware's slot on a new message (a middleware that keeps nothing per message returns None)."""
+        return None  # type: ignore[return-value]
+
+    def on_receive(self, msg: InFlight) -> Refusal | Vouched | None:
+        """Before the body is decoded; the delivery's bytes and headers only."""
         return None
 
-    def before_execute(self, request: Request) -> Reply | None:
-        """After the envelope is valid, on the pool thread, before the handler runs."""
+    def before_execute(self, msg: InFlight) -> Reply | None:
+        """Routed and its data valid, on the thread that runs the command, just before it runs."""
         return None
 
-    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
-        """Once the reply is final, before it is published."""
-
-    def after_publish(self, request: Request, reply: Reply) -> None:
-        """Once the reply is out (or there was nobody to send it to)."""
+    def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        """Once the reply is final (it serialises), before it is published."""
 
 
-class MiddlewareChain:
-    def __init__(self, middleware: Iterable[Middleware] = ()):
-        self.middleware = list(middleware)
-
-    def first_answer(self, hook: str, request: Request) -> Reply | None:
-        for mw in self.middleware:
-            try:
-                reply = getattr(mw, hook)(request)
-            except Exception:
-                log.exception("middleware %s.%s failed", type(mw).__name__, hook)
-                if mw.guard:
-                    raise
-                continue
-            if reply is not None:
-                return reply
-        return None
-
-    def notify(self, hook: str, *args: object) -> None:
-        for mw in self.middleware:
-            try:
-                getattr(mw, hook)(*args)
-            except Exception:
-                log.exception("middleware %s.%s failed", type(mw).__name__, hook)
+def keeps_state(mw: Middleware[Any]) -> bool:
+    return type(mw).new_state is not Middleware.new_state

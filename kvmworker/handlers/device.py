@@ -10,7 +10,7 @@ from typing import Any
 
 from kvmworker.api.device import AddressChange, DeviceApi, DeviceCreate, DeviceList, DeviceRef, DeviceSet
 from kvmworker.dispatch.commands import Plan
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import devices
 from kvmworker.netplane.netlink import namespace_exists
 from kvmworker.netplane.ownership import device_tag
@@ -69,9 +69,6 @@ class DeviceHandler(DeviceApi):
 
     def show(self, data: DeviceRef, ctx: Context) -> dict[str, Any]:
         return self._show(data.name, data.namespace)
-
-    def close(self) -> None:
-        self._plane.close()
 
     def _creation(self, data: DeviceCreate) -> list[Step]:
         nl = self._plane.pool.get(data.namespace)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmworker.api.host import HostApi, ServicesData
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.inventory.hardware import HardwareInventory
 from kvmworker.inventory.identity import HostIdentity
@@ -80,7 +80,6 @@ def _headline(section: Any) -> dict[str, Any]:
 
 def create_host_handler(
     settings: Settings,
-    features: dict[str, Any] | None = None,
     libvirt: LibvirtConnection | None = None,
     netlink: NetlinkPool | None = None,
 ) -> HostHandler:
@@ -89,11 +88,8 @@ def create_host_handler(
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     links = netlink or NetlinkPool(settings.netns)
     owned = (() if libvirt else (connection,)) + (() if netlink else (links,))
-    cpu = CpuInventory()
-    if features is not None:
-        features["kvm"] = cpu.kvm_support
     return HostHandler(
-        cpu=cpu,
+        cpu=CpuInventory(),
         memory=MemoryInventory(),
         storage=StorageInventory(pools=LibvirtPools(connection)),
         network=NetworkInventory(netns=settings.netns, links=links),

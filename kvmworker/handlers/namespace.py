@@ -9,7 +9,7 @@ from typing import Any
 
 from kvmworker.api.namespace import NamespaceApi, NamespaceRef
 from kvmworker.dispatch.commands import Plan
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import devices
 from kvmworker.netplane.namespaces import create_namespace, delete_namespace, list_namespaces
 from kvmworker.netplane.netlink import namespace_exists
@@ -63,9 +63,6 @@ class NamespaceHandler(NamespaceApi):
             "owned": data.name in self._plane.store.namespaces(),
             "devices": [devices.device_data(link, name_of, addresses.get(link.index, [])) for link in links],
         }
-
-    def close(self) -> None:
-        self._plane.close()
 
     def _made_already(self, name: str) -> bool:
         """True when this worker made the namespace before; a namespace of someone else's is refused."""

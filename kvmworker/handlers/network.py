@@ -7,7 +7,7 @@ from typing import Any
 
 from kvmworker.api.network import NetworkApi, NetworkCreate, NetworkRef
 from kvmworker.dispatch.commands import Plan
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.netplane import networks
 from kvmworker.netplane.plan import Step, describe, execute
 from kvmworker.netplane.plane import Netplane
@@ -67,9 +67,6 @@ class NetworkHandler(NetworkApi):
             problems = networks.drift(network, lookup, check_alias=False)
             if problems:
                 self._restore(network, problems)
-
-    def close(self) -> None:
-        self._plane.close()
 
     def _restore(self, network: Network, problems: list[str]) -> None:
         nl = self._plane.pool.get()

@@ -10,7 +10,7 @@ from typing import Any
 
 from kvmworker import __version__
 from kvmworker.api.system import ResultQuery, SystemApi
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.urls import mask_secrets
@@ -68,10 +68,6 @@ class SystemHandler(SystemApi):
         if self._results is None:
             return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)
         return self._results(msg_id)
-
-    def feature_probe(self, name: str) -> FeatureProbe | None:
-        """A registered feature probe (the metrics ask ``libvirt`` at each scrape)."""
-        return self._features.get(name)
 
 
 def journal_summary(store: Any, last: int = LAST_ERRORS) -> dict[str, Any]:

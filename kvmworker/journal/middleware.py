@@ -12,7 +12,7 @@ may publish twice. Before a command runs, its msg_id is claimed here:
 - otherwise → claimed, recorded as ``running``, and run.
 
 The reply is recorded in ``after_reply``, before it is published, so a crash between publishing
-and acking still finds it on redelivery.
+and acking still finds it on redelivery. Which of these cases a message is (``Claim``) is kept in its slot.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
+from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
-from kvmworker.dispatch.request import Request
 from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.redaction import redact, redact_text
 from kvmworker.journal.store import (
@@ -44,7 +46,6 @@ from kvmworker.statefiles import secure_state_dir
 
 log = logging.getLogger("kvmworker.journal")
 
-OWNER, DUPLICATE = "owner", "duplicate"
 MAX_PARSED_BODY = 1024 * 1024  # larger bodies are refused unread, so the journal need not hold them whole
 MAX_RAW_TEXT = 4096  # what is kept of a body that is not JSON: enough to see what it was
 
@@ -63,52 +64,66 @@ def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | Non
     return JournalMiddleware(store, settings.host, on_duplicate=on_duplicate)
 
 
-class JournalMiddleware(Middleware):
+class Role(Enum):
+    OWNER = "owner"
+    """This delivery runs the command and records its reply."""
+    DUPLICATE = "duplicate"
+    """Its msg_id is running or answered already: it gets that reply, and records nothing more."""
+
+
+@dataclass
+class Claim:
+    """The journal's slot on a message: its role, once ``before_execute`` decided it (None: refused before)."""
+
+    role: Role | None = None
+
+
+class JournalMiddleware(Middleware[Claim]):
     def __init__(self, store: JournalStore, host: str, *, on_duplicate: Callable[[str], None] | None = None):
         self.store = store
         self._host = host
         self._on_duplicate = on_duplicate or (lambda how: None)
         self._lock = threading.Lock()
         self._running: dict[str, Future] = {}
-        # id(request) → OWNER | DUPLICATE, between before_execute and after_reply of that request
-        self._roles: dict[int, str] = {}
+
+    def new_state(self) -> Claim:
+        return Claim()
 
     # -- hooks -----------------------------------------------------------------
 
-    def before_execute(self, request: Request) -> Reply | None:
+    def before_execute(self, msg: InFlight) -> Reply | None:
         with self._lock:
-            pending = self._running.get(request.msg_id)
-            entry = None if pending else self.store.find(request.msg_id)
-            rerun = entry is not None and _may_rerun(request, entry)
-            role = DUPLICATE if pending or (entry and entry.state != REFUSED and not rerun) else OWNER
-            self._roles[id(request)] = role
-            if role == OWNER:
-                self._running[request.msg_id] = Future()
+            pending = self._running.get(msg.msg_id)
+            entry = None if pending else self.store.find(msg.msg_id)
+            rerun = entry is not None and _may_rerun(msg, entry)
+            role = Role.DUPLICATE if pending or (entry and entry.state != REFUSED and not rerun) else Role.OWNER
+            msg.state_of(self).role = role
+            if role is Role.OWNER:
+                self._running[msg.msg_id] = Future()
         if pending is not None:
-            return self._wait_for_first(request, pending)
-        if role == DUPLICATE:
-            return self._answer_from_journal(request, entry)
+            return self._wait_for_first(msg, pending)
+        if role is Role.DUPLICATE:
+            return self._answer_from_journal(msg, entry)
         if rerun:
             log.warning(
                 "[%s] was cut short by a worker crash (attempt %d of %d); it converges, so it runs again",
-                request.msg_id,
+                msg.msg_id,
                 _attempts(entry) + 1,
                 MAX_ATTEMPTS,
             )
             self._on_duplicate("rerun")
-        if not request.read_only:  # a claim, so that a crash mid-command is known on redelivery
-            self.store.begin(self._received(request, "executed"))
+        if not msg.read_only:  # a claim, so that a crash mid-command is known on redelivery
+            self.store.begin(self._received(msg, "executed"))
         return None
 
-    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
-        with self._lock:
-            role = self._roles.pop(id(request), None)
-        if role == DUPLICATE:
+    def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        role = msg.state_of(self).role
+        if role is Role.DUPLICATE:
             return
-        if role == OWNER:
-            self._finish(request, reply, duration)
+        if role is Role.OWNER:
+            self._finish(msg, reply, duration)
             return
-        self.store.refused(self._received(request, REFUSED, excerpt=True), _stored(reply), duration)
+        self.store.refused(self._received(msg, REFUSED, excerpt=True), _stored(reply), duration)
 
     # -- SystemHandler.result --------------------------------------------------
 
@@ -127,36 +142,36 @@ class JournalMiddleware(Middleware):
 
     # -- the cases -------------------------------------------------------------
 
-    def _wait_for_first(self, request: Request, pending: Future) -> Reply:
-        if request.inline:  # it runs on the consumer thread, which must never wait for another command
-            return _unknown(request.msg_id, RUNNING, "a command with this msg_id is still running; ask again later")
-        log.info("[%s] duplicate while the first delivery runs: waiting for its reply", request.msg_id)
-        self.store.add_delivery(request.msg_id, self._delivery(request, "waited"))
+    def _wait_for_first(self, msg: InFlight, pending: Future) -> Reply:
+        if msg.inline:  # it runs on the consumer thread, which must never wait for another command
+            return _unknown(msg.msg_id, RUNNING, "a command with this msg_id is still running; ask again later")
+        log.info("[%s] duplicate while the first delivery runs: waiting for its reply", msg.msg_id)
+        self.store.add_delivery(msg.msg_id, self._delivery(msg, "waited"))
         self._on_duplicate("waited")
         return pending.result()
 
-    def _answer_from_journal(self, request: Request, entry: Entry) -> Reply:
+    def _answer_from_journal(self, msg: InFlight, entry: Entry) -> Reply:
         state, stored = entry.state, entry.reply
-        if state == RUNNING or (state == INTERRUPTED and request.safe_to_rerun):
+        if state == RUNNING or (state == INTERRUPTED and msg.safe_to_rerun):
             # A previous worker process claimed it and died before recording a reply.
-            poisoned = request.safe_to_rerun  # it would have run again, but every attempt killed the worker
+            poisoned = msg.safe_to_rerun  # it would have run again, but every attempt killed the worker
             detail = _poisoned_detail(_attempts(entry)) if poisoned else _INTERRUPTED_DETAIL
-            log.warning("[%s] was interrupted by a worker crash; not running it again: %s", request.msg_id, detail)
-            reply = _unknown(request.msg_id, INTERRUPTED, detail)
-            self.store.add_delivery(request.msg_id, self._delivery(request, INTERRUPTED))
-            self.store.finish(request.msg_id, INTERRUPTED, _stored(reply), 0.0)
+            log.warning("[%s] was interrupted by a worker crash; not running it again: %s", msg.msg_id, detail)
+            reply = _unknown(msg.msg_id, INTERRUPTED, detail)
+            self.store.add_delivery(msg.msg_id, self._delivery(msg, INTERRUPTED))
+            self.store.finish(msg.msg_id, INTERRUPTED, _stored(reply), 0.0)
             self._on_duplicate(INTERRUPTED)
             return reply
-        log.info("[%s] already answered (%s): sending the recorded reply again", request.msg_id, state)
-        self.store.add_delivery(request.msg_id, self._delivery(request, "journal"))
+        log.info("[%s] already answered (%s): sending the recorded reply again", msg.msg_id, state)
+        self.store.add_delivery(msg.msg_id, self._delivery(msg, "journal"))
         self._on_duplicate(INTERRUPTED if state == INTERRUPTED else "journal")
         return Reply.model_validate(stored)
 
-    def _finish(self, request: Request, reply: Reply, duration: float) -> None:
-        msg_id = request.msg_id
+    def _finish(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        msg_id = msg.msg_id
         try:
-            if request.read_only:
-                self.store.answered(self._received(request, "executed"), _stored(reply), duration)
+            if msg.read_only:
+                self.store.answered(self._received(msg, "executed"), _stored(reply), duration)
             else:
                 self.store.finish(msg_id, ANSWERED, _stored(reply), duration)
         finally:
@@ -168,36 +183,38 @@ class JournalMiddleware(Middleware):
 
     # -- what is recorded ------------------------------------------------------
 
-    def _received(self, request: Request, answered: str, *, excerpt: bool = False) -> Received:
-        """What is recorded of ``request``; of a refused one (``excerpt``) only the start of its body."""
-        envelope = request.envelope
+    def _received(self, msg: InFlight, answered: str, *, excerpt: bool = False) -> Received:
+        """What is recorded of ``msg``; of a refused one (``excerpt``) only the start of its body."""
+        envelope, arrived = msg.envelope, msg.delivery
         return Received(
-            msg_id=request.msg_id,
-            received_at=request.received_at,
+            msg_id=msg.msg_id,
+            received_at=arrived.received_at,
             host=self._host,
             handler=envelope.handler if envelope else None,
             command=envelope.command if envelope else None,
             dry_run=bool(envelope and envelope.dry_run),
-            redelivered=request.redelivered,
-            envelope=_excerpt(request.body) if excerpt else _recorded_body(request.body),
+            redelivered=arrived.redelivered,
+            envelope=_excerpt(arrived.body) if excerpt else _recorded_body(arrived.body),
             properties={
-                "content_type": request.content_type,
-                "message_id": request.message_id,
-                "correlation_id": request.correlation_id,
-                "reply_to": request.reply_to,
-                "headers": redact(request.headers),
+                "content_type": arrived.content_type,
+                "message_id": arrived.message_id,
+                "correlation_id": arrived.correlation_id,
+                "reply_to": arrived.reply_to,
+                "headers": redact(dict(arrived.headers)),
             },
-            delivery=self._delivery(request, answered),
-            expires_at=request.verified_until,
+            delivery=self._delivery(msg, answered),
+            expires_at=msg.verified_until,
         )
 
     @staticmethod
-    def _delivery(request: Request, answered: str) -> dict[str, Any]:
+    def _delivery(msg: InFlight, answered: str) -> dict[str, Any]:
+        """This delivery of the message; ``reply_to`` is where its reply went (None: nowhere)."""
+        arrived = msg.delivery
         return {
-            "received_at": request.received_at,
-            "redelivered": request.redelivered,
-            "correlation_id": request.correlation_id,
-            "reply_to": request.reply_to,
+            "received_at": arrived.received_at,
+            "redelivered": arrived.redelivered,
+            "correlation_id": arrived.correlation_id,
+            "reply_to": msg.reply_to,
             "answered": answered,
         }
 
@@ -210,9 +227,9 @@ def _attempts(entry: Entry) -> int:
     return sum(1 for delivery in entry.deliveries if delivery.get("answered") == "executed")
 
 
-def _may_rerun(request: Request, entry: Entry) -> bool:
+def _may_rerun(msg: InFlight, entry: Entry) -> bool:
     """Cut short by a crash (still ``running``, or closed as ``interrupted`` at start), converges, attempts left."""
-    return request.safe_to_rerun and entry.state in (RUNNING, INTERRUPTED) and _attempts(entry) < MAX_ATTEMPTS
+    return msg.safe_to_rerun and entry.state in (RUNNING, INTERRUPTED) and _attempts(entry) < MAX_ATTEMPTS
 
 
 def _poisoned_detail(attempts: int) -> str:

@@ -11,8 +11,8 @@ import logging
 import threading
 from typing import Any
 
+from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
-from kvmworker.dispatch.request import Request
 from kvmworker.protocol.envelope import Reply
 
 log = logging.getLogger("kvmworker.commands")
@@ -22,25 +22,25 @@ log = logging.getLogger("kvmworker.commands")
 _current = threading.local()
 
 
-def command_fields(request: Request) -> dict[str, Any]:
-    envelope = request.envelope
+def command_fields(msg: InFlight) -> dict[str, Any]:
+    envelope = msg.envelope
     return {
-        "msg_id": request.msg_id,
-        "correlation_id": request.correlation_id,
+        "msg_id": msg.msg_id,
+        "correlation_id": msg.delivery.correlation_id,
         "handler": envelope.handler if envelope else None,
         "command": envelope.command if envelope else None,
         "principal": envelope.principal if envelope else None,
     }
 
 
-class CommandLogMiddleware(Middleware):
-    def before_execute(self, request: Request) -> Reply | None:
-        _current.fields = command_fields(request)
+class CommandLogMiddleware(Middleware[None]):
+    def before_execute(self, msg: InFlight) -> Reply | None:
+        _current.fields = command_fields(msg)
         return None
 
-    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+    def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
         _current.fields = None
-        fields = command_fields(request) | {"code": reply.code, "duration_ms": round(duration * 1000, 3)}
+        fields = command_fields(msg) | {"code": reply.code, "duration_ms": round(duration * 1000, 3)}
         name = f"{fields['handler']}.{fields['command']}" if fields["handler"] else "(undecodable message)"
         detail = _detail(reply)
         if detail is not None:
@@ -48,12 +48,12 @@ class CommandLogMiddleware(Middleware):
         log.log(
             logging.INFO if reply.code == 0 else logging.WARNING,
             "[%s] %s%s → %d in %.1f ms%s%s",
-            request.msg_id,
+            msg.msg_id,
             name,
             f" by {fields['principal']}" if fields["principal"] else "",
             reply.code,
             fields["duration_ms"],
-            " (redelivered)" if request.redelivered else "",
+            " (redelivered)" if msg.delivery.redelivered else "",
             f": {detail}" if detail is not None else "",
             extra=fields,
         )

@@ -10,8 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
-from kvmworker.dispatch.request import Request
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 
@@ -82,27 +82,27 @@ class BoundedProbe:
         pending.set_result(self._probe())
 
 
-class MetricsMiddleware(Middleware):
+class MetricsMiddleware(Middleware[None]):
     """First in the chain, so every received message is counted in and out exactly once."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
 
-    def on_receive(self, request: Request) -> Reply | None:
+    def on_receive(self, msg: InFlight) -> None:
         self.metrics.in_flight.inc()
-        if request.redelivered:
+        if msg.delivery.redelivered:
             self.metrics.redelivered.inc()
         return None
 
-    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
+    def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
         self.metrics.in_flight.dec()
-        handler, command = command_labels(request, reply)
+        handler, command = command_labels(msg, reply)
         self.metrics.commands.labels(handler, command, str(reply.code)).inc()
         self.metrics.duration.labels(handler, command).observe(duration)
 
 
-def command_labels(request: Request, reply: Reply) -> tuple[str, str]:
-    envelope = request.envelope
+def command_labels(msg: InFlight, reply: Reply) -> tuple[str, str]:
+    envelope = msg.envelope
     if envelope is None or reply.code in UNROUTABLE:
         return "unknown", "unknown"
     return envelope.handler, envelope.command

@@ -40,23 +40,6 @@ class Envelope(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"data": self.data}
 
 
-def parse_envelope(payload: object) -> Envelope:
-    """The envelope of a decoded body; anything else is 20001 naming the first wrong field."""
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
-    try:
-        return Envelope.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
-
-
-class ErrorData(BaseModel):
-    detail: str
-    field: str | None = None
-
-
 class Reply(BaseModel):
     """What every caller gets back: ``msg`` is always exactly the table text of ``code``."""
 
@@ -84,3 +67,15 @@ class Reply(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.code == Code.OK
+
+
+def parse_envelope(payload: object) -> Envelope:
+    """A decoded body as an Envelope; anything else is ``InvalidRequest`` naming the first bad field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return Envelope.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None

@@ -1,7 +1,7 @@
 """Constrained value types shared by the command models, each with the JSON Schema that says exactly what it accepts.
 
 A validator that must answer with a specific code (30005 for a long name, 30001 for a network type)
-raises ``coded(code, detail)``; the dispatcher reads the code back from the pydantic error type.
+raises ``coded(code, detail)``; the pipeline reads the code back from the pydantic error type.
 Everything else that fails validation is answered with the command's default invalid-data code.
 
 Every type here carries its own JSON Schema (``WithJsonSchema``), written from the same regular

@@ -1,8 +1,9 @@
-"""The per-host consumer: one path for a message — consume → admit → pool → reply → ack.
+"""The per-host consumer: kombu messages in, each handed to the pipeline as a Delivery with its port.
 
 kombu connections are not thread-safe, so the consumer thread alone touches the consuming channel:
-commands run on the pool and publish their reply over the publisher's own connection, then hand
-the message back to the consumer thread to be settled (acked only after the reply is published).
+a message's port publishes its reply over the publisher's own connection (from whichever thread
+answers), and settles it by handing it back to the consumer thread (the pipeline settles only once
+the reply is published). What happens in between is the pipeline's (``dispatch/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ from typing import Any
 
 from kombu import Connection, Consumer, Message
 
-from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
-from kvmworker.dispatch.executor import KeyedExecutor
-from kvmworker.dispatch.replies import reply_for_exception
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.observability.sdnotify import Notifier
-from kvmworker.protocol.codec import encode_reply
-from kvmworker.protocol.envelope import Reply
-from kvmworker.protocol.wire import HEADER_MSG_ID
 from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss
 from kvmworker.transport.names import host_queue
 from kvmworker.transport.publisher import Publisher
@@ -34,7 +31,6 @@ log = logging.getLogger("kvmworker.worker")
 # a finished command's ack (and with it RabbitMQ's confirm to the publisher) is not held back.
 IDLE_DRAIN_S = 0.05
 BUSY_DRAIN_S = 0.001
-ACK, REQUEUE = "ack", "requeue"
 
 
 class Worker:
@@ -42,22 +38,19 @@ class Worker:
         self,
         connection: Connection,
         publisher: Publisher,
-        dispatcher: Dispatcher,
+        pipeline: Pipeline,
         host: str,
         *,
         prefetch: int = 32,
-        workers: int = 16,
         on_connected: Callable[[bool], None] | None = None,
-        signer: Any = None,
         notifier: Notifier | None = None,
     ):
         self._connection = connection
         self._publisher = publisher
-        self._dispatcher = dispatcher
+        self._pipeline = pipeline
         self._queue = host_queue(host)
         self._prefetch = prefetch
-        self._executor = KeyedExecutor(workers)
-        self._settle_queue: SimpleQueue[tuple[Message, str]] = SimpleQueue()
+        self._settle_queue: SimpleQueue[tuple[Message, bool]] = SimpleQueue()
         self._in_flight = 0
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -71,7 +64,6 @@ class Worker:
         self.last_drain = 0.0
         self._had_consumed = False  # in the current attempt: then the next failure starts its backoff afresh
         self._on_connected = on_connected or (lambda up: None)
-        self._signer = signer  # kvmworker.trust.signing.Signer: signs every reply when keys are configured
         # systemd (Type=notify): READY once consuming, WATCHDOG while this thread goes round, STOPPING at stop()
         self._notifier = notifier or Notifier.from_environment()
 
@@ -92,7 +84,7 @@ class Worker:
                 self._connection.maybe_switch_next()  # several URLs: start again at the next node, not the lost one
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-        self._executor.shutdown(wait=True)
+        self._pipeline.shutdown()
         # Said before the waiters are released: once wait_stopped() returns, the process may close its
         # log handlers and exit, and a line logged after that is a "--- Logging error ---".
         log.info("worker stopped")
@@ -101,6 +93,7 @@ class Worker:
     def stop(self) -> None:
         """Finish what is running; give back what has not started (SIGTERM)."""
         self._stopping.set()
+        self._pipeline.stop()
         self._notifier.stopping()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
@@ -148,55 +141,7 @@ class Worker:
 
     def _on_message(self, message: Message) -> None:
         self._in_flight += 1
-        if self._stopping.is_set():
-            self._settle_queue.put((message, REQUEUE))
-            return
-        request = request_from_message(message)
-        started = time.perf_counter()
-        outcome = self._dispatcher.admit(request)
-        if isinstance(outcome, Admitted) and outcome.command.spec.inline:
-            self._execute(message, outcome, started)
-        elif isinstance(outcome, Admitted):
-            self._executor.submit(outcome.resource, lambda: self._execute(message, outcome, started))
-        else:
-            self._answer(message, request, outcome, started)
-
-    def _execute(self, message: Message, admitted: Admitted, started: float) -> None:
-        if self._stopping.is_set():
-            self._settle_queue.put((message, REQUEUE))
-            return
-        reply = self._dispatcher.execute(admitted)
-        self._answer(message, admitted.request, reply, started)
-
-    def _answer(self, message: Message, request: Request, reply: Reply, started: float) -> None:
-        """Record, publish, then settle: a reply that cannot be published sends the message back."""
-        reply, body = serialisable(reply, request)
-        self._dispatcher.middleware.notify("after_reply", request, reply, time.perf_counter() - started)
-        try:
-            self.publish_reply(request, reply, body)
-        except Exception:
-            log.exception("[%s] reply could not be published; message goes back to the queue", request.msg_id)
-            self._settle_queue.put((message, REQUEUE))
-            return
-        self._dispatcher.middleware.notify("after_publish", request, reply)
-        self._settle_queue.put((message, ACK))
-
-    def publish_reply(self, request: Request, reply: Reply, body: bytes) -> None:
-        if not request.reply_to:
-            # INFO: the command's own line already says how it ended; the reply is in the journal
-            log.info("[%s] no reply_to: reply %d not sent", request.msg_id, reply.code)
-            return
-        correlation_id = request.correlation_id or request.msg_id
-        headers = {HEADER_MSG_ID: request.msg_id}
-        if self._signer is not None:
-            headers.update(self._signer.sign_reply(body, correlation_id, request.msg_id))
-        self._publisher.publish(
-            body,
-            routing_key=request.reply_to,
-            correlation_id=correlation_id,
-            message_id=request.msg_id,
-            headers=headers,
-        )
+        self._pipeline.receive(delivery_of(message), ReplyPort(message, self._publisher, self._settle_queue))
 
     def _settle(self) -> None:
         """Ack or requeue finished messages on the consuming channel; a failure there is a lost connection
@@ -204,36 +149,56 @@ class Worker:
         the broker took it back when that channel died and delivers it again (the journal answers it)."""
         while True:
             try:
-                message, action = self._settle_queue.get_nowait()
+                message, ack = self._settle_queue.get_nowait()
             except Empty:
                 return
             self._in_flight -= 1
             if message.channel is not self._channel:
                 log.info(
-                    "[%s] not %sed: its channel is gone, the broker delivers it again",
+                    "[%s] not %s: its channel is gone, the broker delivers it again",
                     message.properties.get("message_id"),
-                    action,
+                    "acked" if ack else "requeued",
                 )
                 continue
-            message.ack() if action == ACK else message.requeue()
+            message.ack() if ack else message.requeue()
 
 
-def serialisable(reply: Reply, request: Request) -> tuple[Reply, bytes]:
-    """Check that the reply serialises before anything is recorded or sent (a handler bug becomes 99999)."""
-    try:
-        return reply, encode_reply(reply)
-    except Exception as exc:
-        error = reply_for_exception(exc, context=f"[{request.msg_id}] reply not serialisable: ")
-        return error, encode_reply(error)
+class ReplyPort:
+    """One message's way back: its reply over the publisher, its settling through the consumer thread."""
+
+    __slots__ = ("_message", "_publisher", "_settle_queue")
+
+    def __init__(self, message: Message, publisher: Publisher, settle_queue: SimpleQueue[tuple[Message, bool]]):
+        self._message = message
+        self._publisher = publisher
+        self._settle_queue = settle_queue
+
+    def publish(self, outgoing: Outgoing, done: Done) -> None:
+        """Synchronous: returns once the broker has the reply (confirmed, when confirms are on)."""
+        try:
+            self._publisher.publish(
+                outgoing.body,
+                routing_key=outgoing.routing_key,
+                correlation_id=outgoing.correlation_id,
+                message_id=outgoing.message_id,
+                headers=dict(outgoing.headers),
+            )
+        except Exception as exc:
+            done(exc)
+            return
+        done(None)
+
+    def settle(self, ack: bool) -> None:
+        self._settle_queue.put((self._message, ack))
 
 
-def request_from_message(message: Message) -> Request:
+def delivery_of(message: Message) -> Delivery:
     props: dict[str, Any] = message.properties
     body = message.body
-    return Request(
+    return Delivery(
         body=body if isinstance(body, bytes) else str(body).encode(),
         content_type=message.content_type,
-        headers=dict(message.headers or {}),
+        headers=message.headers or {},
         message_id=props.get("message_id"),
         correlation_id=props.get("correlation_id"),
         reply_to=props.get("reply_to"),

@@ -15,8 +15,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.inflight import InFlight
+from kvmworker.dispatch.middleware import Middleware, Refusal, Vouched
+from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.protocol.envelope import MAX_TIMEOUT_S, Reply
 from kvmworker.protocol.errors import Expired, InvalidRequest, KvmError, Unauthenticated
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
@@ -44,7 +46,7 @@ def warn_open(host: str) -> None:
     )
 
 
-class TrustMiddleware(Middleware):
+class TrustMiddleware(Middleware[None]):
     guard = True
 
     def __init__(
@@ -61,28 +63,35 @@ class TrustMiddleware(Middleware):
         self._clock = clock
         self._next_open_warning = -math.inf
 
-    def on_receive(self, request: Request) -> Reply | None:
+    def on_receive(self, msg: InFlight) -> Refusal | Vouched | None:
         self.warn_if_open()
+        arrived = msg.delivery
+        if self.signer is not None:
+            try:
+                self._verify_signature(arrived)
+            except Exception as exc:
+                # Nothing of this message is vouched for, its reply_to least of all: answer nobody (even when
+                # verifying itself failed unexpectedly: the guard refuses what it cannot decide).
+                return self._refuse(msg, exc, answer_sender=False)
         try:
-            if self.signer is not None:
-                self._authenticate(request)
-            self._check_deadline(request)
+            vouched = self._check_signed_for_us(arrived) if self.signer is not None else None
+            self._check_deadline(arrived)
         except KvmError as exc:
-            return self._refuse(request, exc)
-        return None
+            return self._refuse(msg, exc)
+        return vouched
 
-    def before_execute(self, request: Request) -> Reply | None:
+    def before_execute(self, msg: InFlight) -> Reply | None:
         """Again just before the handler: a message may expire while it waits behind its resource."""
         try:
-            self._check_deadline(request)
+            self._check_deadline(msg.delivery)
         except Expired as exc:
-            return self._refuse(request, exc)
+            return self._refuse(msg, exc).reply
         return None
 
     def warn_if_open(self) -> None:
-        # Said at the serving worker's start (announce_open) or with the first message, then hourly; not at
+        # Said at the serving worker's start (runtime.build_worker) or with the first message, then hourly; not at
         # construction, so that it lands in the serving worker's log and not in every CLI run that builds
-        # a dispatcher. Once per hour whoever says it first.
+        # a pipeline. Once per hour whoever says it first.
         now = self._clock()
         if self.signer is None and now >= self._next_open_warning:
             self._next_open_warning = now + OPEN_WARNING_EVERY_S
@@ -90,42 +99,32 @@ class TrustMiddleware(Middleware):
 
     # -- the checks ------------------------------------------------------------
 
-    def _authenticate(self, request: Request) -> None:
-        try:
-            self._verify_signature(request)
-        except Exception:
-            # Nothing of this message is vouched for, its reply_to least of all: answer nobody (even when
-            # verifying itself failed unexpectedly and the guard turns that into a refusal).
-            request.reply_to = None
-            raise
-        target = request.headers.get(HEADER_HOST)
-        if target != self.host:
-            raise Unauthenticated(f"signed for host {str(target)[:64]!r}, not for this host")
-        request.verified_until = self._check_issued(request)
-
-    def _verify_signature(self, request: Request) -> None:
-        if not _is_uuid(request.message_id):
+    def _verify_signature(self, arrived: Delivery) -> None:
+        if not _is_uuid(arrived.message_id):
             raise Unauthenticated("a signed message must carry its msg_id (a UUID) as message_id")
         self.signer.verify(
-            request.body,
-            request.message_id,
-            str(request.headers.get(HEADER_HOST, "")),
-            request.reply_to,
-            request.headers,
+            arrived.body,
+            arrived.message_id,
+            str(arrived.headers.get(HEADER_HOST, "")),
+            arrived.reply_to,
+            arrived.headers,
         )
 
-    def _check_issued(self, request: Request) -> float:
-        """The signed validity is sane; returns its end (the signature verifies until then, plus the skew)."""
-        issued = _seconds(request.headers.get(HEADER_ISSUED_AT))
-        expires = _seconds(request.headers.get(HEADER_EXPIRES_AT))
+    def _check_signed_for_us(self, arrived: Delivery) -> Vouched:
+        """Signed for this host, with a sane validity: the signature holds until its end, plus the skew."""
+        target = arrived.headers.get(HEADER_HOST)
+        if target != self.host:
+            raise Unauthenticated(f"signed for host {str(target)[:64]!r}, not for this host")
+        issued = _seconds(arrived.headers.get(HEADER_ISSUED_AT))
+        expires = _seconds(arrived.headers.get(HEADER_EXPIRES_AT))
         if issued > self._clock() + self._skew:
             raise Unauthenticated("issued in the future: check the clocks of the caller and of this host")
         if not 0 < expires - issued <= MAX_VALIDITY_S:
             raise Unauthenticated(f"the validity must be between 0 and {MAX_VALIDITY_S} s after issue")
-        return expires + self._skew
+        return Vouched(expires + self._skew)
 
-    def _check_deadline(self, request: Request) -> None:
-        value = request.headers.get(HEADER_EXPIRES_AT)
+    def _check_deadline(self, arrived: Delivery) -> None:
+        value = arrived.headers.get(HEADER_EXPIRES_AT)
         if value is None:
             return  # open mode, a legacy caller: no deadline (a signed message always has one)
         expires = _seconds(value)
@@ -135,12 +134,13 @@ class TrustMiddleware(Middleware):
                 f"expired {late:.1f} s before it could run; it was not executed", extra={"late_s": round(late, 3)}
             )
 
-    def _refuse(self, request: Request, exc: KvmError) -> Reply:
-        request.assign_msg_id()  # so that the journal files the refusal under the message's own msg_id
-        to = f"answered to {request.reply_to}" if request.reply_to else "no reply (reply_to absent or not signed)"
+    def _refuse(self, msg: InFlight, exc: Exception, *, answer_sender: bool = True) -> Refusal:
+        reply = Reply.from_error(exc) if isinstance(exc, KvmError) else reply_for_exception(exc)
+        answered = msg.reply_to if answer_sender else None
+        to = f"answered to {answered}" if answered else "no reply (reply_to absent or not signed)"
         # INFO: the command's own line (kvmworker.commands) is the one warning, with the code and the detail
-        log.info("[%s] refused %d: %s; %s", request.msg_id, exc.code, exc.detail, to)
-        return Reply.from_error(exc)
+        log.info("[%s] refused %d: %s; %s", msg.msg_id, reply.code, (reply.data or {}).get("detail"), to)
+        return Refusal(reply, answer_sender=answer_sender)
 
 
 def _seconds(value: object) -> float:
@@ -160,17 +160,3 @@ def _is_uuid(value: object) -> bool:
     except ValueError:
         return False
     return True
-
-
-def announce_open(chain: MiddlewareChain, host: str) -> None:
-    """At the worker's start: RUNNING OPEN now, and from the guard again in an hour (not with the first message)."""
-    guard = next((mw for mw in chain.middleware if isinstance(mw, TrustMiddleware)), None)
-    if guard is None:
-        warn_open(host)
-    else:
-        guard.warn_if_open()
-
-
-def reply_signer(chain: MiddlewareChain) -> WorkerKeys | None:
-    """The worker signs its replies with its own key, held beside the keys its trust middleware verifies with."""
-    return next((mw.signer for mw in chain.middleware if isinstance(mw, TrustMiddleware)), None)

@@ -73,7 +73,7 @@ def bridge_settings(worker_settings: Settings) -> Settings:
 
 @pytest.fixture
 def bridge(bridge_settings: Settings, running_worker) -> Iterator[RunningBridge]:
-    with serving(bridge_settings, registry=running_worker.dispatcher.registry) as running:
+    with serving(bridge_settings, registry=running_worker.pipeline.registry) as running:
         yield running
 
 

@@ -178,7 +178,7 @@ def users_path(tmp_path) -> Path:
 def guarded(make_bridge, bridge_settings, running_worker, users_path) -> Iterator:
     users = UsersFile(users_path)
     auth = Authenticator(users, TokenStore(ttl=600), Throttle(free_failures=1000))
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as running:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as running:
         yield running
 
 
@@ -286,7 +286,7 @@ def test_two_hundred_trickling_connections_do_not_keep_healthz_from_answering(
 ):
     settings = bridge_settings.model_copy(update={"body_timeout": 2.0})
     limits = Limits(max_connections=64, header_timeout=3.0)
-    with make_bridge(settings, None, running_worker.dispatcher.registry, limits) as bridge, ExitStack() as stack:
+    with make_bridge(settings, None, running_worker.pipeline.registry, limits) as bridge, ExitStack() as stack:
         port = int(bridge.url.rsplit(":", 1)[1])
         trickling = [_trickle_headers(port) for _ in range(200)]
         trickling += [_trickle_body(port, bridge.token) for _ in range(20)]
@@ -335,7 +335,7 @@ def test_x_forwarded_for_is_not_believed_by_the_login_throttle(make_bridge, brid
     users = UsersFile(tmp_path / "users", PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
     users.add("alice", "right", hosts=["*"], commands=["*"])
     auth = Authenticator(users, TokenStore(ttl=60), Throttle(free_failures=3, base_delay=60))
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as bridge:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as bridge:
         for i in range(4):  # a new user name and a new claimed address each time
             body = {"handler": "UserHandler", "command": "login", "data": {"username": f"u{i}", "password": "x"}}
             bridge.post(body, headers={"X-Forwarded-For": f"10.0.0.{i}"})
@@ -364,7 +364,7 @@ def test_an_unknown_user_and_a_wrong_password_cost_the_same_verification(
     users = UsersFile(tmp_path / "users", hasher)
     users.add("alice", "right", hosts=["*"], commands=["*"])
     auth = Authenticator(users, TokenStore(ttl=60), Throttle(free_failures=1000))
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as bridge:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as bridge:
         hasher.verified.clear()
         unknown = bridge.post(_login_body("mallory", "x")).json()
         wrong = bridge.post(_login_body("alice", "x")).json()
@@ -384,7 +384,7 @@ def test_a_global_login_rate_limit_stops_guessing_across_many_users_and_addresse
     auth = Authenticator(
         users, TokenStore(ttl=60), Throttle(free_failures=1000), login_rate=RateLimit(per_second=0.01, burst=3)
     )
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as bridge:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as bridge:
         answers = [bridge.post(_login_body(f"guess{i}", "x")).json()["code"] for i in range(3)]
         limited = bridge.post(_login_body("alice", "right")).json()
     assert answers == [10002] * 3

@@ -48,7 +48,7 @@ def test_the_target_host_can_be_named_by_path_or_header(bridge, host):
 def test_with_allowed_hosts_set_another_host_is_refused_20001_and_gets_no_queue(bridge_settings, running_worker, host):
     settings = bridge_settings.model_copy(update={"allowed_hosts": [host]})
     stranger = unique("kvt-stranger-")
-    with serving(settings, registry=running_worker.dispatcher.registry) as bridge:
+    with serving(settings, registry=running_worker.pipeline.registry) as bridge:
         assert bridge.post(ECHO).json()["code"] == Code.OK
         refused = bridge.post(ECHO, path=f"/hosts/{stranger}").json()
     assert (refused["code"], refused["data"]["field"]) == (20001, "host")
@@ -138,7 +138,7 @@ DOCUMENTED_EXAMPLE = {
 def test_the_documented_network_example_gets_a_documented_reply_like_the_client_library_does(
     bridge, client, host, running_worker
 ):
-    if "NetworkHandler" not in running_worker.dispatcher.registry.catalogue():
+    if "NetworkHandler" not in running_worker.pipeline.registry.catalogue():
         pytest.skip("NetworkHandler is not registered in kvmworker/app.py yet")
     if Path("/sys/class/net/ens224").exists():
         pytest.skip("this machine has a real ens224; the example would change its network")

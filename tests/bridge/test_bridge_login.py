@@ -37,7 +37,7 @@ def _login_body(username: str, password: object) -> dict:
 @pytest.fixture
 def guarded(make_bridge, bridge_settings, running_worker, users) -> Iterator:
     auth = Authenticator(users, TokenStore(ttl=60), Throttle(free_failures=1000))
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as running:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as running:
         yield running
 
 
@@ -85,7 +85,7 @@ def test_after_logout_the_token_no_longer_opens_the_bridge(guarded):
 
 def test_a_token_expires(make_bridge, bridge_settings, running_worker, users):
     auth = Authenticator(users, TokenStore(ttl=0.5), Throttle())
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as bridge:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as bridge:
         token = _login(bridge)["data"]["token"]
         assert bridge.post({**PING, "token": token}).json()["code"] == 0
         time.sleep(0.7)
@@ -96,7 +96,7 @@ def test_repeated_failures_lock_the_account_out_even_for_the_right_password(
     make_bridge, bridge_settings, running_worker, users
 ):
     auth = Authenticator(users, TokenStore(ttl=60), Throttle(free_failures=2, base_delay=30))
-    with make_bridge(bridge_settings, auth, running_worker.dispatcher.registry) as bridge:
+    with make_bridge(bridge_settings, auth, running_worker.pipeline.registry) as bridge:
         for _ in range(3):
             assert _login(bridge, password="guess")["code"] == 10001
         started = time.monotonic()
@@ -132,6 +132,6 @@ def test_an_unknown_user_and_a_wrong_password_take_the_same_time(guarded):
 
 def test_with_insecure_open_login_succeeds_and_no_token_is_needed(make_bridge, bridge_settings, running_worker):
     settings = bridge_settings.model_copy(update={"insecure_open": True})
-    with make_bridge(settings, None, running_worker.dispatcher.registry) as bridge, bridge.anonymous() as http:
+    with make_bridge(settings, None, running_worker.pipeline.registry) as bridge, bridge.anonymous() as http:
         assert http.post(bridge.url + "/", json=_login_body("anyone", "anything")).json()["data"]["auth"] == "disabled"
         assert http.post(bridge.url + "/", json=PING).json()["code"] == 0

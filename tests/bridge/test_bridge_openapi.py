@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.system import SystemHandler
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
@@ -33,11 +33,11 @@ def broker_url() -> str:
 def test_the_schema_has_a_branch_for_every_registered_command_and_for_login(bridge, running_worker):
     doc = bridge.http.get(bridge.url + "/openapi.json").json()
     schemas = doc["components"]["schemas"]
-    for handler, commands in running_worker.dispatcher.registry.catalogue().items():
+    for handler, commands in running_worker.pipeline.registry.catalogue().items():
         mapping = schemas[f"Call.{handler}"]["discriminator"]["mapping"]
         assert sorted(mapping) == commands
     assert sorted(schemas["Call"]["discriminator"]["mapping"]) == sorted(
-        [*running_worker.dispatcher.registry.catalogue(), "UserHandler"]
+        [*running_worker.pipeline.registry.catalogue(), "UserHandler"]
     )
     assert schemas["Call.UserHandler.login"]["properties"]["handler"]["const"] == "UserHandler"
     echo = schemas["Call.ProbeHandler.echo"]["properties"]["data"]["$ref"].rsplit("/", 1)[1]
@@ -95,7 +95,7 @@ def _system_only_worker(settings: Settings) -> tuple[Worker, threading.Thread]:
     worker = Worker(
         open_connection(settings.broker_url),
         Publisher(open_connection(settings.broker_url)),
-        Dispatcher(registry, host=settings.host),
+        Pipeline(registry, host=settings.host),
         settings.host,
     )
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from kvmworker.dispatch.commands import Plan, command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 
 KEY = r"^[a-z0-9-]{1,40}$"
 

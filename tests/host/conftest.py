@@ -1,4 +1,4 @@
-"""Host inventory fixtures: a HostHandler over the real machine (any section replaceable), a dispatcher to call it
+"""Host inventory fixtures: a HostHandler over the real machine (any section replaceable), a pipeline to call it
 through the real validation and error path, and a network namespace with a veth pair the test owns."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.host import HostHandler
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.inventory.hardware import HardwareInventory
@@ -63,12 +63,12 @@ def while_interfaces_unchanged(read: Callable[[], Any], attempts: int = 5) -> tu
 
 @pytest.fixture
 def call() -> Call:
-    """``call(handler, "cpu", {...})`` → the Reply, through the dispatcher's validation and error mapping."""
+    """``call(handler, "cpu", {...})`` → the Reply, through the pipeline's validation and error mapping."""
 
     def send(handler: HostHandler, command: str, data: dict[str, Any] | None = None) -> Reply:
-        dispatcher = Dispatcher(HandlerRegistry([handler]))
+        pipeline = Pipeline(HandlerRegistry([handler]))
         body = json.dumps({"command": command, "handler": "HostHandler", "data": data or {}}).encode()
-        return dispatcher.handle(Request(body=body, content_type="application/json"))
+        return pipeline.handle(Delivery(body=body, content_type="application/json"))
 
     return send
 

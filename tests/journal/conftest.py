@@ -1,4 +1,4 @@
-"""Journal fixtures: a dispatcher wired as the worker wires it (real SQLite journal in tmp), brokers, requests."""
+"""Journal fixtures: a pipeline wired as the worker wires it (real SQLite journal in tmp), brokers, requests."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from kvmworker.app import build_dispatcher, build_middleware
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.app import Assembly, assemble
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.journal.store import journal_path
 from kvmworker.settings import Settings
@@ -25,25 +25,32 @@ from tests.journal.effects import EffectsHandler
 @dataclass
 class Wired:
     settings: Settings
-    dispatcher: Dispatcher
-    journal: JournalMiddleware
+    assembly: Assembly
     effects: Path
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.assembly.pipeline
+
+    @property
+    def journal(self) -> JournalMiddleware:
+        return self.assembly.journal
 
     @property
     def journal_file(self) -> Path:
         return journal_path(self.settings.state_dir)
 
     def send(self, handler: str, command: str, data: dict[str, Any], **extra: Any) -> Any:
-        return self.dispatcher.handle(request(handler, command, data, **extra))
+        return self.pipeline.handle(request(handler, command, data, **extra))
 
 
-def request(handler: str, command: str, data: dict[str, Any], *, msg_id: str | None = None, **props: Any) -> Request:
+def request(handler: str, command: str, data: dict[str, Any], *, msg_id: str | None = None, **props: Any) -> Delivery:
     body = {"handler": handler, "command": command, "data": data}
     if msg_id:
         body["msg_id"] = msg_id
     if props.pop("dry_run", False):
         body["dry_run"] = True
-    return Request(body=json.dumps(body).encode(), content_type="application/json", **props)
+    return Delivery(body=json.dumps(body).encode(), content_type="application/json", **props)
 
 
 def new_id() -> str:
@@ -53,9 +60,7 @@ def new_id() -> str:
 def wire(state_dir: Path, effects: Path, **settings: Any) -> Wired:
     effects.mkdir(exist_ok=True)
     config = Settings(host="kvt-journal", state_dir=state_dir, **settings)
-    middleware = build_middleware(config)
-    journal = next(mw for mw in middleware if isinstance(mw, JournalMiddleware))
-    return Wired(config, build_dispatcher(config, [EffectsHandler(effects)], middleware), journal, effects)
+    return Wired(config, assemble(config, extra_handlers=[EffectsHandler(effects)]), effects)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +77,7 @@ def root_logging_restored() -> Iterator[None]:
 def wired(tmp_path: Path) -> Iterator[Wired]:
     w = wire(tmp_path / "state", tmp_path / "effects")
     yield w
-    w.journal.store.close()
+    w.assembly.close()
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from kvmworker.dispatch.commands import Plan, command
+from kvmworker.dispatch.context import Context
+from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
-from kvmworker.dispatch.request import Context, Request
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.errors import InvalidParameter
 
@@ -84,7 +85,7 @@ def runs_of(directory: Path, name: str) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-class PauseBeforePublish(Middleware):
+class PauseBeforePublish(Middleware[None]):
     """After the journal recorded the reply, before it is published and acked: touch a marker, then stall.
 
     The window a SIGKILL must hit to show that a redelivery is answered from the journal.
@@ -94,6 +95,6 @@ class PauseBeforePublish(Middleware):
         self._marker = marker
         self._seconds = seconds
 
-    def after_reply(self, request: Request, reply: Reply, duration: float) -> None:
-        self._marker.write_text(request.msg_id)
+    def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        self._marker.write_text(msg.msg_id)
         time.sleep(self._seconds)

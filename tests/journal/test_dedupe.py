@@ -112,8 +112,7 @@ def test_result_refuses_a_msg_id_that_is_not_a_uuid(wired):
 
 def _admitted(w, msg_id):
     req = request("EffectsHandler", "bump", {"name": "d"}, msg_id=msg_id)
-    admitted = w.dispatcher.admit(req)
-    return admitted.request
+    return w.pipeline.admit(req)
 
 
 def test_claims_a_dead_worker_left_running_are_closed_as_interrupted_when_the_next_one_starts(tmp_path):

@@ -75,7 +75,7 @@ def test_metrics_parse_and_the_command_counters_move_with_the_commands_sent(obse
     before = samples(port).get(ping, 0.0)
     msg_id = str(uuid.uuid4())
     with Client(amqp_url) as client:
-        host = running.dispatcher.host
+        host = running.pipeline.host
         for _ in range(2):
             assert client.call(host, "SystemHandler", "ping").code == Code.OK
         first = client.call(host, "EffectsHandler", "bump", {"name": "m"}, msg_id=msg_id)

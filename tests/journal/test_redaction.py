@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kvmworker.dispatch.delivery import Delivery
 from kvmworker.journal.redaction import MASK, is_sensitive, redact, redact_text
 from kvmworker.protocol.codes import Code
 from tests.journal.conftest import new_id
@@ -37,10 +38,8 @@ def test_secrets_nested_in_data_and_headers_are_masked(wired):
 
 
 def test_a_body_that_is_not_json_is_recorded_with_its_secrets_masked(wired):
-    from kvmworker.dispatch.request import Request
-
     body = f'{{"handler": "UserHandler", "command": "login", "data": {{"password": "{SECRET}",'.encode()
-    reply = wired.dispatcher.handle(Request(body=body, content_type="application/json"))
+    reply = wired.pipeline.handle(Delivery(body=body, content_type="application/json"))
     assert reply.code == Code.INVALID_REQUEST
     wired.journal.store.flush()  # a refusal is committed soon after, not before the reply: here, now
     assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)

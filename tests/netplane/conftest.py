@@ -1,5 +1,5 @@
 """Network dataplane fixtures: a namespace of the test's own where veth ends play the physical NICs
-(``ens224``…), the three network handlers pointed at it, raw JSON calls through the dispatcher, and
+(``ens224``…), the three network handlers pointed at it, raw JSON calls through the pipeline, and
 an independent look at the kernel (``ip -n NS -j -d link``, never the code under test)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.namespace import NamespaceHandler
 from kvmworker.handlers.network import NetworkHandler
@@ -97,11 +97,11 @@ def plane(namespace: str, state_dir: Path) -> Iterator[Netplane]:
 
 
 def caller(*handlers: object) -> Call:
-    dispatcher = Dispatcher(HandlerRegistry(handlers))
+    pipeline = Pipeline(HandlerRegistry(handlers))
 
     def call(handler: str, command: str, data: dict[str, Any] | None = None, **envelope: Any) -> Reply:
         body = json.dumps({"handler": handler, "command": command, "data": data or {}, **envelope}).encode()
-        return dispatcher.handle(Request(body=body, content_type="application/json"))
+        return pipeline.handle(Delivery(body=body, content_type="application/json"))
 
     return call
 
@@ -112,7 +112,7 @@ def handlers(plane: Netplane) -> tuple[NetworkHandler, NamespaceHandler, DeviceH
 
 @pytest.fixture
 def call(plane: Netplane) -> Call:
-    """``call("NetworkHandler", "create", {...}, dry_run=True)``: a raw JSON body through ``Dispatcher.handle``."""
+    """``call("NetworkHandler", "create", {...}, dry_run=True)``: a raw JSON body through ``Pipeline.handle``."""
     return caller(*handlers(plane))
 
 

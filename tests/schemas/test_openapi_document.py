@@ -16,7 +16,7 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from kvmworker.app import build_registry
-from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.settings import Settings
 from tests.conftest import unique
 from tests.schemas.test_published_schemas import PLATFORM_EXAMPLE, load, standard_keywords, unknown_keywords
@@ -113,18 +113,18 @@ def test_real_replies_are_valid_against_the_reply_schema_of_the_document_and_of_
 
 
 @pytest.fixture(scope="module")
-def dispatcher(tmp_path_factory) -> Dispatcher:
+def pipeline(tmp_path_factory) -> Pipeline:
     settings = Settings(host=unique("kvt-oapi-"), state_dir=tmp_path_factory.mktemp("oapi-admit"))
-    return Dispatcher(build_registry(settings), host=settings.host)
+    return Pipeline(build_registry(settings), host=settings.host)
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_the_documents_call_schema_agrees_with_schemas_and_the_worker_on_every_boundary_value(served, dispatcher, name):
+def test_the_documents_call_schema_agrees_with_schemas_and_the_worker_on_every_boundary_value(served, pipeline, name):
     """The boundary bodies of the differential test of schemas/ (every third: the document's $refs make each
     validation slower), judged by the served document as well."""
     _, doc = served
     check = call_validator(doc, f"Call.{name}")  # the branch the discriminators choose for it
-    judges = Judges(dispatcher, load(name), load("reply"), name)
+    judges = Judges(pipeline, load(name), load("reply"), name)
     handler, command = name.split(".")
     for example in examples_for(name):
         for body in itertools.islice(mutations(example, judges.schema), 0, None, 3):

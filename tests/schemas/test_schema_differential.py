@@ -1,7 +1,7 @@
 """The published schemas and the worker agree on every body: ``jsonschema``'s verdict is the worker's admission verdict.
 
 The schemas are read from ``schemas/`` (what a caller downloads) and judged by ``jsonschema``'s
-Draft202012Validator with format checking. The worker's verdict comes from ``Dispatcher.admit``, the
+Draft202012Validator with format checking. The worker's verdict comes from ``Pipeline.admit``, the
 path every message takes (JSON decoding, envelope, routing, the command's model), fed the encoded bytes.
 Bodies come from the schemas, from the models, and from the boundary values of every field.
 
@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from kvmworker.api.vm import xml_name
 from kvmworker.app import build_registry
-from kvmworker.dispatch.dispatcher import Admitted, Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.inflight import InFlight
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
 from tests.conftest import unique
@@ -94,10 +95,10 @@ VM_REF = [{"name": "vm1"}, {"uuid": U}, {"name": "vm1", "uuid": U}]
 
 
 @pytest.fixture(scope="module")
-def dispatcher(tmp_path_factory) -> Dispatcher:
-    """The worker's own registry and dispatcher; ``admit`` runs no command, so nothing on the host changes."""
+def pipeline(tmp_path_factory) -> Pipeline:
+    """The worker's own registry and pipeline; ``admit`` runs no command, so nothing on the host changes."""
     settings = Settings(host=unique("kvt-schema-"), state_dir=tmp_path_factory.mktemp("schema"))
-    return Dispatcher(build_registry(settings), host=settings.host)
+    return Pipeline(build_registry(settings), host=settings.host)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,8 @@ def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
 class Judges:
     """One command's two judges, and a tally of what they said."""
 
-    def __init__(self, dispatcher: Dispatcher, schema: dict[str, Any], reply_schema: dict[str, Any], name: str):
-        self.dispatcher, self.schema, self.name = dispatcher, schema, name
+    def __init__(self, pipeline: Pipeline, schema: dict[str, Any], reply_schema: dict[str, Any], name: str):
+        self.pipeline, self.schema, self.name = pipeline, schema, name
         self.handler, self.command = name.split(".")
         self.validator = validator(schema)
         self.replies = validator(reply_schema)
@@ -122,8 +123,8 @@ class Judges:
     def worker(self, data: Any) -> tuple[bool, dict[str, Any] | None]:
         envelope = {"handler": self.handler, "command": self.command, "data": data}
         body = json.dumps(envelope, ensure_ascii=False, allow_nan=False).encode()
-        outcome = self.dispatcher.admit(Request(body=body, content_type="application/json"))
-        if isinstance(outcome, Admitted):
+        outcome = self.pipeline.admit(Delivery(body=body, content_type="application/json"))
+        if isinstance(outcome, InFlight):
             return True, None
         return False, outcome.model_dump(mode="json")
 
@@ -159,8 +160,8 @@ def beyond_schema(name: str, data: Any, reply: dict[str, Any] | None) -> str | N
     return None
 
 
-def commands(dispatcher: Dispatcher) -> list[str]:
-    return sorted(f"{b.handler}.{b.name}" for b in dispatcher.registry.commands())
+def commands(pipeline: Pipeline) -> list[str]:
+    return sorted(f"{b.handler}.{b.name}" for b in pipeline.registry.commands())
 
 
 def examples_for(name: str) -> list[dict[str, Any]]:
@@ -172,21 +173,21 @@ def examples_for(name: str) -> list[dict[str, Any]]:
 
 
 def registry_commands() -> list[str]:
-    return commands(Dispatcher(build_registry(Settings(host="kvt-schema-ids"))))
+    return commands(Pipeline(build_registry(Settings(host="kvt-schema-ids"))))
 
 
 COMMANDS = registry_commands()
 
 
 @pytest.fixture
-def judges(dispatcher, published, request) -> Judges:
+def judges(pipeline, published, request) -> Judges:
     name = request.param
-    return Judges(dispatcher, published[name], published["reply"], name)
+    return Judges(pipeline, published[name], published["reply"], name)
 
 
-def test_every_command_in_the_registry_has_a_published_schema_and_valid_examples_here(dispatcher, published):
-    assert set(commands(dispatcher)) <= set(published)
-    assert set(VALID) <= set(commands(dispatcher)), "VALID names a command the worker does not have"
+def test_every_command_in_the_registry_has_a_published_schema_and_valid_examples_here(pipeline, published):
+    assert set(commands(pipeline)) <= set(published)
+    assert set(VALID) <= set(commands(pipeline)), "VALID names a command the worker does not have"
 
 
 @pytest.mark.parametrize("judges", COMMANDS, indirect=True)
@@ -255,9 +256,9 @@ def test_both_judges_agree_on_valid_examples_with_fields_redrawn_from_the_schema
 
 
 @pytest.mark.parametrize("judges", COMMANDS, indirect=True)
-def test_both_judges_agree_on_bodies_drawn_from_the_model(judges, dispatcher):
+def test_both_judges_agree_on_bodies_drawn_from_the_model(judges, pipeline):
     handler, command = judges.name.split(".")
-    model = dispatcher.registry.lookup(handler, command).spec.model
+    model = pipeline.registry.lookup(handler, command).spec.model
 
     @FUZZ
     @given(data=from_model(model))
@@ -274,20 +275,20 @@ ENVELOPE = {"handler": "SystemHandler", "command": "ping", "data": {}}
 ENVELOPE_FULL = ENVELOPE | {"msg_id": U, "dry_run": True, "timeout": 5, "token": "t"}
 
 
-def worker_takes_envelope(dispatcher: Dispatcher, envelope: Any) -> bool:
+def worker_takes_envelope(pipeline: Pipeline, envelope: Any) -> bool:
     """The worker took the envelope unless it answered 20001 (an unknown handler is 20002: a valid envelope)."""
     body = json.dumps(envelope, ensure_ascii=False, allow_nan=False).encode()
-    outcome = dispatcher.admit(Request(body=body, content_type="application/json"))
-    return isinstance(outcome, Admitted) or outcome.code != Code.INVALID_REQUEST
+    outcome = pipeline.admit(Delivery(body=body, content_type="application/json"))
+    return isinstance(outcome, InFlight) or outcome.code != Code.INVALID_REQUEST
 
 
-def test_the_envelope_schema_and_the_worker_agree_on_every_boundary_value(dispatcher, published):
+def test_the_envelope_schema_and_the_worker_agree_on_every_boundary_value(pipeline, published):
     schema = published["envelope"]
     check = validator(schema)
     seen = Counter()
     for example in (ENVELOPE, ENVELOPE_FULL):
         for body in mutations(example, schema):
-            worker_says = worker_takes_envelope(dispatcher, body)
+            worker_says = worker_takes_envelope(pipeline, body)
             assert check.is_valid(body) == worker_says, body
             seen[worker_says] += 1
     assert seen[True] and seen[False]
@@ -295,7 +296,7 @@ def test_the_envelope_schema_and_the_worker_agree_on_every_boundary_value(dispat
 
 @FUZZ
 @given(envelope=st.data())
-def test_the_envelope_schema_and_the_worker_agree_on_drawn_envelopes(dispatcher, published, envelope):
+def test_the_envelope_schema_and_the_worker_agree_on_drawn_envelopes(pipeline, published, envelope):
     schema = published["envelope"]
     body = envelope.draw(from_schema(schema, schema))
-    assert validator(schema).is_valid(body) == worker_takes_envelope(dispatcher, body), body
+    assert validator(schema).is_valid(body) == worker_takes_envelope(pipeline, body), body

@@ -76,7 +76,7 @@ def violations(importers: tuple[str, ...], forbidden: set[str] | tuple[str, ...]
 def test_the_probe_sees_the_package_and_its_lazy_imports():
     assert "kvmworker.handlers.vm" in MODULES and "kvmworker.protocol.wire" in MODULES
     assert "kvmworker.journal.query" in imports_of("kvmworker.handlers.system")  # imported inside a function
-    assert "kvmworker.dispatch.request" not in imports_of("kvmworker.api.vm")  # only under TYPE_CHECKING
+    assert "kvmworker.dispatch.context" not in imports_of("kvmworker.api.vm")  # only under TYPE_CHECKING
 
 
 def test_only_the_wiring_and_the_command_line_import_the_handlers():

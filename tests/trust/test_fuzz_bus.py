@@ -34,7 +34,7 @@ def fuzzed(real_broker, tmp_path, request):
         assert running.worker.connected.wait(15), "worker did not connect to the broker"
         publisher = RawPublisher(real_broker, config.host)
         publisher.images = config.storage_dirs[0]
-        publisher.registry = running.dispatcher.registry
+        publisher.registry = running.pipeline.registry
         yield publisher
         publisher.close()
         running.stop(timeout=10)

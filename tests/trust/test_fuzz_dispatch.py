@@ -1,4 +1,4 @@
-"""The message fuzzer through the real dispatcher, middleware and journal: every input gets one documented reply."""
+"""The message fuzzer through the real pipeline, middleware and journal: every input gets one documented reply."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmworker.app import build_dispatcher, build_middleware
-from kvmworker.dispatch.request import Request
-from kvmworker.journal.middleware import JournalMiddleware
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
 from kvmworker.protocol.codec import encode_reply
 from tests.trust.hostile import Hostile, assert_documented, classics, fresh_msg_id, fuzz_settings, messages
 
@@ -24,37 +23,35 @@ DERANDOMIZE = os.environ.get("KVT_FUZZ_RANDOM") != "1"
 
 
 @pytest.fixture(scope="module")
-def dispatcher(tmp_path_factory):
+def pipeline(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the fuzzed worker runs in a network namespace of its own, which needs root")
     tmp = tmp_path_factory.mktemp("fuzz")
     with fuzz_settings(tmp) as config:
-        middleware = build_middleware(config)
-        d = build_dispatcher(config, middleware=middleware)
-        d.images = config.storage_dirs[0]
-        yield d
-        next(mw for mw in middleware if isinstance(mw, JournalMiddleware)).store.close()
-        for handler in d.registry.handlers:
-            getattr(handler, "close", lambda: None)()
+        assembly = assemble(config)
+        pipeline = assembly.pipeline
+        pipeline.images = config.storage_dirs[0]
+        yield pipeline
+        assembly.close()
 
 
-def answer(dispatcher, hostile: Hostile) -> dict:
-    request = Request(body=hostile.body, content_type=hostile.content_type, message_id=fresh_msg_id())
-    reply = dispatcher.handle(request)
+def answer(pipeline, hostile: Hostile) -> dict:
+    delivery = Delivery(body=hostile.body, content_type=hostile.content_type, message_id=fresh_msg_id())
+    reply = pipeline.handle(delivery)
     return reply.model_dump(mode="json") | {"_bytes": len(encode_reply(reply))}
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_any_message_gets_exactly_one_reply_with_a_documented_code(dispatcher, data):
-    hostile = data.draw(messages(dispatcher.registry))
-    reply = answer(dispatcher, hostile)
+def test_any_message_gets_exactly_one_reply_with_a_documented_code(pipeline, data):
+    hostile = data.draw(messages(pipeline.registry))
+    reply = answer(pipeline, hostile)
     reply.pop("_bytes")
     assert_documented(reply)
     SEEN[reply["code"]] += 1
 
 
-def test_the_fuzzer_reached_past_the_envelope_into_the_commands(dispatcher):
+def test_the_fuzzer_reached_past_the_envelope_into_the_commands(pipeline):
     """A fuzzer that only ever produced broken JSON would prove little: it must have been answered at every layer."""
     if not SEEN:
         pytest.skip("runs after the fuzz test in the same session (it reads what that one saw)")
@@ -63,18 +60,18 @@ def test_the_fuzzer_reached_past_the_envelope_into_the_commands(dispatcher):
 
 
 @pytest.mark.parametrize("case", list(classics(Path("/"))))
-def test_each_classic_hostile_input_gets_its_documented_code(dispatcher, case):
-    hostile, codes = classics(dispatcher.images)[case]
-    reply = answer(dispatcher, hostile)
+def test_each_classic_hostile_input_gets_its_documented_code(pipeline, case):
+    hostile, codes = classics(pipeline.images)[case]
+    reply = answer(pipeline, hostile)
     assert reply["code"] in codes, reply
     assert reply["_bytes"] < 64 * 1024, "a reply must not echo a hostile body back"
 
 
-def test_the_worker_still_answers_a_ping_after_the_fuzzing(dispatcher):
+def test_the_worker_still_answers_a_ping_after_the_fuzzing(pipeline):
     body = b'{"handler":"SystemHandler","command":"ping","data":{}}'
-    assert answer(dispatcher, Hostile(body))["code"] == 0
+    assert answer(pipeline, Hostile(body))["code"] == 0
 
 
-def test_a_null_address_for_addr_add_is_answered_30006_not_99999(dispatcher):
+def test_a_null_address_for_addr_add_is_answered_30006_not_99999(pipeline):
     body = b'{"handler":"DeviceHandler","command":"addr_add","data":{"name":"kvt0","address":null},"dry_run":true}'
-    assert answer(dispatcher, Hostile(body))["code"] == 30006
+    assert answer(pipeline, Hostile(body))["code"] == 30006

@@ -14,9 +14,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from kvmworker.app import build_dispatcher
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import ensure_event_loop
@@ -32,7 +32,7 @@ def vm_name() -> str:
     return f"kvt-{uuid.uuid4().hex[:8]}"
 
 
-def caller(dispatcher: Dispatcher) -> Call:
+def caller(pipeline: Pipeline) -> Call:
     """``call("start", name=...)`` → the Reply, through the real validation and error path.
 
     ``envelope_timeout`` is how long the caller says it waits for the reply (the envelope's ``timeout``).
@@ -42,18 +42,17 @@ def caller(dispatcher: Dispatcher) -> Call:
         body = {"handler": "VmHandler", "command": command, "data": data, "dry_run": dry_run}
         if envelope_timeout is not None:
             body["timeout"] = envelope_timeout
-        return dispatcher.handle(Request(body=json.dumps(body).encode(), content_type="application/json"))
+        return pipeline.handle(Delivery(body=json.dumps(body).encode(), content_type="application/json"))
 
     return call
 
 
-def _dispatcher(tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = ()) -> Iterator[Dispatcher]:
+def _pipeline(tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = ()) -> Iterator[Pipeline]:
     storage = [tmp_path, *more_storage]
     settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=storage, state_dir=tmp_path / "state")
-    dispatcher = build_dispatcher(settings)
-    yield dispatcher
-    for handler in dispatcher.registry.handlers:
-        getattr(handler, "close", lambda: None)()
+    assembly = assemble(settings)
+    yield assembly.pipeline
+    assembly.close()
 
 
 @pytest.fixture
@@ -65,12 +64,12 @@ def images(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def test_driver(images: Path) -> Iterator[Dispatcher]:
-    yield from _dispatcher(images, "test:///default")
+def test_driver(images: Path) -> Iterator[Pipeline]:
+    yield from _pipeline(images, "test:///default")
 
 
 @pytest.fixture
-def call(test_driver: Dispatcher) -> Call:
+def call(test_driver: Pipeline) -> Call:
     return caller(test_driver)
 
 
@@ -84,17 +83,17 @@ def _libvirtd_answers() -> bool:
 
 
 @pytest.fixture
-def system(images: Path) -> Iterator[Dispatcher]:
+def system(images: Path) -> Iterator[Pipeline]:
     if not _libvirtd_answers():
         if os.environ.get("CI"):
             pytest.fail(f"libvirtd at {SYSTEM_URI} is not answering; .ci/run should have started it")
         pytest.skip(f"libvirtd at {SYSTEM_URI} is not answering (start it with .ci/services.sh)")
     # The test guest's kernel boots from its cache: that directory is a storage directory of this worker too.
-    yield from _dispatcher(images, SYSTEM_URI, more_storage=(CACHE_DIR,))
+    yield from _pipeline(images, SYSTEM_URI, more_storage=(CACHE_DIR,))
 
 
 @pytest.fixture
-def system_call(system: Dispatcher) -> Call:
+def system_call(system: Pipeline) -> Call:
     return caller(system)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from kvmworker.app import build_dispatcher
-from kvmworker.dispatch.request import Request
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
 from kvmworker.settings import Settings
 from tests.vm.conftest import caller
 
@@ -14,21 +14,24 @@ NOWHERE = "qemu+unix:///system?socket=/nonexistent/kvt-libvirt-sock"
 
 
 def test_building_the_worker_connects_to_nothing_and_a_command_answers_30009_at_once(tmp_path):
-    dispatcher = build_dispatcher(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
+    assembly = assemble(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
     started = time.monotonic()
-    reply = caller(dispatcher)("list")
+    reply = caller(assembly.pipeline)("list")
     assert reply.code == 30009 and "nonexistent" in reply.data["detail"]
     assert time.monotonic() - started < 5
+    assembly.close()
 
 
 def test_capabilities_report_the_libvirt_version_or_why_it_is_unavailable(tmp_path, test_driver):
-    def features(dispatcher):
+    def features(pipeline):
         body = json.dumps({"handler": "SystemHandler", "command": "capabilities", "data": {}}).encode()
-        return dispatcher.handle(Request(body=body, content_type="application/json")).data["features"]
+        return pipeline.handle(Delivery(body=body, content_type="application/json")).data["features"]
 
     libvirt_feature = features(test_driver)["libvirt"]
     assert libvirt_feature["available"] is True and libvirt_feature["hypervisor"].startswith("TEST")
-    unreachable = features(build_dispatcher(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path)))
+    nowhere = assemble(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
+    unreachable = features(nowhere.pipeline)
+    nowhere.close()
     assert unreachable["libvirt"]["available"] is False and "HypervisorUnavailable" in unreachable["libvirt"]["reason"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from kvmworker.dispatch.commands import HandlerRegistry
-from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.vm import VmHandler
 from kvmworker.netplane.naming import bridge_name
 from kvmworker.virt.connection import LibvirtConnection
@@ -210,7 +210,7 @@ def test_libvirtd_stopped_is_30009_within_seconds_and_the_same_worker_recovers(
 
 def test_a_hung_libvirtd_is_30009_after_the_keepalive_not_a_hang_and_then_recovers(system, images, libvirtd_restored):
     connection = LibvirtConnection(SYSTEM_URI, open_timeout=2, keepalive_interval=1, keepalive_count=2)
-    call = caller(Dispatcher(HandlerRegistry([VmHandler(connection, StorageRules([images], "default"))])))
+    call = caller(Pipeline(HandlerRegistry([VmHandler(connection, StorageRules([images], "default"))])))
     assert call("list").code == 0
     pid = _libvirtd_pid()
     os.kill(pid, signal.SIGSTOP)  # accepts connections, answers nothing

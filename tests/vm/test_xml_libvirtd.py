@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from kvmworker.virt.policy import METADATA_NS
-from tests.vm.conftest import SYSTEM_URI, _dispatcher, caller, guest_xml, virsh, vm_name, wait_for_ready_line
+from tests.vm.conftest import SYSTEM_URI, _pipeline, caller, guest_xml, virsh, vm_name, wait_for_ready_line
 from tests.vm.hostile_xml import CASES, legit_xml
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
@@ -51,8 +51,8 @@ def test_a_raw_guest_booted_from_a_kernel_in_the_storage_dir_runs(readable_image
     name = vm_name()
     vms.append(name)
     images = readable_images
-    dispatcher = _dispatcher(images, SYSTEM_URI)
-    system_call = caller(next(dispatcher))
+    pipeline = _pipeline(images, SYSTEM_URI)
+    system_call = caller(next(pipeline))
     kernel, initrd = shutil.copy(guest.kernel, images / "vmlinuz"), shutil.copy(guest.initrd, images / "initrd.img")
     xml = f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>96</memory><vcpu>1</vcpu>
       <os><type arch='x86_64'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
@@ -65,7 +65,7 @@ def test_a_raw_guest_booted_from_a_kernel_in_the_storage_dir_runs(readable_image
     assert started.code == 0, started.data
     wait_for_ready_line(name)
     assert system_call("destroy", name=name).data["state"] == "shutoff"
-    next(dispatcher, None)
+    next(pipeline, None)
 
 
 def test_a_structured_spec_still_defines_and_starts_on_the_real_daemon(system_call, vms):

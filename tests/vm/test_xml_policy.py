@@ -134,17 +134,17 @@ def test_a_domain_defined_outside_the_worker_with_forged_metadata_loses_no_volum
 
 
 def test_the_records_live_in_a_0600_file_in_the_state_dir_and_survive_a_worker_restart(images):
-    from tests.vm.conftest import _dispatcher
+    from tests.vm.conftest import _pipeline
 
     name = vm_name()
-    first = _dispatcher(images, "test:///default")
+    first = _pipeline(images, "test:///default")
     call = caller(next(first))
     (path,) = call("define", name=name, memory_mib=32, disks=[{"size_gib": 1, "pool": "default-pool"}]).data["volumes"]
     records = images / "state" / "vm-volumes.sqlite"
     assert stat.S_IMODE(os.stat(records).st_mode) == 0o600
     next(first, None)  # the worker stops: its handlers close
 
-    second = _dispatcher(images, "test:///default")
+    second = _pipeline(images, "test:///default")
     again = caller(next(second))
     assert again("undefine", name=name, remove_storage=True).data["removed_volumes"] == [path]
     next(second, None)
