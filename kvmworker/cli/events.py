@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from kvmworker.cli.common import (
     CliError,
     add_settings_flags,
     broker_reachable,
+    mask_url,
     refuse_lonely_memory,
     settings_from,
     setup_logging,
@@ -57,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     host = settings.host if "host" in settings.model_fields_set else None
     if args.source is not None and not args.source.isidentifier():
         raise CliError(f"--source {args.source}: one word, e.g. vm, network, link, worker")
+    what = f"the events of {host or 'every host'}" + (f" from {args.source}" if args.source else "")
     if settings.url:
-        stream = over_http(settings, host, args.source)
+        stream = over_http(settings, host, args.source, Following(f"{what} at {settings.url}"))
     else:
         refuse_lonely_memory(settings.broker, "events")
         broker_reachable(settings.broker)
-        stream = over_broker(settings, host, args.source, args.queue)
+        following = Following(f"{what} on {mask_url(settings.broker)}")
+        stream = over_broker(settings, host, args.source, args.queue, following)
     shown = 0
     for item in stream:
         print(render(item, args.json), flush=True)
@@ -73,15 +77,31 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def over_broker(settings: Any, host: str | None, source: str | None, queue: str | None) -> Iterator[dict[str, Any]]:
+class Following:
+    """Says on stderr, once, that the stream is open (events from then on are shown): people and scripts wait for it."""
+
+    def __init__(self, what: str):
+        self._what = what
+        self._said = False
+
+    def set(self) -> None:
+        if not self._said:
+            self._said = True
+            print(f"kvmworker events: following {self._what} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+
+def over_broker(
+    settings: Any, host: str | None, source: str | None, queue: str | None, ready: Following
+) -> Iterator[dict[str, Any]]:
     from kvmworker.events.consumer import Gap, follow
     from kvmworker.trust.signing import load_signer
 
-    for item in follow(settings.broker, host, source, queue=queue, signer=load_signer(settings)):
+    stream = follow(settings.broker, host, source, queue=queue, signer=load_signer(settings), ready=ready)
+    for item in stream:
         yield item.to_dict() if isinstance(item, Gap) else item.model_dump(mode="json", exclude_none=True)
 
 
-def over_http(settings: Any, host: str | None, source: str | None) -> Iterator[dict[str, Any]]:
+def over_http(settings: Any, host: str | None, source: str | None, ready: Following) -> Iterator[dict[str, Any]]:
     """The bridge's Server-Sent Events, read line by line (it finds the gaps itself)."""
     import urllib.error
     import urllib.parse
@@ -104,14 +124,17 @@ def over_http(settings: Any, host: str | None, source: str | None) -> Iterator[d
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the bridge at {target}: {reason}", EXIT_UNAVAILABLE) from None
     with response:
-        yield from parse_sse(response)
+        yield from parse_sse(response, ready)
 
 
-def parse_sse(lines: Any) -> Iterator[dict[str, Any]]:
-    """Server-Sent Events (bytes lines) → the JSON of each message's ``data``; comments and ids skipped."""
+def parse_sse(lines: Any, ready: Following | None = None) -> Iterator[dict[str, Any]]:
+    """Server-Sent Events (bytes lines) → the JSON of each message's ``data``; comments and ids skipped
+    (``: connected``, the bridge's first line, sets ``ready``)."""
     data: list[str] = []
     for raw in lines:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if line.startswith(":") and ready is not None:
+            ready.set()
         if not line:
             if data:
                 yield json.loads("\n".join(data))
