@@ -12,10 +12,8 @@ import pytest
 from kvmworker.client import Client
 from kvmworker.events.consumer import Gap
 from tests.conftest import unique
-from tests.events.conftest import contiguous, seqs
+from tests.events.conftest import contiguous, free_health_port, metrics_samples, seqs
 from tests.events.handlers import EmitData
-from tests.events.test_status_and_metrics import _free_port as metrics_port
-from tests.events.test_status_and_metrics import _samples
 from tests.faults.brokers import private_rabbit, require_private_brokers
 from tests.support.processes import wait_for
 
@@ -66,7 +64,7 @@ def test_an_overflowing_buffer_drops_the_oldest_and_the_next_sync_says_how_many(
     host = unique("kvt-ev-")
     with Client(rabbit.url) as client:
         follower = follow(client, host=host, queue=f"kvt.events.{uuid.uuid4().hex[:8]}")
-        port = metrics_port()
+        port = free_health_port()
         worker = start_event_worker(rabbit.url, host, event_buffer=50, health_port=port, health_bind="127.0.0.1")
         assert follower.wait_for(lambda f: len(f.events) == 1), "online did not arrive"
 
@@ -93,4 +91,4 @@ def test_an_overflowing_buffer_drops_the_oldest_and_the_next_sync_says_how_many(
     assert sync.data["dropped"] == 70
     assert sync.seq == 122 and contiguous(seqs(follower.events)[1:])
     assert worker.probe.events.emitter.buffer.dropped() == 0, "the count is reset once a sync said it"
-    assert _samples(port)[("kvmworker_events_dropped_total", ())] == 70
+    assert metrics_samples(port)[("kvmworker_events_dropped_total", ())] == 70

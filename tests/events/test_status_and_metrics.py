@@ -4,14 +4,12 @@ it does not answer), and the worker's ``/metrics`` counts events, syncs, drops a
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvmworker.client import Client
 from tests.conftest import AMQP_URL, require_broker, unique
+from tests.events.conftest import free_health_port, metrics_samples
 from tests.support.cli import kvmworker
 from tests.support.processes import WorkerProcess, stop_process, wait_for
 
@@ -28,7 +26,17 @@ def test_status_shows_the_last_events_from_the_worker_and_from_its_state_directo
         with Client(amqp) as client:
             reply = client.call(worker.host, "EventProbeHandler", "emit", {"count": 3, "subject": "kvt-st"}, timeout=30)
         assert reply.code == 0
-        status = ["status", "--host", worker.host, "--broker", amqp, "--state-dir", str(worker.state)]
+        status = [
+            "status",
+            "--host",
+            worker.host,
+            "--broker",
+            amqp,
+            "--state-dir",
+            str(worker.state),
+            "--timeout",
+            "30",
+        ]
         assert wait_for(lambda: json.loads(kvmworker(*status, "--json").stdout)["events"]["buffered"] == 0, 20)
         report = json.loads(kvmworker(*status, "--json").stdout)
         assert report["source"] == "worker"
@@ -51,24 +59,8 @@ def test_status_shows_the_last_events_from_the_worker_and_from_its_state_directo
         worker.stop_all()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _samples(port: int) -> dict[tuple, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_the_worker_metrics_count_events_by_source_and_kind_syncs_and_what_is_buffered(amqp, start_event_worker):
-    port = _free_port()
+    port = free_health_port()
     host = unique("kvt-evm-")
     worker = start_event_worker(amqp, host, health_port=port, health_bind="127.0.0.1")
     with Client(amqp) as client:
@@ -76,11 +68,11 @@ def test_the_worker_metrics_count_events_by_source_and_kind_syncs_and_what_is_bu
         assert client.call(host, "EventProbeHandler", "sync", {}, timeout=30).code == 0
     buffer = worker.probe.events.emitter.buffer
     assert wait_for(lambda: buffer.pending_count() == 0 and buffer.next_seq() == 8, 20)
-    samples = _samples(port)
+    samples = metrics_samples(port)
     assert samples[("kvmworker_events_emitted_total", (("kind", "tick"), ("source", "probe")))] == 5
     assert samples[("kvmworker_events_emitted_total", (("kind", "state"), ("source", "worker")))] == 2
     assert samples[("kvmworker_events_syncs_total", ())] == 1
-    assert wait_for(lambda: _samples(port)[("kvmworker_events_published_total", ())] == 7, 10)
+    assert wait_for(lambda: metrics_samples(port)[("kvmworker_events_published_total", ())] == 7, 10)
     assert samples[("kvmworker_events_buffered", ())] == 0
     assert samples[("kvmworker_events_seq", ())] == 7
     assert samples[("kvmworker_events_dropped_total", ())] == 0
