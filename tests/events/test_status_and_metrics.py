@@ -37,20 +37,21 @@ def test_status_shows_the_last_events_from_the_worker_and_from_its_state_directo
             "--timeout",
             "30",
         ]
-        assert wait_for(lambda: json.loads(kvmworker(*status, "--json").stdout)["events"]["buffered"] == 0, 20)
-        report = json.loads(kvmworker(*status, "--json").stdout)
+        live = [*status, "--timeout", "30"]
+        assert wait_for(lambda: json.loads(kvmworker(*live, "--json").stdout)["events"]["buffered"] == 0, 60)
+        report = json.loads(kvmworker(*live, "--json").stdout)
         assert report["source"] == "worker"
         events = report["events"]
         assert (events["seq"], events["dropped"], events["connected"]) == (4, 0, True)
         assert [(e["seq"], e["source"], e["state"]) for e in events["last"]] == [
             (1, "worker", "online"), (2, "probe", "ticked"), (3, "probe", "ticked"), (4, "probe", "ticked"),
         ]  # fmt: skip
-        screen = kvmworker(*status).stdout
+        screen = kvmworker(*live).stdout
         assert "seq 4, 0 buffered, 0 dropped, published" in screen
         assert "#4  probe.tick  kvt-st  ticked" in screen
 
         assert stop_process(worker.current) == 0
-        after = kvmworker(*status, "--json")
+        after = kvmworker(*status, "--json", "--timeout", "2")
         report = json.loads(after.stdout)
         assert after.returncode == 2 and report["worker"]["answered"] is False
         assert report["events"]["seq"] == 5 and report["events"]["last"][-1]["state"] == "offline"
