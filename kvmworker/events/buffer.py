@@ -12,6 +12,7 @@ The buffer is bounded: past ``capacity`` pending events the oldest are deleted a
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from kvmworker.statefiles import StateDatabase
@@ -35,6 +36,7 @@ class EventBuffer(StateDatabase):
             raise ValueError("the event buffer holds at least one event")
         self.capacity = capacity
         self._pending: int | None = None  # cached count, loaded on first use
+        self._durable: sqlite3.Connection | None = None  # the sender's, for make_durable
 
     @classmethod
     def in_state_dir(cls, state_dir: Path | None, capacity: int = DEFAULT_CAPACITY) -> EventBuffer:
@@ -104,11 +106,23 @@ class EventBuffer(StateDatabase):
             return self._meta(self._connection(), "dropped", 0)
 
     def make_durable(self) -> None:
-        """fsync what was committed: called before publishing, so a published ``seq`` survives a power loss."""
+        """fsync what was committed: called before publishing, so a published ``seq`` survives a power loss.
+
+        On a connection of its own, outside the lock: ``emit`` goes on appending (WAL lets a writer work beside a
+        checkpoint) instead of waiting for the disk."""
         if self.path is None:
             return
-        with self._lock:
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if self._durable is None:
+            with self._lock:
+                self._connection()  # the file and its schema exist before a second connection opens it
+            self._durable = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._durable.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def close(self) -> None:
+        if self._durable is not None:
+            self._durable.close()
+            self._durable = None
+        super().close()
 
     def _count(self, db) -> int:
         if self._pending is None:
