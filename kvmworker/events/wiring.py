@@ -56,7 +56,6 @@ class EventService:
             if self._closed:
                 return
             self._closed = True
-            atexit.unregister(self.close)
             self.state.stop(reason)
             # a sender that cannot reach the broker now will not in the next seconds either: do not hold up the stop
             if not self.sender.flush(FLUSH_S if self.sender.connected.is_set() else FLUSH_UNREACHABLE_S):
@@ -66,6 +65,8 @@ class EventService:
                 )
             self.sender.stop()
             self.events.emitter.buffer.close()
+            # only now: a process exiting meanwhile runs this hook, which waits on the lock for the flush
+            atexit.unregister(self.close)
 
     def summary(self) -> dict[str, Any]:
         """For ``SystemHandler.status`` (``kvmworker status``): the sequence, the buffer, the last events."""

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from kvmworker.client import Client
+from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import AMQP_URL, require_broker, unique
 from tests.support.cli import KVMWORKER, ROOT, assert_one_line_error, clean_env, kvmworker, serving
 from tests.support.processes import stop_process
@@ -137,3 +138,30 @@ def test_events_with_a_bad_token_at_the_bridge_says_what_the_bridge_answered(tmp
     with serving(*args) as (_, url):
         done = kvmworker("events", "--url", url, "--token", "wrong", timeout=30)
     assert_one_line_error(done, 69, "HTTP 401", "token")
+
+
+def test_kvmworker_worker_says_online_when_it_starts_and_offline_when_sigterm_stops_it(amqp, tmp_path):
+    host = unique("kvt-cli-")
+    follower = Follower("--broker", amqp, "--host", host, "--json", "--count", "2")
+    worker = None
+    try:
+        follower.wait_following()
+        worker = subprocess.Popen(
+            [KVMWORKER, "worker", "--host", host, "--broker", amqp, "--state-dir", str(tmp_path / "state"),
+             "--libvirt-uri", "test:///default"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not follower.out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert follower.out, "no online from the worker"
+        assert stop_process(worker) == 0
+        assert follower.finish() == 0, "".join(follower.err)
+    finally:
+        stop_process(follower.proc)
+        if worker is not None:
+            stop_process(worker)
+        delete_host_queue(amqp, host)
+    online, offline = (json.loads(line) for line in follower.out)
+    assert (online["state"], online["seq"], offline["state"], offline["seq"]) == ("online", 1, "offline", 2)
+    assert offline["previous"] == "online" and offline["reason"] == "stopping"
