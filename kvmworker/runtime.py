@@ -10,6 +10,7 @@ from kvmworker.app import build_middleware, build_pipeline
 from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events.wiring import attach_events, create_events
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
@@ -39,6 +40,7 @@ def build_worker(
     settings: Settings, extra_handlers: list[object] | None = None, extra_middleware: list[Middleware] | None = None
 ) -> tuple[Worker, Pipeline]:
     """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
+    events = create_events(settings)  # before the handlers: the event sources among them share it
     middleware = [*build_middleware(settings), *(extra_middleware or [])]
     pipeline = build_pipeline(settings, extra_handlers, middleware, executor=KeyedExecutor(settings.workers))
     for handler in pipeline.registry.handlers:
@@ -52,6 +54,7 @@ def build_worker(
         trust.warn_if_open()  # at start, then hourly while serving
     worker = Worker(connection, publisher, pipeline, settings.host, prefetch=settings.prefetch)
     observe_worker(settings, worker, pipeline)
+    attach_events(settings, worker, pipeline, events)  # online now; offline and flushed when the worker stops
     return worker, pipeline
 
 
