@@ -83,13 +83,13 @@ def events_summary(buffer: Any, connected: bool | None = None, last: int = STATU
     }
 
 
-def attach_events(settings: Any, worker: Any, dispatcher: Any, events: Events | None = None) -> EventService:
-    """Start events for ``worker`` (its dispatcher gives the metrics registry, the reply signer and the
-    SystemHandler); stop them when the worker stops. ``events``: the hub the handlers were built with.
+def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | None = None) -> EventService:
+    """Start events for ``worker`` (its pipeline's middleware give the metrics registry and the reply signer,
+    its registry the handlers); stop them when the worker stops. ``events``: the hub the handlers were built with.
     Handlers with a ``use_events(events)`` method get the hub before ``online`` is said (so their picture
     providers are in it)."""
     events = events or create_events(settings)
-    chain = dispatcher.middleware
+    chain = pipeline.middleware
     target = (
         LocalTarget(LOCAL)
         if settings.broker.startswith("memory:")
@@ -108,7 +108,7 @@ def attach_events(settings: Any, worker: Any, dispatcher: Any, events: Events | 
         counters = EventMetrics(metrics, events.emitter, sender.connected.is_set)
     events.emitter.add_listener(sender.wake)
     service = EventService(events, sender, state)
-    for handler in dispatcher.registry.handlers:
+    for handler in pipeline.registry.handlers:
         if hasattr(handler, "events_summary"):
             handler.events_summary = service.summary
         if hasattr(handler, "use_events"):  # a handler that is an event source, or acts for commands
@@ -124,12 +124,12 @@ def _close_with(worker: Any, service: EventService) -> None:
 
 
 def _signer(chain: Any) -> Any:
-    from kvmworker.trust.middleware import reply_signer
+    from kvmworker.trust.middleware import TrustMiddleware
 
-    return reply_signer(chain)
+    return next((mw.signer for mw in chain if isinstance(mw, TrustMiddleware)), None)
 
 
 def _metrics_registry(chain: Any) -> Any:
     from kvmworker.observability.metrics import MetricsMiddleware
 
-    return next((mw.metrics.registry for mw in chain.middleware if isinstance(mw, MetricsMiddleware)), None)
+    return next((mw.metrics.registry for mw in chain if isinstance(mw, MetricsMiddleware)), None)

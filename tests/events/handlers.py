@@ -9,7 +9,7 @@ import time
 from pydantic import BaseModel, Field
 
 from kvmworker.dispatch.commands import command
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.events import Events
 
 SOURCE, KIND = "probe", "tick"

@@ -34,7 +34,7 @@ def _bridge_settings(worker) -> Settings:
 def test_events_stream_through_the_bridge_as_server_sent_events(broker_url, start_event_worker):
     host = unique("kvt-sse-")
     worker = start_event_worker(broker_url, host)
-    with serving(_bridge_settings(worker), registry=worker.running.dispatcher.registry) as bridge:
+    with serving(_bridge_settings(worker), registry=worker.running.pipeline.registry) as bridge:
         headers = {"Authorization": f"Bearer {bridge.token}"}
         reader = SseReader(bridge.url, headers, {"host": host}).start()
         assert reader.status == 200 and reader.content_type.startswith("text/event-stream")
@@ -62,7 +62,7 @@ def test_events_stream_through_the_bridge_as_server_sent_events(broker_url, star
 def test_the_event_stream_filters_by_source(start_event_worker):
     host = unique("kvt-sse-")
     worker = start_event_worker("memory://", host, resync_interval=0.2)
-    with serving(_bridge_settings(worker), registry=worker.running.dispatcher.registry) as bridge:
+    with serving(_bridge_settings(worker), registry=worker.running.pipeline.registry) as bridge:
         headers = {"Authorization": f"Bearer {bridge.token}"}
         only_probe = SseReader(bridge.url, headers, {"host": host, "source": SOURCE}).start()
         only_worker = SseReader(bridge.url, headers, {"host": host, "source": "worker"}).start()
@@ -75,7 +75,7 @@ def test_the_event_stream_filters_by_source(start_event_worker):
 
 def test_the_event_stream_is_behind_the_bridges_authentication(start_event_worker):
     worker = start_event_worker("memory://", unique("kvt-sse-"))
-    with serving(_bridge_settings(worker), registry=worker.running.dispatcher.registry) as bridge:
+    with serving(_bridge_settings(worker), registry=worker.running.pipeline.registry) as bridge:
         for headers in ({}, {"Authorization": "Bearer not-the-token"}):
             response = httpx.get(bridge.url + "/events", headers=headers, timeout=10)
             assert response.status_code == 401
@@ -91,7 +91,7 @@ def test_a_user_sees_the_events_of_the_hosts_their_grants_reach_and_no_others(tm
     users = UsersFile(tmp_path / "users", PasswordHasher(time_cost=1, memory_cost=16384, parallelism=1))
     users.add("carol", "a long password", hosts=["kvt-sse-mine-*"], commands=["*"])
     auth = Authenticator(users, TokenStore(ttl=60), Throttle(free_failures=1000))
-    with serving(_bridge_settings(worker), auth, worker.running.dispatcher.registry) as bridge:
+    with serving(_bridge_settings(worker), auth, worker.running.pipeline.registry) as bridge:
         login = {"username": "carol", "password": "a long password"}
         token = bridge.post({"handler": "UserHandler", "command": "login", "data": login}).json()["data"]["token"]
         headers = {"Authorization": f"Bearer {token}"}
@@ -111,7 +111,7 @@ def test_a_skipped_seq_is_an_event_gap_message_before_the_event_that_shows_it(st
     url = require_broker("amqp", AMQP_URL)
     worker = start_event_worker(url, unique("kvt-sse-"))
     foreign = unique("kvt-sse-foreign-")
-    with serving(_bridge_settings(worker), registry=worker.running.dispatcher.registry) as bridge:
+    with serving(_bridge_settings(worker), registry=worker.running.pipeline.registry) as bridge:
         reader = SseReader(bridge.url, {"Authorization": f"Bearer {bridge.token}"}, {"host": foreign}).start()
         with Connection(url) as conn:
             producer = Producer(conn.channel())
