@@ -7,6 +7,7 @@ from typing import Any
 
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.operations import Operations
 from kvmworker.dispatch.pipeline import Executor, Pipeline
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
@@ -27,13 +28,18 @@ def build_registry(
     extra_handlers: list[object] | None = None,
     results: ResultLookup | None = None,
     journal: object | None = None,
+    operations: Operations | None = None,
 ) -> HandlerRegistry:
     """Every handler of this worker. Each handler module exposes ``create_handler(settings)``."""
     registry = HandlerRegistry()
     features: dict[str, Callable[[], Any]] = {}
     for handler in [*_handler_factories(settings, features), *(extra_handlers or [])]:
         registry.add(handler)
-    registry.add(SystemHandler(settings.host, registry.catalogue, features, results=results, journal=journal))
+    registry.add(
+        SystemHandler(
+            settings.host, registry.catalogue, features, results=results, journal=journal, operations=operations
+        )
+    )
     return registry
 
 
@@ -61,15 +67,21 @@ def build_pipeline(
     # SystemHandler.result and .status answer from the journal, when there is one.
     journal = next((mw for mw in middleware if isinstance(mw, JournalMiddleware)), None)
     trust = next((mw for mw in middleware if isinstance(mw, TrustMiddleware)), None)
+    operations = Operations()  # the pipeline feeds it, SystemHandler answers operations/cancel/result from it
     return Pipeline(
         build_registry(
-            settings, extra_handlers, journal.result if journal else None, journal.store if journal else None
+            settings,
+            extra_handlers,
+            journal.result if journal else None,
+            journal.store if journal else None,
+            operations,
         ),
         middleware,
         host=settings.host,
         max_body=settings.max_body,
         signer=trust.signer if trust else None,
         executor=executor,
+        operations=operations,
     )
 
 

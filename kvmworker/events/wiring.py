@@ -17,6 +17,7 @@ from kvmworker.events.fanout import LOCAL
 from kvmworker.events.hub import Events
 from kvmworker.events.metrics import EventMetrics
 from kvmworker.events.model import Event
+from kvmworker.events.operations import OperationEvents
 from kvmworker.events.sender import BrokerTarget, LocalTarget, Sender
 from kvmworker.events.state import WorkerState
 
@@ -85,9 +86,9 @@ def events_summary(buffer: Any, connected: bool | None = None, last: int = STATU
 
 def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | None = None) -> EventService:
     """Start events for ``worker`` (its pipeline's middleware give the metrics registry and the reply signer,
-    its registry the handlers); stop them when the worker stops. ``events``: the hub the handlers were built with.
-    Handlers with a ``use_events(events)`` method get the hub before ``online`` is said (so their picture
-    providers are in it)."""
+    its registry the handlers, its operations the long-running commands); stop them when the worker stops.
+    ``events``: the hub the handlers were built with. Handlers with a ``use_events(events)`` method get the hub
+    before ``online`` is said (so their picture providers are in it)."""
     events = events or create_events(settings)
     chain = pipeline.middleware
     target = (
@@ -107,6 +108,7 @@ def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | No
     if metrics is not None:
         counters = EventMetrics(metrics, events.emitter, sender.connected.is_set)
     events.emitter.add_listener(sender.wake)
+    pipeline.operations.observe(OperationEvents(events.emitter))  # operation.progress / operation.done (§8)
     service = EventService(events, sender, state)
     for handler in pipeline.registry.handlers:
         if hasattr(handler, "events_summary"):

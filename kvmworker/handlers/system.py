@@ -11,8 +11,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from kvmworker import __version__
+from kvmworker.api.operations import CancelQuery, OperationsQuery
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.context import Context
+from kvmworker.dispatch.operations import QUEUED, Operations
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.types import Uuid
@@ -39,9 +41,12 @@ class SystemHandler:
         clock: Callable[[], float] = time.monotonic,
         results: ResultLookup | None = None,
         journal: Any = None,
+        operations: Operations | None = None,
     ):
         self._host = host
         self._results = results
+        # the pipeline's (kvmworker.app gives both the same); a SystemHandler outside a worker has its own, empty
+        self._operations = operations or Operations()
         self._journal = journal  # a JournalStore, when the worker keeps one
         self._catalogue = catalogue
         self._features = dict(features or {})
@@ -81,15 +86,56 @@ class SystemHandler:
 
     @command(ResultQuery, mutates=False, inline=True)
     def result(self, data: ResultQuery, ctx: Context) -> Reply:
-        """The reply of an earlier command as it was sent, or -1 with ``state`` running/interrupted/never_seen."""
+        """The reply of an earlier command as it was sent, or -1 with ``state`` queued/running (with its
+        ``started_at``, ``progress`` and ``phase``), interrupted or never_seen."""
         msg_id = str(data.msg_id)
+        live = self._operations.find(msg_id)
+        if live is not None:
+            return _not_yet(live)
         if self._results is None:
             return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)
         return self._results(msg_id)
 
+    @command(OperationsQuery, mutates=False, inline=True)
+    def operations(self, data: OperationsQuery, ctx: Context) -> dict[str, Any]:
+        """The commands queued or running now (``running``, oldest first), or the last 100 answered (``recent``,
+        newest first); answered even when every pool thread is busy."""
+        ops = self._operations.now() if data.state == "running" else self._operations.recent()
+        return {"state": data.state, "operations": ops, "count": len(ops)}
+
+    @command(CancelQuery, inline=True, idempotent=True)
+    def cancel(self, data: CancelQuery, ctx: Context) -> dict[str, Any]:
+        """Drop a queued command (it is answered 30013 now and never runs), or tell a running cancellable one to
+        stop (it answers 30013 itself once it has); 30004 if it cannot be cancelled, 30006 if not queued or
+        running here. Runs on the consumer thread, so it is answered even when every pool thread is busy."""
+        if ctx.dry_run:
+            return {"dry_run": True, "plan": self.plan_cancel(data, ctx)}
+        return self._operations.cancel(str(data.msg_id), by=ctx.msg_id)
+
+    def plan_cancel(self, data: CancelQuery, ctx: Context) -> list[str]:
+        return self._operations.plan_cancel(str(data.msg_id))
+
     def feature_probe(self, name: str) -> FeatureProbe | None:
         """A registered feature probe (the metrics ask ``libvirt`` at each scrape)."""
         return self._features.get(name)
+
+
+def _not_yet(op: dict[str, Any]) -> Reply:
+    """-1 (no reply yet) saying where the command is: queued behind others, or running and how far."""
+    if op["state"] == QUEUED:
+        detail = "the command waits for its turn (queued); ask again later"
+    elif op["cancelling"]:
+        detail = "the command is still running; it was asked to cancel and answers 30013 once it has stopped"
+    else:
+        detail = "the command is still running; ask again later"
+    fields = ("handler", "command", "resource", "queued_at", "started_at", "progress", "phase", "cancellable")
+    return Reply.error(
+        Code.UNKNOWN_OUTCOME,
+        detail,
+        state=op["state"],
+        msg_id=op["msg_id"],
+        **{name: op[name] for name in fields},
+    )
 
 
 def journal_summary(store: Any, last: int = LAST_ERRORS) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Built as ``kvmworker worker`` builds it (settings, journal, trust, transport; other settings from KVMWORKER_*
 variables), plus ProbeHandler, EffectsHandler and StateHandler recording their effects in ``--effects``, and
-EventProbeHandler (commands that emit events).
+EventProbeHandler (commands that emit events), SlowHandler (long-running commands, §8).
 ``--pause-marker F`` stalls between recording a reply and publishing it (touching F first);
 ``--die-after-netlink-steps N`` SIGKILLs the process right after the N-th netlink step of a network command.
 """
@@ -21,6 +21,7 @@ from kvmworker.settings import Settings
 from tests.events.handlers import EventProbeHandler
 from tests.faults.handlers import StateHandler
 from tests.journal.effects import EffectsHandler, PauseBeforePublish
+from tests.operations.handlers import SlowHandler
 from tests.support.handlers import ProbeHandler
 
 
@@ -39,6 +40,7 @@ def main() -> int:
     setup_logging(settings)
     handlers = [ProbeHandler(args.effects), EffectsHandler(args.effects), StateHandler(args.effects)]
     handlers.append(EventProbeHandler())
+    handlers.append(SlowHandler(args.effects))
     pause = [PauseBeforePublish(args.pause_marker)] if args.pause_marker else []
     worker, _ = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
