@@ -199,7 +199,7 @@ class VmHandler:
     def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float, ctx: Context) -> dict[str, Any]:
         name = dom.name()
         ctx.raise_if_cancelled(f"cancelled before {name} was asked to shut down; it runs as before")
-        ctx.progress(None, f"ACPI shutdown sent; waiting up to {budget:g} s for {name} to power off")
+        ctx.progress(None, f"ACPI shutdown of {name}: waiting up to {budget:g} s for it to power off")
         with self.connection.events.watch(dom.UUIDString()) as waiter, ctx.on_cancel(waiter.wake):
             dom.shutdown()
             waiter.wait(budget)
