@@ -18,10 +18,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.app import assemble
 from kvmworker.client import Client
 from kvmworker.dispatch.executor import KeyedExecutor
-from kvmworker.journal.middleware import JournalMiddleware
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue, open_connection
 from kvmworker.transport.publisher import Publisher
@@ -29,10 +29,9 @@ from kvmworker.transport.worker import Worker
 
 
 def start(settings: Settings, *, journal: bool) -> Worker:
-    middleware = build_middleware(settings)
-    if not journal:
-        middleware = [mw for mw in middleware if not isinstance(mw, JournalMiddleware)]
-    pipeline = build_pipeline(settings, None, middleware, executor=KeyedExecutor(settings.workers))
+    assembly = assemble(settings)
+    middleware = [mw for mw in assembly.pipeline.middleware if journal or mw is not assembly.journal]
+    pipeline = Pipeline(assembly.registry, middleware, host=settings.host, executor=KeyedExecutor(settings.workers))
     worker = Worker(
         open_connection(settings.broker_url), Publisher(open_connection(settings.broker_url)), pipeline, settings.host
     )

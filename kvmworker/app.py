@@ -1,95 +1,154 @@
-"""Wiring: settings → the handlers, their clients and the pipeline. The only module that knows them all."""
+"""The composition root: settings → everything one worker is made of. The only module that knows them all.
+
+``assemble`` builds each part once and keeps the reference in an ``Assembly``; nothing is found again
+later by searching. The handlers borrow the clients they share (one netlink pool and store, one libvirt
+connection); the Assembly owns them and closes them, once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.dispatch.executor import Executor
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.operations import Operations
-from kvmworker.dispatch.pipeline import Executor, Pipeline
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
 from kvmworker.handlers.network import NetworkHandler
-from kvmworker.handlers.system import ResultLookup, SystemHandler
-from kvmworker.handlers.vm import create_vm_handler
+from kvmworker.handlers.system import SystemHandler
+from kvmworker.handlers.vm import VmHandler, create_vm_handler
+from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
 from kvmworker.netplane.plane import Netplane
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
 from kvmworker.trust.middleware import TrustMiddleware, create_trust
+from kvmworker.trust.signing import WorkerKeys
+from kvmworker.virt.connection import LibvirtConnection
+
+log = logging.getLogger("kvmworker.app")
 
 
-def build_registry(
+@dataclass
+class Assembly:
+    settings: Settings
+    netplane: Netplane
+    libvirt: LibvirtConnection
+    network: NetworkHandler
+    vm: VmHandler
+    registry: HandlerRegistry
+    metrics: WorkerMetrics
+    trust: TrustMiddleware
+    journal: JournalMiddleware
+    pipeline: Pipeline
+
+    @property
+    def signer(self) -> WorkerKeys | None:
+        """The worker's keys: they verify commands (the guard) and sign replies (the pipeline)."""
+        return self.trust.signer
+
+    def libvirt_probe(self) -> dict[str, Any]:
+        """libvirt's versions when it answers; raises when it does not (the metrics ask at each scrape)."""
+        return self.libvirt.version()
+
+    def start(self) -> None:
+        """Before consuming: put back the networks the kernel lost (after a reboot)."""
+        try:
+            self.network.on_start()
+        except Exception:
+            log.exception("restoring the remembered networks failed")
+
+    def close(self) -> None:
+        """Once the worker has stopped: what the handlers borrowed, then the journal."""
+        for close in (self.vm.close, self.netplane.close, self.libvirt.close, self.journal.store.close):
+            try:
+                close()
+            except Exception:
+                log.exception("closing %s failed", close.__qualname__)
+
+
+def assemble(
     settings: Settings,
-    extra_handlers: list[object] | None = None,
-    results: ResultLookup | None = None,
-    journal: object | None = None,
-    operations: Operations | None = None,
-) -> HandlerRegistry:
-    """Every handler of this worker. Each handler module exposes ``create_handler(settings)``."""
-    registry = HandlerRegistry()
-    features: dict[str, Callable[[], Any]] = {}
-    for handler in [*_handler_factories(settings, features), *(extra_handlers or [])]:
-        registry.add(handler)
-    registry.add(
-        SystemHandler(
-            settings.host, registry.catalogue, features, results=results, journal=journal, operations=operations
-        )
-    )
-    return registry
-
-
-def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
-    """The handlers and the clients they share: one netlink pool and one libvirt connection per worker.
-
-    The network handlers own the pool and the VM handler owns the connection (they close them);
-    the host handler only borrows both.
-    """
-    plane = Netplane.from_settings(settings)
-    features["vlan"] = plane.vlan_support
-    vm = create_vm_handler(settings, features)
-    host = create_host_handler(settings, features, libvirt=vm.connection, netlink=plane.pool)
-    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host]
-
-
-def build_pipeline(
-    settings: Settings,
-    extra_handlers: list[object] | None = None,
-    middleware: list[Middleware] | None = None,
     *,
+    extra_handlers: Iterable[object] = (),
+    extra_middleware: Iterable[Middleware[Any]] = (),
     executor: Executor | None = None,
-) -> Pipeline:
-    middleware = middleware or []
-    # SystemHandler.result and .status answer from the journal, when there is one.
-    journal = next((mw for mw in middleware if isinstance(mw, JournalMiddleware)), None)
-    trust = next((mw for mw in middleware if isinstance(mw, TrustMiddleware)), None)
-    operations = Operations()  # the pipeline feeds it, SystemHandler answers operations/cancel/result from it
-    return Pipeline(
-        build_registry(
-            settings,
-            extra_handlers,
-            journal.result if journal else None,
-            journal.store if journal else None,
-            operations,
-        ),
-        middleware,
-        host=settings.host,
-        max_body=settings.max_body,
-        signer=trust.signer if trust else None,
-        executor=executor,
-        operations=operations,
-    )
-
-
-def build_middleware(settings: Settings) -> list[Middleware]:
-    """Journal, signatures, metrics: the order here is the order of their hooks."""
-    # Metrics first: it counts every message in (on_receive) and out (after_reply), whoever answers it.
+) -> Assembly:
+    """One worker's parts. Tests add handlers, or middleware after the standard chain; ``executor`` is the
+    pool commands run on (none: each runs on the thread that received it)."""
     metrics = WorkerMetrics()
     journal = create_journal(settings, on_duplicate=lambda how: metrics.duplicates.labels(how).inc())
     metrics.watch_journal(journal.store.size_bytes)
-    # Trust right after metrics (which must see every message in): a refused message reaches nothing else.
-    return [MetricsMiddleware(metrics), create_trust(settings), CommandLogMiddleware(), journal]
+    trust = create_trust(settings)
+    netplane = Netplane.from_settings(settings)
+    libvirt = LibvirtConnection(settings.libvirt_uri)
+    network, vm, handlers = _handlers(settings, netplane, libvirt)
+    operations = Operations()  # the pipeline feeds it; SystemHandler answers operations, cancel and result from it
+    registry = _registry(settings, [*handlers, *extra_handlers], _features(netplane, libvirt), journal, operations)
+    # Metrics first: they count every message in (on_receive) and out (after_reply), whoever answers it.
+    # Trust right after (it must see every message before anything else does): a refused one reaches nothing more.
+    middleware = [MetricsMiddleware(metrics), trust, CommandLogMiddleware(), journal, *extra_middleware]
+    pipeline = Pipeline(
+        registry,
+        middleware,
+        host=settings.host,
+        max_body=settings.max_body,
+        signer=trust.signer,
+        executor=executor,
+        operations=operations,
+    )
+    return Assembly(settings, netplane, libvirt, network, vm, registry, metrics, trust, journal, pipeline)
+
+
+def build_registry(settings: Settings) -> HandlerRegistry:
+    """Every command of a worker with these settings, for listing them (``kvmworker schema``, the bridge).
+
+    No command runs and nothing connects here: the clients connect on first use.
+    """
+    netplane = Netplane.from_settings(settings)
+    libvirt = LibvirtConnection(settings.libvirt_uri)
+    _, _, handlers = _handlers(settings, netplane, libvirt)
+    return _registry(settings, handlers, _features(netplane, libvirt), None)
+
+
+def _handlers(
+    settings: Settings, netplane: Netplane, libvirt: LibvirtConnection
+) -> tuple[NetworkHandler, VmHandler, list[object]]:
+    """The standard handlers, sharing one netlink pool and store and one libvirt connection (they close none)."""
+    network = NetworkHandler(netplane)
+    vm = create_vm_handler(settings, libvirt=libvirt)
+    host = create_host_handler(settings, libvirt=libvirt, netlink=netplane.pool)
+    return network, vm, [network, NamespaceHandler(netplane), DeviceHandler(netplane), vm, host]
+
+
+def _features(netplane: Netplane, libvirt: LibvirtConnection) -> dict[str, Callable[[], Any]]:
+    """What ``SystemHandler.capabilities`` reports, each asked when it is asked."""
+    return {"vlan": netplane.vlan_support, "libvirt": libvirt.version, "kvm": CpuInventory().kvm_support}
+
+
+def _registry(
+    settings: Settings,
+    handlers: list[object],
+    features: Mapping[str, Callable[[], Any]],
+    journal: JournalMiddleware | None,
+    operations: Operations | None = None,
+) -> HandlerRegistry:
+    registry = HandlerRegistry(handlers)
+    # SystemHandler.result and .status answer from the journal, when there is one.
+    system = SystemHandler(
+        settings.host,
+        registry.catalogue,
+        features,
+        results=journal.result if journal else None,
+        journal=journal.store if journal else None,
+        operations=operations,
+    )
+    registry.add(system)
+    return registry

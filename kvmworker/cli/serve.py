@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CliError(f"cannot create the state directory {settings.state_dir}: {exc.strerror}", EXIT_OS) from None
         running = start_worker(settings)
-        libvirt = libvirt_problem(running.pipeline)
+        libvirt = libvirt_problem(running.assembly.libvirt_probe)
         if libvirt:
             log.warning("%s", libvirt)
         try:

@@ -43,14 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvmworker.runtime import build_worker, close_handlers
+    from kvmworker.runtime import build_worker
 
     settings = settings_from(args)
     setup_logging(settings)
-    worker, pipeline = build_worker(settings)
+    worker, assembly = build_worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("worker for host %s on %s", settings.host, mask_url(settings.broker))
     worker.run()
-    close_handlers(pipeline)
+    assembly.close()
     return 0

@@ -2,7 +2,7 @@
 
 A task waiting for its key holds no thread: it is queued behind the running one, so a
 60-second VM shutdown delays only the next command on that VM, never a ``ping``.
-Tasks report their own outcome (the worker publishes the reply), so there are no futures:
+Tasks report their own outcome (the pipeline answers through the port), so there are no futures:
 handing a task to a thread is one put on a C queue, the cheapest handoff Python has.
 """
 
@@ -13,11 +13,30 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
+from typing import Protocol
 
 log = logging.getLogger("kvmworker.executor")
 
 Task = Callable[[], object]
 _STOP = None
+
+
+class Executor(Protocol):
+    """Runs tasks with the same key one after another."""
+
+    def submit(self, key: str | None, task: Task) -> None: ...
+
+    def shutdown(self, wait: bool = True) -> None: ...
+
+
+class CallerRuns:
+    """Each task at once on the calling thread: a pipeline without a pool (tests, embedded callers)."""
+
+    def submit(self, key: str | None, task: Task) -> None:
+        task()
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
 class KeyedExecutor:

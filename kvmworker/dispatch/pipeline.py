@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.context import Context
 from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.executor import CallerRuns, Executor
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware, Vouched, keeps_state
 from kvmworker.dispatch.operations import Operation, Operations
@@ -45,24 +46,6 @@ class ReplySigner(Protocol):
     def sign_reply(self, body: bytes, correlation_id: str, msg_id: str) -> dict[str, Any]: ...
 
 
-class Executor(Protocol):
-    """Runs tasks with the same key one after another (``KeyedExecutor``)."""
-
-    def submit(self, key: str | None, task: Callable[[], object]) -> None: ...
-
-    def shutdown(self, wait: bool = True) -> None: ...
-
-
-class CallerRuns:
-    """An executor that runs each task at once on the calling thread (a pipeline without a pool)."""
-
-    def submit(self, key: str | None, task: Callable[[], object]) -> None:
-        task()
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
-
-
 class Pipeline:
     def __init__(
         self,
@@ -76,8 +59,7 @@ class Pipeline:
         operations: Operations | None = None,
     ):
         self.registry = registry
-        self.middleware = tuple(middleware)
-        """In order: each hook is called on each middleware in this order."""
+        self.middleware = tuple(middleware)  # each hook is called on each of them, in this order
         self._stateful = tuple(mw for mw in self.middleware if keeps_state(mw))
         self.host = host
         self.max_body = max_body

@@ -84,19 +84,17 @@ def events_summary(buffer: Any, connected: bool | None = None, last: int = STATU
     }
 
 
-def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | None = None) -> EventService:
-    """Start events for ``worker`` (its pipeline's middleware give the metrics registry and the reply signer,
-    its registry the handlers, its operations the long-running commands); stop them when the worker stops.
-    ``events``: the hub the handlers were built with. Handlers with a ``use_events(events)`` method get the hub
-    before ``online`` is said (so their picture providers are in it)."""
+def attach_events(settings: Any, worker: Any, assembly: Any, events: Events | None = None) -> EventService:
+    """Start events for ``worker``, from the parts its ``assembly`` (``kvmworker.app.Assembly``) built: the
+    metrics registry, the reply signer, the handlers, the pipeline's operations (the long-running commands);
+    stop them when the worker stops. ``events``: the hub the handlers were built with. Handlers with a
+    ``use_events(events)`` method get the hub before ``online`` is said (so their picture providers are in it)."""
     events = events or create_events(settings)
-    chain = pipeline.middleware
     target = (
         LocalTarget(LOCAL)
         if settings.broker.startswith("memory:")
-        else BrokerTarget(settings.broker, settings.host, _signer(chain))
+        else BrokerTarget(settings.broker, settings.host, assembly.signer)
     )
-    metrics = _metrics_registry(chain)
     counters: EventMetrics | None = None
     sender = Sender(events.emitter.buffer, target, on_published=lambda seq: counters and counters.published.inc())
     state = WorkerState(
@@ -105,12 +103,11 @@ def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | No
         settings.resync_interval,
         on_sync=lambda reason: counters and counters.syncs.inc(),
     )
-    if metrics is not None:
-        counters = EventMetrics(metrics, events.emitter, sender.connected.is_set)
+    counters = EventMetrics(assembly.metrics.registry, events.emitter, sender.connected.is_set)
     events.emitter.add_listener(sender.wake)
-    pipeline.operations.observe(OperationEvents(events.emitter))  # operation.progress / operation.done (§8)
+    assembly.pipeline.operations.observe(OperationEvents(events.emitter))  # operation.progress / operation.done
     service = EventService(events, sender, state)
-    for handler in pipeline.registry.handlers:
+    for handler in assembly.registry.handlers:
         if hasattr(handler, "events_summary"):
             handler.events_summary = service.summary
         if hasattr(handler, "use_events"):  # a handler that is an event source, or acts for commands
@@ -123,15 +120,3 @@ def attach_events(settings: Any, worker: Any, pipeline: Any, events: Events | No
 def _close_with(worker: Any, service: EventService) -> None:
     worker.wait_stopped()
     service.close()
-
-
-def _signer(chain: Any) -> Any:
-    from kvmworker.trust.middleware import TrustMiddleware
-
-    return next((mw.signer for mw in chain if isinstance(mw, TrustMiddleware)), None)
-
-
-def _metrics_registry(chain: Any) -> Any:
-    from kvmworker.observability.metrics import MetricsMiddleware
-
-    return next((mw.metrics.registry for mw in chain if isinstance(mw, MetricsMiddleware)), None)

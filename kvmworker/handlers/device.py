@@ -214,9 +214,6 @@ class DeviceHandler:
     def show(self, data: DeviceRef, ctx: Context) -> dict[str, Any]:
         return self._show(data.name, data.namespace)
 
-    def close(self) -> None:
-        self._plane.close()
-
     def _show(self, name: str, namespace: str | None) -> dict[str, Any]:
         nl = self._plane.pool.get(namespace)
         link = devices.existing(nl.link(name), name)

@@ -114,7 +114,6 @@ def _headline(section: Any) -> dict[str, Any]:
 
 def create_host_handler(
     settings: Settings,
-    features: dict[str, Any] | None = None,
     libvirt: LibvirtConnection | None = None,
     netlink: NetlinkPool | None = None,
 ) -> HostHandler:
@@ -123,11 +122,8 @@ def create_host_handler(
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     links = netlink or NetlinkPool(settings.netns)
     owned = (() if libvirt else (connection,)) + (() if netlink else (links,))
-    cpu = CpuInventory()
-    if features is not None:
-        features["kvm"] = cpu.kvm_support
     return HostHandler(
-        cpu=cpu,
+        cpu=CpuInventory(),
         memory=MemoryInventory(),
         storage=StorageInventory(pools=LibvirtPools(connection)),
         network=NetworkInventory(netns=settings.netns, links=links),

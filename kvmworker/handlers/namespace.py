@@ -86,9 +86,6 @@ class NamespaceHandler:
             "devices": [devices.device_data(link, name_of, addresses.get(link.index, [])) for link in links],
         }
 
-    def close(self) -> None:
-        self._plane.close()
-
     @staticmethod
     def _existing(name: str) -> None:
         if not namespace_exists(name):

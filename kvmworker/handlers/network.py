@@ -187,9 +187,6 @@ class NetworkHandler:
             if problems:
                 self._restore(network, problems)
 
-    def close(self) -> None:
-        self._plane.close()
-
     def _restore(self, network: Network, problems: list[str]) -> None:
         nl = self._plane.pool.get()
         try:

@@ -115,10 +115,6 @@ class SystemHandler:
     def plan_cancel(self, data: CancelQuery, ctx: Context) -> list[str]:
         return self._operations.plan_cancel(str(data.msg_id))
 
-    def feature_probe(self, name: str) -> FeatureProbe | None:
-        """A registered feature probe (the metrics ask ``libvirt`` at each scrape)."""
-        return self._features.get(name)
-
 
 def _not_yet(op: dict[str, Any]) -> Reply:
     """-1 (no reply yet) saying where the command is: queued behind others, or running and how far."""

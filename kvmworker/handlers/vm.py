@@ -317,15 +317,12 @@ def _moved(records: VolumeRecords, planned: OwnedVolume, path: str) -> OwnedVolu
     return actual
 
 
-def create_vm_handler(
-    settings: Settings, features: dict[str, Callable[[], Any]], libvirt: LibvirtConnection | None = None
-) -> VmHandler:
+def create_vm_handler(settings: Settings, libvirt: LibvirtConnection | None = None) -> VmHandler:
     """Constructing connects to nothing: the first command opens the connection.
 
     ``libvirt``: the worker's shared connection when the wiring has one (then the wiring closes it).
     """
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
-    features["libvirt"] = connection.version
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
     records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
     return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)

@@ -1,4 +1,4 @@
-"""Connect the metrics and logs middleware to the running worker, and open the health port if configured."""
+"""Connect the metrics and command logs to the running worker, and open the health port if configured."""
 
 from __future__ import annotations
 
@@ -6,26 +6,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kvmworker.dispatch.pipeline import Pipeline
-from kvmworker.observability.logs import CommandLogMiddleware, install_context_filter
-from kvmworker.observability.metrics import MetricsMiddleware
+from kvmworker.observability.logs import install_context_filter
+from kvmworker.observability.metrics import WorkerMetrics
 from kvmworker.observability.server import HealthServer
 from kvmworker.settings import Settings
 from kvmworker.transport.worker import Worker
 
+LibvirtProbe = Callable[[], Any]
 
-def observe_worker(settings: Settings, worker: Worker, pipeline: Pipeline) -> HealthServer | None:
+
+def observe_worker(
+    settings: Settings, worker: Worker, metrics: WorkerMetrics, libvirt: LibvirtProbe
+) -> HealthServer | None:
     """Returns the health server (already serving), which stops by itself when the worker stops."""
-    chain = pipeline.middleware
-    if any(isinstance(mw, CommandLogMiddleware) for mw in chain):
-        install_context_filter()
-    metrics = next((mw.metrics for mw in chain if isinstance(mw, MetricsMiddleware)), None)
-    if metrics is None or settings.health_port is None:
+    install_context_filter()
+    if settings.health_port is None:
         return None
     metrics.watch_broker(worker.consuming.is_set)
-    libvirt = _feature_probe(pipeline, "libvirt")
-    if libvirt is not None:
-        metrics.watch_libvirt(libvirt)
+    metrics.watch_libvirt(libvirt)
     server = HealthServer(
         settings.health_port,
         settings.health_bind,
@@ -37,16 +35,13 @@ def observe_worker(settings: Settings, worker: Worker, pipeline: Pipeline) -> He
     return server
 
 
-def libvirt_problem(pipeline: Pipeline) -> str | None:
+def libvirt_problem(libvirt: LibvirtProbe) -> str | None:
     """At start: None when libvirt answers, else what is wrong and what to do, in words for the operator.
 
     Opening the connection here also warms it for the first VM command (it is the worker's shared one).
     """
-    probe = _feature_probe(pipeline, "libvirt")
-    if probe is None:
-        return None
     try:
-        probe()
+        libvirt()
     except Exception as exc:
         return (
             f"libvirt is unreachable ({exc}): every VmHandler command answers 30009 until it is. "
@@ -60,11 +55,3 @@ def libvirt_problem(pipeline: Pipeline) -> str | None:
 def _stop_with(worker: Worker, server: HealthServer) -> None:
     worker.wait_stopped()
     server.stop()
-
-
-def _feature_probe(pipeline: Pipeline, name: str) -> Callable[[], Any] | None:
-    for handler in pipeline.registry.handlers:
-        probe = getattr(handler, "feature_probe", None)
-        if probe is not None:
-            return probe(name)
-    return None

@@ -40,11 +40,6 @@ class Envelope(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"data": self.data}
 
 
-class ErrorData(BaseModel):
-    detail: str
-    field: str | None = None
-
-
 class Reply(BaseModel):
     """What every caller gets back: ``msg`` is always exactly the table text of ``code``."""
 

@@ -89,7 +89,7 @@ class TrustMiddleware(Middleware[None]):
         return None
 
     def warn_if_open(self) -> None:
-        # Said at the serving worker's start (announce_open) or with the first message, then hourly; not at
+        # Said at the serving worker's start (runtime.build_worker) or with the first message, then hourly; not at
         # construction, so that it lands in the serving worker's log and not in every CLI run that builds
         # a pipeline. Once per hour whoever says it first.
         now = self._clock()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.app import Assembly, assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.journal.middleware import JournalMiddleware
@@ -25,9 +25,16 @@ from tests.journal.effects import EffectsHandler
 @dataclass
 class Wired:
     settings: Settings
-    pipeline: Pipeline
-    journal: JournalMiddleware
+    assembly: Assembly
     effects: Path
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.assembly.pipeline
+
+    @property
+    def journal(self) -> JournalMiddleware:
+        return self.assembly.journal
 
     @property
     def journal_file(self) -> Path:
@@ -53,9 +60,7 @@ def new_id() -> str:
 def wire(state_dir: Path, effects: Path, **settings: Any) -> Wired:
     effects.mkdir(exist_ok=True)
     config = Settings(host="kvt-journal", state_dir=state_dir, **settings)
-    middleware = build_middleware(config)
-    journal = next(mw for mw in middleware if isinstance(mw, JournalMiddleware))
-    return Wired(config, build_pipeline(config, [EffectsHandler(effects)], middleware), journal, effects)
+    return Wired(config, assemble(config, extra_handlers=[EffectsHandler(effects)]), effects)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +77,7 @@ def root_logging_restored() -> Iterator[None]:
 def wired(tmp_path: Path) -> Iterator[Wired]:
     w = wire(tmp_path / "state", tmp_path / "effects")
     yield w
-    w.journal.store.close()
+    w.assembly.close()
 
 
 @pytest.fixture

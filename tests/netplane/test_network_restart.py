@@ -25,7 +25,8 @@ def test_a_new_worker_restores_bridges_enslavement_and_up_state_and_logs_what_it
     kernel.ip("link", "set", "ens225", "nomaster")
     kernel.ip("link", "set", bridge_name(downed), "down")
 
-    restarted = NetworkHandler(make_plane(namespace, state_dir, list(NICS)))
+    after_restart = make_plane(namespace, state_dir, list(NICS))  # the worker owns the plane and closes it
+    restarted = NetworkHandler(after_restart)
     with caplog.at_level(logging.WARNING, logger="kvmworker.network"):
         restarted.on_start()
 
@@ -40,7 +41,7 @@ def test_a_new_worker_restores_bridges_enslavement_and_up_state_and_logs_what_it
     assert all(state["state"] == "ok" for state in states.values())
     repaired = states[released]["restored_at_start"]
     assert repaired == [f"physical interface ens225 is not enslaved to {bridge_name(released)}"]
-    restarted.close()
+    after_restart.close()
 
 
 def test_a_network_that_cannot_be_restored_is_logged_and_the_others_still_are(
@@ -53,11 +54,12 @@ def test_a_network_that_cannot_be_restored_is_logged_and_the_others_still_are(
     kernel.ip("link", "del", bridge_name(fine))
     kernel.ip("link", "del", "ens224")  # the NIC itself is gone now
 
-    restarted = NetworkHandler(make_plane(namespace, state_dir, list(NICS)))
+    after_restart = make_plane(namespace, state_dir, list(NICS))  # the worker owns the plane and closes it
+    restarted = NetworkHandler(after_restart)
     with caplog.at_level(logging.WARNING, logger="kvmworker.network"):
         restarted.on_start()
     assert f"network {lost}" in caplog.text and "not restored" in caplog.text
     assert kernel.link("ens225")["master"] == bridge_name(fine)
     shown = caller(restarted)("NetworkHandler", "show", {"network_id": lost}).data
     assert shown["state"] == "drift" and "physical interface ens224 is missing" in shown["drift"]
-    restarted.close()
+    after_restart.close()

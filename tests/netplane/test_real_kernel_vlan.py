@@ -84,14 +84,15 @@ def test_a_subinterface_deleted_behind_the_workers_back_is_drift_and_a_new_worke
     shown = call("NetworkHandler", "show", {"network_id": EXAMPLE_ID}).data
     assert shown["state"] != "ok" and any("ens224.1001" in d for d in shown["drift"]), shown
 
-    restarted = NetworkHandler(make_plane(namespace, state_dir, list(NICS)))
+    after_restart = make_plane(namespace, state_dir, list(NICS))  # the worker owns the plane and closes it
+    restarted = NetworkHandler(after_restart)
     try:
         restarted.on_start()
         sub = kernel.link("ens224.1001")
         assert sub["linkinfo"]["info_data"]["id"] == 1001 and sub["master"] == BRIDGE and "UP" in sub["flags"]
         assert caller(restarted)("NetworkHandler", "show", {"network_id": EXAMPLE_ID}).data["state"] == "ok"
     finally:
-        restarted.close()
+        after_restart.close()
 
 
 def test_after_a_reboot_the_bridge_and_the_vlan_come_back(call, kernel: Kernel, namespace: str, state_dir: Path):
@@ -102,11 +103,12 @@ def test_after_a_reboot_the_bridge_and_the_vlan_come_back(call, kernel: Kernel, 
     for name in ("ens224.1001", BRIDGE, "ens225.42", bridge_name(second)):  # what a reboot forgets
         kernel.ip("link", "del", name)
 
-    restarted = NetworkHandler(make_plane(namespace, state_dir, list(NICS)))
+    after_restart = make_plane(namespace, state_dir, list(NICS))  # the worker owns the plane and closes it
+    restarted = NetworkHandler(after_restart)
     try:
         restarted.on_start()
     finally:
-        restarted.close()
+        after_restart.close()
     links = kernel.links()
     assert links["ens225.42"]["master"] == bridge_name(second) and links["ens225.42"]["mtu"] == 1400
     assert links["ens224.1001"]["master"] == BRIDGE and links["ens224.1001"]["linkinfo"]["info_data"]["id"] == 1001

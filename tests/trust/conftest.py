@@ -114,7 +114,7 @@ class KeyedWorker:
 
     @property
     def journal(self) -> JournalMiddleware:
-        return next(mw for mw in self.running.pipeline.middleware if isinstance(mw, JournalMiddleware))
+        return self.running.assembly.journal
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
-from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.protocol.codec import encode_reply
 from tests.trust.hostile import Hostile, assert_documented, classics, fresh_msg_id, fuzz_settings, messages
 
@@ -29,13 +28,11 @@ def pipeline(tmp_path_factory):
         pytest.skip("the fuzzed worker runs in a network namespace of its own, which needs root")
     tmp = tmp_path_factory.mktemp("fuzz")
     with fuzz_settings(tmp) as config:
-        middleware = build_middleware(config)
-        d = build_pipeline(config, middleware=middleware)
-        d.images = config.storage_dirs[0]
-        yield d
-        next(mw for mw in middleware if isinstance(mw, JournalMiddleware)).store.close()
-        for handler in d.registry.handlers:
-            getattr(handler, "close", lambda: None)()
+        assembly = assemble(config)
+        pipeline = assembly.pipeline
+        pipeline.images = config.storage_dirs[0]
+        yield pipeline
+        assembly.close()
 
 
 def answer(pipeline, hostile: Hostile) -> dict:

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from kvmworker.app import build_middleware, build_pipeline
+from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import CapturingPort
-from kvmworker.journal.middleware import JournalMiddleware
 from kvmworker.settings import Settings
 from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.trust.keys import KeyFileError, load_private_keys
@@ -37,9 +36,9 @@ class Guarded:
         self.counters = tmp / "counters"
         self.counters.mkdir(exist_ok=True)
         settings = Settings(host=HOST, state_dir=tmp / "state", keys_file=reply_keys, trusted_keys_file=trusted)
-        self.middleware = build_middleware(settings)
-        self.pipeline = build_pipeline(settings, [ProbeHandler(self.counters)], self.middleware)
-        self.journal = next(mw for mw in self.middleware if isinstance(mw, JournalMiddleware))
+        self.assembly = assemble(settings, extra_handlers=[ProbeHandler(self.counters)])
+        self.pipeline = self.assembly.pipeline
+        self.journal = self.assembly.journal
 
     def count(self, name: str = "g") -> int:
         return count_of(self.counters, name)
@@ -49,14 +48,14 @@ class Guarded:
 def guarded(tmp_path, worker_trust, reply_keys_file):
     g = Guarded(tmp_path, worker_trust, reply_keys_file)
     yield g
-    g.journal.store.close()
+    g.assembly.close()
 
 
 @pytest.fixture
 def open_worker(tmp_path):
     g = Guarded(tmp_path, None)
     yield g
-    g.journal.store.close()
+    g.assembly.close()
 
 
 def command(name: str = "g") -> bytes:
@@ -183,7 +182,7 @@ def test_a_command_that_expires_while_waiting_for_its_resource_never_runs(
     reply = pipeline.handle(request(signer, issued=now[0], validity=2))
     assert reply.code == 20005
     assert g.count() == 0
-    g.journal.store.close()
+    g.assembly.close()
 
 
 def test_a_worker_without_keys_runs_unsigned_commands_and_says_loudly_that_it_is_open(open_worker, caplog):
@@ -216,17 +215,17 @@ def test_a_worker_whose_trusted_keys_file_is_broken_refuses_to_start_instead_of_
     broken = tmp_path / "trusted.json"
     broken.write_text("{")
     with pytest.raises(KeyFileError):
-        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=broken))
+        assemble(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=broken))
 
 
 def test_a_worker_given_only_a_keys_file_refuses_to_start_rather_than_run_open(tmp_path, reply_keys_file):
     with pytest.raises(KeyFileError, match="trusted_keys_file is not"):
-        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", keys_file=reply_keys_file))
+        assemble(Settings(host=HOST, state_dir=tmp_path / "state", keys_file=reply_keys_file))
 
 
 def test_a_worker_holding_the_orchestrators_private_key_file_as_its_trust_refuses_to_start(tmp_path, keys_file):
     with pytest.raises(KeyFileError):
-        build_middleware(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=keys_file))
+        assemble(Settings(host=HOST, state_dir=tmp_path / "state", trusted_keys_file=keys_file))
 
 
 def test_a_worker_makes_its_own_reply_key_in_its_state_directory_at_first_start(tmp_path, worker_trust):
@@ -234,10 +233,10 @@ def test_a_worker_makes_its_own_reply_key_in_its_state_directory_at_first_start(
     made = tmp_path / "state" / "reply-keys.json"
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
     first = load_private_keys(made).public()
-    g.journal.store.close()
+    g.assembly.close()
     g = Guarded(tmp_path, worker_trust)  # a restart keeps it
     assert load_private_keys(made).public() == first
-    g.journal.store.close()
+    g.assembly.close()
 
 
 def test_a_key_removed_from_the_trusted_file_stops_verifying_at_the_next_message_without_a_restart(

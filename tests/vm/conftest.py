@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from kvmworker.app import build_pipeline
+from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.protocol.envelope import Reply
@@ -50,10 +50,9 @@ def caller(pipeline: Pipeline) -> Call:
 def _pipeline(tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = ()) -> Iterator[Pipeline]:
     storage = [tmp_path, *more_storage]
     settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=storage, state_dir=tmp_path / "state")
-    pipeline = build_pipeline(settings)
-    yield pipeline
-    for handler in pipeline.registry.handlers:
-        getattr(handler, "close", lambda: None)()
+    assembly = assemble(settings)
+    yield assembly.pipeline
+    assembly.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from kvmworker.app import build_pipeline
+from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.settings import Settings
 from tests.vm.conftest import caller
@@ -14,11 +14,12 @@ NOWHERE = "qemu+unix:///system?socket=/nonexistent/kvt-libvirt-sock"
 
 
 def test_building_the_worker_connects_to_nothing_and_a_command_answers_30009_at_once(tmp_path):
-    pipeline = build_pipeline(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
+    assembly = assemble(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
     started = time.monotonic()
-    reply = caller(pipeline)("list")
+    reply = caller(assembly.pipeline)("list")
     assert reply.code == 30009 and "nonexistent" in reply.data["detail"]
     assert time.monotonic() - started < 5
+    assembly.close()
 
 
 def test_capabilities_report_the_libvirt_version_or_why_it_is_unavailable(tmp_path, test_driver):
@@ -28,7 +29,9 @@ def test_capabilities_report_the_libvirt_version_or_why_it_is_unavailable(tmp_pa
 
     libvirt_feature = features(test_driver)["libvirt"]
     assert libvirt_feature["available"] is True and libvirt_feature["hypervisor"].startswith("TEST")
-    unreachable = features(build_pipeline(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path)))
+    nowhere = assemble(Settings(host="kvt", libvirt_uri=NOWHERE, state_dir=tmp_path))
+    unreachable = features(nowhere.pipeline)
+    nowhere.close()
     assert unreachable["libvirt"]["available"] is False and "HypervisorUnavailable" in unreachable["libvirt"]["reason"]
 
 
