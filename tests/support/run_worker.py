@@ -42,10 +42,11 @@ def main() -> int:
     handlers.append(EventProbeHandler())
     handlers.append(SlowHandler(args.effects))
     pause = [PauseBeforePublish(args.pause_marker)] if args.pause_marker else []
-    worker, _ = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
+    worker, assembly = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print("worker ready", flush=True)
     worker.run()
+    assembly.close()  # as ``kvmworker worker`` does: the journal is closed (and checkpointed) before the exit
     return 0
 
 
