@@ -5,12 +5,17 @@ ran" and "it stopped" are read from their effects, not from the worker's own wor
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
 from kvmworker.protocol.codes import Code
+from kvmworker.settings import Settings
+from tests.conftest import unique
 from tests.operations.conftest import WAIT_S, reply_of
-from tests.operations.handlers import marked, release
+from tests.operations.handlers import SlowHandler, marked, release
 from tests.support.processes import wait_for
 
 
@@ -182,3 +187,26 @@ def test_progress_is_published_as_operation_progress_and_a_command_longer_than_2
     assert (stopped.state, stopped.data["code"]) == ("cancelled", Code.CANCELLED)
     assert done_of(quick.msg_id) == [], "a command of 0.2 s published operation.done"
     assert [e.kind for e in follower.events if e.msg_id == quick.msg_id] == ["progress"] * 3
+
+
+def test_operations_keeps_the_last_100_answered_newest_first(tmp_path):
+    """In process, through ``Pipeline.handle`` (the same path, without a broker: 105 commands in a blink)."""
+    settings = Settings(host=unique("kvt-ops-"), state_dir=tmp_path / "state")
+    assembly = assemble(settings, extra_handlers=[SlowHandler(tmp_path)])
+    try:
+        sent = [str(uuid.uuid4()) for _ in range(105)]
+        for msg_id in sent:
+            assert handle(assembly, "SlowHandler", "progress", {"seconds": 0, "steps": 1}, msg_id).code == 0
+        recent = handle(assembly, "SystemHandler", "operations", {"state": "recent"}).data
+    finally:
+        assembly.close()
+    assert recent["count"] == 100
+    assert [op["msg_id"] for op in recent["operations"]] == sent[:4:-1]
+    assert {(op["state"], op["code"], op["progress"], op["phase"]) for op in recent["operations"]} == {
+        ("answered", 0, 100.0, "finished")
+    }
+
+
+def handle(assembly, handler: str, command: str, data: dict, msg_id: str | None = None):
+    body = {"handler": handler, "command": command, "data": data, "msg_id": msg_id or str(uuid.uuid4())}
+    return assembly.pipeline.handle(Delivery(body=json.dumps(body).encode(), content_type="application/json"))
