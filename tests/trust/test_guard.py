@@ -25,7 +25,7 @@ from kvmworker.trust.keys import KeyFileError, load_private_keys
 from kvmworker.trust.middleware import TrustMiddleware
 from kvmworker.trust.signing import Signer, load_worker_keys
 from tests.support.handlers import ProbeHandler, count_of
-from tests.trust.conftest import write_trusted
+from tests.trust.conftest import signer_of, write_trusted
 
 HOST = "kvt-guard"
 REPLY_TO = "kvmworker.reply.caller"
@@ -266,3 +266,14 @@ def test_a_worker_whose_reply_key_file_broke_sends_replies_unsigned_rather_than_
     assert keys.sign_reply(b"{}", "c", str(uuid.uuid4()))["x-kvm-signature"].startswith("v2:r1:")
     reply_keys_file.chmod(0o644)
     assert keys.sign_reply(b"{}", "c", str(uuid.uuid4())) == {}
+
+
+def test_the_reply_is_signed_with_the_workers_own_key_and_the_caller_can_verify_it(
+    guarded, signer, keys_file, reply_key, tmp_path
+):
+    reply, port = published(guarded, request(signer))
+    [out] = port.published
+    caller = signer_of(keys_file, write_trusted(tmp_path / "caller-trusted.json", hosts={HOST: {"r1": reply_key}}))
+    assert reply.code == 0
+    assert caller.reply_is_authentic(out.body, out.correlation_id, out.message_id, out.headers, HOST)
+    assert not caller.reply_is_authentic(out.body + b" ", out.correlation_id, out.message_id, out.headers, HOST)
