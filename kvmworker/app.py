@@ -15,6 +15,7 @@ from typing import Any
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.executor import Executor
 from kvmworker.dispatch.middleware import Middleware
+from kvmworker.dispatch.operations import Operations
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
@@ -89,7 +90,8 @@ def assemble(
     netplane = Netplane.from_settings(settings)
     libvirt = LibvirtConnection(settings.libvirt_uri)
     network, vm, handlers = _handlers(settings, netplane, libvirt)
-    registry = _registry(settings, [*handlers, *extra_handlers], _features(netplane, libvirt), journal)
+    operations = Operations()  # the pipeline feeds it; SystemHandler answers operations, cancel and result from it
+    registry = _registry(settings, [*handlers, *extra_handlers], _features(netplane, libvirt), journal, operations)
     # Metrics first: they count every message in (on_receive) and out (after_reply), whoever answers it.
     # Trust right after (it must see every message before anything else does): a refused one reaches nothing more.
     middleware = [MetricsMiddleware(metrics), trust, CommandLogMiddleware(), journal, *extra_middleware]
@@ -100,6 +102,7 @@ def assemble(
         max_body=settings.max_body,
         signer=trust.signer,
         executor=executor,
+        operations=operations,
     )
     return Assembly(settings, netplane, libvirt, network, vm, registry, metrics, trust, journal, pipeline)
 
@@ -135,6 +138,7 @@ def _registry(
     handlers: list[object],
     features: Mapping[str, Callable[[], Any]],
     journal: JournalMiddleware | None,
+    operations: Operations | None = None,
 ) -> HandlerRegistry:
     registry = HandlerRegistry(handlers)
     # SystemHandler.result and .status answer from the journal, when there is one.
@@ -144,6 +148,7 @@ def _registry(
         features,
         results=journal.result if journal else None,
         journal=journal.store if journal else None,
+        operations=operations,
     )
     registry.add(system)
     return registry

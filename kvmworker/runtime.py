@@ -11,6 +11,7 @@ from kvmworker.app import Assembly, assemble
 from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events.wiring import attach_events, create_events
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
@@ -41,6 +42,7 @@ def build_worker(
     settings: Settings, extra_handlers: Iterable[object] = (), extra_middleware: Iterable[Middleware[Any]] = ()
 ) -> tuple[Worker, Assembly]:
     """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
+    events = create_events(settings)  # before the handlers: the event sources among them share it
     assembly = assemble(
         settings,
         extra_handlers=extra_handlers,
@@ -53,6 +55,7 @@ def build_worker(
     publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
     worker = Worker(connection, publisher, assembly.pipeline, settings.host, prefetch=settings.prefetch)
     observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe)
+    attach_events(settings, worker, assembly, events)  # online now; offline and flushed when the worker stops
     return worker, assembly
 
 

@@ -18,6 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaV
 from pydantic_core import CoreSchema
 
 from kvmworker.dispatch.commands import Declared
+from kvmworker.events.model import Event
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope
 
@@ -99,8 +100,8 @@ def reply_schema() -> dict[str, Any]:
 
 
 def build_schemas(commands: Iterable[Declared]) -> dict[str, dict[str, Any]]:
-    """File name → schema: the envelope, the reply, and each command's ``data`` (``api.catalogue`` lists them)."""
-    schemas = {"envelope.json": model_schema(Envelope), "reply.json": reply_schema()}
+    """File name → schema: the envelope, the reply, the event (§7), and each command's ``data`` (``api.catalogue``)."""
+    schemas = {"envelope.json": model_schema(Envelope), "reply.json": reply_schema(), "event.json": model_schema(Event)}
     for declared in commands:
         schema = model_schema(declared.spec.model)
         schema["title"] = f"{declared.handler}.{declared.name}"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from kvmworker.api.operations import CancelQuery, OperationsQuery
 from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import Uuid
 
@@ -40,4 +41,18 @@ class SystemApi(ABC):
     @command(ResultQuery, mutates=False, inline=True)
     @abstractmethod
     def result(self, data: ResultQuery, ctx: Context) -> Reply:
-        """The reply of an earlier command as it was sent, or -1 with ``state`` running/interrupted/never_seen."""
+        """The reply of an earlier command as it was sent, or -1 with ``state`` queued/running (with its
+        ``started_at``, ``progress`` and ``phase``), interrupted or never_seen."""
+
+    @command(OperationsQuery, mutates=False, inline=True)
+    @abstractmethod
+    def operations(self, data: OperationsQuery, ctx: Context) -> dict[str, Any]:
+        """The commands queued or running now (``running``, oldest first), or the last 100 answered (``recent``,
+        newest first); answered even when every pool thread is busy."""
+
+    @command(CancelQuery, inline=True, idempotent=True)
+    @abstractmethod
+    def cancel(self, data: CancelQuery, ctx: Context) -> dict[str, Any]:
+        """Drop a queued command (it is answered 30013 now and never runs), or tell a running cancellable one to
+        stop (it answers 30013 itself once it has); 30004 if it cannot be cancelled, 30006 if not queued or
+        running here. Runs on the consumer thread, so it is answered even when every pool thread is busy."""

@@ -189,7 +189,7 @@ class VmApi(ABC):
     def resume(self, data: VmRef, ctx: Context) -> dict[str, Any]:
         """Run a paused domain again."""
 
-    @command(ShutdownData, resource=vm_key, idempotent=True)
+    @command(ShutdownData, resource=vm_key, idempotent=True, cancellable=True)
     @abstractmethod
     def shutdown(self, data: ShutdownData, ctx: Context) -> dict[str, Any]:
         """ACPI shutdown, waiting up to ``timeout`` seconds; then 30008, or with ``force`` a destroy."""

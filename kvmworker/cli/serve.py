@@ -85,6 +85,7 @@ def banner(url: str, settings: Any, local: Any, libvirt_problem: str | None = No
         f"try:  curl -s {url}/ -H 'Content-Type: application/json' {auth}-d '{EXAMPLE_BODY}'",
         f"or:   kvmworker call --url {url}/ {settings.host} SystemHandler ping"
         + (f' --token "$(cat {local.path})"' if local is not None else ""),
+        f"events: kvmworker events --url {url}/" + (f" --token-file {local.path}" if local is not None else ""),
     ]
     if libvirt_problem:
         lines.append(f"warning: {libvirt_problem}")

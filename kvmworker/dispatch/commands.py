@@ -69,6 +69,7 @@ class CommandSpec:
     mutates: bool
     idempotent: bool
     inline: bool
+    cancellable: bool = False
 
     @property
     def safe_to_rerun(self) -> bool:
@@ -84,6 +85,7 @@ def command(
     mutates: bool = True,
     idempotent: bool = False,
     inline: bool = False,
+    cancellable: bool = False,
     name: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a handler method as a command.
@@ -97,10 +99,16 @@ def command(
     ``inline=True`` runs it on the consumer thread, never queued behind the pool: only for commands that
     cannot block (memory and the local journal only), such as ``ping``, which must answer even when every
     pool thread is busy.
+    ``cancellable=True`` promises that, once running, it watches ``ctx.cancelled`` (or ``ctx.on_cancel``) and,
+    when ``SystemHandler.cancel`` asks, stops as soon as it safely can, leaves the host as it was before it and
+    raises ``Cancelled`` (30013). Any queued command can be dropped before it starts; only these once running.
     """
+    if cancellable and inline:
+        raise ValueError("a cancellable command runs on the pool: cancel itself runs inline and must get in")
 
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(fn, _MARK, CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates, idempotent, inline))
+        spec = CommandSpec(name or fn.__name__, model, resource, invalid_code, mutates, idempotent, inline, cancellable)
+        setattr(fn, _MARK, spec)
         return fn
 
     return attach

@@ -14,6 +14,7 @@ from kvmworker.protocol.envelope import Envelope
 
 if TYPE_CHECKING:
     from kvmworker.dispatch.middleware import Middleware
+    from kvmworker.dispatch.operations import Operation
 
 S = TypeVar("S")
 
@@ -25,8 +26,8 @@ class InFlight:
     keeps about this message between its hooks lives in its own slot, ``state_of(middleware)``.
     """
 
-    __slots__ = ("_states", "command", "data", "delivery", "envelope", "msg_id", "reply_to", "resource", "started",
-                 "verified_until")  # fmt: skip
+    __slots__ = ("_states", "command", "data", "delivery", "envelope", "msg_id", "operation", "reply_to", "resource",
+                 "started", "verified_until")  # fmt: skip
 
     def __init__(self, delivery: Delivery, states: dict[Middleware[Any], Any]):
         self.delivery = delivery
@@ -42,6 +43,8 @@ class InFlight:
         self.command: BoundCommand | None = None
         self.data: BaseModel | None = None
         self.resource: str | None = None
+        # Set once handed to the pool (or run by ``handle``): its entry in the worker's operations (§8).
+        self.operation: Operation | None = None
         self._states = states
 
     @property

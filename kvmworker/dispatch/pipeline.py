@@ -3,6 +3,8 @@
     receive(delivery, port)                                  on the consumer thread
       admit    on_receive hooks → decode → envelope → route → validate → resource key
       run      inline right here, or on the pool behind its resource: before_execute hooks → the command
+             (on the pool it is an operation meanwhile, §8: queued, running, answered; a cancel may drop it
+             before it starts, and the command reports progress and notices a cancel through its Context)
       answer   the reply serialises (else 99999) → after_reply hooks → signed → port.publish
       settle   from publish's ``done``: ack once the reply is out; requeue when it could not be
 
@@ -28,10 +30,12 @@ from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.executor import CallerRuns, Executor
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware, Vouched, keeps_state
+from kvmworker.dispatch.operations import Operation, Operations
 from kvmworker.dispatch.port import CapturingPort, Outgoing, Port
 from kvmworker.dispatch.replies import reply_for_exception
 from kvmworker.protocol.codec import DEFAULT_MAX_BODY, decode_body, encode_reply
 from kvmworker.protocol.envelope import Reply, parse_envelope
+from kvmworker.protocol.errors import Cancelled
 from kvmworker.protocol.wire import HEADER_MSG_ID
 
 log = logging.getLogger("kvmworker.dispatch")
@@ -52,6 +56,7 @@ class Pipeline:
         max_body: int = DEFAULT_MAX_BODY,
         signer: ReplySigner | None = None,
         executor: Executor | None = None,
+        operations: Operations | None = None,
     ):
         self.registry = registry
         self.middleware = tuple(middleware)  # each hook is called on each of them, in this order
@@ -60,6 +65,8 @@ class Pipeline:
         self.max_body = max_body
         self._signer = signer
         self._executor = executor or CallerRuns()
+        self.operations = operations or Operations()
+        """The commands queued and running now, and the last answered (``SystemHandler`` reads them)."""
         self._stopping = threading.Event()
 
     # -- entries ---------------------------------------------------------------
@@ -76,12 +83,17 @@ class Pipeline:
         elif msg.inline:
             self._run(msg, port)
         else:
+            # known as queued before the pool has it: a pool thread may start it at once
+            msg.operation = self._operation(msg, drop=partial(self._drop, msg, port))
             self._executor.submit(msg.resource, partial(self._run, msg, port))
 
     def handle(self, delivery: Delivery, port: Port | None = None) -> Reply:
         """Every step in the calling thread; returns the reply as published (or as it would have been)."""
         msg = self._new(delivery)
         refused = self._admit(msg)
+        if refused is None and not msg.inline:
+            msg.operation = self._operation(msg, drop=None)  # it starts right away: nothing to drop
+            self.operations.start(msg.operation)
         reply = refused if refused is not None else self._execute(msg)
         return self._answer(msg, reply, port or CapturingPort())
 
@@ -128,11 +140,28 @@ class Pipeline:
         msg.command, msg.data, msg.resource = bound, data, resource
         return None
 
+    def _operation(self, msg: InFlight, drop: Callable[[str], None] | None) -> Operation:
+        command, envelope = msg.command, msg.envelope
+        assert command is not None and envelope is not None  # admitted
+        return self.operations.add(
+            msg.msg_id, command.handler, command.name, msg.resource, command.spec.cancellable, drop
+        )
+
     def _run(self, msg: InFlight, port: Port) -> None:
+        op = msg.operation
+        if op is not None and not self.operations.start(op):
+            return  # cancelled while it waited: the canceller has answered it (``_drop``)
         if self._stopping.is_set():
+            if op is not None:
+                self.operations.withdrawn(op)
             port.settle(False)  # it waited behind its resource and has not started: back to the queue
             return
         self._answer(msg, self._execute(msg), port)
+
+    def _drop(self, msg: InFlight, port: Port, why: str) -> None:
+        """A queued command cancelled before it started: answered 30013 and settled now, on the canceller's
+        thread; it never runs (its task finds it answered)."""
+        self._answer(msg, Reply.from_error(Cancelled(why)), port)
 
     def _execute(self, msg: InFlight) -> Reply:
         command = msg.command
@@ -152,6 +181,8 @@ class Pipeline:
         """Final reply → hooks → publish; the message is settled when the publish is done."""
         reply, body = _serialised(msg, reply)
         self._after_reply(msg, reply, time.perf_counter() - msg.started)
+        if msg.operation is not None:  # after the journal recorded the reply: ``result`` finds it there now
+            self.operations.answered(msg.operation, reply.code)
         if not msg.reply_to:
             # INFO: the command's own line already says how it ended; the reply is in the journal
             log.info("[%s] no reply_to: reply %d not sent", msg.msg_id, reply.code)
@@ -177,7 +208,9 @@ class Pipeline:
         envelope = msg.envelope
         assert envelope is not None  # admitted
         deadline = msg.delivery.received_at + envelope.timeout if envelope.timeout else None
-        return Context(msg_id=msg.msg_id, dry_run=envelope.dry_run, host=self.host, deadline=deadline)
+        return Context(
+            msg_id=msg.msg_id, dry_run=envelope.dry_run, host=self.host, deadline=deadline, operation=msg.operation
+        )
 
     # -- the hooks -------------------------------------------------------------
 

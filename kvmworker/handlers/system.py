@@ -9,8 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kvmworker import __version__
+from kvmworker.api.operations import CancelQuery, OperationsQuery
 from kvmworker.api.system import ResultQuery, SystemApi
+from kvmworker.dispatch.commands import Plan
 from kvmworker.dispatch.context import Context
+from kvmworker.dispatch.operations import QUEUED, Operations
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.urls import mask_secrets
@@ -30,14 +33,19 @@ class SystemHandler(SystemApi):
         clock: Callable[[], float] = time.monotonic,
         results: ResultLookup | None = None,
         journal: Any = None,
+        operations: Operations | None = None,
     ):
         self._host = host
         self._results = results
+        # the pipeline's (kvmworker.app gives both the same); a SystemHandler outside a worker has its own, empty
+        self._operations = operations or Operations()
         self._journal = journal  # a JournalStore, when the worker keeps one
         self._catalogue = catalogue
         self._features = dict(features or {})
         self._clock = clock
         self._started = clock()
+        # set by kvmworker.events.wiring: the event sequence, buffer and last events, for ``status``
+        self.events_summary: Callable[[], dict[str, Any]] | None = None
 
     def ping(self, data: Any, ctx: Context) -> dict[str, Any]:
         return {
@@ -61,13 +69,47 @@ class SystemHandler(SystemApi):
             **self.ping(data, ctx),
             "libvirt": _probe(self._features["libvirt"]) if "libvirt" in self._features else None,
             **(journal_summary(self._journal) if self._journal is not None else {"commands": None, "last_errors": []}),
+            "events": self.events_summary() if self.events_summary is not None else None,
         }
 
     def result(self, data: ResultQuery, ctx: Context) -> Reply:
+        """The reply of an earlier command as it was sent, or -1 with ``state`` queued/running (with its
+        ``started_at``, ``progress`` and ``phase``), interrupted or never_seen."""
         msg_id = str(data.msg_id)
+        live = self._operations.find(msg_id)
+        if live is not None:
+            return _not_yet(live)
         if self._results is None:
             return Reply.error(Code.UNKNOWN_OUTCOME, "this worker keeps no journal", state="no_journal", msg_id=msg_id)
         return self._results(msg_id)
+
+    def operations(self, data: OperationsQuery, ctx: Context) -> dict[str, Any]:
+        ops = self._operations.now() if data.state == "running" else self._operations.recent()
+        return {"state": data.state, "operations": ops, "count": len(ops)}
+
+    def cancel(self, data: CancelQuery, ctx: Context) -> dict[str, Any]:
+        return self._operations.cancel(str(data.msg_id), by=ctx.msg_id)
+
+    def plan_cancel(self, data: CancelQuery, ctx: Context) -> Plan:
+        return Plan(self._operations.plan_cancel(str(data.msg_id)))
+
+
+def _not_yet(op: dict[str, Any]) -> Reply:
+    """-1 (no reply yet) saying where the command is: queued behind others, or running and how far."""
+    if op["state"] == QUEUED:
+        detail = "the command waits for its turn (queued); ask again later"
+    elif op["cancelling"]:
+        detail = "the command is still running; it was asked to cancel and answers 30013 once it has stopped"
+    else:
+        detail = "the command is still running; ask again later"
+    fields = ("handler", "command", "resource", "queued_at", "started_at", "progress", "phase", "cancellable")
+    return Reply.error(
+        Code.UNKNOWN_OUTCOME,
+        detail,
+        state=op["state"],
+        msg_id=op["msg_id"],
+        **{name: op[name] for name in fields},
+    )
 
 
 def journal_summary(store: Any, last: int = LAST_ERRORS) -> dict[str, Any]:

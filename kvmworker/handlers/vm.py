@@ -27,6 +27,7 @@ from kvmworker.dispatch.commands import Plan
 from kvmworker.dispatch.context import Context
 from kvmworker.protocol import safe_xml
 from kvmworker.protocol.errors import (
+    Cancelled,
     InvalidParameter,
     OperationNotAllowed,
     VmInfoFailed,
@@ -131,11 +132,13 @@ class VmHandler(VmApi):
         return self._plan_for(data, "resume: {}")
 
     def shutdown(self, data: ShutdownData, ctx: Context) -> dict[str, Any]:
+        """ACPI shutdown, then wait for the guest to power off. Cancel (§8) ends the wait: the VM is not forced
+        off and the reply is 30013 (the guest keeps the ACPI request, which it may still act on)."""
         with self._session() as conn:
             dom = domains.lookup(conn, data)
             if not dom.isActive():
                 return {**domains.identity(dom), "state": "shutoff", "changed": False}
-            return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
+            return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline), ctx)
 
     def plan_shutdown(self, data: ShutdownData, ctx: Context) -> Plan:
         then = "destroy it" if data.force else "answer 30008"
@@ -226,18 +229,28 @@ class VmHandler(VmApi):
         with self._session() as conn:
             return Plan([step.format(domains.lookup(conn, data).name())])
 
-    def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float) -> dict[str, Any]:
-        with self.connection.events.watch(dom.UUIDString()) as waiter:
+    def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float, ctx: Context) -> dict[str, Any]:
+        name = dom.name()
+        ctx.raise_if_cancelled(f"cancelled before {name} was asked to shut down; it runs as before")
+        ctx.progress(None, f"ACPI shutdown of {name}: waiting up to {budget:g} s for it to power off")
+        with self.connection.events.watch(dom.UUIDString()) as waiter, ctx.on_cancel(waiter.wake):
             dom.shutdown()
             waiter.wait(budget)
         state = domains.state_or_gone(dom)
-        if state == "shutoff":
+        if state == "shutoff":  # it powered off, even if a cancel came meanwhile: that is the answer
             return {**domains.identity(dom), "state": state, "changed": True, "forced": False}
+        if ctx.cancelled:
+            raise Cancelled(
+                f"cancelled while waiting for {name} to power off: it was not forced off and is {state} "
+                "(the guest got the ACPI request and may still act on it)",
+                extra={"state": state, "name": name, "uuid": dom.UUIDString()},
+            )
         if not data.force:
             raise VmShutdownFailed(
                 f"{dom.name()} still {state} after {budget:g} s of ACPI shutdown",
                 extra={"state": state, "name": dom.name(), "uuid": dom.UUIDString()},
             )
+        ctx.progress(None, f"{name} did not power off in {budget:g} s: forcing it off")
         dom.destroy()
         return {**domains.identity(dom), "state": domains.state_or_gone(dom), "changed": True, "forced": True}
 

@@ -20,8 +20,12 @@ class Waiter:
     seen: list[tuple[int, int]] = field(default_factory=list)
 
     def wait(self, timeout: float) -> bool:
-        """True when a matching event arrived (or the connection broke) before ``timeout`` seconds."""
+        """True when a matching event arrived (or the connection broke, or ``wake`` was called) in time."""
         return self.event.wait(timeout)
+
+    def wake(self) -> None:
+        """End the wait now, whatever the domain does (a cancelled command stops waiting)."""
+        self.event.set()
 
 
 class LifecycleEvents:

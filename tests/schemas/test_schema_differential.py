@@ -90,6 +90,8 @@ VALID: dict[str, list[dict[str, Any]]] = {
     "VmHandler.list": [{"state": "running"}],
     "HostHandler.services": [{"names": ["sshd.service", "getty@tty1.service"]}],
     "SystemHandler.result": [{"msg_id": U}],
+    "SystemHandler.cancel": [{"msg_id": U}],
+    "SystemHandler.operations": [{}, {"state": "running"}, {"state": "recent"}],
 }
 VM_REF = [{"name": "vm1"}, {"uuid": U}, {"name": "vm1", "uuid": U}]
 

@@ -1,7 +1,8 @@
 """A worker process with the test-only handlers: ``python -m tests.support.run_worker --host H --broker URL ...``.
 
 Built as ``kvmworker worker`` builds it (settings, journal, trust, transport; other settings from KVMWORKER_*
-variables), plus ProbeHandler, EffectsHandler and StateHandler recording their effects in ``--effects``.
+variables), plus ProbeHandler, EffectsHandler and StateHandler recording their effects in ``--effects``, and
+EventProbeHandler (commands that emit events), SlowHandler (long-running commands, §8).
 ``--pause-marker F`` stalls between recording a reply and publishing it (touching F first);
 ``--die-after-netlink-steps N`` SIGKILLs the process right after the N-th netlink step of a network command.
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 from kvmworker.cli.common import setup_logging
 from kvmworker.runtime import build_worker
 from kvmworker.settings import Settings
+from tests.events.handlers import EventProbeHandler
 from tests.faults.handlers import StateHandler
 from tests.journal.effects import EffectsHandler, PauseBeforePublish
+from tests.operations.handlers import SlowHandler
 from tests.support.handlers import ProbeHandler
 
 
@@ -36,11 +39,14 @@ def main() -> int:
     settings = Settings(host=args.host, broker_url=args.broker, state_dir=args.state_dir)
     setup_logging(settings)
     handlers = [ProbeHandler(args.effects), EffectsHandler(args.effects), StateHandler(args.effects)]
+    handlers.append(EventProbeHandler())
+    handlers.append(SlowHandler(args.effects))
     pause = [PauseBeforePublish(args.pause_marker)] if args.pause_marker else []
-    worker, _ = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
+    worker, assembly = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print("worker ready", flush=True)
     worker.run()
+    assembly.close()  # as ``kvmworker worker`` does: the journal is closed (and checkpointed) before the exit
     return 0
 
 
