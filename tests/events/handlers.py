@@ -8,7 +8,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.commands import Plan, command
 from kvmworker.dispatch.context import Context
 from kvmworker.events import Events
 
@@ -46,6 +46,9 @@ class EventProbeHandler:
         self.events = events
         events.pictures.provide("vms", lambda: dict(self._picture))
 
+    def plan_emit(self, data: EmitData, ctx: Context) -> Plan:
+        return Plan([f"emit {data.model_dump()}"])
+
     @command(EmitData, resource=lambda d: d.subject)
     def emit(self, data: EmitData, ctx: Context) -> dict:
         assert self.events is not None, "the worker gave this handler no events"
@@ -72,10 +75,16 @@ class EventProbeHandler:
         self.events.emitter.request_sync(data.reason)
         return {}
 
+    def plan_degrade(self, data: ComponentData, ctx: Context) -> Plan:
+        return Plan([f"degrade {data.model_dump()}"])
+
     @command(ComponentData)
     def degrade(self, data: ComponentData, ctx: Context) -> dict:
         self.events.emitter.degraded(data.component, data.reason)
         return {}
+
+    def plan_recover(self, data: ComponentData, ctx: Context) -> Plan:
+        return Plan([f"recover {data.model_dump()}"])
 
     @command(ComponentData)
     def recover(self, data: ComponentData, ctx: Context) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from kvmworker.dispatch.commands import command
+from kvmworker.dispatch.commands import Plan, command
 from kvmworker.dispatch.context import Context
 from kvmworker.protocol.errors import Cancelled
 
@@ -35,6 +35,9 @@ class SlowHandler:
     def __init__(self, effects: Path):
         self._effects = effects
 
+    def plan_progress(self, data: SlowData, ctx: Context) -> Plan:
+        return Plan([f"progress {data.model_dump()}"])
+
     @command(SlowData, resource=lambda d: f"slow:{d.key}", cancellable=True)
     def progress(self, data: SlowData, ctx: Context) -> dict:
         """``steps`` steps over ``seconds``, reporting each; a cancel stops it between two steps."""
@@ -47,6 +50,9 @@ class SlowHandler:
         ctx.progress(100, "finished")
         self._mark(ctx.msg_id, "finished")
         return {"steps": data.steps}
+
+    def plan_hold(self, data: HoldData, ctx: Context) -> Plan:
+        return Plan([f"hold {data.model_dump()}"])
 
     @command(HoldData, resource=lambda d: f"hold:{d.key}")
     def hold(self, data: HoldData, ctx: Context) -> dict:
