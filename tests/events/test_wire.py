@@ -16,7 +16,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from kvmworker.client import Client
 from kvmworker.events.model import Event
-from kvmworker.transport.names import HEADER_SIGNATURE
+from kvmworker.protocol.wire import HEADER_SIGNATURE
 from tests.conftest import AMQP_URL, REDIS_URL, require_broker, unique
 from tests.events.handlers import SOURCE
 from tests.support.cli import ROOT
@@ -130,6 +130,6 @@ def test_a_keyed_worker_signs_its_events_and_a_signing_client_drops_events_nobod
 
 
 def _times() -> dict:
-    from kvmworker.transport.names import HEADER_EXPIRES_AT, HEADER_ISSUED_AT
+    from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_ISSUED_AT
 
     return {HEADER_ISSUED_AT: 1.0, HEADER_EXPIRES_AT: 2.0}
