@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -13,6 +13,7 @@ import libvirt
 
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
+from kvmworker.events.causes import Causes
 from kvmworker.protocol.errors import (
     InvalidParameter,
     OperationNotAllowed,
@@ -20,7 +21,7 @@ from kvmworker.protocol.errors import (
     VmShutdownFailed,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy, safe_xml
+from kvmworker.virt import description, domains, policy, safe_xml, vm_events
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
@@ -52,11 +53,13 @@ class VmHandler:
         storage: StorageRules,
         owns_connection: bool = True,
         records: VolumeRecords | None = None,
+        causes: Causes | None = None,
     ):
         self.connection = connection
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
+        self._causes = causes or Causes()  # the VM event source asks it which command changed a VM
 
     def close(self) -> None:
         self._records.close()
@@ -96,23 +99,25 @@ class VmHandler:
 
     @command(VmRef, resource=vm_key, idempotent=True)
     def start(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "start", domains.start)
+        return self._transition(data, ctx, "start", domains.start, ("resumed", "started"))
 
     @command(VmRef, resource=vm_key, idempotent=True)
     def destroy(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "destroy (power off at once)", domains.destroy)
+        return self._transition(data, ctx, "destroy (power off at once)", domains.destroy, ("stopped",))
 
     @command(VmRef, resource=vm_key)
     def reboot(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "reboot (ACPI)", domains.reboot)
+        return self._transition(
+            data, ctx, "reboot (ACPI)", domains.reboot, ("shutdown", "stopped", "resumed", "started")
+        )
 
     @command(VmRef, resource=vm_key, idempotent=True)
     def suspend(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "suspend (pause the vCPUs)", domains.suspend)
+        return self._transition(data, ctx, "suspend (pause the vCPUs)", domains.suspend, ("suspended",))
 
     @command(VmRef, resource=vm_key, idempotent=True)
     def resume(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, ctx, "resume", domains.resume)
+        return self._transition(data, ctx, "resume", domains.resume, ("resumed",))
 
     @command(ShutdownData, resource=vm_key, idempotent=True)
     def shutdown(self, data: ShutdownData, ctx: Context) -> dict[str, Any]:
@@ -123,7 +128,8 @@ class VmHandler:
                 return _plan(f"shutdown {dom.name()} (ACPI), wait up to {data.timeout:g} s, then {then}")
             if not dom.isActive():
                 return {**domains.identity(dom), "state": "shutoff", "changed": False}
-            return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
+            with self._acting(dom.name(), ctx, "shutdown", "stopped"):
+                return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline))
 
     @command(AutostartData, resource=vm_key, idempotent=True)
     def autostart(self, data: AutostartData, ctx: Context) -> dict[str, Any]:
@@ -152,7 +158,8 @@ class VmHandler:
             if ctx.dry_run:
                 return _plan(f"undefine {dom.name()}", *(f"delete volume {owned.path}" for owned in removing))
             identity = domains.identity(dom)
-            domains.undefine(dom)
+            with self._acting(dom.name(), ctx, "undefined"):
+                domains.undefine(dom)
             pools = Pools(conn, self._storage)
             removed = [owned.path for owned in removing if pools.delete_owned(owned)]
             self._records.forget(uuid)  # a volume kept now belongs to nobody: no later domain inherits it
@@ -170,7 +177,8 @@ class VmHandler:
                 return {**_plan(f"attach to {dom.name()}"), "xml": xml}
             if dom.isActive():
                 domains.require_bridge(conn, bridge_of(nic))
-            dom.attachDeviceFlags(xml, domains.device_flags(dom))
+            with self._acting(dom.name(), ctx, "defined"):
+                dom.attachDeviceFlags(xml, domains.device_flags(dom))
             return {**domains.identity(dom), "mac": nic.mac, "bridge": bridge_of(nic)}
 
     @command(DetachInterfaceData, resource=vm_key)
@@ -180,17 +188,24 @@ class VmHandler:
             element = domains.interface_by_mac(dom, data.mac)
             if ctx.dry_run:
                 return _plan(f"detach interface {data.mac} from {dom.name()}")
-            dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), domains.device_flags(dom))
+            with self._acting(dom.name(), ctx, "defined"):
+                dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), domains.device_flags(dom))
             return {**domains.identity(dom), "mac": data.mac, "detached": True}
 
     def _transition(
-        self, data: VmRef, ctx: Context, action: str, act: Callable[[libvirt.virDomain], bool]
+        self,
+        data: VmRef,
+        ctx: Context,
+        action: str,
+        act: Callable[[libvirt.virDomain], bool],
+        causes: tuple[str, ...],
     ) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
             if ctx.dry_run:
                 return _plan(f"{action}: {dom.name()}")
-            changed = act(dom)
+            with self._acting(dom.name(), ctx, *causes):
+                changed = act(dom)
             return {**domains.identity(dom), "state": state_name(dom.state()[0]), "changed": changed}
 
     def _shutdown(self, dom: libvirt.virDomain, data: ShutdownData, budget: float) -> dict[str, Any]:
@@ -215,7 +230,8 @@ class VmHandler:
             return {**_plan(f"define {root.findtext('name')} from the given XML"), "xml": policy.masked(root)}
         self._forget_stale_records(conn, root.findtext("uuid"))
         # libvirt gets the tree that was checked, re-serialized: never a byte the checker did not see.
-        dom = conn.defineXML(safe_xml.serialize(root))
+        with self._acting(root.findtext("name") or "", ctx, "defined"):
+            dom = conn.defineXML(safe_xml.serialize(root))
         return {**domains.identity(dom), "defined": True}
 
     def _define_spec(self, conn: libvirt.virConnect, spec: DomainSpec, ctx: Context) -> dict[str, Any]:
@@ -230,7 +246,8 @@ class VmHandler:
         if ctx.dry_run:
             steps = [f"create {d.create_gib:g} GiB qcow2 volume {d.volume} in pool {d.pool}" for d in new]
             return {**_plan(*steps, f"define {spec.name}"), "xml": policy.masked(root)}
-        defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, xml, uuid, new)
+        with self._acting(spec.name, ctx, "defined"):
+            defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, xml, uuid, new)
         return {**defined, "volumes": [d.path for d in new]}
 
     def _policy(
@@ -256,6 +273,10 @@ class VmHandler:
             return pools.existing(disk.volume or "", disk.pool, field=f"{field}.volume")
         name = disk.volume or f"{spec.name}-disk{index}.qcow2"
         return pools.planned(name, disk.pool, disk.size_gib, field=f"{field}.volume")
+
+    def _acting(self, name: str, ctx: Context, *states: str) -> AbstractContextManager[None]:
+        """The lifecycle events ``states`` of VM ``name`` while the block runs (and shortly after) carry ctx.msg_id."""
+        return vm_events.acting(self._causes, name, ctx.msg_id, states)
 
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:
@@ -305,14 +326,18 @@ def _moved(records: VolumeRecords, planned: OwnedVolume, path: str) -> OwnedVolu
 
 
 def create_vm_handler(
-    settings: Settings, features: dict[str, Callable[[], Any]], libvirt: LibvirtConnection | None = None
+    settings: Settings,
+    features: dict[str, Callable[[], Any]],
+    libvirt: LibvirtConnection | None = None,
+    causes: Causes | None = None,
 ) -> VmHandler:
     """Constructing connects to nothing: the first command opens the connection.
 
     ``libvirt``: the worker's shared connection when the wiring has one (then the wiring closes it).
+    ``causes``: the worker's, when it publishes events (the handler notes there which VM a command changes).
     """
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     features["libvirt"] = connection.version
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
     records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
-    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)
+    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records, causes=causes)
