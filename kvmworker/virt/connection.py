@@ -175,8 +175,9 @@ class LibvirtConnection:
         return conn
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
-        log.warning("libvirt connection to %s closed (reason %d)", mask_url(self.uri), reason)
-        self._forget(conn, f"connection closed: {_CLOSE_REASONS.get(reason, reason)}")
+        detail = f"connection closed: {_CLOSE_REASONS.get(reason, reason)}"
+        log.warning("libvirt %s: %s", mask_url(self.uri), detail)
+        self._forget(conn, detail)
 
     def _forget(self, conn: libvirt.virConnect, detail: str = "connection lost") -> None:
         # Runs on the event loop thread too: no lock, just stop handing this connection out.
