@@ -40,13 +40,17 @@ class VmEventSource:
         self._states: dict[str, str] = {}
 
     def start(self) -> None:
-        """Watch every connection from now on, and keep one open (events flow without waiting for a command)."""
+        """Hear every lifecycle event and every connection from now on."""
         self._connection.events.listen(self._on_lifecycle)
         self._connection.watch(self)
-        self._connection.keep_open()
 
     def picture(self) -> dict[str, str]:
-        """Every VM and its state, asked of libvirt now (raises 30009 while libvirt is unreachable)."""
+        """Every VM and its state, asked of libvirt now (raises 30009 while libvirt is unreachable).
+
+        The first call (the worker's ``online``) also keeps the connection open from then on: events flow
+        without waiting for a command, and an outage at start is told to a worker state that listens.
+        """
+        self._connection.keep_open()
         with self._connection.session() as conn:
             return vm_states(conn)
 
@@ -120,7 +124,10 @@ def vm_states(conn: libvirt.virConnect) -> dict[str, str]:
 
 
 def start_vm_events(connection: LibvirtConnection, events: Events) -> VmEventSource:
-    """The worker's VM events: lifecycle events to ``events.emitter``, the ``vms`` part of the picture."""
+    """The worker's VM events: lifecycle events to ``events.emitter``, the ``vms`` part of the picture.
+
+    Connects to nothing yet: the worker's ``online`` asks for the picture, which opens the connection and
+    keeps it open (see ``VmEventSource.picture``)."""
     source = VmEventSource(connection, events.emitter, events.causes)
     events.pictures.provide(VMS, source.picture)
     source.start()

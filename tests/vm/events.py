@@ -46,6 +46,11 @@ class EventLog:
                 if (e.source, e.kind) == ("vm", "lifecycle") and subject in (None, e.subject)
             ]
 
+    def worker_states(self) -> list[Event]:
+        """The worker's own ``worker.state`` events (online, degraded, sync, offline)."""
+        with self._cond:
+            return [e for e in self.events if (e.source, e.kind) == ("worker", "state")]
+
     def of(self, subject: str) -> list[Event]:
         with self._cond:
             return [e for e in self.events if e.subject == subject]
@@ -60,39 +65,8 @@ def lifecycle_of(name: str, state: str, reason: str | None = None) -> Match:
     return match
 
 
-class StateCalls:
-    """What the sources asked of the worker's state (``StateHooks``): (hook, args) in order.
+def worker_state(state: str) -> Match:
+    def match(event: Event) -> bool:
+        return (event.source, event.kind, event.state) == ("worker", "state", state)
 
-    A stand-in for ``kvmworker.events.state.WorkerState`` where a test looks at the requests themselves."""
-
-    def __init__(self, events: Events):
-        self._cond = threading.Condition()
-        self.calls: list[tuple[str, tuple[str, ...]]] = []
-        events.emitter.bind_state(self)
-
-    def request_sync(self, reason: str) -> None:
-        self._record("request_sync", reason)
-
-    def degraded(self, component: str, reason: str) -> None:
-        self._record("degraded", component, reason)
-
-    def recovered(self, component: str) -> None:
-        self._record("recovered", component)
-
-    def _record(self, hook: str, *args: str) -> None:
-        with self._cond:
-            self.calls.append((hook, args))
-            self._cond.notify_all()
-
-    def hooks(self) -> list[str]:
-        with self._cond:
-            return [hook for hook, _ in self.calls]
-
-    def wait_for(self, hook: str, count: int = 1, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.hooks().count(hook) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{hook} not called {count} time(s) in {timeout} s: {self.calls}")
-                self._cond.wait(left)
+    return match

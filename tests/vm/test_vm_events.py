@@ -12,9 +12,10 @@ import pytest
 
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.events import Events
+from kvmworker.events.state import WorkerState
 from kvmworker.virt import lifecycle
 from tests.vm.conftest import _dispatcher, caller, vm_name
-from tests.vm.events import EventLog, StateCalls, lifecycle_of
+from tests.vm.events import EventLog, lifecycle_of
 
 TEST_URI = "test:///default"
 NOWHERE = "qemu+unix:///system?socket=/nonexistent/kvt-libvirt-sock"
@@ -104,18 +105,18 @@ def test_the_vms_picture_is_every_domain_and_its_state_as_libvirt_reports_them(w
     assert name not in events.pictures.snapshot()["vms"]
 
 
-def test_libvirt_unreachable_is_reported_degraded_once_however_often_it_is_tried(images, events):
-    state = StateCalls(events)
+def test_libvirt_unreachable_at_start_is_one_degraded_event_however_often_commands_try_it(images, events, log):
     dispatcher = next(_dispatcher(images, NOWHERE, events=events))
-    call = caller(dispatcher)
+    state = WorkerState(events.emitter, events.pictures, interval=3600)
     try:
+        state.start()
         for _ in range(3):
-            assert call("list").code == 30009
-        state.wait_for("degraded")
-        assert "vms" in events.pictures.snapshot()["errors"]
+            assert caller(dispatcher)("list").code == 30009
     finally:
+        state.stop()
         for handler in dispatcher.registry.handlers:
             getattr(handler, "close", lambda: None)()
-    assert state.hooks() == ["degraded"]
-    ((component, reason),) = [args for hook, args in state.calls]
-    assert component == "libvirt" and "nonexistent" in reason
+    told = {e.state: e for e in log.worker_states()}
+    assert [e.state for e in log.worker_states()].count("degraded") == 1
+    assert told["degraded"].reason.startswith("libvirt: ") and "nonexistent" in told["degraded"].reason
+    assert "HypervisorUnavailable" in told["online"].data["errors"]["vms"]
