@@ -244,14 +244,26 @@ class Client:
         *,
         queue: str | None = None,
         idle_timeout: float | None = None,
+        ready: threading.Event | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[Event | Gap]:
         """Follow the events of ``host`` (any) from ``source`` (any), in order, each once; a ``Gap`` comes
         before the event that shows some were missed. ``queue``: a durable queue of that name, which keeps
-        collecting while nobody follows (else a private one, from now on). With a signer, only events the
-        host's key signed. See kvmworker.events.consumer."""
+        collecting while nobody follows (else a private one, from the moment it is bound: ``ready`` is set
+        then). It ends when ``stop`` is set or after ``idle_timeout`` seconds without an event. With a signer,
+        only events the host's key signed. See kvmworker.events.consumer."""
         from kvmworker.events.consumer import follow
 
-        return follow(self._broker_url, host, source, queue=queue, signer=self._signer, idle_timeout=idle_timeout)
+        return follow(
+            self._broker_url,
+            host,
+            source,
+            queue=queue,
+            signer=self._signer,
+            idle_timeout=idle_timeout,
+            ready=ready,
+            stop=stop,
+        )
 
     def close(self) -> None:
         self._closing.set()

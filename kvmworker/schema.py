@@ -17,6 +17,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaV
 from pydantic_core import CoreSchema
 
 from kvmworker.dispatch.commands import HandlerRegistry
+from kvmworker.events.model import Event
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope
 
@@ -98,8 +99,8 @@ def reply_schema() -> dict[str, Any]:
 
 
 def build_schemas(registry: HandlerRegistry) -> dict[str, dict[str, Any]]:
-    """File name → schema: the envelope, the reply, and each command's ``data``."""
-    schemas = {"envelope.json": model_schema(Envelope), "reply.json": reply_schema()}
+    """File name → schema: the envelope, the reply, the event (§7), and each command's ``data``."""
+    schemas = {"envelope.json": model_schema(Envelope), "reply.json": reply_schema(), "event.json": model_schema(Event)}
     for bound in registry.commands():
         schema = model_schema(bound.spec.model)
         schema["title"] = f"{bound.handler}.{bound.name}"

@@ -84,7 +84,9 @@ def events_summary(buffer: Any, connected: bool | None = None, last: int = STATU
 
 def attach_events(settings: Any, worker: Any, dispatcher: Any, events: Events | None = None) -> EventService:
     """Start events for ``worker`` (its dispatcher gives the metrics registry, the reply signer and the
-    SystemHandler); stop them when the worker stops. ``events``: the hub the handlers were built with."""
+    SystemHandler); stop them when the worker stops. ``events``: the hub the handlers were built with.
+    Handlers with a ``use_events(events)`` method get the hub before ``online`` is said (so their picture
+    providers are in it)."""
     events = events or create_events(settings)
     chain = dispatcher.middleware
     target = (
@@ -108,6 +110,8 @@ def attach_events(settings: Any, worker: Any, dispatcher: Any, events: Events | 
     for handler in dispatcher.registry.handlers:
         if hasattr(handler, "events_summary"):
             handler.events_summary = service.summary
+        if hasattr(handler, "use_events"):  # a handler that is an event source, or acts for commands
+            handler.use_events(events)
     service.start()
     threading.Thread(target=_close_with, args=(worker, service), name="kvmworker-events-stop", daemon=True).start()
     return service

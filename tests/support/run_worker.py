@@ -1,7 +1,8 @@
 """A worker process with the test-only handlers: ``python -m tests.support.run_worker --host H --broker URL ...``.
 
 Built as ``kvmworker worker`` builds it (settings, journal, trust, transport; other settings from KVMWORKER_*
-variables), plus ProbeHandler, EffectsHandler and StateHandler recording their effects in ``--effects``.
+variables), plus ProbeHandler, EffectsHandler and StateHandler recording their effects in ``--effects``, and
+EventProbeHandler (commands that emit events).
 ``--pause-marker F`` stalls between recording a reply and publishing it (touching F first);
 ``--die-after-netlink-steps N`` SIGKILLs the process right after the N-th netlink step of a network command.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from kvmworker.cli.common import setup_logging
 from kvmworker.runtime import build_worker
 from kvmworker.settings import Settings
+from tests.events.handlers import EventProbeHandler
 from tests.faults.handlers import StateHandler
 from tests.journal.effects import EffectsHandler, PauseBeforePublish
 from tests.support.handlers import ProbeHandler
@@ -36,6 +38,7 @@ def main() -> int:
     settings = Settings(host=args.host, broker_url=args.broker, state_dir=args.state_dir)
     setup_logging(settings)
     handlers = [ProbeHandler(args.effects), EffectsHandler(args.effects), StateHandler(args.effects)]
+    handlers.append(EventProbeHandler())
     pause = [PauseBeforePublish(args.pause_marker)] if args.pause_marker else []
     worker, _ = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
