@@ -13,7 +13,7 @@ import libvirt
 
 from kvmworker.dispatch.commands import command
 from kvmworker.dispatch.request import Context
-from kvmworker.events.causes import Causes
+from kvmworker.events import Causes, Events
 from kvmworker.protocol.errors import (
     InvalidParameter,
     OperationNotAllowed,
@@ -53,13 +53,17 @@ class VmHandler:
         storage: StorageRules,
         owns_connection: bool = True,
         records: VolumeRecords | None = None,
-        causes: Causes | None = None,
     ):
         self.connection = connection
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
-        self._causes = causes or Causes()  # the VM event source asks it which command changed a VM
+        self._causes = Causes()  # nobody asks it until the worker's events are given (use_events)
+
+    def use_events(self, events: Events) -> None:
+        """The worker publishes events: commands note what they change, and the VM event source starts."""
+        self._causes = events.causes
+        vm_events.start_vm_events(self.connection, events)
 
     def close(self) -> None:
         self._records.close()
@@ -326,18 +330,14 @@ def _moved(records: VolumeRecords, planned: OwnedVolume, path: str) -> OwnedVolu
 
 
 def create_vm_handler(
-    settings: Settings,
-    features: dict[str, Callable[[], Any]],
-    libvirt: LibvirtConnection | None = None,
-    causes: Causes | None = None,
+    settings: Settings, features: dict[str, Callable[[], Any]], libvirt: LibvirtConnection | None = None
 ) -> VmHandler:
     """Constructing connects to nothing: the first command opens the connection.
 
     ``libvirt``: the worker's shared connection when the wiring has one (then the wiring closes it).
-    ``causes``: the worker's, when it publishes events (the handler notes there which VM a command changes).
     """
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     features["libvirt"] = connection.version
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
     records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
-    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records, causes=causes)
+    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)

@@ -62,7 +62,10 @@ def _dispatcher(
 ) -> Iterator[Dispatcher]:
     storage = [tmp_path, *more_storage]
     settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=storage, state_dir=tmp_path / "state")
-    dispatcher = build_dispatcher(settings, events=events)
+    dispatcher = build_dispatcher(settings)
+    if events is not None:  # as the worker's attach_events gives them
+        for handler in dispatcher.registry.handlers:
+            getattr(handler, "use_events", lambda events: None)(events)
     yield dispatcher
     for handler in dispatcher.registry.handlers:
         getattr(handler, "close", lambda: None)()
