@@ -1,9 +1,10 @@
 """The VM event source: libvirt's domain lifecycle callbacks → ``vm.lifecycle`` events (INTERFACE §7).
 
-It watches the worker's one libvirt connection. On every new connection it registers its callback again
-(a reconnected worker whose callbacks were left on the dead connection would go silent: kubevirt#194) and
-takes the VMs' states afresh; after an outage it reports libvirt ``recovered`` and requests a ``sync``,
-because events may have been missed meanwhile. It also provides the VMs' part of the picture.
+It watches the worker's one libvirt connection, which registers its lifecycle callback on every new
+connection (a reconnected worker whose callbacks were left on the dead connection would go silent:
+kubevirt#194) and hands each event to this source. On every connection the source takes the VMs' states
+afresh; libvirt lost is reported ``degraded``; after an outage it reports libvirt ``recovered`` and requests a
+``sync``, because events may have been missed meanwhile. It also provides the VMs' part of the picture.
 
 ``previous`` is the VM's state before the event in the picture's words (``running``, ``shutoff``, …), as
 known from the picture taken at connection and the events since: a consumer holding the last ``sync`` can
