@@ -3,7 +3,7 @@
     .venv/bin/python bench/vm_events.py [--rounds 200] [--broker amqp://guest:guest@localhost:5672//]
 
 Runs ``kvmworker worker`` (a process of its own) on the broker and the real libvirtd (qemu:///system), a
-domain without an OS (``kvt-bench-*``, removed at the end), and a plain kombu consumer bound to
+domain without an OS (``kvt-vmev-*``, removed at the end), and a plain kombu consumer bound to
 ``kvmworker.events``. Each round suspends or resumes the domain behind the worker's back (another libvirt
 connection, as virsh would) and waits for the event: *seen* is from the change to the event's ``time``
 (the worker's libvirt callback), *consumed* from the change to the consumer holding the message.
@@ -36,7 +36,7 @@ URI = "qemu:///system"
 def consume(url: str, host: str, got: queue.Queue, ready: threading.Event, stop: threading.Event) -> None:
     with Connection(url) as conn:
         exchange = Exchange("kvmworker.events", "topic", durable=True)
-        bound = Queue(f"kvt.bench.{uuid.uuid4().hex}", exchange, routing_key=f"{host}.#", exclusive=True)
+        bound = Queue(f"kvt.vmev.{uuid.uuid4().hex}", exchange, routing_key=f"{host}.#", exclusive=True)
 
         def on(message) -> None:
             got.put((time.time(), json.loads(message.body)))
@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--broker", default="amqp://guest:guest@localhost:5672//")
     args = parser.parse_args()
-    host, name = f"kvt-bench-{uuid.uuid4().hex[:8]}", f"kvt-bench-{uuid.uuid4().hex[:8]}"
+    host, name = f"kvt-vmev-{uuid.uuid4().hex[:8]}", f"kvt-vmev-{uuid.uuid4().hex[:8]}"
     ensure_event_loop()
     conn = libvirt.open(URI)
     dom = conn.defineXML(
@@ -78,7 +78,7 @@ def main() -> int:
     ready, stop = threading.Event(), threading.Event()
     threading.Thread(target=consume, args=(args.broker, host, got, ready, stop), daemon=True).start()
     ready.wait(10)
-    state_dir = tempfile.mkdtemp(prefix="kvt-bench-")
+    state_dir = tempfile.mkdtemp(prefix="kvt-vmev-bench-")
     worker = subprocess.Popen(
         [KVMWORKER, "worker", "--host", host, "--broker", args.broker, "--state-dir", state_dir, "--libvirt-uri", URI],
         stdout=subprocess.DEVNULL,
