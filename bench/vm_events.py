@@ -27,6 +27,7 @@ from pathlib import Path
 import libvirt
 from kombu import Connection, Consumer, Exchange, Queue
 
+from kvmworker.transport.connection import delete_host_queue
 from kvmworker.virt.connection import ensure_event_loop
 
 KVMWORKER = str(Path(sys.executable).parent / "kvmworker")
@@ -102,6 +103,7 @@ def main() -> int:
         dom.undefine()
         conn.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+        delete_host_queue(args.broker, host)
     for label, samples in (("seen by the worker", seen), ("consumed", consumed)):
         print(f"{label:20} p50 {percentile(samples, 50):6.2f} ms   p99 {percentile(samples, 99):6.2f} ms")
     return 0
