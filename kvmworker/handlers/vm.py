@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NamedTuple
 from xml.etree import ElementTree as ET
 
@@ -25,6 +25,7 @@ from kvmworker.api.vm import (
 )
 from kvmworker.dispatch.commands import Plan
 from kvmworker.dispatch.context import Context
+from kvmworker.events import Causes, Events
 from kvmworker.protocol import safe_xml
 from kvmworker.protocol.errors import (
     Cancelled,
@@ -34,7 +35,7 @@ from kvmworker.protocol.errors import (
     VmShutdownFailed,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy
+from kvmworker.virt import description, domains, policy, vm_events
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
@@ -67,6 +68,12 @@ class VmHandler(VmApi):
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
+        self._causes = Causes()  # nobody asks it until the worker's events are given (use_events)
+
+    def use_events(self, events: Events) -> None:
+        """The worker publishes events: commands note what they change, and the VM event source starts."""
+        self._causes = events.causes
+        vm_events.start_vm_events(self.connection, events)
 
     def close(self) -> None:
         self._records.close()
@@ -102,31 +109,31 @@ class VmHandler(VmApi):
             }
 
     def start(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, domains.start)
+        return self._transition(data, ctx, domains.start, ("resumed", "started"))
 
     def plan_start(self, data: VmRef, ctx: Context) -> Plan:
         return self._plan_for(data, "start: {}")
 
     def destroy(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, domains.destroy)
+        return self._transition(data, ctx, domains.destroy, ("stopped",))
 
     def plan_destroy(self, data: VmRef, ctx: Context) -> Plan:
         return self._plan_for(data, "destroy (power off at once): {}")
 
     def reboot(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, domains.reboot)
+        return self._transition(data, ctx, domains.reboot, ("shutdown", "stopped", "resumed", "started"))
 
     def plan_reboot(self, data: VmRef, ctx: Context) -> Plan:
         return self._plan_for(data, "reboot (ACPI): {}")
 
     def suspend(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, domains.suspend)
+        return self._transition(data, ctx, domains.suspend, ("suspended",))
 
     def plan_suspend(self, data: VmRef, ctx: Context) -> Plan:
         return self._plan_for(data, "suspend (pause the vCPUs): {}")
 
     def resume(self, data: VmRef, ctx: Context) -> dict[str, Any]:
-        return self._transition(data, domains.resume)
+        return self._transition(data, ctx, domains.resume, ("resumed",))
 
     def plan_resume(self, data: VmRef, ctx: Context) -> Plan:
         return self._plan_for(data, "resume: {}")
@@ -138,7 +145,8 @@ class VmHandler(VmApi):
             dom = domains.lookup(conn, data)
             if not dom.isActive():
                 return {**domains.identity(dom), "state": "shutoff", "changed": False}
-            return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline), ctx)
+            with self._acting(dom.name(), ctx, "shutdown", "stopped"):
+                return self._shutdown(dom, data, _wait_budget(data.timeout, ctx.deadline), ctx)
 
     def plan_shutdown(self, data: ShutdownData, ctx: Context) -> Plan:
         then = "destroy it" if data.force else "answer 30008"
@@ -159,10 +167,12 @@ class VmHandler(VmApi):
                 root = self._checked_xml(conn, data.xml)
                 self._forget_stale_records(conn, root.findtext("uuid"))
                 # libvirt gets the tree that was checked, re-serialized: never a byte the checker did not see.
-                dom = conn.defineXML(safe_xml.serialize(root))
+                with self._acting(root.findtext("name") or "", ctx, "defined"):
+                    dom = conn.defineXML(safe_xml.serialize(root))
                 return {**domains.identity(dom), "defined": True}
             made = self._generated(conn, data.spec())
-            defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, made)
+            with self._acting(data.name, ctx, "defined"):
+                defined = _define_with_volumes(conn, Pools(conn, self._storage), self._records, made)
             return {**defined, "volumes": [d.path for d in made.new]}
 
     def plan_define(self, data: DefineData, ctx: Context) -> Plan:
@@ -179,7 +189,8 @@ class VmHandler(VmApi):
             dom, removing = self._undefinable(conn, data)
             uuid = dom.UUIDString()
             identity = domains.identity(dom)
-            domains.undefine(dom)
+            with self._acting(dom.name(), ctx, "undefined"):
+                domains.undefine(dom)
             pools = Pools(conn, self._storage)
             removed = [owned.path for owned in removing if pools.delete_owned(owned)]
             self._records.forget(uuid)  # a volume kept now belongs to nobody: no later domain inherits it
@@ -196,7 +207,8 @@ class VmHandler(VmApi):
             dom = self._attachable(conn, data, xml)
             if dom.isActive():
                 domains.require_bridge(conn, bridge_of(nic))
-            dom.attachDeviceFlags(xml, domains.device_flags(dom))
+            with self._acting(dom.name(), ctx, "defined"):
+                dom.attachDeviceFlags(xml, domains.device_flags(dom))
             return {**domains.identity(dom), "mac": nic.mac, "bridge": bridge_of(nic)}
 
     def plan_attach_interface(self, data: AttachInterfaceData, ctx: Context) -> Plan:
@@ -209,7 +221,8 @@ class VmHandler(VmApi):
         with self._session() as conn:
             dom = domains.lookup(conn, data)
             element = domains.interface_by_mac(dom, data.mac)
-            dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), domains.device_flags(dom))
+            with self._acting(dom.name(), ctx, "defined"):
+                dom.detachDeviceFlags(ET.tostring(element, encoding="unicode"), domains.device_flags(dom))
             return {**domains.identity(dom), "mac": data.mac, "detached": True}
 
     def plan_detach_interface(self, data: DetachInterfaceData, ctx: Context) -> Plan:
@@ -218,10 +231,13 @@ class VmHandler(VmApi):
             domains.interface_by_mac(dom, data.mac)
             return Plan([f"detach interface {data.mac} from {dom.name()}"])
 
-    def _transition(self, data: VmRef, act: Callable[[libvirt.virDomain], bool]) -> dict[str, Any]:
+    def _transition(
+        self, data: VmRef, ctx: Context, act: Callable[[libvirt.virDomain], bool], causes: tuple[str, ...]
+    ) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
-            changed = act(dom)
+            with self._acting(dom.name(), ctx, *causes):
+                changed = act(dom)
             return {**domains.identity(dom), "state": state_name(dom.state()[0]), "changed": changed}
 
     def _plan_for(self, data: VmRef, step: str) -> Plan:
@@ -304,6 +320,10 @@ class VmHandler(VmApi):
             return pools.existing(disk.volume or "", disk.pool, field=f"{field}.volume")
         name = disk.volume or f"{spec.name}-disk{index}.qcow2"
         return pools.planned(name, disk.pool, disk.size_gib, field=f"{field}.volume")
+
+    def _acting(self, name: str, ctx: Context, *states: str) -> AbstractContextManager[None]:
+        """The lifecycle events ``states`` of VM ``name`` while the block runs (and shortly after) carry ctx.msg_id."""
+        return vm_events.acting(self._causes, name, ctx.msg_id, states)
 
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:

@@ -3,6 +3,12 @@
 libvirt's client is thread-safe, so one ``virConnect`` serves every command thread. A broken
 connection is noticed three ways: the close callback (daemon gone, socket EOF), keepalive (daemon
 hung: no answer for ``interval * count`` seconds) and ``isAlive()`` after a failed call.
+
+Watchers (the VM event source) hear of every connection and of every outage: ``attach`` runs on each new
+connection before anyone else can use it, after the lifecycle callback was registered on it (on every
+connection, so events do not silently stop after a reconnection); ``up``/``down`` once per change of
+availability. ``keep_open()`` reconnects in the background after an outage instead of waiting for the
+next command, so events resume by themselves.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import libvirt
 
@@ -49,6 +55,20 @@ def _run_event_loop() -> None:
         libvirt.virEventRunDefaultImpl()
 
 
+class ConnectionWatcher(Protocol):
+    def attach(self, conn: libvirt.virConnect) -> None:
+        """A new connection, its lifecycle callback registered, not yet handed out: read what you need from it.
+
+        Runs under the connection's lock: use ``conn`` only (``open()`` would wait forever). A libvirt error
+        here fails this connection attempt."""
+
+    def up(self, recovered: bool) -> None:
+        """libvirt is reachable; ``recovered``: after an outage (events may have been missed meanwhile)."""
+
+    def down(self, detail: str) -> None:
+        """libvirt became unreachable (once per outage)."""
+
+
 class LibvirtConnection:
     """The worker's connection to ``uri``; ``open()`` gives a live ``virConnect`` or raises 30009."""
 
@@ -67,16 +87,46 @@ class LibvirtConnection:
         self._keepalive = (keepalive_interval, keepalive_count)
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
+        self._watchers: list[ConnectionWatcher] = []
+        self._available: bool | None = None  # None: never tried
+        self._availability_lock = threading.RLock()
+        self._keeper: _Keeper | None = None
+
+    def watch(self, watcher: ConnectionWatcher) -> None:
+        """``watcher`` hears of every connection from now on; add watchers before the first ``open()``."""
+        self._watchers.append(watcher)
+
+    def keep_open(self, max_retry: float = 5.0) -> None:
+        """Connect now in the background and reconnect after every outage, without waiting for a command."""
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = _Keeper(self, max_retry)
+                self._keeper.start()
 
     def open(self) -> libvirt.virConnect:
         conn = self._conn
         if conn is not None and _alive(conn):
             return conn
         with self._lock:
-            if self._conn is None or not _alive(self._conn):
-                self._discard()
-                self._conn = self._connect()
-            return self._conn
+            conn = self._conn
+            if conn is not None and _alive(conn):
+                return conn
+            found_dead = conn is not None  # broken before its close callback said so
+            self._discard()
+            try:
+                self._conn = conn = self._connect()
+            except HypervisorUnavailable as exc:
+                failed: HypervisorUnavailable | None = exc
+            else:
+                failed = None
+        # Watchers hear of it outside the lock: they may call back into open() (a sync takes the picture).
+        if found_dead:
+            self._set_available(False, "connection found broken")
+        if failed is not None:
+            self._set_available(False, failed.detail)
+            raise failed
+        self._set_available(True)
+        return conn
 
     @contextmanager
     def session(self) -> Iterator[libvirt.virConnect]:
@@ -101,6 +151,9 @@ class LibvirtConnection:
             }
 
     def close(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.stop()
         with self._lock:
             self._discard()
 
@@ -112,22 +165,98 @@ class LibvirtConnection:
             conn.setKeepAlive(*self._keepalive)
         conn.registerCloseCallback(self._on_close, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.events.on_event, None)
+        try:
+            for watcher in self._watchers:
+                watcher.attach(conn)
+        except libvirt.libvirtError as exc:
+            _close_quietly(conn)
+            raise HypervisorUnavailable(f"connected to {mask_url(self.uri)} but: {_message(exc)}") from None
         log.info("connected to %s", mask_url(self.uri))
         return conn
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
-        log.warning("libvirt connection to %s closed (reason %d)", mask_url(self.uri), reason)
-        self._forget(conn)
+        detail = f"connection closed: {_CLOSE_REASONS.get(reason, reason)}"
+        log.warning("libvirt %s: %s", mask_url(self.uri), detail)
+        self._forget(conn, detail)
 
-    def _forget(self, conn: libvirt.virConnect) -> None:
+    def _forget(self, conn: libvirt.virConnect, detail: str = "connection lost") -> None:
         # Runs on the event loop thread too: no lock, just stop handing this connection out.
         if self._conn is conn:
             self._conn = None
+            self._set_available(False, detail)
         self.events.interrupt_all()
+
+    def _set_available(self, available: bool, detail: str = "") -> None:
+        """Tell the watchers once per change; the keeper is woken by an outage to reconnect."""
+        # Held while notifying, so that watchers hear down/up in the order they happened; reentrant, because
+        # a watcher may call open() again.
+        with self._availability_lock:
+            before, self._available = self._available, available
+            if available and before is not True:
+                for watcher in self._watchers:
+                    _notify(watcher.up, before is False)
+            elif not available and before is not False:
+                for watcher in self._watchers:
+                    _notify(watcher.down, detail)
+        keeper = self._keeper
+        if not available and keeper is not None:
+            keeper.wake()
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         _close_quietly(conn)
+
+
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file (libvirtd gone)",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout (libvirtd not answering)",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the client",
+}
+
+
+def _notify(hook, *args: object) -> None:
+    # A watcher's failure must not break the connection that every command shares.
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("libvirt connection watcher %s failed", getattr(hook, "__qualname__", hook))
+
+
+class _Keeper:
+    """The thread that reconnects after an outage: waits for one, then retries with backoff until connected."""
+
+    def __init__(self, connection: LibvirtConnection, max_retry: float):
+        self._connection = connection
+        self._max_retry = max_retry
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="libvirt-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        retry = 0.5
+        while not self._stopping.is_set():
+            self._wake.clear()  # before open(): an outage from now on wakes the wait below
+            try:
+                self._connection.open()
+            except HypervisorUnavailable:
+                self._stopping.wait(retry)
+                retry = min(retry * 2, self._max_retry)
+                continue
+            retry = 0.5
+            self._wake.wait()
 
 
 def _open_within(uri: str, timeout: float) -> libvirt.virConnect:

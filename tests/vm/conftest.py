@@ -17,6 +17,7 @@ import pytest
 from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events import Events
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
 from kvmworker.virt.connection import ensure_event_loop
@@ -35,22 +36,35 @@ def vm_name() -> str:
 def caller(pipeline: Pipeline) -> Call:
     """``call("start", name=...)`` → the Reply, through the real validation and error path.
 
-    ``envelope_timeout`` is how long the caller says it waits for the reply (the envelope's ``timeout``).
+    ``envelope_timeout`` is how long the caller says it waits for the reply (the envelope's ``timeout``);
+    ``msg_id`` the envelope's (else the worker makes one up).
     """
 
-    def call(command: str, dry_run: bool = False, envelope_timeout: float | None = None, **data: Any) -> Reply:
+    def call(
+        command: str,
+        dry_run: bool = False,
+        envelope_timeout: float | None = None,
+        msg_id: str | None = None,
+        **data: Any,
+    ) -> Reply:
         body = {"handler": "VmHandler", "command": command, "data": data, "dry_run": dry_run}
         if envelope_timeout is not None:
             body["timeout"] = envelope_timeout
+        if msg_id is not None:
+            body["msg_id"] = msg_id
         return pipeline.handle(Delivery(body=json.dumps(body).encode(), content_type="application/json"))
 
     return call
 
 
-def _pipeline(tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = ()) -> Iterator[Pipeline]:
+def _pipeline(
+    tmp_path: Path, uri: str, more_storage: tuple[Path, ...] = (), events: Events | None = None
+) -> Iterator[Pipeline]:
     storage = [tmp_path, *more_storage]
     settings = Settings(host="kvt-host", libvirt_uri=uri, storage_dirs=storage, state_dir=tmp_path / "state")
     assembly = assemble(settings)
+    if events is not None:  # as the worker's attach_events gives them
+        assembly.vm.use_events(events)
     yield assembly.pipeline
     assembly.close()
 
@@ -82,14 +96,23 @@ def _libvirtd_answers() -> bool:
     return True
 
 
-@pytest.fixture
-def system(images: Path) -> Iterator[Pipeline]:
+def require_libvirtd() -> None:
     if not _libvirtd_answers():
         if os.environ.get("CI"):
             pytest.fail(f"libvirtd at {SYSTEM_URI} is not answering; .ci/run should have started it")
         pytest.skip(f"libvirtd at {SYSTEM_URI} is not answering (start it with .ci/services.sh)")
+
+
+@pytest.fixture
+def system(images: Path) -> Iterator[Pipeline]:
+    require_libvirtd()
     # The test guest's kernel boots from its cache: that directory is a storage directory of this worker too.
     yield from _pipeline(images, SYSTEM_URI, more_storage=(CACHE_DIR,))
+
+
+def pipeline_with_events(images: Path, uri: str, events: Events) -> Iterator[Pipeline]:
+    """A worker's handlers publishing VM events to ``events`` (as ``kvmworker worker`` wires them)."""
+    yield from _pipeline(images, uri, more_storage=(CACHE_DIR,), events=events)
 
 
 @pytest.fixture
