@@ -254,5 +254,7 @@ class DeviceHandler:
     def _run(self, steps: list[Step], data: Any, ctx: Context, result: Any) -> dict[str, Any]:
         if ctx.dry_run:
             return {"name": data.name, "dry_run": True, "operations": describe(steps)}
-        execute(steps, self._plane.pool.get(data.namespace))
+        changed = [data.name, getattr(data, "peer", None), getattr(data, "master", None)]  # a port changes its bridge
+        with self._plane.changes.making(ctx.msg_id, devices=changed):
+            execute(steps, self._plane.pool.get(data.namespace))
         return result()

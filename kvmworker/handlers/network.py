@@ -122,6 +122,11 @@ class NetworkRef(BaseModel):
 _IN_WORKER_NAMESPACE = netlink_key(None)
 
 
+def _devices(network: Network) -> list[str | None]:
+    """What a network command changes besides the network: link events about these carry its msg_id."""
+    return [network.bridge, network.subinterface, network.physical_interface]
+
+
 class NetworkHandler:
     name = "NetworkHandler"
 
@@ -144,7 +149,8 @@ class NetworkHandler:
         steps = networks.plan_network(network, nl, self._plane.physical)
         if ctx.dry_run:
             return networks.network_data(network) | {"dry_run": True, "operations": describe(steps)}
-        execute(steps, nl, commit=None if known else lambda: store.add(network))
+        with self._plane.changes.making(ctx.msg_id, networks=[network.network_id], devices=_devices(network)):
+            execute(steps, nl, commit=None if known else lambda: store.add(network))
         return networks.network_data(network)
 
     @command(NetworkRef, resource=lambda data: _IN_WORKER_NAMESPACE)
@@ -155,7 +161,8 @@ class NetworkHandler:
         reply = {"name": network.bridge, "network_id": network.network_id, "left_alone": foreign}
         if ctx.dry_run:
             return reply | {"dry_run": True, "operations": describe(steps)}
-        execute(steps, nl, commit=lambda: self._plane.store.remove(network.network_id))
+        with self._plane.changes.making(ctx.msg_id, networks=[network.network_id], devices=_devices(network)):
+            execute(steps, nl, commit=lambda: self._plane.store.remove(network.network_id))
         self._restored.pop(network.network_id, None)
         return reply | {"operations": describe(steps)}
 
@@ -194,7 +201,8 @@ class NetworkHandler:
         nl = self._plane.pool.get()
         try:
             steps = networks.plan_network(network, nl, self._plane.physical)
-            execute(steps, nl)
+            with self._plane.changes.making(None, networks=[network.network_id]):
+                execute(steps, nl)
         except KvmError as exc:
             log.error("network %s: %s; not restored: %s", network.network_id, "; ".join(problems), exc.detail)
             return

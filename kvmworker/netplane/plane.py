@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from kvmworker.netplane.changes import Changes
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.netplane.store import FILENAME, NetworkStore
@@ -26,6 +27,8 @@ class Netplane:
     pool: NetlinkPool
     store: NetworkStore
     physical: PhysicalInterfaces
+    changes: Changes = field(default_factory=Changes)
+    """What commands are changing now: their causes, and when the network watch may judge a network."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Netplane:
