@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu import Consumer, Message, Queue
 
@@ -33,6 +34,10 @@ from kvmworker.transport.names import (
 )
 from kvmworker.transport.publisher import Publisher
 from kvmworker.trust.keys import KeyFileError
+
+if TYPE_CHECKING:
+    from kvmworker.events.consumer import Gap
+    from kvmworker.events.model import Event
 
 log = logging.getLogger("kvmworker.client")
 
@@ -58,6 +63,7 @@ class Client:
     ):
         """``declare_host_queues=False`` (the bridge): never create a host's queue, only publish to it."""
         self._declare_host_queues = declare_host_queues
+        self._broker_url = broker_url
         self._consumer_conn = open_connection(broker_url)
         self._publisher = Publisher(open_connection(broker_url, confirms=confirms))
         self._persistent = persistent
@@ -135,6 +141,11 @@ class Client:
         except FutureTimeout:
             self.forget(pending.correlation_id)
             return unknown_outcome(pending.msg_id, f"no reply within {timeout:g} s")
+
+    @property
+    def signer(self) -> Any:
+        """The orchestrator's signer (kvmworker.trust.signing.Signer), or None when this client does not sign."""
+        return self._signer
 
     @property
     def ready(self) -> bool:
@@ -223,6 +234,24 @@ class Client:
             future.set_result(Reply.model_validate_json(message.body))
         except Exception as exc:
             future.set_result(Reply.error(Code.INTERNAL_ERROR, f"the worker's reply could not be read: {exc}"))
+
+    # -- events (§7) -----------------------------------------------------------
+
+    def events(
+        self,
+        host: str | None = None,
+        source: str | None = None,
+        *,
+        queue: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> Iterator[Event | Gap]:
+        """Follow the events of ``host`` (any) from ``source`` (any), in order, each once; a ``Gap`` comes
+        before the event that shows some were missed. ``queue``: a durable queue of that name, which keeps
+        collecting while nobody follows (else a private one, from now on). With a signer, only events the
+        host's key signed. See kvmworker.events.consumer."""
+        from kvmworker.events.consumer import follow
+
+        return follow(self._broker_url, host, source, queue=queue, signer=self._signer, idle_timeout=idle_timeout)
 
     def close(self) -> None:
         self._closing.set()

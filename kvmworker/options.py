@@ -47,6 +47,8 @@ OPTIONS: dict[str, Option] = {
     ),
     "journal_max_age_days": Option("Journal entries older than this go."),
     "journal_max_mb": Option("The journal is kept under this size."),
+    "resync_interval": Option("Seconds between worker.state sync events (the whole picture)."),
+    "event_buffer": Option("Events kept on disk while the broker is unreachable; past it the oldest go."),
     # the bridge and the client
     "port": Option("Bridge: HTTP port."),
     "bind": Option("Bridge: address to listen on."),

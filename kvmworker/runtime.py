@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kvmworker.app import build_dispatcher, build_middleware
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware
+from kvmworker.events.wiring import attach_events, create_events
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
@@ -38,6 +39,7 @@ def build_worker(
     settings: Settings, extra_handlers: list[object] | None = None, extra_middleware: list[Middleware] | None = None
 ) -> tuple[Worker, Dispatcher]:
     """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
+    events = create_events(settings)  # before the handlers: the event sources among them share it
     dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
     for handler in dispatcher.registry.handlers:
         _call_quietly(handler, "on_start")
@@ -56,6 +58,7 @@ def build_worker(
         signer=signer,
     )
     observe_worker(settings, worker, dispatcher)
+    attach_events(settings, worker, dispatcher, events)  # online now; offline and flushed when the worker stops
     return worker, dispatcher
 
 

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     trusted_keys_file: Path | None = Field(default=None, description=_help("trusted_keys_file"))
     journal_max_age_days: float = Field(default=30.0, gt=0, description=_help("journal_max_age_days"))
     journal_max_mb: float = Field(default=512.0, gt=0, description=_help("journal_max_mb"))
+    resync_interval: float = Field(default=300.0, gt=0, description=_help("resync_interval"))
+    event_buffer: int = Field(default=10_000, ge=1, le=10_000_000, description=_help("event_buffer"))
 
     # the bridge and the client
     port: int = Field(default=8080, ge=0, le=65535, description=_help("port"))

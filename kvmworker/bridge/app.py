@@ -47,6 +47,7 @@ from kvmworker.bridge.users import UsersFile
 from kvmworker.client import Client
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.replies import reply_for_exception
+from kvmworker.events.sse import EventStreams, event_streams
 from kvmworker.observability.health import health_answer
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Envelope, Reply
@@ -203,12 +204,13 @@ def create_app(
     auth = users or authenticator_from(settings, local)
     if auth is None:
         log.warning("--insecure-open: the bridge accepts every caller without a token")
+    metrics = BridgeMetrics(lambda: [(h, c) for h, c, _ in commands])
     bridge = Bridge(
         Forwarder(client, settings.timeout),
         settings.host_for_bridge,
         settings.max_body,
         auth,
-        BridgeMetrics(lambda: [(h, c) for h, c, _ in commands]),
+        metrics,
         BrokerProbe(settings.broker),
         build_openapi(commands),
         HostDirectory(
@@ -216,20 +218,23 @@ def create_app(
         ),
         settings.body_timeout,
     )
+    streams = event_streams(settings.broker, client.signer, auth, metrics.registry)  # GET /events (§7)
     app = Starlette(
-        routes=_routes(bridge),
-        lifespan=_closing(bridge),
+        routes=[*_routes(bridge), Route("/events", streams.get, methods=["GET"])],
+        lifespan=_closing(bridge, streams),
         middleware=[Middleware(RequestGuard, server_names=settings.server_names)],
     )
     app.state.bridge = bridge
+    app.state.events = streams
     return app
 
 
-def _closing(bridge: Bridge):
+def _closing(bridge: Bridge, streams: EventStreams):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
         bridge.close()
+        streams.close()
 
     return lifespan
 

@@ -136,6 +136,9 @@ def drain(app: object) -> None:
     bridge = getattr(getattr(app, "state", None), "bridge", None)
     if bridge is not None:
         bridge.drain()
+    streams = getattr(getattr(app, "state", None), "events", None)
+    if streams is not None:
+        streams.drain()  # GET /events streams end now, not at the graceful shutdown's deadline
 
 
 def _replayed(signum: int, frame: object) -> None:

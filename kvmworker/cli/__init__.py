@@ -29,6 +29,7 @@ COMMANDS = {
     "worker": "run the per-host worker",
     "call": "send one command and print the reply",
     "status": "one screen for the operator on call: broker, libvirt, queue, running, errors, networks",
+    "events": "follow the event stream: VMs, networks, links, the worker",
     "serve": "run the worker and the HTTP bridge in one process",
     "bridge": "run the HTTP bridge for legacy callers",
     "users": "add, remove and list the bridge's users",

@@ -39,6 +39,7 @@ from kvmworker.cli.common import (
 
 DEFAULT_TIMEOUT_S = 5.0  # unless --timeout (or KVMWORKER_TIMEOUT, or timeout =) says otherwise
 SCHEMA_VERSION = 1
+LAST_EVENTS_SHOWN = 5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +81,7 @@ def gather(settings: Any, timeout: float) -> dict[str, Any]:
         "commands": None,
         "last_errors": [],
         "networks": None,
+        "events": None,
         "source": None,
     }
     with contextlib.ExitStack() as closing:
@@ -170,6 +172,7 @@ def _ask_worker(ask: Any, report: dict[str, Any]) -> None:
     report["libvirt"] = data.get("libvirt")
     report["commands"] = data.get("commands")
     report["last_errors"] = data.get("last_errors") or []
+    report["events"] = data.get("events")
     report["source"] = "worker"
     report["networks"] = _networks(ask("NetworkHandler", "list"))
 
@@ -191,6 +194,7 @@ def _read_local_journal(settings: Any, report: dict[str, Any]) -> None:
     from kvmworker.handlers.system import journal_summary
     from kvmworker.journal.store import JournalStore, journal_path
 
+    _read_local_events(settings, report)
     path = journal_path(settings.state_dir)
     if not path.exists():
         return
@@ -200,6 +204,23 @@ def _read_local_journal(settings: Any, report: dict[str, Any]) -> None:
         report["source"] = f"local journal at {path} unreadable: {exc}"
         return
     report.update(summary, source=f"local journal at {path}")
+
+
+def _read_local_events(settings: Any, report: dict[str, Any]) -> None:
+    """The local worker's event sequence, buffer and last events, from its state directory."""
+    from kvmworker.events.buffer import FILE_NAME, EventBuffer
+    from kvmworker.events.wiring import events_summary
+
+    path = settings.state_dir / FILE_NAME
+    if not path.exists():
+        return
+    buffer = EventBuffer(path)
+    try:
+        report["events"] = events_summary(buffer)
+    except Exception as exc:
+        report["events"] = {"error": f"{path} unreadable: {exc}"}
+    finally:
+        buffer.close()
 
 
 def _reason(reply: dict[str, Any]) -> str:
@@ -270,6 +291,7 @@ def print_screen(report: dict[str, Any], out: TextIO) -> None:
             line("networks", not networks["drift"], f"{networks['ok']} ok" + (f", drift: {drift}" if drift else ""))
     if report["source"] and report["source"] != "worker":
         line("source", None, report["source"])
+    _print_events(report.get("events"), line, out)
     errors = report["last_errors"]
     out.write("last errors" + ("" if errors else ": none") + "\n")
     for error in errors:
@@ -277,6 +299,24 @@ def print_screen(report: dict[str, Any], out: TextIO) -> None:
         what = f"{error['handler']}.{error['command']}"
         text = error.get("detail") or error.get("msg") or ""
         out.write(f"  {when}  {error['msg_id'][:8]}  {what}  {error['code']}  {text}\n")
+
+
+def _print_events(events: dict[str, Any] | None, line: Any, out: TextIO) -> None:
+    if events is None:
+        return
+    if events.get("error"):
+        line("events", False, events["error"])
+        return
+    sent = {True: ", published", False: ", NOT reaching the broker", None: ""}[events.get("connected")]
+    text = f"seq {events['seq']}, {events['buffered']} buffered, {events['dropped']} dropped{sent}"
+    line("events", events.get("connected"), text)
+    last = events.get("last") or []
+    out.write("last events" + ("" if last else ": none") + "\n")
+    for event in last[-LAST_EVENTS_SHOWN:]:
+        when = datetime.fromtimestamp(event["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        what = f"{event['source']}.{event['kind']}"
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        out.write(f"  {when}  #{event['seq']}  {what}  {event['subject']}  {event['state']}{reason}\n")
 
 
 def _liner(out: TextIO) -> Any:

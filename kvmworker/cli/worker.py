@@ -31,6 +31,8 @@ WORKER_FLAGS = (
     "redis-visibility-timeout",
     "journal-max-age-days",
     "journal-max-mb",
+    "resync-interval",
+    "event-buffer",
 )
 
 

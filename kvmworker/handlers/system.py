@@ -47,6 +47,8 @@ class SystemHandler:
         self._features = dict(features or {})
         self._clock = clock
         self._started = clock()
+        # set by kvmworker.events.wiring: the event sequence, buffer and last events, for ``status``
+        self.events_summary: Callable[[], dict[str, Any]] | None = None
 
     @command(mutates=False, inline=True)
     def ping(self, data: Any, ctx: Context) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class SystemHandler:
             **self.ping(data, ctx),
             "libvirt": _probe(self._features["libvirt"]) if "libvirt" in self._features else None,
             **(journal_summary(self._journal) if self._journal is not None else {"commands": None, "last_errors": []}),
+            "events": self.events_summary() if self.events_summary is not None else None,
         }
 
     @command(ResultQuery, mutates=False, inline=True)

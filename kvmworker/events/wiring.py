@@ -1,0 +1,130 @@
+"""Events in a running worker: the one function the composition root calls, ``attach_events``.
+
+It makes the sender (to the broker, or the process's fan-out on ``memory://``), the worker's state events,
+the metrics and the ``status`` summary, and ties their lifetime to the worker's: ``online`` now; when the
+worker has stopped (SIGTERM: after its last command), ``offline``, then what is buffered goes out (up to
+``FLUSH_S`` seconds; the rest waits on disk for the next start).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+from kvmworker.events.fanout import LOCAL
+from kvmworker.events.hub import Events
+from kvmworker.events.metrics import EventMetrics
+from kvmworker.events.model import Event
+from kvmworker.events.sender import BrokerTarget, LocalTarget, Sender
+from kvmworker.events.state import WorkerState
+
+log = logging.getLogger("kvmworker.events")
+
+FLUSH_S = 5.0
+FLUSH_UNREACHABLE_S = 0.5
+STATUS_EVENTS = 10
+
+
+def create_events(settings: Any) -> Events:
+    """The hub the handlers and sources share (made before them; ``attach_events`` starts it)."""
+    return Events.create(settings.host, settings.state_dir, settings.event_buffer)
+
+
+class EventService:
+    def __init__(self, events: Events, sender: Sender, state: WorkerState):
+        self.events = events
+        self.sender = sender
+        self.state = state
+        self._closing = threading.Lock()
+        self._closed = False
+
+    @property
+    def emitter(self):
+        return self.events.emitter
+
+    def start(self) -> EventService:
+        self.sender.start()
+        self.state.start()
+        atexit.register(self.close)
+        return self
+
+    def close(self, reason: str = "stopping") -> None:
+        """``offline``, flush, stop. Idempotent: the worker's stop and the interpreter's exit both call it."""
+        with self._closing:  # a second caller waits until the first has flushed
+            if self._closed:
+                return
+            self._closed = True
+            atexit.unregister(self.close)
+            self.state.stop(reason)
+            # a sender that cannot reach the broker now will not in the next seconds either: do not hold up the stop
+            if not self.sender.flush(FLUSH_S if self.sender.connected.is_set() else FLUSH_UNREACHABLE_S):
+                log.warning(
+                    "%d event(s) not published before stopping: they wait in the state directory for the next start",
+                    self.events.emitter.buffer.pending_count(),
+                )
+            self.sender.stop()
+            self.events.emitter.buffer.close()
+
+    def summary(self) -> dict[str, Any]:
+        """For ``SystemHandler.status`` (``kvmworker status``): the sequence, the buffer, the last events."""
+        return events_summary(self.events.emitter.buffer, connected=self.sender.connected.is_set())
+
+
+def events_summary(buffer: Any, connected: bool | None = None, last: int = STATUS_EVENTS) -> dict[str, Any]:
+    return {
+        "seq": buffer.next_seq() - 1,
+        "buffered": buffer.pending_count(),
+        "dropped": buffer.dropped(),
+        "connected": connected,
+        "last": [Event.from_body(body).model_dump(mode="json", exclude_none=True) for body in buffer.recent(last)],
+    }
+
+
+def attach_events(settings: Any, worker: Any, dispatcher: Any, events: Events | None = None) -> EventService:
+    """Start events for ``worker`` (its dispatcher gives the metrics registry, the reply signer and the
+    SystemHandler); stop them when the worker stops. ``events``: the hub the handlers were built with."""
+    events = events or create_events(settings)
+    chain = dispatcher.middleware
+    target = (
+        LocalTarget(LOCAL)
+        if settings.broker.startswith("memory:")
+        else BrokerTarget(settings.broker, settings.host, _signer(chain))
+    )
+    metrics = _metrics_registry(chain)
+    counters: EventMetrics | None = None
+    sender = Sender(events.emitter.buffer, target, on_published=lambda seq: counters and counters.published.inc())
+    state = WorkerState(
+        events.emitter,
+        events.pictures,
+        settings.resync_interval,
+        on_sync=lambda reason: counters and counters.syncs.inc(),
+    )
+    if metrics is not None:
+        counters = EventMetrics(metrics, events.emitter, sender.connected.is_set)
+    events.emitter.add_listener(sender.wake)
+    service = EventService(events, sender, state)
+    for handler in dispatcher.registry.handlers:
+        if hasattr(handler, "events_summary"):
+            handler.events_summary = service.summary
+    service.start()
+    threading.Thread(target=_close_with, args=(worker, service), name="kvmworker-events-stop", daemon=True).start()
+    return service
+
+
+def _close_with(worker: Any, service: EventService) -> None:
+    worker.wait_stopped()
+    service.close()
+
+
+def _signer(chain: Any) -> Any:
+    from kvmworker.trust.middleware import reply_signer
+
+    return reply_signer(chain)
+
+
+def _metrics_registry(chain: Any) -> Any:
+    from kvmworker.observability.metrics import MetricsMiddleware
+
+    return next((mw.metrics.registry for mw in chain.middleware if isinstance(mw, MetricsMiddleware)), None)
