@@ -8,6 +8,7 @@ from typing import Any
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.dispatch.middleware import Middleware, MiddlewareChain
+from kvmworker.events import Events
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
@@ -16,6 +17,7 @@ from kvmworker.handlers.system import ResultLookup, SystemHandler
 from kvmworker.handlers.vm import create_vm_handler
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
 from kvmworker.netplane.plane import Netplane
+from kvmworker.netplane.watch import start_network_watch
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
@@ -27,17 +29,23 @@ def build_registry(
     extra_handlers: list[object] | None = None,
     results: ResultLookup | None = None,
     journal: object | None = None,
+    events: Events | None = None,
 ) -> HandlerRegistry:
-    """Every handler of this worker. Each handler module exposes ``create_handler(settings)``."""
+    """Every handler of this worker. Each handler module exposes ``create_handler(settings)``.
+
+    ``events``: the worker's events, when it publishes them (the sources start here, with their clients).
+    """
     registry = HandlerRegistry()
     features: dict[str, Callable[[], Any]] = {}
-    for handler in [*_handler_factories(settings, features), *(extra_handlers or [])]:
+    for handler in [*_handler_factories(settings, features, events), *(extra_handlers or [])]:
         registry.add(handler)
     registry.add(SystemHandler(settings.host, registry.catalogue, features, results=results, journal=journal))
     return registry
 
 
-def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]]) -> list[object]:
+def _handler_factories(
+    settings: Settings, features: dict[str, Callable[[], Any]], events: Events | None = None
+) -> list[object]:
     """The handlers and the clients they share: one netlink pool and one libvirt connection per worker.
 
     The network handlers own the pool and the VM handler owns the connection (they close them);
@@ -45,20 +53,25 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
     """
     plane = Netplane.from_settings(settings)
     features["vlan"] = plane.vlan_support
+    if events is not None:
+        start_network_watch(plane, events)  # before on_start: what it restores is published; stopped by plane.close
     vm = create_vm_handler(settings, features)
     host = create_host_handler(settings, features, libvirt=vm.connection, netlink=plane.pool)
     return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host]
 
 
 def build_dispatcher(
-    settings: Settings, extra_handlers: list[object] | None = None, middleware: list[Middleware] | None = None
+    settings: Settings,
+    extra_handlers: list[object] | None = None,
+    middleware: list[Middleware] | None = None,
+    events: Events | None = None,
 ) -> Dispatcher:
     middleware = middleware or []
     # SystemHandler.result and .status answer from the journal, when there is one.
     journal = next((mw for mw in middleware if isinstance(mw, JournalMiddleware)), None)
     return Dispatcher(
         build_registry(
-            settings, extra_handlers, journal.result if journal else None, journal.store if journal else None
+            settings, extra_handlers, journal.result if journal else None, journal.store if journal else None, events
         ),
         MiddlewareChain(middleware),
         host=settings.host,

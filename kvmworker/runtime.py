@@ -40,7 +40,8 @@ def build_worker(
 ) -> tuple[Worker, Dispatcher]:
     """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
     events = create_events(settings)  # before the handlers: the event sources among them share it
-    dispatcher = build_dispatcher(settings, extra_handlers, [*build_middleware(settings), *(extra_middleware or [])])
+    middleware = [*build_middleware(settings), *(extra_middleware or [])]
+    dispatcher = build_dispatcher(settings, extra_handlers, middleware, events)
     for handler in dispatcher.registry.handlers:
         _call_quietly(handler, "on_start")
     connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)

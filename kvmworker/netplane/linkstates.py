@@ -26,6 +26,7 @@ from kvmworker.netplane.reader import Link
 from kvmworker.netplane.sink import EventSink
 
 SOURCE, KIND = "link", "state"
+_GONE_KEPT = 256
 
 
 def operational(link: Link) -> str:
@@ -43,6 +44,9 @@ class LinkStates:
         self._by_name: dict[str, int] = {}
         self._reported: dict[int, str] = {}
         """Watched links (by index) and the state last published about each."""
+        self._parents: dict[int, int] = {}
+        self._gone: dict[int, str] = {}
+        """Names of the links removed last, by index."""
 
     def lookup(self, name: str) -> Link | None:
         index = self._by_name.get(name)
@@ -76,9 +80,9 @@ class LinkStates:
         link = change.link
         old = self._links.get(link.index)
         if change.removed:
-            self._forget(link.index)
             if link.index in self._reported:
                 self._publish(old or link, "removed", previous=self._reported.pop(link.index))
+            self._forget(link.index)
             return {link.name} | ({old.name} if old else set())
         self._store(link)
         if old is not None and old.name != link.name and link.index in self._reported:
@@ -100,12 +104,18 @@ class LinkStates:
 
     def _publish(self, link: Link, state: str, previous: str | None = None, data: dict[str, Any] | None = None) -> None:
         device = device_data(link, self._name_of) | {"carrier": link.carrier, "operational": operational(link)}
-        msg_id = self._changes.cause(link.name)
+        msg_id = self._changes.cause(link.name) or self._cause_of_parent(link)
         self._emitter.emit(SOURCE, KIND, link.name, state, previous=previous, msg_id=msg_id, data=device | (data or {}))
+
+    def _cause_of_parent(self, link: Link) -> str | None:
+        """A veth's peer goes with it, a vlan with its lower device: a command on one changes the other."""
+        parent = self._parents.get(link.index)
+        name = self._name_of(parent) if parent else None
+        return self._changes.cause(name) if name else None
 
     def _name_of(self, index: int) -> str | None:
         link = self._links.get(index)
-        return link.name if link else None
+        return link.name if link else self._gone.get(index)
 
     def _store(self, link: Link) -> None:
         old = self._links.get(link.index)
@@ -113,8 +123,15 @@ class LinkStates:
             del self._by_name[old.name]
         self._links[link.index] = link
         self._by_name[link.name] = link.index
+        if link.parent and link.parent != link.index:  # kept: a veth being deleted stops naming its peer
+            self._parents[link.index] = link.parent
 
     def _forget(self, index: int) -> None:
         old = self._links.pop(index, None)
         if old is not None and self._by_name.get(old.name) == index:
             del self._by_name[old.name]
+        if old is not None:  # a veth's peer is removed right after it: its name is still needed then
+            self._gone[index] = old.name
+            if len(self._gone) > _GONE_KEPT:
+                del self._gone[next(iter(self._gone))]
+        self._parents.pop(index, None)

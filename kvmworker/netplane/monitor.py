@@ -8,8 +8,9 @@ bridge): those are skipped, the AF_UNSPEC message about the same change says it 
 
 The kernel queues notifications on the socket before the call that caused them returns, so whoever reads the
 socket after a command ended sees every change the command made. When the socket's buffer overflows (a burst
-faster than the reader), the kernel drops messages and says so once (ENOBUFS): ``read`` raises ``Overrun`` and
-the caller must look at the kernel afresh.
+faster than the reader), the kernel drops the newer messages and says so once (ENOBUFS): ``read`` raises
+``Overrun``; the caller then ``discard``s what is still queued (older than what was lost) and reads the kernel
+afresh.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ class LinkMonitor:
         sock.setblocking(False)
 
     @classmethod
-    def open(cls, namespace: str | None = None) -> LinkMonitor:
+    def open(cls, namespace: str | None = None, receive_buffer: int = RECEIVE_BUFFER) -> LinkMonitor:
         """Subscribe to link changes in ``namespace`` (None: the process's own)."""
         if namespace is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         else:
             sock = pyroute2_netns.create_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0)
         try:
-            _grow_receive_buffer(sock)
+            _set_receive_buffer(sock, receive_buffer)
             sock.bind((0, RTMGRP_LINK))
         except BaseException:
             sock.close()
@@ -83,6 +84,18 @@ class LinkMonitor:
                 raise
             changes += parse_changes(data)
 
+    def discard(self) -> None:
+        """Drop what is queued: after an overrun it is older than the messages that were lost, and a fresh read
+        of the kernel (made after this) replaces it."""
+        while True:
+            try:
+                self._sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+
     def close(self) -> None:
         self._sock.close()
 
@@ -101,8 +114,8 @@ def parse_changes(data: bytes) -> list[LinkChange]:
     return found
 
 
-def _grow_receive_buffer(sock: socket.socket) -> None:
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)  # beyond rmem_max: needs CAP_NET_ADMIN
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)  # beyond rmem_max: needs CAP_NET_ADMIN
     except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

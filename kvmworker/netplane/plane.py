@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ class Netplane:
     physical: PhysicalInterfaces
     changes: Changes = field(default_factory=Changes)
     """What commands are changing now: their causes, and when the network watch may judge a network."""
+    closing: list[Callable[[], None]] = field(default_factory=list)
+    """Run first by ``close()``, once (the network watch stops there, before the sockets it reads close)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Netplane:
@@ -56,5 +59,8 @@ class Netplane:
         return {"available": True}
 
     def close(self) -> None:
+        closing, self.closing = self.closing, []
+        for action in closing:
+            action()
         self.pool.close()
         self.store.close()

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.netplane.changes import Done
 from kvmworker.netplane.health import health
@@ -31,6 +31,9 @@ from kvmworker.netplane.monitor import LinkMonitor, Overrun
 from kvmworker.netplane.networkstates import NetworkStates
 from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.sink import SYNC_AFTER_OVERRUN, EventSink
+
+if TYPE_CHECKING:
+    from kvmworker.events import Events
 
 log = logging.getLogger("kvmworker.netplane")
 
@@ -150,6 +153,8 @@ class NetworkWatch:
 
     def _resync(self) -> None:
         log.warning("link notifications were lost (a burst overflowed the socket); reading every link again")
+        assert self._monitor is not None
+        self._monitor.discard()
         self.networks.devices_changed(self.links.reconcile(self._plane.pool.get().links()))
         self.networks.everything_changed()
         self._emitter.request_sync(SYNC_AFTER_OVERRUN)
@@ -161,3 +166,20 @@ def network_picture(plane: Netplane) -> dict[str, dict[str, Any]]:
         return {}
     links = {link.name: link for link in plane.pool.get().links()}
     return {n.network_id: {"name": n.bridge} | health(n, links.get).data() for n in known}
+
+
+def start_network_watch(plane: Netplane, events: Events) -> NetworkWatch | None:
+    """Watch the worker's namespace for ``events``, provide the ``networks`` picture, and stop with the plane.
+    A watch that cannot start (the ``--netns`` namespace is missing, say) is logged; commands work without it."""
+    from kvmworker.events.pictures import NETWORKS
+
+    watch = NetworkWatch(plane, events.emitter)
+    try:
+        watch.start()
+    except Exception:
+        log.exception("link and network events are off: the network watch could not start")
+        watch.stop()
+        return None
+    plane.closing.append(watch.stop)
+    events.pictures.provide(NETWORKS, watch.picture)
+    return watch
