@@ -53,9 +53,6 @@ class NetworkStates:
             self._know(network)
             self._health[network.network_id] = health(network, self._lookup)
 
-    def health_of(self, network_id: str) -> Health | None:
-        return self._health.get(network_id)
-
     def devices_changed(self, names: Iterable[str]) -> None:
         for name in names:
             self._dirty |= self._by_device.get(name, set())

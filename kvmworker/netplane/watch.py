@@ -117,6 +117,7 @@ class NetworkWatch:
                     self._turn(selector)
                 except Exception:  # keep watching: one bad turn must not end the events of the host
                     log.exception("the network watch failed to handle a change")
+                    self._stopping.wait(0.1)  # and never spin on a failure that repeats
 
     def _turn(self, selector: selectors.BaseSelector) -> None:
         ready = selector.select(self._timeout())
@@ -145,11 +146,13 @@ class NetworkWatch:
         except Overrun:
             self._resync()
             changes = []
-        for change in changes:
-            self.networks.devices_changed(self.links.apply(change))
-        for notice in done:
-            self.networks.command_done(notice)
-            self._plane.changes.release(notice)
+        try:
+            for change in changes:
+                self.networks.devices_changed(self.links.apply(change))
+        finally:
+            for notice in done:  # whatever happened above: later changes of its subjects are not its own
+                self.networks.command_done(notice)
+                self._plane.changes.release(notice)
 
     def _resync(self) -> None:
         log.warning("link notifications were lost (a burst overflowed the socket); reading every link again")
