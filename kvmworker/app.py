@@ -17,6 +17,7 @@ from kvmworker.dispatch.executor import Executor
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.operations import Operations
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events import Events
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
@@ -26,6 +27,7 @@ from kvmworker.handlers.vm import VmHandler, create_vm_handler
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
 from kvmworker.netplane.plane import Netplane
+from kvmworker.netplane.watch import start_network_watch
 from kvmworker.observability.logs import CommandLogMiddleware
 from kvmworker.observability.metrics import MetricsMiddleware, WorkerMetrics
 from kvmworker.settings import Settings
@@ -80,14 +82,18 @@ def assemble(
     extra_handlers: Iterable[object] = (),
     extra_middleware: Iterable[Middleware[Any]] = (),
     executor: Executor | None = None,
+    events: Events | None = None,
 ) -> Assembly:
     """One worker's parts. Tests add handlers, or middleware after the standard chain; ``executor`` is the
-    pool commands run on (none: each runs on the thread that received it)."""
+    pool commands run on (none: each runs on the thread that received it); ``events`` the worker's events, when
+    it publishes them (the netlink watch starts here, before ``start()`` restores networks, so that is told)."""
     metrics = WorkerMetrics()
     journal = create_journal(settings, on_duplicate=lambda how: metrics.duplicates.labels(how).inc())
     metrics.watch_journal(journal.store.size_bytes)
     trust = create_trust(settings)
     netplane = Netplane.from_settings(settings)
+    if events is not None:
+        start_network_watch(netplane, events)  # stopped by netplane.close
     libvirt = LibvirtConnection(settings.libvirt_uri)
     network, vm, handlers = _handlers(settings, netplane, libvirt)
     operations = Operations()  # the pipeline feeds it; SystemHandler answers operations, cancel and result from it

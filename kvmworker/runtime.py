@@ -48,6 +48,7 @@ def build_worker(
         extra_handlers=extra_handlers,
         extra_middleware=extra_middleware,
         executor=KeyedExecutor(settings.workers),
+        events=events,
     )
     assembly.start()
     assembly.trust.warn_if_open()  # RUNNING OPEN at start, then hourly while serving

@@ -26,7 +26,7 @@ class DeviceHandler(DeviceApi):
         self._plane = plane
 
     def create(self, data: DeviceCreate, ctx: Context) -> dict[str, Any]:
-        self._execute(self._creation(data), data.namespace)
+        self._execute(self._creation(data), data, ctx)
         return self._show(data.name, data.namespace)
 
     def plan_create(self, data: DeviceCreate, ctx: Context) -> Plan:
@@ -34,7 +34,7 @@ class DeviceHandler(DeviceApi):
 
     def delete(self, data: DeviceRef, ctx: Context) -> dict[str, Any]:
         step = self._deletion(data)
-        self._execute([step], data.namespace)
+        self._execute([step], data, ctx)
         return {"name": step.name}
 
     def plan_delete(self, data: DeviceRef, ctx: Context) -> Plan:
@@ -42,21 +42,21 @@ class DeviceHandler(DeviceApi):
 
     def set(self, data: DeviceSet, ctx: Context) -> dict[str, Any]:
         step = self._change(data)
-        self._execute([step], data.namespace)
+        self._execute([step], data, ctx)
         return self._show(step.name, data.netns or data.namespace)
 
     def plan_set(self, data: DeviceSet, ctx: Context) -> Plan:
         return Plan(describe([self._change(data)]))
 
     def addr_add(self, data: AddressChange, ctx: Context) -> dict[str, Any]:
-        self._execute([self._address(data, AddAddress)], data.namespace)
+        self._execute([self._address(data, AddAddress)], data, ctx)
         return self._show(data.name, data.namespace)
 
     def plan_addr_add(self, data: AddressChange, ctx: Context) -> Plan:
         return Plan(describe([self._address(data, AddAddress)]))
 
     def addr_del(self, data: AddressChange, ctx: Context) -> dict[str, Any]:
-        self._execute([self._address(data, DeleteAddress)], data.namespace)
+        self._execute([self._address(data, DeleteAddress)], data, ctx)
         return self._show(data.name, data.namespace)
 
     def plan_addr_del(self, data: AddressChange, ctx: Context) -> Plan:
@@ -144,5 +144,7 @@ class DeviceHandler(DeviceApi):
                 f"{name} carries network {carried[0].network_id}; use NetworkHandler", field="name"
             )
 
-    def _execute(self, steps: list[Step], namespace: str | None) -> None:
-        execute(steps, self._plane.pool.get(namespace))
+    def _execute(self, steps: list[Step], data: Any, ctx: Context) -> None:
+        changed = [data.name, getattr(data, "peer", None), getattr(data, "master", None)]  # a port changes its bridge
+        with self._plane.changes.making(ctx.msg_id, devices=changed):
+            execute(steps, self._plane.pool.get(data.namespace))

@@ -17,6 +17,11 @@ from kvmworker.protocol.errors import DeviceNotFound, KvmError
 log = logging.getLogger("kvmworker.network")
 
 
+def _devices(network: Network) -> list[str | None]:
+    """What a network command changes besides the network: link events about these carry its msg_id."""
+    return [network.bridge, network.subinterface, network.physical_interface]
+
+
 class NetworkHandler(NetworkApi):
     def __init__(self, plane: Netplane):
         self._plane = plane
@@ -25,7 +30,8 @@ class NetworkHandler(NetworkApi):
     def create(self, data: NetworkCreate, ctx: Context) -> dict[str, Any]:
         network, known, steps = self._creation(data)
         store = self._plane.store
-        execute(steps, self._plane.pool.get(), commit=None if known else lambda: store.add(network))
+        with self._plane.changes.making(ctx.msg_id, networks=[network.network_id], devices=_devices(network)):
+            execute(steps, self._plane.pool.get(), commit=None if known else lambda: store.add(network))
         return networks.network_data(network)
 
     def plan_create(self, data: NetworkCreate, ctx: Context) -> Plan:
@@ -33,7 +39,8 @@ class NetworkHandler(NetworkApi):
 
     def delete(self, data: NetworkRef, ctx: Context) -> dict[str, Any]:
         network, steps, foreign = self._removal(data)
-        execute(steps, self._plane.pool.get(), commit=lambda: self._plane.store.remove(network.network_id))
+        with self._plane.changes.making(ctx.msg_id, networks=[network.network_id], devices=_devices(network)):
+            execute(steps, self._plane.pool.get(), commit=lambda: self._plane.store.remove(network.network_id))
         self._restored.pop(network.network_id, None)
         reply = {"name": network.bridge, "network_id": network.network_id, "left_alone": foreign}
         return reply | {"operations": describe(steps)}
@@ -72,7 +79,8 @@ class NetworkHandler(NetworkApi):
         nl = self._plane.pool.get()
         try:
             steps = networks.plan_network(network, nl, self._plane.physical)
-            execute(steps, nl)
+            with self._plane.changes.making(None, networks=[network.network_id]):
+                execute(steps, nl)
         except KvmError as exc:
             log.error("network %s: %s; not restored: %s", network.network_id, "; ".join(problems), exc.detail)
             return

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmworker.api.network import FLAT, VLAN
+from kvmworker.netplane import health
 from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.netlink import Netlink
 from kvmworker.netplane.ownership import PhysicalInterfaces
@@ -184,28 +185,7 @@ def bridge_view(nl: Netlink) -> Lookup:
 
 def drift(network: Network, lookup: Lookup, check_alias: bool = True) -> list[str]:
     """What is wrong in the kernel for this network, in words; empty when it is healthy."""
-    problems: list[str] = []
-    tag = network_alias(network.network_id)
-    bridge = lookup(network.bridge)
-    if bridge is None:
-        problems.append(f"bridge {network.bridge} is missing")
-    else:
-        if check_alias and bridge.alias != tag:
-            problems.append(f"bridge {network.bridge} is not tagged as this network's (ifalias {bridge.alias!r})")
-        if not bridge.up:
-            problems.append(f"bridge {network.bridge} is down")
-        if network.mtu is not None and bridge.mtu != network.mtu:
-            problems.append(f"bridge {network.bridge} has MTU {bridge.mtu}, not {network.mtu}")
-    port_name = network.subinterface or network.physical_interface
-    port = lookup(port_name)
-    what = "subinterface" if network.subinterface else "physical interface"
-    if port is None:
-        problems.append(f"{what} {port_name} is missing")
-    elif bridge is not None and port.master != bridge.index:
-        problems.append(f"{what} {port_name} is not enslaved to {network.bridge}")
-    elif not port.up:
-        problems.append(f"{what} {port_name} is down")
-    return problems
+    return [problem.text for problem in health.problems(network, lookup, check_alias=check_alias)]
 
 
 def network_data(network: Network) -> dict[str, Any]:

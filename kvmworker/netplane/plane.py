@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from kvmworker.netplane.changes import Changes
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.netplane.store import FILENAME, NetworkStore
@@ -19,6 +21,10 @@ class Netplane:
     pool: NetlinkPool
     store: NetworkStore
     physical: PhysicalInterfaces
+    changes: Changes = field(default_factory=Changes)
+    """What commands are changing now: their causes, and when the network watch may judge a network."""
+    closing: list[Callable[[], None]] = field(default_factory=list)
+    """Run first by ``close()``, once (the network watch stops there, before the sockets it reads close)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Netplane:
@@ -46,5 +52,8 @@ class Netplane:
         return {"available": True}
 
     def close(self) -> None:
+        closing, self.closing = self.closing, []
+        for action in closing:
+            action()
         self.pool.close()
         self.store.close()

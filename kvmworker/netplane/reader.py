@@ -38,7 +38,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VLAN_ID = IFLA_VXLAN_ID = 1
 IFLA_VXLAN_LINK = 3
 RTEXT_FILTER_BRVLAN, RTEXT_FILTER_SKIP_STATS = 2, 8
-IFF_UP, IFF_LOOPBACK = 0x1, 0x8
+IFF_UP, IFF_LOOPBACK, IFF_LOWER_UP = 0x1, 0x8, 0x10000
 OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
@@ -84,6 +84,11 @@ class Link:
     def loopback(self) -> bool:
         return bool(self.flags & IFF_LOOPBACK)
 
+    @property
+    def carrier(self) -> bool:
+        """The kernel's carrier bit (IFF_LOWER_UP), set at once; ``operstate`` follows it a moment later."""
+        return bool(self.flags & IFF_LOWER_UP)
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -107,7 +112,7 @@ class LinkReader:
         if name is not None:
             attrs.append(("IFLA_IFNAME", name))
         try:
-            links = self._request(_link_request(AF_UNSPEC, index, attrs), NLM_F_REQUEST, _parse_link)
+            links = self._request(_link_request(AF_UNSPEC, index, attrs), NLM_F_REQUEST, parse_link)
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
@@ -121,7 +126,7 @@ class LinkReader:
         attrs: list[tuple[str, object]] = [("IFLA_EXT_MASK", ext_mask)]
         if kind is not None:
             attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}))
-        links = self._dump(lambda: _link_request(family, 0, attrs), _parse_link)
+        links = self._dump(lambda: _link_request(family, 0, attrs), parse_link)
         return [link for link in links if kind is None or link.kind in (kind, None)]
 
     def bridges_and_ports(self) -> list[Link]:
@@ -222,7 +227,8 @@ class _DumpInterrupted(Exception):
     pass
 
 
-def _parse_link(data: bytes, offset: int, end: int) -> Link:
+def parse_link(data: bytes, offset: int, end: int) -> Link:
+    """One RTM_NEWLINK/RTM_DELLINK payload (the ifinfomsg at ``offset``, up to ``end``): answers and notifications."""
     _family, _type, index, flags, _change = _IFINFO.unpack_from(data, offset)
     fields: dict[str, object] = {"index": index, "flags": flags}
     pos = offset + _IFINFO.size

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events import Events
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.namespace import NamespaceHandler
 from kvmworker.handlers.network import NetworkHandler
@@ -24,8 +26,10 @@ from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.pool import NetlinkPool, Opener
 from kvmworker.netplane.store import FILENAME, NetworkStore
+from kvmworker.netplane.watch import NetworkWatch, start_network_watch
 from kvmworker.protocol.envelope import Reply
 from tests.conftest import unique
+from tests.netplane.events import Recorded
 
 NICS = ("ens224", "ens225", "ens226")
 DOCUMENTED_EXAMPLE = {
@@ -118,3 +122,41 @@ def call(plane: Netplane) -> Call:
 
 def flat(network_id: str, nic: str = "ens224", **extra: Any) -> dict[str, Any]:
     return {"network_id": network_id, "network_type": "flat", "physical_interface": nic, **extra}
+
+
+@pytest.fixture
+def carrier(namespace: str) -> None:
+    """The far ends of the NICs up: the uplinks have carrier, as NICs plugged into a switch."""
+    for nic in NICS:
+        ip("-n", namespace, "link", "set", f"{nic}p", "up")
+
+
+@dataclass
+class Watched:
+    """The network handlers and the network watch on the test's namespace, wired as the worker wires them
+    (``start_network_watch``), with the worker's real ``Emitter``; ``recorded`` is every event it stored."""
+
+    plane: Netplane
+    events: Events
+    recorded: Recorded
+    watch: NetworkWatch
+    call: Call
+
+    def create(self, network_id: str, nic: str = "ens224", msg_id: str | None = None, **data: Any) -> str:
+        """A network made by a command (flat unless ``data`` says otherwise); its msg_id."""
+        msg_id = msg_id or str(uuid.uuid4())
+        reply = self.call("NetworkHandler", "create", flat(network_id, nic) | data, msg_id=msg_id)
+        assert reply.code == 0, reply.data
+        return msg_id
+
+
+@pytest.fixture
+def watched(namespace: str, state_dir, carrier) -> Iterator[Watched]:
+    plane = make_plane(namespace, state_dir, list(NICS))
+    events = Events.create("kvt-host", None)
+    recorded = Recorded(events.emitter)
+    watch = start_network_watch(plane, events)
+    assert watch is not None and watch.running
+    yield Watched(plane, events, recorded, watch, caller(*handlers(plane)))
+    plane.close()
+    assert not watch.running
