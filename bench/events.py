@@ -32,10 +32,10 @@ import time
 import uuid
 from pathlib import Path
 
-from kvmworker.netplane.naming import bridge_name
 from pyroute2 import IPRoute
 
 from kvmworker.client import Client
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.transport.connection import delete_host_queue
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kvmworker.netplane.naming import is_owned
 from kvmworker.netplane.changes import Changes
 from kvmworker.netplane.devices import device_data
 from kvmworker.netplane.monitor import LinkChange
+from kvmworker.netplane.naming import is_owned
 from kvmworker.netplane.ownership import PhysicalInterfaces
 from kvmworker.netplane.reader import Link
 from kvmworker.netplane.sink import EventSink

@@ -13,11 +13,11 @@ import time
 import uuid
 
 import pytest
-from kvmworker.netplane.naming import bridge_name, network_alias
 
 from kvmworker.events import Events
 from kvmworker.events.state import WorkerState
 from kvmworker.netplane.monitor import LinkMonitor
+from kvmworker.netplane.naming import bridge_name, network_alias
 from kvmworker.netplane.sink import SYNC_AFTER_OVERRUN
 from kvmworker.netplane.watch import NetworkWatch, start_network_watch
 from tests.netplane.conftest import NICS, Kernel, caller, flat, handlers, ip, make_plane

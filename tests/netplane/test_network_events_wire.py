@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Queue
-from kvmworker.netplane.naming import bridge_name
 
 from kvmworker.client import Client
+from kvmworker.netplane.naming import bridge_name
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
 from tests.conftest import AMQP_URL, require_broker, unique
