@@ -12,6 +12,7 @@ from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
 from kvmworker.handlers.network import NetworkHandler
+from kvmworker.handlers.storage import create_storage_handler
 from kvmworker.handlers.system import ResultLookup, SystemHandler
 from kvmworker.handlers.vm import create_vm_handler
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
@@ -47,7 +48,8 @@ def _handler_factories(settings: Settings, features: dict[str, Callable[[], Any]
     features["vlan"] = plane.vlan_support
     vm = create_vm_handler(settings, features)
     host = create_host_handler(settings, features, libvirt=vm.connection, netlink=plane.pool)
-    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host]
+    storage = create_storage_handler(settings, vm.connection)
+    return [NetworkHandler(plane), NamespaceHandler(plane), DeviceHandler(plane), vm, host, storage]
 
 
 def build_dispatcher(
