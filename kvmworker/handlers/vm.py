@@ -31,6 +31,7 @@ from kvmworker.protocol.errors import (
     OperationNotAllowed,
     VmInfoFailed,
     VmShutdownFailed,
+    VolumeNotFound,
 )
 from kvmworker.settings import Settings
 from kvmworker.virt import description, domains, policy, volumes
@@ -297,8 +298,11 @@ class VmHandler(VmApi):
     def _clone_disk(self, conn: libvirt.virConnect, spec: DomainSpec, index: int) -> Disk:
         """A linked clone made for the VM (a qcow2 over ``clone_of``), recorded as the VM's own volume."""
         disk, field = spec.disks[index], f"disks.{index}"
-        pool = volumes.resolve_pool(conn, disk.pool or self._storage.default_pool, f"{field}.pool")
-        source = volumes.clone_source(pool, self._storage, str(disk.clone_of), field=f"{field}.clone_of")
+        try:  # a missing pool or source is 30006 here, as for every other disk of define
+            pool = volumes.resolve_pool(conn, disk.pool or self._storage.default_pool, f"{field}.pool")
+            source = volumes.clone_source(pool, self._storage, str(disk.clone_of), field=f"{field}.clone_of")
+        except VolumeNotFound as exc:
+            raise InvalidParameter(exc.detail, field=exc.field) from None
         name = disk.volume or f"{spec.name}-disk{index}.qcow2"
         planned = Pools(conn, self._storage).planned(
             name, pool.name(), source.capacity / GIB, f"{field}.volume", backing=(source.path, source.format)

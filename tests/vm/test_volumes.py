@@ -153,7 +153,6 @@ def test_a_linked_clone_is_a_qcow2_over_the_base_with_the_backing_format_written
 
 def test_a_raw_image_from_a_storage_directory_is_cloned_with_backing_format_raw(storage, worker, pool_dir):
     raw = worker.images / "kvt-base.img"
-    raw.write_bytes(b"QFI\xfbnot really: the format is read from the file by libvirt's rules" + b"\0" * MIB)
     raw.write_bytes(b"\0" * MIB)
     reply = storage("volume_clone", name="kvt-over-raw.qcow2", source="kvt-base.img")
     assert reply.code == 0, reply.data
@@ -299,3 +298,41 @@ def test_a_linked_clone_boots_the_guest_is_used_by_it_and_grows_live(storage, vm
         assert dom.isActive()
     finally:
         conn.close()
+
+
+def _qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", *args], check=True)
+
+
+def _disk_xml(name: str, path: Path) -> str:
+    return (
+        f"<domain type='test'><name>{name}</name><memory>32768</memory><os><type>hvm</type></os><devices>"
+        f"<disk type='file' device='disk'><source file='{path}'/><target dev='vda'/></disk></devices></domain>"
+    )
+
+
+def test_raw_xml_may_name_a_linked_clone_only_over_a_named_format_inside_the_storage_dirs(call, images, tmp_path):
+    _qemu_img("-f", "raw", str(images / "base.raw"), "1M")
+    _qemu_img("-f", "qcow2", "-b", str(images / "base.raw"), "-F", "raw", str(images / "clone.qcow2"))
+    _qemu_img("-f", "qcow2", "-b", str(images / "clone.qcow2"), "-F", "qcow2", str(images / "clone2.qcow2"))
+    for good in ("clone.qcow2", "clone2.qcow2"):  # one level and a chain of two
+        reply = call("define", dry_run=True, xml=_disk_xml(vm_name(), images / good))
+        assert reply.code == 0, (good, reply.data)
+    outside = tmp_path / "outside.raw"
+    _qemu_img("-f", "raw", str(outside), "1M")
+    _qemu_img("-f", "qcow2", "-b", str(outside), "-F", "raw", str(images / "out.qcow2"))
+    json_name = 'json:{"file.driver":"file","file.filename":"/etc/hostname"}'
+    _qemu_img("-f", "qcow2", "-u", "-b", json_name, "-F", "raw", str(images / "json.qcow2"), "1M")
+    # a link in the chain that escapes: the first level is fine, the second is not
+    _qemu_img("-f", "qcow2", "-b", str(images / "out.qcow2"), "-F", "qcow2", str(images / "deep.qcow2"))
+    base = str(images / "base.raw").encode()  # a backing file inside, but no backing-format extension
+    header = b"QFI\xfb" + (3).to_bytes(4, "big") + (512).to_bytes(8, "big") + len(base).to_bytes(4, "big")
+    (images / "unnamed.qcow2").write_bytes(header.ljust(512, b"\0") + base)
+    for bad, why in (
+        ("out.qcow2", "outside the storage directories"),
+        ("json.qcow2", "not a plain file name"),
+        ("deep.qcow2", "outside the storage directories"),
+        ("unnamed.qcow2", "does not name"),
+    ):
+        reply = call("define", dry_run=True, xml=_disk_xml(vm_name(), images / bad))
+        assert reply.code == 30006 and why in reply.data["detail"], (bad, reply.data)
