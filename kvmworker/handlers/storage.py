@@ -125,6 +125,7 @@ class StorageHandler(StorageApi):
     def _creatable(self, conn: libvirt.virConnect, data: VolumeCreate) -> tuple[libvirt.virStoragePool, Any]:
         """The pool, and the existing volume when it is the one asked for (a different one is 30006)."""
         pool = self._pool(conn, data.pool)
+        pool.refresh(0)  # a file put there behind libvirt's back is a volume too: never overwritten
         existing = volumes.find_volume(pool, data.name)
         if existing is None:
             return pool, None
@@ -140,6 +141,7 @@ class StorageHandler(StorageApi):
     ) -> tuple[libvirt.virStoragePool, volumes.Source, int, Any]:
         """The pool, the source, the clone's size, and the existing clone when it is the one asked for."""
         pool = self._pool(conn, data.pool)
+        pool.refresh(0)  # a file put there behind libvirt's back is a volume too: never overwritten
         source = volumes.clone_source(pool, self._storage, data.source)
         if os_real(source.path) == os_real(f"{pool_path(pool)}/{data.name}"):
             raise InvalidParameter("a volume cannot be cloned onto itself", field="name")

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmworker.protocol.errors import Cancelled, KvmError
+from kvmworker.protocol.errors import Cancelled, InvalidParameter, KvmError
 
 POLL_SECONDS = 0.1
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -57,7 +57,7 @@ def full_copy(source: str, source_format: str, dest: str, control: CopyControl, 
     """Copy ``source`` (its format named) to ``dest`` in the same format, optionally grown; dest appears whole or
     not at all."""
     if os.path.lexists(dest):
-        raise KvmError(f"{dest} appeared meanwhile; nothing was copied")
+        raise InvalidParameter(f"{dest} exists (appeared meanwhile); nothing was copied", field="name")
     partial = partial_path(dest)
     done = False
     try:

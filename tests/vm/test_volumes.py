@@ -223,6 +223,29 @@ def test_a_failed_full_copy_leaves_no_file(storage, pool_dir):
     assert sorted(os.listdir(pool_dir)) == ["broken.qcow2"]
 
 
+def test_a_symlink_in_the_pool_leading_out_is_neither_cloned_nor_deleted_through(storage, worker, pool_dir):
+    os.symlink("/etc/hostname", pool_dir / "escape.raw")
+    os.symlink("/etc/hostname", worker.images / "escape.img")
+    assert "escape.raw" in [v["name"] for v in storage("volumes").data["volumes"]]  # libvirt sees it
+    for source in ("escape.raw", str(pool_dir / "escape.raw"), "escape.img", str(worker.images / "escape.img")):
+        for linked in (True, False):
+            reply = storage("volume_clone", name="kvt-out.qcow2", source=source, linked=linked)
+            assert reply.code == 30006 and "outside" in reply.data["detail"], (source, reply.data)
+    assert storage("volume_delete", name="escape.raw").code == 30006
+    assert storage("volume_resize", name="escape.raw", size_gib=1).code == 30006
+    assert os.path.islink(pool_dir / "escape.raw") and sorted(os.listdir(pool_dir)) == ["escape.raw"]
+
+
+def test_a_file_put_in_the_pool_behind_libvirts_back_is_never_overwritten(storage, pool_dir):
+    storage("volume_create", name="base.qcow2", size_gib=0.0625)
+    (pool_dir / "kvt-taken.qcow2").write_bytes(b"someone else's data")
+    for linked in (True, False):
+        reply = storage("volume_clone", name="kvt-taken.qcow2", source="base.qcow2", linked=linked)
+        assert reply.code == 30006, reply.data
+    assert storage("volume_create", name="kvt-taken.qcow2", size_gib=0.0625).code == 30006
+    assert (pool_dir / "kvt-taken.qcow2").read_bytes() == b"someone else's data"
+
+
 def test_volume_create_again_is_success_and_a_different_one_is_30006(storage):
     first = storage("volume_create", name="kvt-v.raw", size_gib=0.01, format="raw")
     assert first.code == 0 and first.data["changed"] is True and first.data["format"] == "raw"
