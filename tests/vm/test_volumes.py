@@ -211,6 +211,16 @@ def test_a_full_copy_cancelled_halfway_answers_30013_and_leaves_no_file(storage,
     assert "kvt-cancelled.raw" not in [v["name"] for v in storage("volumes").data["volumes"]]
 
 
+def test_a_full_copy_reports_its_progress_through_the_context_up_to_100(worker, pool_dir):
+    with open(pool_dir / "some.raw", "wb") as out:
+        out.write(os.urandom(16 * MIB))
+    bound = worker.registry.lookup("StorageHandler", "volume_clone")
+    ctx = CancelHalfway(at=1000)  # never cancels: only records
+    reply = bound.call(VolumeClone(name="kvt-progress.raw", source="some.raw", linked=False), ctx)
+    assert reply["changed"] is True and reply["capacity"] == 16 * MIB
+    assert ctx.seen[-1] == 100.0 and ctx.seen == sorted(ctx.seen), ctx.seen
+
+
 def test_a_failed_full_copy_leaves_no_file(storage, pool_dir):
     broken = pool_dir / "broken.qcow2"  # a qcow2 over a backing file that is gone: qemu-img cannot read it
     subprocess.run(
