@@ -10,9 +10,8 @@ def netlink_key(namespace: str | None) -> str:
     return f"netlink:{namespace or WORKER_NAMESPACE}"
 
 
-DEFAULT_POOL = "@default"
-
-
 def volume_key(pool: str | None, name: str) -> str:
-    """The key of one volume (None: the worker's ``--storage-pool``): its commands run one after another."""
-    return f"volume:{pool or DEFAULT_POOL}/{name}"
+    """The key of a volume: its name alone. The pool is left out on purpose: a caller who names the default pool
+    and one who omits it must get the same key, and the api layer does not know the default; volumes of the same
+    name in two pools merely wait for each other."""
+    return f"volume:{name}"

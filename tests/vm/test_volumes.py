@@ -369,3 +369,16 @@ def test_raw_xml_may_name_a_linked_clone_only_over_a_named_format_inside_the_sto
     ):
         reply = call("define", dry_run=True, xml=_disk_xml(vm_name(), images / bad))
         assert reply.code == 30006 and why in reply.data["detail"], (bad, reply.data)
+
+
+def test_commands_on_one_volume_share_a_resource_key_whether_or_not_the_default_pool_is_named(worker, pool):
+    keys = set()
+    for command, data in (
+        ("volume_create", {"name": "kvt-k.qcow2", "size_gib": 1}),
+        ("volume_clone", {"name": "kvt-k.qcow2", "source": "b", "pool": pool}),
+        ("volume_resize", {"name": "kvt-k.qcow2", "size_gib": 2, "pool": pool}),
+        ("volume_delete", {"name": "kvt-k.qcow2"}),
+    ):
+        bound = worker.registry.lookup("StorageHandler", command)
+        keys.add(bound.spec.resource(bound.spec.model.model_validate(data)))
+    assert keys == {"volume:kvt-k.qcow2"}
