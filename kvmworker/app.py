@@ -22,6 +22,7 @@ from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
 from kvmworker.handlers.network import NetworkHandler
+from kvmworker.handlers.storage import create_storage_handler
 from kvmworker.handlers.system import SystemHandler
 from kvmworker.handlers.vm import VmHandler, create_vm_handler
 from kvmworker.inventory.cpu import CpuInventory
@@ -131,7 +132,8 @@ def _handlers(
     network = NetworkHandler(netplane)
     vm = create_vm_handler(settings, libvirt=libvirt)
     host = create_host_handler(settings, libvirt=libvirt, netlink=netplane.pool)
-    return network, vm, [network, NamespaceHandler(netplane), DeviceHandler(netplane), vm, host]
+    storage = create_storage_handler(settings, libvirt)
+    return network, vm, [network, NamespaceHandler(netplane), DeviceHandler(netplane), vm, host, storage]
 
 
 def _features(netplane: Netplane, libvirt: LibvirtConnection) -> dict[str, Callable[[], Any]]:

@@ -58,8 +58,9 @@ DomainType = Literal["kvm", "qemu"]
 INTERFACE_RULE = {"oneOf": [given("network_id"), given("bridge")]}
 DISK_RULE = {
     "anyOf": [
-        {"allOf": [given("image"), absent("volume", "pool", "size_gib")]},
-        {"allOf": [absent("image"), {"anyOf": [given("volume"), given("size_gib")]}]},
+        {"allOf": [given("image"), absent("volume", "pool", "size_gib", "clone_of")]},
+        {"allOf": [absent("image", "clone_of"), {"anyOf": [given("volume"), given("size_gib")]}]},
+        {"allOf": [given("clone_of"), absent("image", "size_gib")]},
     ]
 }
 
@@ -82,7 +83,8 @@ class InterfaceSpec(BaseModel):
 
 
 class DiskSpec(BaseModel):
-    """``image`` (an existing file), ``volume`` (an existing pool volume) or ``size_gib`` (a new qcow2 volume)."""
+    """``image`` (an existing file), ``volume`` (an existing pool volume), ``size_gib`` (a new qcow2 volume) or
+    ``clone_of`` (a new linked clone of a pool volume or a storage-directory image, named ``volume`` if given)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(DISK_RULE))
 
@@ -90,14 +92,23 @@ class DiskSpec(BaseModel):
     volume: PlainName | None = None
     pool: PlainName | None = None
     size_gib: number(gt=0, le=65536) | None = None
+    clone_of: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="a volume of the pool or an image in a storage directory: the VM gets a qcow2 over it, made for "
+        "it and removed with undefine remove_storage",
+    )
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
 
     @model_validator(mode="after")
     def _one_source(self) -> DiskSpec:
-        if self.image is not None and (self.volume or self.pool or self.size_gib):
-            raise coded(Code.INVALID_PARAMETER, "a disk is either an 'image' or a pool 'volume'/'size_gib'")
-        if self.image is None and self.volume is None and self.size_gib is None:
-            raise coded(Code.INVALID_PARAMETER, "a disk needs 'image', 'volume' or 'size_gib'")
+        if self.image is not None and (self.volume or self.pool or self.size_gib or self.clone_of):
+            raise coded(Code.INVALID_PARAMETER, "a disk is either an 'image' or a pool 'volume'/'size_gib'/'clone_of'")
+        if self.clone_of is not None and self.size_gib is not None:
+            raise coded(Code.INVALID_PARAMETER, "a 'clone_of' disk has its source's size: no 'size_gib'")
+        if self.image is None and self.volume is None and self.size_gib is None and self.clone_of is None:
+            raise coded(Code.INVALID_PARAMETER, "a disk needs 'image', 'volume', 'size_gib' or 'clone_of'")
         return self
 
 

@@ -33,15 +33,16 @@ from kvmworker.protocol.errors import (
     OperationNotAllowed,
     VmInfoFailed,
     VmShutdownFailed,
+    VolumeNotFound,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy, vm_events
+from kvmworker.virt import description, domains, policy, vm_events, volumes
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
 from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
-from kvmworker.virt.storage import Disk, Pools, StorageRules
+from kvmworker.virt.storage import GIB, Disk, Pools, StorageRules
 
 REPLY_MARGIN = 1.0
 """Seconds kept back from the caller's deadline to send the reply."""
@@ -181,7 +182,7 @@ class VmHandler(VmApi):
                 root = self._checked_xml(conn, data.xml)
                 return Plan([f"define {root.findtext('name')} from the given XML"], {"xml": policy.masked(root)})
             made = self._generated(conn, data.spec())
-        steps = [f"create {d.create_gib:g} GiB qcow2 volume {d.volume} in pool {d.pool}" for d in made.new]
+        steps = [_create_step(d) for d in made.new]
         return Plan([*steps, f"define {data.name}"], {"xml": policy.masked(made.root)})
 
     def undefine(self, data: UndefineData, ctx: Context) -> dict[str, Any]:
@@ -316,6 +317,8 @@ class VmHandler(VmApi):
         if disk.image is not None:
             return self._storage.image(disk.image, field=f"{field}.image")
         pools = Pools(conn, self._storage)
+        if disk.clone_of is not None:
+            return self._clone_disk(conn, spec, index)
         if disk.size_gib is None:
             return pools.existing(disk.volume or "", disk.pool, field=f"{field}.volume")
         name = disk.volume or f"{spec.name}-disk{index}.qcow2"
@@ -324,6 +327,20 @@ class VmHandler(VmApi):
     def _acting(self, name: str, ctx: Context, *states: str) -> AbstractContextManager[None]:
         """The lifecycle events ``states`` of VM ``name`` while the block runs (and shortly after) carry ctx.msg_id."""
         return vm_events.acting(self._causes, name, ctx.msg_id, states)
+
+    def _clone_disk(self, conn: libvirt.virConnect, spec: DomainSpec, index: int) -> Disk:
+        """A linked clone made for the VM (a qcow2 over ``clone_of``), recorded as the VM's own volume."""
+        disk, field = spec.disks[index], f"disks.{index}"
+        try:  # a missing pool or source is 30006 here, as for every other disk of define
+            pool = volumes.resolve_pool(conn, disk.pool or self._storage.default_pool, f"{field}.pool")
+            source = volumes.clone_source(pool, self._storage, str(disk.clone_of), field=f"{field}.clone_of")
+        except VolumeNotFound as exc:
+            raise InvalidParameter(exc.detail, field=exc.field) from None
+        name = disk.volume or f"{spec.name}-disk{index}.qcow2"
+        planned = Pools(conn, self._storage).planned(
+            name, pool.name(), source.capacity / GIB, f"{field}.volume", backing=(source.path, source.format)
+        )
+        return planned
 
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:
@@ -337,6 +354,13 @@ def _interface(data: AttachInterfaceData) -> tuple[InterfaceSpec, str]:
     nic = InterfaceSpec.model_validate(data.model_dump(include=set(InterfaceSpec.model_fields)))
     nic = nic.model_copy(update={"mac": nic.mac or domains.random_mac()})
     return nic, interface_xml(nic)
+
+
+def _create_step(disk: Disk) -> str:
+    step = f"create {disk.create_gib:g} GiB qcow2 volume {disk.volume} in pool {disk.pool}"
+    if disk.backing is not None:
+        step += f" over {disk.backing[0]} (backing format {disk.backing[1]})"
+    return step
 
 
 def _wait_budget(timeout: float, deadline: float | None) -> float:

@@ -22,6 +22,7 @@ class Code(IntEnum):
     VM_NOT_FOUND = 30007
     VM_SHUTDOWN_FAILED = 30008
     HYPERVISOR_UNAVAILABLE = 30009
+    VOLUME_NOT_FOUND = 30010
     CANCELLED = 30013
     CPU_INFO_FAILED = 40001
     MEMORY_INFO_FAILED = 40101
@@ -57,6 +58,7 @@ MESSAGES: dict[Code, str] = {
     Code.VM_NOT_FOUND: "虚拟机不存在",
     Code.VM_SHUTDOWN_FAILED: "虚拟机关机失败",
     Code.HYPERVISOR_UNAVAILABLE: "hypervisor连接失败",
+    Code.VOLUME_NOT_FOUND: "存储卷不存在",
     Code.CANCELLED: "操作已取消",
     Code.CPU_INFO_FAILED: "获取CPU信息失败",
     Code.MEMORY_INFO_FAILED: "获取内存信息失败",

@@ -52,6 +52,7 @@ InvalidParameter = _error("InvalidParameter", Code.INVALID_PARAMETER, "A paramet
 VmNotFound = _error("VmNotFound", Code.VM_NOT_FOUND, "No such VM.")
 VmShutdownFailed = _error("VmShutdownFailed", Code.VM_SHUTDOWN_FAILED, "The VM did not shut down in time.")
 HypervisorUnavailable = _error("HypervisorUnavailable", Code.HYPERVISOR_UNAVAILABLE, "Cannot reach libvirt.")
+VolumeNotFound = _error("VolumeNotFound", Code.VOLUME_NOT_FOUND, "No such storage pool or volume.")
 Cancelled = _error("Cancelled", Code.CANCELLED, "Cancelled (SystemHandler.cancel); the host is as before it.")
 CpuInfoFailed = _error("CpuInfoFailed", Code.CPU_INFO_FAILED, "Reading CPU information failed.")
 MemoryInfoFailed = _error("MemoryInfoFailed", Code.MEMORY_INFO_FAILED, "Reading memory information failed.")

@@ -31,7 +31,12 @@ LIBVIRT_LOG_DIR = "/var/log/libvirt/qemu"
 QCOW2_BACKING_OFFSET = slice(8, 16)
 QCOW2_INCOMPATIBLE = slice(72, 80)
 QCOW2_EXTERNAL_DATA_FILE = 1 << 2
-QCOW2_HEADER_V3 = 104
+QCOW2_HEADER_V2 = 72
+QCOW2_HEADER_READ = 64 * 1024
+"""The header, its extensions and the backing file name all sit in the first cluster (at least 512 bytes)."""
+QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
+QCOW2_MAX_BACKING_NAME = 1023
+MAX_BACKING_DEPTH = 8
 
 VolumeCheck = Callable[[str, str, str], None]
 """(pool, volume, field) → raises 30006 unless that volume exists inside that pool."""
@@ -62,7 +67,8 @@ class PathRules:
             return
         real = os.path.realpath(value)
         if kind is Path.IMAGE:
-            _no_backing_file(real, where)  # also for the spec's own images: the file's content decides this
+            # also for the spec's own images: the file's content decides this
+            _backing_chain_inside(real, where, [*self.storage.dirs, *self.pool_dirs])
             if value not in self.approved:
                 self._inside(real, [*self.storage.dirs, *self.pool_dirs], value, "the storage directories", where)
         elif value in self.approved:
@@ -95,19 +101,61 @@ def _under(real: str, dirs: Iterable[str | FsPath]) -> bool:
     return any(FsPath(real).is_relative_to(os.path.realpath(d)) for d in dirs)
 
 
-def _no_backing_file(real: str, where: str) -> None:
-    """A qcow2 image names other files itself (a backing file, an external data file): qemu would open them."""
+def _backing_chain_inside(real: str, where: str, allowed: list[FsPath | str], depth: int = 0) -> None:
+    """A qcow2 image names other files itself (a backing file, an external data file): qemu would open them.
+
+    An external data file is refused. A backing file is allowed only as a linked clone is made
+    (``StorageHandler.volume_clone``): a plain path, resolving inside the storage or pool directories, whose format
+    the image names (never probed), raw or qcow2, itself checked the same way, at most ``MAX_BACKING_DEPTH`` deep.
+    """
     if not os.path.isfile(real):
         return  # not there (yet), or a FIFO/device that must not be read: nothing to say about its content
     with open(real, "rb") as image:
-        header = image.read(QCOW2_HEADER_V3)
+        header = image.read(QCOW2_HEADER_READ)
     if header[:4] != QCOW2_MAGIC:
         return
     version = int.from_bytes(header[4:8], "big")
-    if int.from_bytes(header[QCOW2_BACKING_OFFSET], "big"):
-        raise InvalidParameter(f"{real} is a qcow2 image with a backing file; those are refused", field=where)
     if version >= 3 and int.from_bytes(header[QCOW2_INCOMPATIBLE], "big") & QCOW2_EXTERNAL_DATA_FILE:
         raise InvalidParameter(f"{real} is a qcow2 image with an external data file; those are refused", field=where)
+    offset, size = int.from_bytes(header[QCOW2_BACKING_OFFSET], "big"), int.from_bytes(header[16:20], "big")
+    if not offset:
+        return
+    name, fmt = _backing_of(header, offset, size, version)
+    backing = os.path.realpath(os.path.join(os.path.dirname(real), name)) if name else ""
+    refusal = _backing_refusal(name, fmt, backing, allowed, depth)
+    if refusal:
+        raise InvalidParameter(f"{real} is a qcow2 image with a backing file {refusal}; those are refused", field=where)
+    if fmt == "qcow2":
+        _backing_chain_inside(backing, where, allowed, depth + 1)
+
+
+def _backing_of(header: bytes, offset: int, size: int, version: int) -> tuple[str, str | None]:
+    """The backing file's name and the format the header names for it (the backing-format extension), if any."""
+    if size > QCOW2_MAX_BACKING_NAME or offset + size > len(header):
+        return "", None
+    name = header[offset : offset + size].decode("utf-8", "replace")
+    at = int.from_bytes(header[100:104], "big") if version >= 3 else QCOW2_HEADER_V2
+    while at + 8 <= min(offset, len(header)):
+        kind, length = int.from_bytes(header[at : at + 4], "big"), int.from_bytes(header[at + 4 : at + 8], "big")
+        if kind == 0:
+            break
+        if kind == QCOW2_EXT_BACKING_FORMAT:
+            return name, header[at + 8 : at + 8 + length].decode("ascii", "replace")
+        at += 8 + (length + 7) // 8 * 8
+    return name, None
+
+
+def _backing_refusal(name: str, fmt: str | None, backing: str, allowed: list[FsPath | str], depth: int) -> str:
+    """Why this backing file may not be opened by qemu; empty when it may."""
+    if not name or "\0" in name or (":" in name.split("/", 1)[0]):
+        return "that is not a plain file name"  # json:{…}, nbd://… and the like reach beyond the host's files
+    if fmt not in ("raw", "qcow2"):
+        return f"{name} whose format the image does not name as raw or qcow2 (it would be probed)"
+    if not _under(backing, allowed):
+        return f"{name} outside the storage directories (after following links)"
+    if depth + 1 >= MAX_BACKING_DEPTH:
+        return f"chain deeper than {MAX_BACKING_DEPTH}"
+    return ""
 
 
 class DomainPolicy:

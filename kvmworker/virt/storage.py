@@ -42,6 +42,8 @@ class Disk:
     create_gib: float | None = None
     pool: str | None = None
     volume: str | None = None
+    backing: tuple[str, str] | None = None
+    """A linked clone: the (path, format) of the file it is made over."""
 
 
 class StorageRules:
@@ -98,19 +100,22 @@ class Pools:
         """For ``<disk type='volume'>`` in raw XML: the same rule as an existing volume of the spec."""
         self.existing(volume, pool, field)
 
-    def planned(self, volume: str, pool: str | None, size_gib: float, field: str) -> Disk:
-        """A new qcow2 volume, not created yet (so that a dry run can show it)."""
+    def planned(
+        self, volume: str, pool: str | None, size_gib: float, field: str, backing: tuple[str, str] | None = None
+    ) -> Disk:
+        """A new qcow2 volume (over ``backing``'s path and format when given), not created yet (so that a dry run
+        can show it)."""
         pool_name = pool or self._rules.default_pool
         check_plain_name(volume, field)
         target = self._pool(pool_name, field)
         if volume in target.listVolumes():
             raise InvalidParameter(f"pool {pool_name} already has a volume {volume!r}", field=field)
         path = str(Path(pool_path(target)) / volume)
-        return Disk(path, "qcow2", create_gib=size_gib, pool=pool_name, volume=volume)
+        return Disk(path, "qcow2", create_gib=size_gib, pool=pool_name, volume=volume, backing=backing)
 
     def create(self, disk: Disk) -> str:
         target = self._conn.storagePoolLookupByName(disk.pool)
-        vol = target.createXML(volume_xml(disk.volume, disk.create_gib), 0)
+        vol = target.createXML(volume_xml(disk.volume, disk.create_gib, disk.backing), 0)
         return vol.path()
 
     def configured_dirs(self) -> list[str]:
@@ -145,12 +150,16 @@ class Pools:
         return pool
 
 
-def volume_xml(name: str, size_gib: float) -> str:
+def volume_xml(name: str, size_gib: float, backing: tuple[str, str] | None = None) -> str:
     vol = ET.Element("volume")
     ET.SubElement(vol, "name").text = name
     ET.SubElement(vol, "capacity", unit="bytes").text = str(int(size_gib * GIB))
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type="qcow2")
+    if backing is not None:  # the backing format is written into the clone, never left to QEMU to probe
+        store = ET.SubElement(vol, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
     return ET.tostring(vol, encoding="unicode")
 
 

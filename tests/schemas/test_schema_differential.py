@@ -80,7 +80,11 @@ VALID: dict[str, list[dict[str, Any]]] = {
             "name": "vm1",
             "vcpus": "2",
             "memory_mib": 1024,
-            "disks": [{"size_gib": 10, "pool": "default"}, {"image": "/var/lib/kvt/a.qcow2", "bus": "sata"}],
+            "disks": [
+                {"size_gib": 10, "pool": "default"},
+                {"image": "/var/lib/kvt/a.qcow2", "bus": "sata"},
+                {"clone_of": "base.qcow2", "volume": "vm1-root.qcow2"},
+            ],
             "interfaces": [{"network_id": U}, {"bridge": "br0", "mac": MAC}],
             "domain_type": "kvm",
             "graphics": True,
@@ -92,6 +96,17 @@ VALID: dict[str, list[dict[str, Any]]] = {
     "SystemHandler.result": [{"msg_id": U}],
     "SystemHandler.cancel": [{"msg_id": U}],
     "SystemHandler.operations": [{}, {"state": "running"}, {"state": "recent"}],
+    "StorageHandler.volumes": [{"pool": "default"}, {}],
+    "StorageHandler.volume_create": [
+        {"name": "a.qcow2", "size_gib": 1.5},
+        {"pool": "p", "name": "b", "format": "raw", "size_gib": 2},
+    ],
+    "StorageHandler.volume_clone": [
+        {"name": "c.qcow2", "source": "base.qcow2"},
+        {"pool": "p", "name": "d", "source": "/var/lib/kvt/base.img", "linked": False, "size_gib": 20},
+    ],
+    "StorageHandler.volume_resize": [{"name": "a.qcow2", "size_gib": 4}],
+    "StorageHandler.volume_delete": [{"name": "a.qcow2", "pool": "p"}],
 }
 VM_REF = [{"name": "vm1"}, {"uuid": U}, {"name": "vm1", "uuid": U}]
 

@@ -148,7 +148,32 @@ def classics(storage_dir: Path) -> dict[str, tuple[Hostile, set[int]]]:
         "path-traversal-in-a-disk": (Hostile(json.dumps(define).encode()), {30006}),
         "path-traversal-in-a-namespace": (_namespace_show("../../../proc/1/ns/net"), {30002, 30006}),
         **{f"raw-xml-{case}": (_define_xml(case, storage_dir), {30006}) for case in HOSTILE_XML},
+        "path-traversal-in-a-clone-source": (_storage("volume_clone", source="../../../etc/shadow"), {30006}),
+        "absolute-path-outside-as-a-clone-source": (_storage("volume_clone", source="/etc/shadow"), {30006}),
+        "traversal-out-of-a-storage-dir-as-a-clone-source": (
+            _storage("volume_clone", source=f"{storage_dir}/../../../etc/shadow"),
+            {30006},
+        ),
+        "path-as-a-volume-name": (_storage("volume_create", name="../../etc/cron.d/x", size_gib=1), {30006}),
+        "NUL-in-a-volume-name": (_storage("volume_delete", name="a\x00b"), {30006}),
+        "path-as-a-pool-name": (_storage("volumes", pool="../../etc"), {30006}),
+        "negative-volume-size": (_storage("volume_resize", name="kvt-v", size_gib=-1), {30006}),
+        "huge-volume-size": (_storage("volume_create", name="kvt-v", size_gib=1e300), {30006}),
+        "volume-size-as-a-string": (_storage("volume_create", name="kvt-v", size_gib="10"), {30006}),
+        "clone-of-traversal-in-define": (_clone_of("/etc/shadow"), {30006}),
     }
+
+
+def _clone_of(source: str) -> Hostile:
+    disks = [{"clone_of": source, "pool": "default-pool"}]
+    body = {"handler": "VmHandler", "command": "define", "dry_run": True, "data": {"name": "kvt-c", "disks": disks}}
+    return Hostile(json.dumps(body).encode())
+
+
+def _storage(command: str, **data: Any) -> Hostile:
+    data = {"pool": "default-pool", "name": "kvt-fz-vol", **data}
+    body = {"handler": "StorageHandler", "command": command, "dry_run": True, "data": data}
+    return Hostile(json.dumps(body).encode())
 
 
 HOSTILE_XML = ("namespaced-attribute", "qemu-commandline", "hostdev", "dtd-with-an-external-entity", "os-kernel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,16 @@ from hypothesis import strategies as st
 from kvmworker.app import assemble
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.protocol.codec import encode_reply
-from tests.trust.hostile import Hostile, assert_documented, classics, fresh_msg_id, fuzz_settings, messages
+from tests.trust.hostile import (
+    NASTY_TEXT,
+    Hostile,
+    assert_documented,
+    classics,
+    fresh_msg_id,
+    fuzz_settings,
+    json_values,
+    messages,
+)
 
 pytestmark = pytest.mark.netlink
 EXAMPLES = int(os.environ.get("KVT_FUZZ_EXAMPLES", "400"))
@@ -75,3 +85,36 @@ def test_the_worker_still_answers_a_ping_after_the_fuzzing(pipeline):
 def test_a_null_address_for_addr_add_is_answered_30006_not_99999(pipeline):
     body = b'{"handler":"DeviceHandler","command":"addr_add","data":{"name":"kvt0","address":null},"dry_run":true}'
     assert answer(pipeline, Hostile(body))["code"] == 30006
+
+
+STORAGE_COMMANDS = ["volumes", "volume_create", "volume_clone", "volume_resize", "volume_delete"]
+HOSTILE_PATHS = [*NASTY_TEXT, "/etc/shadow", "a/../../b", "/proc/self/root/etc/shadow", "json:{}", "nbd://x/y", " "]
+NAMES = st.sampled_from(HOSTILE_PATHS) | st.text(max_size=20) | st.just("kvt-ok.qcow2")
+SIZES = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20), 10**20) | json_values()
+
+
+def _not_a_plain_name(value: object) -> bool:
+    return isinstance(value, str) and (not value or "/" in value or ".." in value or "\0" in value or value[0] in ".-")
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
+@given(
+    command=st.sampled_from(STORAGE_COMMANDS),
+    fields=st.fixed_dictionaries(
+        {},
+        optional={"pool": NAMES | st.just("default-pool"), "name": NAMES, "source": NAMES, "size_gib": SIZES},
+    ),
+    linked=st.booleans(),
+)
+def test_hostile_volume_names_paths_and_sizes_get_documented_codes_and_paths_never_pass(
+    pipeline, command, fields, linked
+):
+    body = {"handler": "StorageHandler", "command": command, "data": {**fields, "linked": linked}, "dry_run": True}
+    reply = answer(pipeline, Hostile(json.dumps(body).encode()))
+    reply.pop("_bytes")
+    assert_documented(reply)
+    checked = ("pool",) if command == "volumes" else ("pool", "name")  # volumes takes no name
+    if any(_not_a_plain_name(fields.get(key)) for key in checked):
+        assert reply["code"] == 30006, (fields, reply)
+    if reply["code"] == 0 and command != "volumes":
+        assert reply["data"]["dry_run"] is True
