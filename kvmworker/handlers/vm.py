@@ -19,6 +19,10 @@ from kvmworker.api.vm import (
     DetachInterfaceData,
     ListData,
     ShutdownData,
+    SnapshotCreateData,
+    SnapshotDeleteData,
+    SnapshotRef,
+    StatsData,
     UndefineData,
     VmApi,
     VmRef,
@@ -30,15 +34,17 @@ from kvmworker.protocol.errors import (
     InvalidParameter,
     OperationNotAllowed,
     VmInfoFailed,
+    VmNotFound,
     VmShutdownFailed,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy
+from kvmworker.virt import description, domains, policy, snapshots
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
 from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
+from kvmworker.virt.stats import StatsReader
 from kvmworker.virt.storage import Disk, Pools, StorageRules
 
 REPLY_MARGIN = 1.0
@@ -66,6 +72,7 @@ class VmHandler(VmApi):
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
+        self.stats_reader = StatsReader()
 
     def close(self) -> None:
         self._records.close()
@@ -292,6 +299,65 @@ class VmHandler(VmApi):
         name = disk.volume or f"{spec.name}-disk{index}.qcow2"
         return pools.planned(name, disk.pool, disk.size_gib, field=f"{field}.volume")
 
+    # Snapshots (internal, see kvmworker/virt/snapshots.py for why) and stats.
+
+    def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.create(dom, data)}
+
+    def plan_snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            if snapshots.existing(dom, data.snapshot) is not None:
+                return Plan([])
+            snapshots.check_creatable(dom, data)
+            what = "disks and memory" if data.memory else "disks"
+            frozen = " with the guest's filesystems frozen" if data.quiesce else ""
+            return Plan([f"internal snapshot {data.snapshot} of {dom.name()}'s {what}{frozen}"])
+
+    def snapshot_list(self, data: VmRef, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            found = snapshots.listing(dom)
+            return {**domains.identity(dom), "snapshots": found, "count": len(found)}
+
+    def snapshot_revert(self, data: SnapshotRef, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.revert(dom, data.snapshot)}
+
+    def plan_snapshot_revert(self, data: SnapshotRef, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            snap = snapshots.describe(snapshots.find(dom, data.snapshot))
+            return Plan([f"revert {dom.name()} to snapshot {data.snapshot} (state {snap['state']})"])
+
+    def snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.delete(dom, data.snapshot, data.children)}
+
+    def plan_snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            _, below = snapshots.deletable(dom, data.snapshot, data.children)
+            return Plan([f"delete snapshot {n} of {dom.name()}" for n in [*below, data.snapshot]])
+
+    def stats(self, data: StatsData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            if data.names is None:
+                doms = conn.listAllDomains(0)
+            else:
+                doms = [_named(conn, name, f"names.{i}") for i, name in enumerate(data.names)]
+            vms = self.stats_reader.read(conn, doms)
+        return {"vms": vms, "count": len(vms), "stale": sum(vm["stale"] for vm in vms)}
+
+    def all_stats(self) -> list[dict[str, Any]]:
+        """Every domain's figures, for /metrics (the same reading as ``stats``)."""
+        with self._session() as conn:
+            return self.stats_reader.read(conn, conn.listAllDomains(0))
+
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:
         # The connection's session turns a broken connection into 30009 first; what is left is the call's fault.
@@ -304,6 +370,15 @@ def _interface(data: AttachInterfaceData) -> tuple[InterfaceSpec, str]:
     nic = InterfaceSpec.model_validate(data.model_dump(include=set(InterfaceSpec.model_fields)))
     nic = nic.model_copy(update={"mac": nic.mac or domains.random_mac()})
     return nic, interface_xml(nic)
+
+
+def _named(conn: libvirt.virConnect, name: str, field: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise VmNotFound(f"no VM {name}", field=field) from None
+        raise
 
 
 def _wait_budget(timeout: float, deadline: float | None) -> float:

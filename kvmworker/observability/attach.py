@@ -10,6 +10,7 @@ from kvmworker.dispatch.dispatcher import Dispatcher
 from kvmworker.observability.logs import CommandLogMiddleware, install_context_filter
 from kvmworker.observability.metrics import MetricsMiddleware
 from kvmworker.observability.server import HealthServer
+from kvmworker.observability.vm_metrics import register_vm_metrics
 from kvmworker.settings import Settings
 from kvmworker.transport.worker import Worker
 
@@ -26,6 +27,7 @@ def observe_worker(settings: Settings, worker: Worker, dispatcher: Dispatcher) -
     libvirt = _feature_probe(dispatcher, "libvirt")
     if libvirt is not None:
         metrics.watch_libvirt(libvirt)
+    register_vm_metrics(metrics.registry, dispatcher.registry.handlers)
     server = HealthServer(
         settings.health_port,
         settings.health_bind,

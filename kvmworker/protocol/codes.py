@@ -22,6 +22,7 @@ class Code(IntEnum):
     VM_NOT_FOUND = 30007
     VM_SHUTDOWN_FAILED = 30008
     HYPERVISOR_UNAVAILABLE = 30009
+    SNAPSHOT_NOT_FOUND = 30011
     CPU_INFO_FAILED = 40001
     MEMORY_INFO_FAILED = 40101
     STORAGE_INFO_FAILED = 40201
@@ -56,6 +57,7 @@ MESSAGES: dict[Code, str] = {
     Code.VM_NOT_FOUND: "虚拟机不存在",
     Code.VM_SHUTDOWN_FAILED: "虚拟机关机失败",
     Code.HYPERVISOR_UNAVAILABLE: "hypervisor连接失败",
+    Code.SNAPSHOT_NOT_FOUND: "快照不存在",
     Code.CPU_INFO_FAILED: "获取CPU信息失败",
     Code.MEMORY_INFO_FAILED: "获取内存信息失败",
     Code.STORAGE_INFO_FAILED: "获取存储信息失败",

@@ -52,6 +52,7 @@ InvalidParameter = _error("InvalidParameter", Code.INVALID_PARAMETER, "A paramet
 VmNotFound = _error("VmNotFound", Code.VM_NOT_FOUND, "No such VM.")
 VmShutdownFailed = _error("VmShutdownFailed", Code.VM_SHUTDOWN_FAILED, "The VM did not shut down in time.")
 HypervisorUnavailable = _error("HypervisorUnavailable", Code.HYPERVISOR_UNAVAILABLE, "Cannot reach libvirt.")
+SnapshotNotFound = _error("SnapshotNotFound", Code.SNAPSHOT_NOT_FOUND, "No such snapshot of that VM.")
 CpuInfoFailed = _error("CpuInfoFailed", Code.CPU_INFO_FAILED, "Reading CPU information failed.")
 MemoryInfoFailed = _error("MemoryInfoFailed", Code.MEMORY_INFO_FAILED, "Reading memory information failed.")
 StorageInfoFailed = _error("StorageInfoFailed", Code.STORAGE_INFO_FAILED, "Reading storage information failed.")
