@@ -259,7 +259,7 @@ class VmApi(ABC):
     def snapshot_revert(self, data: SnapshotRef, ctx: Context) -> dict[str, Any]:
         """Return the VM to the snapshot's disks and, when taken with memory, its running state."""
 
-    @command(SnapshotDeleteData, resource=vm_key, idempotent=True)
+    @command(SnapshotDeleteData, resource=vm_key)
     @abstractmethod
     def snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> dict[str, Any]:
         """Delete a snapshot; one with children only with ``children: true`` (then them too)."""
