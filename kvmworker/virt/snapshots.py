@@ -119,7 +119,13 @@ class _frozen:
                 f"{self.dom.name()}'s guest agent did not freeze its filesystems within {self.timeout:g} s",
                 field="quiesce",
             )
-        call.result()
+        try:
+            call.result()
+        except libvirt.libvirtError as exc:
+            raise OperationNotAllowed(
+                f"{self.dom.name()}'s guest agent could not freeze its filesystems: {exc.get_error_message()}",
+                field="quiesce",
+            ) from None
 
     def __exit__(self, *exc: object) -> None:
         thaw = _Bounded(lambda: self.dom.fsThaw(None, 0))
@@ -181,7 +187,23 @@ def describe(snap: libvirt.virDomainSnapshot) -> dict[str, Any]:
 def listing(dom: libvirt.virDomain) -> list[dict[str, Any]]:
     current = dom.snapshotCurrent(0).getName() if dom.hasCurrentSnapshot(0) else None
     snaps = [{**describe(s), "current": s.getName() == current} for s in dom.listAllSnapshots(0)]
-    return sorted(snaps, key=lambda s: (s["created_at"], s["snapshot"]))
+    return _parents_first(sorted(snaps, key=lambda s: (s["created_at"], s["snapshot"])))
+
+
+def _parents_first(snaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Oldest first, but never a snapshot before its parent (creation times have whole seconds only)."""
+    names = {s["snapshot"] for s in snaps}
+    placed: set[str | None] = set()
+    ordered: list[dict[str, Any]] = []
+    waiting = snaps
+    while waiting:
+        ready = [s for s in waiting if s["parent"] in placed or s["parent"] not in names]
+        if not ready:  # a cycle libvirt would never report: keep the rest as they are
+            return ordered + waiting
+        ordered += ready
+        placed |= {s["snapshot"] for s in ready}
+        waiting = [s for s in waiting if s["snapshot"] not in placed]
+    return ordered
 
 
 def revert(dom: libvirt.virDomain, name: str, thaw_timeout: float = FREEZE_TIMEOUT_S) -> dict[str, Any]:
