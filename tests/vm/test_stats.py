@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvmworker.observability.server import HealthServer
 from kvmworker.observability.vm_metrics import VmStatsCollector, register_vm_metrics
+from kvmworker.runtime import start_worker
+from kvmworker.settings import Settings
+from tests.conftest import AMQP_URL, require_broker, unique
+from tests.journal.test_metrics_endpoint import free_port, samples
 from tests.vm.test_commands import define
 
 
@@ -89,3 +94,23 @@ def test_a_failing_reading_still_answers_the_scrape_and_says_so(call):
     registry.register(VmStatsCollector(broken))
     families = _scrape(registry)
     assert families["kvmworker_vm_stats_up"][0].value == 0.0 and families["kvmworker_vm_stale"] == []
+
+
+@pytest.mark.broker
+def test_a_running_worker_serves_the_per_vm_series_on_its_health_port(tmp_path):
+    """The composition root's hook-up, as an operator's scraper sees it: a worker with a health port."""
+    amqp_url = require_broker("amqp", AMQP_URL)
+    port = free_port()
+    settings = Settings(
+        host=unique("kvt-vs-"), broker_url=amqp_url, state_dir=tmp_path / "state", health_port=port,
+        health_bind="127.0.0.1", libvirt_uri="test:///default",
+    )  # fmt: skip
+    running = start_worker(settings)
+    try:
+        assert running.worker.connected.wait(15)
+        scraped = samples(port)
+    finally:
+        running.stop(timeout=10)
+    assert scraped[("kvmworker_vm_stale", (("vm", "test"),))] == 0  # the test driver's own running domain
+    assert ("kvmworker_vm_cpu_seconds_total", (("vm", "test"),)) in scraped
+    assert scraped[("kvmworker_vm_stats_up", ())] == 1 and scraped[("kvmworker_vm_unlisted", ())] == 0
