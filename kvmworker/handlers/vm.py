@@ -73,6 +73,7 @@ class VmHandler(VmApi):
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
         self.stats_reader = StatsReader()
+        self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def close(self) -> None:
         self._records.close()
@@ -304,7 +305,7 @@ class VmHandler(VmApi):
     def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
         with self._session() as conn:
             dom = domains.lookup(conn, data)
-            return {**domains.identity(dom), **snapshots.create(dom, data)}
+            return {**domains.identity(dom), **snapshots.create(dom, data, self.freeze_timeout)}
 
     def plan_snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> Plan:
         with self._session() as conn:

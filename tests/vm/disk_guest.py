@@ -1,5 +1,7 @@
 """The test guest with a disk and a shell: the same kernel, an initramfs that also loads virtio-blk and then
 reads shell commands from its second serial port (a pty on the host), printing to the first (the log file).
+It has a guest-agent channel (virtio-serial) but no agent: the channel is "disconnected" until a test has the
+guest open its port, and then an agent that never answers.
 
 A test changes the guest's disk by writing a command to that pty and reads the answer in the serial log.
 Built once next to the plain guest (``CACHE_DIR/<kernel package>-disk``).
@@ -28,7 +30,7 @@ from tests.vm.guest import (
     kernel_package,
 )
 
-MODULES = ("virtio_pci.ko", "virtio_blk.ko")
+MODULES = ("virtio_pci.ko", "virtio_blk.ko", "virtio_console.ko")
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -99,6 +101,7 @@ def disk_guest_xml(name: str, image: GuestImage, disk: Path) -> str:
     </disk>
     <serial type='file'><source path='{serial_log(name)}'/><target port='0'/></serial>
     <serial type='pty'><target port='1'/></serial>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <memballoon model='none'/>
   </devices>
 </domain>"""

@@ -3,7 +3,9 @@ never starts. Checked against virsh independently."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,10 @@ import libvirt
 import pytest
 
 from kvmworker.app import build_dispatcher
+from kvmworker.dispatch.dispatcher import Dispatcher
+from kvmworker.handlers.vm import VmHandler
 from kvmworker.settings import Settings
+from kvmworker.virt.snapshots import FREEZE_TIMEOUT_S
 from tests.vm.conftest import SERIAL_LOG_DIR, SYSTEM_URI, Call, _libvirtd_answers, caller, serial_log, virsh, vm_name
 from tests.vm.disk_guest import ask, disk_guest_image, disk_guest_xml, wait_for_line
 from tests.vm.guest import CACHE_DIR
@@ -21,15 +26,20 @@ pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def snap_call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call]:
+def snap_dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dispatcher]:
     if not _libvirtd_answers():
         pytest.skip(f"libvirtd at {SYSTEM_URI} is not answering (start it with .ci/services.sh)")
     state = tmp_path_factory.mktemp("state")
     settings = Settings(host="kvt-host", libvirt_uri=SYSTEM_URI, storage_dirs=[CACHE_DIR], state_dir=state)
     dispatcher = build_dispatcher(settings)
-    yield caller(dispatcher)
+    yield dispatcher
     for handler in dispatcher.registry.handlers:
         getattr(handler, "close", lambda: None)()
+
+
+@pytest.fixture(scope="module")
+def snap_call(snap_dispatcher: Dispatcher) -> Call:
+    return caller(snap_dispatcher)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +152,7 @@ def stopped_name_of(name: str) -> str:
 
 def test_quiesce_without_a_guest_agent_is_30004_and_takes_no_snapshot(snap_call, running):
     reply = snap_call("snapshot_create", name=running, snapshot="frozen", memory=True, quiesce=True)
-    assert reply.code == 30004 and reply.data["field"] == "quiesce" and "guest agent" in reply.data["detail"]
+    assert reply.code == 30004 and reply.data["field"] == "quiesce" and "not connected" in reply.data["detail"]
     assert "frozen" not in virsh("snapshot-list", running, "--name").split()
     dry = snap_call("snapshot_create", name=running, snapshot="frozen", memory=True, quiesce=True, dry_run=True)
     assert dry.code == 30004
@@ -189,3 +199,42 @@ def test_a_stopped_vm_is_snapshotted_as_a_tree_and_children_are_deleted_only_whe
     disk = str(CACHE_DIR / f"{stopped}.qcow2")
     img = subprocess.run(["qemu-img", "snapshot", "-l", "-U", disk], capture_output=True, text=True, check=True)
     assert "base" not in img.stdout  # gone from the qcow2 too, not only from libvirt's metadata
+
+
+def test_quiesce_with_an_agent_that_never_answers_is_a_bounded_30004_and_takes_no_snapshot(
+    snap_dispatcher, snap_call, running
+):
+    """vdsm#160: a freeze that hangs must not hold the command. The guest opens its agent port and stays silent."""
+    token = uuid.uuid4().hex[:6]
+    command = f"(sleep 3600 <>$(ls /dev/vport*p1 | head -n1) &) ; echo OPENED-{token}"
+    ask(_pty(snap_call, running), command, running, f"OPENED-{token}")
+    deadline = time.monotonic() + 15
+    while "connected" not in _agent_state(running) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert _agent_state(running) == "connected"
+
+    started = time.monotonic()
+    reply = snap_call("snapshot_create", name=running, snapshot="hung-freeze", memory=True, quiesce=True)
+    took = time.monotonic() - started
+    assert reply.code == 30004 and reply.data["field"] == "quiesce", reply.data
+    assert took < FREEZE_TIMEOUT_S + 5  # generous: the freeze's own bound, not libvirt's forever
+    assert "hung-freeze" not in virsh("snapshot-list", running, "--name").split()
+    assert virsh("domstate", running).strip() == "running"
+
+    # Above, libvirt's own 5 s agent timeout answered first; the worker's bound holds below it too.
+    handler = next(h for h in snap_dispatcher.registry.handlers if isinstance(h, VmHandler))
+    handler.freeze_timeout = 1.5
+    try:
+        started = time.monotonic()
+        reply = snap_call("snapshot_create", name=running, snapshot="hung-freeze", memory=True, quiesce=True)
+        took = time.monotonic() - started
+    finally:
+        handler.freeze_timeout = FREEZE_TIMEOUT_S
+    assert reply.code == 30004 and "within 1.5 s" in reply.data["detail"], reply.data
+    assert took < 4.5  # generous: 1.5 s bound, not libvirt's 5 s
+    assert "hung-freeze" not in virsh("snapshot-list", running, "--name").split()
+
+
+def _agent_state(name: str) -> str:
+    found = re.search(r"name='org.qemu.guest_agent.0' state='(\w+)'", virsh("dumpxml", name))
+    return found.group(1) if found else ""
