@@ -5,6 +5,10 @@
 ``list`` over N defined domains and ``info`` of one, on libvirt's test driver (targets: list of 500
 ≤ 50 ms, info ≤ 2 ms). ``--system`` adds ``info`` on the real libvirtd (qemu:///system), where a
 fresh connection also pays the socket and authentication handshake.
+
+``stats`` of ``--stats-domains`` (100) domains on a test-driver node file (the same domains for the worker and for
+``virsh``), beside ``virsh domstats`` (a process per call, as a script would run it) and the bare bulk
+``getAllDomainStats`` in this process (the floor), in the same run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -98,6 +104,27 @@ def bench_test_driver(domains: int, rounds: int) -> None:
         keeper.close()
 
 
+def bench_stats(domains: int, rounds: int) -> None:
+    """The worker's ``stats`` beside ``virsh domstats`` and the bare bulk call, over one node file's domains."""
+    xml = "<domain type='test'><name>kvb-{:04d}</name><memory>65536</memory><os><type>hvm</type></os></domain>"
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="kvb-node-") as node:
+        node.write("<node>" + "".join(xml.format(i) for i in range(domains)) + "</node>")
+        node.flush()
+        uri = f"test://{node.name}"
+        ours = long_lived(uri, "stats")
+        ours()  # the first call opens the connection
+        conn = libvirt.open(uri)
+        count = len(conn.listAllDomains(0))
+        bare = timed(lambda: conn.getAllDomainStats(0, 0), rounds)
+        conn.close()
+        virsh = timed(lambda: subprocess.run(["virsh", "-c", uri, "domstats"], check=True, capture_output=True), rounds)
+        worker = timed(ours, rounds)
+    for label, samples in ((f"stats ({count} domains, worker)", worker), ("virsh domstats (a process per call)", virsh),
+                           ("bare getAllDomainStats (in-process)", bare)):  # fmt: skip
+        p50, p95 = statistics.median(samples), statistics.quantiles(samples, n=20)[18]
+        print(f"{label:<40} p50 {p50:8.3f} ms  p95 {p95:8.3f} ms")
+
+
 def bench_system(rounds: int) -> None:
     uri = "qemu:///system"
     conn = libvirt.open(uri)
@@ -119,9 +146,11 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--system", action="store_true", help="also measure on qemu:///system")
+    parser.add_argument("--stats-domains", type=int, default=100)
     args = parser.parse_args()
     ensure_event_loop()
     bench_test_driver(args.domains, args.rounds)
+    bench_stats(args.stats_domains, args.rounds)
     if args.system:
         bench_system(args.rounds)
 

@@ -55,7 +55,7 @@ def build_worker(
     connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
     publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
     worker = Worker(connection, publisher, assembly.pipeline, settings.host, prefetch=settings.prefetch)
-    observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe)
+    observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe, assembly.vm.all_stats)
     attach_events(settings, worker, assembly, events)  # online now; offline and flushed when the worker stops
     return worker, assembly
 

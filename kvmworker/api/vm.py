@@ -146,6 +146,31 @@ def define_key(data: DefineData) -> str:
     return f"vm:{data.name}"
 
 
+_TEXT = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*"
+"""Free text libvirt can hold in XML: no control characters but tab and newlines."""
+
+
+class SnapshotRef(VmRef):
+    """A snapshot of a VM; snapshot names follow the VM-name rules."""
+
+    snapshot: VmName
+
+
+class SnapshotCreateData(SnapshotRef):
+    description: str | None = Field(default=None, max_length=1024, pattern=f"^{_TEXT}$")
+    memory: Flag = False
+    quiesce: Flag = False
+
+
+class SnapshotDeleteData(SnapshotRef):
+    children: Flag = False
+
+
+class StatsData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    names: list[LookupName] | None = Field(default=None, max_length=1000)
+
+
 class VmApi(ABC):
     name = "VmHandler"
 
@@ -218,3 +243,28 @@ class VmApi(ABC):
     @abstractmethod
     def detach_interface(self, data: DetachInterfaceData, ctx: Context) -> dict[str, Any]:
         """Remove the NIC with this MAC."""
+
+    @command(SnapshotCreateData, resource=vm_key, idempotent=True)
+    @abstractmethod
+    def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
+        """An internal snapshot: the disks (qcow2) of a stopped VM, or a running VM's disks and memory."""
+
+    @command(VmRef, resource=vm_key, mutates=False)
+    @abstractmethod
+    def snapshot_list(self, data: VmRef, ctx: Context) -> dict[str, Any]:
+        """The VM's snapshots as a tree: each with its parent, and which one is current."""
+
+    @command(SnapshotRef, resource=vm_key, idempotent=True)
+    @abstractmethod
+    def snapshot_revert(self, data: SnapshotRef, ctx: Context) -> dict[str, Any]:
+        """Return the VM to the snapshot's disks and, when taken with memory, its running state."""
+
+    @command(SnapshotDeleteData, resource=vm_key)
+    @abstractmethod
+    def snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> dict[str, Any]:
+        """Delete a snapshot; one with children only with ``children: true`` (then them too)."""
+
+    @command(StatsData, mutates=False)
+    @abstractmethod
+    def stats(self, data: StatsData, ctx: Context) -> dict[str, Any]:
+        """Per-VM figures from one bulk libvirt call, bounded in time: a VM that does not answer is ``stale``."""

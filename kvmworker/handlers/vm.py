@@ -19,6 +19,10 @@ from kvmworker.api.vm import (
     DetachInterfaceData,
     ListData,
     ShutdownData,
+    SnapshotCreateData,
+    SnapshotDeleteData,
+    SnapshotRef,
+    StatsData,
     UndefineData,
     VmApi,
     VmRef,
@@ -32,16 +36,18 @@ from kvmworker.protocol.errors import (
     InvalidParameter,
     OperationNotAllowed,
     VmInfoFailed,
+    VmNotFound,
     VmShutdownFailed,
     VolumeNotFound,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy, vm_events, volumes
+from kvmworker.virt import description, domains, policy, snapshots, vm_events, volumes
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
 from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
+from kvmworker.virt.stats import StatsReader
 from kvmworker.virt.storage import GIB, Disk, Pools, StorageRules
 
 REPLY_MARGIN = 1.0
@@ -75,6 +81,8 @@ class VmHandler(VmApi):
         """The worker publishes events: commands note what they change, and the VM event source starts."""
         self._causes = events.causes
         vm_events.start_vm_events(self.connection, events)
+        self.stats_reader = StatsReader()
+        self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def close(self) -> None:
         self._records.close()
@@ -342,6 +350,65 @@ class VmHandler(VmApi):
         )
         return planned
 
+    # Snapshots (internal, see kvmworker/virt/snapshots.py for why) and stats.
+
+    def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.create(dom, data, self.freeze_timeout)}
+
+    def plan_snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            if snapshots.existing(dom, data.snapshot) is not None:
+                return Plan([])
+            snapshots.check_creatable(dom, data)
+            what = "disks and memory" if data.memory else "disks"
+            frozen = " with the guest's filesystems frozen" if data.quiesce else ""
+            return Plan([f"internal snapshot {data.snapshot} of {dom.name()}'s {what}{frozen}"])
+
+    def snapshot_list(self, data: VmRef, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            found = snapshots.listing(dom)
+            return {**domains.identity(dom), "snapshots": found, "count": len(found)}
+
+    def snapshot_revert(self, data: SnapshotRef, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.revert(dom, data.snapshot)}
+
+    def plan_snapshot_revert(self, data: SnapshotRef, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            snap = snapshots.describe(snapshots.find(dom, data.snapshot))
+            return Plan([f"revert {dom.name()} to snapshot {data.snapshot} (state {snap['state']})"])
+
+    def snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            return {**domains.identity(dom), **snapshots.delete(dom, data.snapshot, data.children)}
+
+    def plan_snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            _, below = snapshots.deletable(dom, data.snapshot, data.children)
+            return Plan([f"delete snapshot {n} of {dom.name()}" for n in [*below, data.snapshot]])
+
+    def stats(self, data: StatsData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            if data.names is None:
+                doms = conn.listAllDomains(0)
+            else:
+                doms = [_named(conn, name, f"names.{i}") for i, name in enumerate(data.names)]
+            vms = self.stats_reader.read(conn, doms)
+        return {"vms": vms, "count": len(vms), "stale": sum(vm["stale"] for vm in vms)}
+
+    def all_stats(self) -> list[dict[str, Any]]:
+        """Every domain's figures, for /metrics (the same reading as ``stats``)."""
+        with self._session() as conn:
+            return self.stats_reader.read(conn, conn.listAllDomains(0))
+
     @contextmanager
     def _session(self) -> Iterator[libvirt.virConnect]:
         # The connection's session turns a broken connection into 30009 first; what is left is the call's fault.
@@ -361,6 +428,15 @@ def _create_step(disk: Disk) -> str:
     if disk.backing is not None:
         step += f" over {disk.backing[0]} (backing format {disk.backing[1]})"
     return step
+
+
+def _named(conn: libvirt.virConnect, name: str, field: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise VmNotFound(f"no VM {name}", field=field) from None
+        raise
 
 
 def _wait_budget(timeout: float, deadline: float | None) -> float:

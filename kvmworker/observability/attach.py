@@ -9,6 +9,7 @@ from typing import Any
 from kvmworker.observability.logs import install_context_filter
 from kvmworker.observability.metrics import WorkerMetrics
 from kvmworker.observability.server import HealthServer
+from kvmworker.observability.vm_metrics import register_vm_metrics
 from kvmworker.settings import Settings
 from kvmworker.transport.worker import Worker
 
@@ -16,7 +17,11 @@ LibvirtProbe = Callable[[], Any]
 
 
 def observe_worker(
-    settings: Settings, worker: Worker, metrics: WorkerMetrics, libvirt: LibvirtProbe
+    settings: Settings,
+    worker: Worker,
+    metrics: WorkerMetrics,
+    libvirt: LibvirtProbe,
+    vm_stats: Callable[[], Any] | None = None,
 ) -> HealthServer | None:
     """Returns the health server (already serving), which stops by itself when the worker stops."""
     install_context_filter()
@@ -24,6 +29,8 @@ def observe_worker(
         return None
     metrics.watch_broker(worker.consuming.is_set)
     metrics.watch_libvirt(libvirt)
+    if vm_stats is not None:
+        register_vm_metrics(metrics.registry, vm_stats)
     server = HealthServer(
         settings.health_port,
         settings.health_bind,

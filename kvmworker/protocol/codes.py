@@ -24,6 +24,7 @@ class Code(IntEnum):
     HYPERVISOR_UNAVAILABLE = 30009
     VOLUME_NOT_FOUND = 30010
     CANCELLED = 30013
+    SNAPSHOT_NOT_FOUND = 30011
     CPU_INFO_FAILED = 40001
     MEMORY_INFO_FAILED = 40101
     STORAGE_INFO_FAILED = 40201
@@ -60,6 +61,7 @@ MESSAGES: dict[Code, str] = {
     Code.HYPERVISOR_UNAVAILABLE: "hypervisor连接失败",
     Code.VOLUME_NOT_FOUND: "存储卷不存在",
     Code.CANCELLED: "操作已取消",
+    Code.SNAPSHOT_NOT_FOUND: "快照不存在",
     Code.CPU_INFO_FAILED: "获取CPU信息失败",
     Code.MEMORY_INFO_FAILED: "获取内存信息失败",
     Code.STORAGE_INFO_FAILED: "获取存储信息失败",

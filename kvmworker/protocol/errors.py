@@ -54,6 +54,7 @@ VmShutdownFailed = _error("VmShutdownFailed", Code.VM_SHUTDOWN_FAILED, "The VM d
 HypervisorUnavailable = _error("HypervisorUnavailable", Code.HYPERVISOR_UNAVAILABLE, "Cannot reach libvirt.")
 VolumeNotFound = _error("VolumeNotFound", Code.VOLUME_NOT_FOUND, "No such storage pool or volume.")
 Cancelled = _error("Cancelled", Code.CANCELLED, "Cancelled (SystemHandler.cancel); the host is as before it.")
+SnapshotNotFound = _error("SnapshotNotFound", Code.SNAPSHOT_NOT_FOUND, "No such snapshot of that VM.")
 CpuInfoFailed = _error("CpuInfoFailed", Code.CPU_INFO_FAILED, "Reading CPU information failed.")
 MemoryInfoFailed = _error("MemoryInfoFailed", Code.MEMORY_INFO_FAILED, "Reading memory information failed.")
 StorageInfoFailed = _error("StorageInfoFailed", Code.STORAGE_INFO_FAILED, "Reading storage information failed.")

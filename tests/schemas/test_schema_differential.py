@@ -92,6 +92,12 @@ VALID: dict[str, list[dict[str, Any]]] = {
         {"xml": "<domain type='kvm'><name>vm1</name></domain>"},
     ],
     "VmHandler.list": [{"state": "running"}],
+    "VmHandler.snapshot_create": [
+        {"name": "vm1", "snapshot": "before-upgrade", "description": "x", "memory": True, "quiesce": False}
+    ],
+    "VmHandler.snapshot_revert": [{"uuid": U, "snapshot": "s1"}],
+    "VmHandler.snapshot_delete": [{"name": "vm1", "snapshot": "s1", "children": True}],
+    "VmHandler.stats": [{}, {"names": ["vm1", "vm2"]}],
     "HostHandler.services": [{"names": ["sshd.service", "getty@tty1.service"]}],
     "SystemHandler.result": [{"msg_id": U}],
     "SystemHandler.cancel": [{"msg_id": U}],

@@ -192,7 +192,18 @@ DRY_RUNS = {
     "undefine": lambda name: {"name": name, "remove_storage": True},
     "attach_interface": lambda name: {"name": name, "bridge": "br-kvt"},
     "detach_interface": lambda name: {"name": name, "mac": "52:54:00:aa:bb:02"},
+    "snapshot_create": lambda name: {"name": name, "snapshot": "kvt-snap", "description": "dry"},
+    "snapshot_revert": lambda name: {"name": name, "snapshot": "kvt-first"},
+    "snapshot_delete": lambda name: {"name": name, "snapshot": "kvt-first", "children": True},
 }
+
+
+def _first_snapshot(call, name):
+    assert call("snapshot_create", name=name, snapshot="kvt-first").code == 0
+
+
+# what must exist before the dry run can plan (made before the state is taken)
+DRY_RUN_SETUP = {"snapshot_revert": _first_snapshot, "snapshot_delete": _first_snapshot}
 
 
 def test_every_mutating_vm_command_has_a_dry_run_case_here():
@@ -203,12 +214,14 @@ def vm_state(call, name: str) -> tuple:
     """The VM as info reports it (but the test driver's ever-growing CPU time), and the VMs there are."""
     info = call("info", name=name).data
     info.pop("cpu_time_ns")
-    return info, sorted(vm["name"] for vm in call("list").data["vms"])
+    snapshots = call("snapshot_list", name=name).data["snapshots"]
+    return info, sorted(vm["name"] for vm in call("list").data["vms"]), snapshots
 
 
 @pytest.mark.parametrize("command", sorted(DRY_RUNS))
 def test_a_dry_run_of_a_mutating_command_answers_its_plan_and_changes_nothing(call, command):
     name = define(call, interfaces=[{"bridge": "br-kvt", "mac": "52:54:00:aa:bb:02"}])
+    DRY_RUN_SETUP.get(command, lambda call, name: None)(call, name)
     before = vm_state(call, name)
     reply = call(command, dry_run=True, **DRY_RUNS[command](name))
     assert reply.code == 0, reply.data
