@@ -13,6 +13,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from kvmworker.app import assemble
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.vm import VmHandler
 from kvmworker.settings import Settings
 from kvmworker.virt.snapshots import FREEZE_TIMEOUT_S
