@@ -18,7 +18,7 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol.types import Flag, number
 
 if TYPE_CHECKING:
-    from kvmworker.dispatch.request import Context
+    from kvmworker.dispatch.context import Context
 
 SizeGib = number(gt=0, le=65536)
 

@@ -11,7 +11,7 @@ import libvirt
 
 from kvmworker.api.storage import PoolRef, StorageApi, VolumeClone, VolumeCreate, VolumeRef, VolumeResize
 from kvmworker.dispatch.commands import Plan
-from kvmworker.dispatch.request import Context
+from kvmworker.dispatch.context import Context
 from kvmworker.protocol.errors import InvalidParameter, OperationNotAllowed
 from kvmworker.settings import Settings
 from kvmworker.virt import domains, volumes

@@ -11,9 +11,9 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvmworker.dispatch.request import Request
 
-from kvmworker.app import build_dispatcher
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
 from tests.trust.hostile import NASTY_TEXT, assert_documented, fresh_msg_id, fuzz_settings, json_values
 
 pytestmark = pytest.mark.netlink
@@ -29,15 +29,14 @@ def dispatcher(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the fuzzed worker runs in a network namespace of its own, which needs root")
     with fuzz_settings(tmp_path_factory.mktemp("fuzz-snap")) as config:
-        d = build_dispatcher(config)
-        yield d
-        for handler in d.registry.handlers:
-            getattr(handler, "close", lambda: None)()
+        assembly = assemble(config)
+        yield assembly.pipeline
+        assembly.close()
 
 
 def answer(dispatcher, body: dict) -> dict:
     raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    reply = dispatcher.handle(Request(body=raw, content_type="application/json", message_id=fresh_msg_id()))
+    reply = dispatcher.handle(Delivery(body=raw, content_type="application/json", message_id=fresh_msg_id()))
     return reply.model_dump(mode="json")
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import libvirt
 import pytest
-from kvmworker.dispatch.dispatcher import Dispatcher
-from kvmworker.dispatch.request import Request
 
 from kvmworker.api.storage import VolumeClone
-from kvmworker.app import build_dispatcher
+from kvmworker.app import assemble
+from kvmworker.dispatch.delivery import Delivery
+from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.protocol.envelope import Reply
 from kvmworker.protocol.errors import Cancelled
 from kvmworker.settings import Settings
@@ -60,7 +60,7 @@ def pool_dir(pool: str) -> Path:
 
 
 @pytest.fixture
-def worker(tmp_path: Path, pool: str) -> Iterator[Dispatcher]:
+def worker(tmp_path: Path, pool: str) -> Iterator[Pipeline]:
     images = tmp_path / "images"
     images.mkdir()
     settings = Settings(
@@ -70,20 +70,20 @@ def worker(tmp_path: Path, pool: str) -> Iterator[Dispatcher]:
         storage_pool=pool,
         state_dir=tmp_path / "state",
     )
-    dispatcher = build_dispatcher(settings)
-    dispatcher.images = images
-    yield dispatcher
-    for handler in dispatcher.registry.handlers:
-        getattr(handler, "close", lambda: None)()
+    assembly = assemble(settings)
+    pipeline = assembly.pipeline
+    pipeline.images = images
+    yield pipeline
+    assembly.close()
 
 
-def send(dispatcher: Dispatcher, handler: str, command: str, dry_run: bool = False, **data: Any) -> Reply:
+def send(dispatcher: Pipeline, handler: str, command: str, dry_run: bool = False, **data: Any) -> Reply:
     body = {"handler": handler, "command": command, "data": data, "dry_run": dry_run}
-    return dispatcher.handle(Request(body=json.dumps(body).encode(), content_type="application/json"))
+    return dispatcher.handle(Delivery(body=json.dumps(body).encode(), content_type="application/json"))
 
 
 @pytest.fixture
-def storage(worker: Dispatcher):
+def storage(worker: Pipeline):
     def call(command: str, dry_run: bool = False, **data: Any) -> Reply:
         return send(worker, "StorageHandler", command, dry_run, **data)
 
@@ -91,7 +91,7 @@ def storage(worker: Dispatcher):
 
 
 @pytest.fixture
-def vm(worker: Dispatcher):
+def vm(worker: Pipeline):
     def call(command: str, dry_run: bool = False, **data: Any) -> Reply:
         return send(worker, "VmHandler", command, dry_run, **data)
 
