@@ -76,13 +76,13 @@ class VmHandler(VmApi):
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
         self._causes = Causes()  # nobody asks it until the worker's events are given (use_events)
+        self.stats_reader = StatsReader()
+        self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def use_events(self, events: Events) -> None:
         """The worker publishes events: commands note what they change, and the VM event source starts."""
         self._causes = events.causes
         vm_events.start_vm_events(self.connection, events)
-        self.stats_reader = StatsReader()
-        self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def close(self) -> None:
         self._records.close()
