@@ -40,6 +40,15 @@ def every_url(conn: Connection) -> int:
     return max(len(conn.alt) - 1, 1)
 
 
+def try_every_url(conn: Connection) -> None:
+    """Connect to the current URL, else to each further failover URL once, without pausing; else raise.
+
+    For a caller that paces its own rounds (the publisher): ``ensure_connection`` with ``every_url`` sleeps
+    2 s before trying a single URL a second time.
+    """
+    conn.ensure_connection(max_retries=max(len(conn.alt), 1) - 1, interval_start=0, interval_step=0, interval_max=0)
+
+
 def delete_host_queue(url: str, host: str) -> None:
     """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
     if _scheme(url) == "memory":
