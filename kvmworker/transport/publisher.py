@@ -187,6 +187,7 @@ class _ConfirmingLane:
         self._order = itertools.count()
         self._conn: Connection | None = None
         self._raw: Any = None
+        self._sock: Any = None
         self._channel: Any = None
         self._tag = 0
         self._lost_before = False
@@ -374,7 +375,8 @@ class _ConfirmingLane:
             self._unreachable(exc)
             return
         self._conn, self._raw, self._channel, self._tag = conn, raw, channel, 0
-        self._selector.register(raw.sock, selectors.EVENT_READ)
+        self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
+        self._selector.register(self._sock, selectors.EVENT_READ)
         self._pauses = iter(RECONNECT_PAUSES_S)
         log.log(logging.INFO if self._lost_before else logging.DEBUG, "publishing on %s", conn.as_uri())
 
@@ -429,10 +431,10 @@ class _ConfirmingLane:
         if self._conn is None:
             return
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(self._raw.sock)
+            self._selector.unregister(self._sock)
         with contextlib.suppress(Exception):
             self._conn.release() if clean else self._conn.collect()
-        self._conn = self._raw = self._channel = None
+        self._conn = self._raw = self._sock = self._channel = None
 
     def _fail(self, item: _Pending, exc: BaseException) -> None:
         self.counts.failed += 1
