@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from kvmworker.client import PARKED, Client
 from kvmworker.protocol.codes import Code
 
 
@@ -119,6 +120,17 @@ def test_many_concurrent_callers_each_get_their_own_reply(running_worker, client
     for t in threads:
         t.join()
     assert replies == {i: f"caller-{i}" for i in range(32)}
+
+
+def test_submit_returns_before_the_broker_is_reached_and_the_call_then_says_it_was_never_sent():
+    """Nothing listens on port 1: the command waits (parked) for the reply consumer, and the call says so."""
+    with Client("amqp://guest:guest@127.0.0.1:1//") as unreachable:
+        ping = {"handler": "SystemHandler", "command": "ping", "data": {}}
+        pending = unreachable.submit("kvt-nowhere", ping, timeout=1)
+        assert (pending.stage, pending.future.done()) == (PARKED, False), "submit waited for the broker"
+        reply = unreachable.wait(pending, 1)
+    assert reply.code == Code.UNKNOWN_OUTCOME and reply.data["msg_id"] == pending.msg_id
+    assert reply.data["detail"] == "the broker could not be reached within 1 s: the command was not sent"
 
 
 def test_no_worker_for_a_host_gives_minus_one_with_the_msg_id(client, broker_url):
