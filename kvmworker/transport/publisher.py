@@ -175,9 +175,11 @@ class _ConfirmingLane:
     """The publishing thread with confirms: everything below runs on it, except ``put`` and ``close``."""
 
     def __init__(self, connection: Connection, nack_retries: int, loss_retries: int):
-        # confirm_publish off for py-amqp itself (it would wait for each confirm): this thread selects confirm mode
+        # confirm_publish off for py-amqp itself (it would wait for each confirm): this thread selects confirm mode.
+        # One kombu Connection, connected again in place after a loss: its failover cycle carries on from round
+        # to round (a clone per attempt would start each round at the second URL).
         options = {**connection.transport_options, "confirm_publish": False}
-        self._template = connection.clone(transport_options=options)
+        self._conn = connection.clone(transport_options=options)
         self._nack_retries, self._loss_retries = nack_retries, loss_retries
         self.counts = PublishCounts()
         self._inbox: deque[_Pending] = deque()  # from any thread
@@ -185,8 +187,7 @@ class _ConfirmingLane:
         self._later: list[tuple[float, int, _Pending]] = []  # nacked, waiting for their pause
         self._unconfirmed: OrderedDict[int, _Pending] = OrderedDict()  # by delivery tag, in the order sent
         self._order = itertools.count()
-        self._conn: Connection | None = None
-        self._raw: Any = None
+        self._raw: Any = None  # the py-amqp connection while connected
         self._sock: Any = None
         self._channel: Any = None
         self._tag = 0
@@ -199,6 +200,8 @@ class _ConfirmingLane:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._close_by: float | None = None  # monotonic deadline once close() was called
         self._stopped = False
+        self._wake_lock = threading.Lock()  # the pipe is not written once closed (its fd may be reused)
+        self._asleep = False  # the thread is (about to be) in select(): a new message must wake it
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
         self._thread.start()
 
@@ -208,7 +211,7 @@ class _ConfirmingLane:
         self._inbox.append(item)
         if self._stopped:  # the thread is gone (closed): nobody else will take it
             self._fail_inbox()
-        else:
+        elif self._asleep:  # else it looks at the inbox before it sleeps again (see _wait)
             self._wake()
 
     def close(self, timeout: float) -> None:
@@ -217,8 +220,9 @@ class _ConfirmingLane:
         self._thread.join(timeout + SOCKET_TIMEOUT_S)
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe wakes the thread just the same
-            os.write(self._wake_w, b"\0")
+        with self._wake_lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread just the same
+            if not self._stopped:
+                os.write(self._wake_w, b"\0")
 
     # -- the publishing thread ---------------------------------------------------------------------------------
 
@@ -226,7 +230,7 @@ class _ConfirmingLane:
         try:
             while not self._done():
                 if self._channel is None and not self._has_work():
-                    self._wait(None)  # idle and disconnected: connect when there is something to send
+                    self._wait(None, for_work=True)  # idle and disconnected: connect when there is something to send
                 elif self._channel is None:
                     self._connect()
                 else:
@@ -236,11 +240,12 @@ class _ConfirmingLane:
             self._fail_all(exc)
         finally:
             self._disconnect(clean=True)
-            self._stopped = True
+            with self._wake_lock:
+                self._stopped = True
+                self._selector.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
             self._fail_inbox()
-            self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _done(self) -> bool:
         if self._close_by is None:
@@ -256,7 +261,7 @@ class _ConfirmingLane:
     def _turn(self) -> None:
         """Wait for the socket, a caller or a timer; read confirms; send what is ready."""
         try:
-            if self._wait(self._next_timeout()):
+            if self._wait(self._next_timeout(), for_work=True):
                 self._read()
             if self._raw.heartbeat:
                 self._raw.heartbeat_tick(rate=2)
@@ -267,10 +272,19 @@ class _ConfirmingLane:
         except Exception as exc:
             self._lost(exc)
 
-    def _wait(self, timeout: float | None) -> bool:
-        """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is."""
+    def _wait(self, timeout: float | None, *, for_work: bool = False) -> bool:
+        """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is.
+
+        ``for_work``: a caller's message ends the wait. Callers write to the wake pipe only while ``_asleep``
+        (a syscall saved per message while this thread is busy); so it is set before the inbox is looked at.
+        """
+        self._asleep = for_work
+        try:
+            events = self._selector.select(0 if for_work and self._inbox else timeout)
+        finally:
+            self._asleep = False
         readable = False
-        for key, _ in self._selector.select(timeout):
+        for key, _ in events:
             if key.fileobj == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -359,7 +373,7 @@ class _ConfirmingLane:
 
     def _connect(self) -> None:
         """One round over the failover URLs; if none answers, every waiting message is charged a retry."""
-        conn = self._template.clone()
+        conn = self._conn
         try:
             try_every_url(conn)
             raw = conn.connection
@@ -371,10 +385,9 @@ class _ConfirmingLane:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 conn.collect()
-            self._template.maybe_switch_next()  # the next round starts at the next node
             self._unreachable(exc)
             return
-        self._conn, self._raw, self._channel, self._tag = conn, raw, channel, 0
+        self._raw, self._channel, self._tag = raw, channel, 0
         self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
         self._selector.register(self._sock, selectors.EVENT_READ)
         self._pauses = iter(RECONNECT_PAUSES_S)
@@ -413,7 +426,7 @@ class _ConfirmingLane:
             exc_info=not expected,
         )
         self._disconnect(clean=False)
-        self._template.maybe_switch_next()
+        self._conn.maybe_switch_next()  # the unconfirmed go out again over the next failover URL
         self._lost_before = True
         again = [item for item in in_flight if self._charge(item, exc)]
         self.counts.resent += len(again)
@@ -428,13 +441,13 @@ class _ConfirmingLane:
         return False
 
     def _disconnect(self, *, clean: bool) -> None:
-        if self._conn is None:
+        if self._channel is None:
             return
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(self._sock)
         with contextlib.suppress(Exception):
             self._conn.release() if clean else self._conn.collect()
-        self._conn = self._raw = self._sock = self._channel = None
+        self._raw = self._sock = self._channel = None
 
     def _fail(self, item: _Pending, exc: BaseException) -> None:
         self.counts.failed += 1
