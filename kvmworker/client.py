@@ -1,8 +1,9 @@
 """The orchestrator's client: ``call(host, handler, command, data, timeout)`` → the reply.
 
 One reply queue per client (never one per call), consumed by one background thread; replies are
-matched to callers by correlation id. No reply in time → a ``-1`` reply carrying the ``msg_id``,
-so that the caller can ask ``SystemHandler.result`` later. Thread-safe: share one client.
+matched to callers by correlation id. ``submit`` never waits for the broker: the publisher's thread
+publishes, and its confirm (or its failure) arrives later. No reply in time → a ``-1`` reply carrying
+the ``msg_id``, so that the caller can ask ``SystemHandler.result`` later. Thread-safe: share one client.
 """
 
 from __future__ import annotations
@@ -11,20 +12,22 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from kombu import Consumer, Message, Queue
+from kombu import Connection, Consumer, Message, Queue
 
 from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
-from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss, open_connection
+from kvmworker.transport.connection import open_connection
+from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
 from kvmworker.transport.publisher import Publisher
 from kvmworker.trust.keys import KeyFileError
@@ -38,11 +41,28 @@ log = logging.getLogger("kvmworker.client")
 DEFAULT_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
+# How far a call's command got, as far as the client knows (``PendingCall.stage``).
+PARKED = "parked"  # waiting for the reply consumer to be connected: not sent
+SENT = "sent"  # handed to the publisher, not yet confirmed by the broker
+CONFIRMED = "confirmed"  # the broker has it (or, without confirms, the publish returned)
+
+
+@dataclass(eq=False)
 class PendingCall:
     msg_id: str
     correlation_id: str
-    future: Future  # resolves to a Reply
+    future: Future  # resolves to a Reply: the worker's, or -1 once the publish failed for good
+    stage: str = PARKED
+
+
+@dataclass(eq=False)
+class _Command:
+    """A command ready to publish: signed, for one call."""
+
+    call: PendingCall
+    host: str
+    body: bytes
+    headers: dict[str, Any]
 
 
 class Client:
@@ -58,18 +78,20 @@ class Client:
         """``declare_host_queues=False`` (the bridge): never create a host's queue, only publish to it."""
         self._declare_host_queues = declare_host_queues
         self._broker_url = broker_url
-        self._consumer_conn = open_connection(broker_url)
         self._publisher = Publisher(open_connection(broker_url, confirms=confirms))
         self._persistent = persistent
         self._signer = signer
         self._reply_queue = reply_queue()
         self._pending: dict[str, Future] = {}
         self._hosts: dict[str, str] = {}  # correlation id → the host whose key must have signed the reply
+        self._parked: dict[str, _Command] = {}  # correlation id → a command waiting for the reply consumer
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._consume_replies, name="kvmworker-replies", daemon=True)
+        consumer = _ReplyConsumer(self._reply_queue, self._on_reply, self._consuming, self._ready.clear)
+        replies = ConsumeLoop(open_connection(broker_url), consumer, log=log, stopping=self._closing)
+        self._thread = threading.Thread(target=replies.run, name="kvmworker-replies", daemon=True)
         self._thread.start()
 
     # -- calling ---------------------------------------------------------------
@@ -93,48 +115,41 @@ class Client:
     def submit(
         self, host: str, envelope: Envelope | dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_S
     ) -> PendingCall:
-        """Publish and return at once; the future resolves to the reply (the bridge awaits it)."""
+        """Publish and return at once, without waiting for the broker (the bridge calls it on its event loop).
+
+        The future resolves to the worker's reply, or to -1 once the publish failed for good (retries
+        included); whichever comes first. A command submitted while the reply consumer is not connected
+        waits (parked) until it is: its reply would have nowhere to go.
+        """
         envelope = (envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)).ensure_msg_id()
         if envelope.timeout is None:
             envelope = envelope.model_copy(update={"timeout": timeout})
-        msg_id = str(envelope.msg_id)
-        correlation_id = uuid.uuid4().hex
-        future: Future = Future()
-        if not self._ready.wait(timeout):
-            future.set_result(unknown_outcome(msg_id, "the broker could not be reached"))
-            return PendingCall(msg_id, correlation_id, future)
-        with self._lock:
-            self._pending[correlation_id] = future
-            self._hosts[correlation_id] = host
+        call = PendingCall(str(envelope.msg_id), uuid.uuid4().hex, Future())
         try:
-            self._publish(host, envelope, msg_id, correlation_id, timeout)
+            command = self._sign(call, host, envelope, timeout)
         except KeyFileError as exc:
-            self.forget(correlation_id)
-            log.error("[%s] not sent: %s", msg_id, exc)
-            future.set_result(Reply.error(Code.UNAUTHENTICATED, f"not sent: the command could not be signed ({exc})"))
-        except Exception as exc:
-            self._declared.discard(host)
-            if self.forget(correlation_id):
-                log.warning("[%s] publish failed: %s", msg_id, mask_secrets(str(exc)))
-                future.set_result(
-                    unknown_outcome(
-                        msg_id,
-                        f"the broker did not confirm the command ({mask_secrets(str(exc))}): it may or may not"
-                        " have reached the worker; SystemHandler.result with this msg_id tells",
-                    )
-                )
-            else:
-                # The broker took the message before the connection broke (the confirm was what got
-                # lost), and the worker's reply already arrived: that reply is the true answer.
-                log.info("[%s] publish reported %s, but the reply had already arrived", msg_id, mask_secrets(str(exc)))
-        return PendingCall(msg_id, correlation_id, future)
+            log.error("[%s] not sent: %s", call.msg_id, exc)
+            call.future.set_result(
+                Reply.error(Code.UNAUTHENTICATED, f"not sent: the command could not be signed ({exc})")
+            )
+            return call
+        with self._lock:
+            self._pending[call.correlation_id] = call.future
+            self._hosts[call.correlation_id] = host
+            ready = self._ready.is_set()
+            if not ready:
+                self._parked[call.correlation_id] = command
+        if ready:
+            self._send(command)
+        return call
 
     def wait(self, pending: PendingCall, timeout: float) -> Reply:
         try:
             return pending.future.result(timeout)
         except FutureTimeout:
-            self.forget(pending.correlation_id)
-            return unknown_outcome(pending.msg_id, f"no reply within {timeout:g} s")
+            if not self.forget(pending.correlation_id) and pending.future.done():
+                return pending.future.result()  # answered at the very last moment
+            return unknown_outcome(pending.msg_id, no_reply_detail(pending, timeout))
 
     @property
     def signer(self) -> Any:
@@ -146,62 +161,82 @@ class Client:
         """The reply consumer is connected: replies can be received."""
         return self._ready.is_set()
 
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
     def forget(self, correlation_id: str) -> bool:
         """Stop waiting for this call's reply; False if the reply consumer has already taken it."""
         with self._lock:
             self._hosts.pop(correlation_id, None)
+            self._parked.pop(correlation_id, None)
             return self._pending.pop(correlation_id, None) is not None
 
-    def _publish(self, host: str, envelope: Envelope, msg_id: str, correlation_id: str, timeout: float) -> None:
+    def _sign(self, call: PendingCall, host: str, envelope: Envelope, timeout: float) -> _Command:
         body = encode(envelope.wire())
         issued = time.time()
         headers = {HEADER_HOST: host, HEADER_ISSUED_AT: round(issued, 6), HEADER_EXPIRES_AT: round(issued + timeout, 6)}
         if self._signer is not None:
-            headers.update(self._signer.sign(body, msg_id, host, self._reply_queue.name, headers))
+            headers.update(self._signer.sign(body, call.msg_id, host, self._reply_queue.name, headers))
+        return _Command(call, host, body, headers)
+
+    def _send(self, command: _Command) -> None:
+        call = command.call
+        call.stage = SENT
         # Straight to the host's queue through the default exchange: the same queue the ``kvmworker``
         # exchange routes ``host`` to, without a routing lookup per message (a Redis round trip each).
-        self._publisher.publish(
-            body,
-            routing_key=host_queue_name(host),
-            declare=self._declare_once(host),
+        self._publisher.publish_async(
+            command.body,
+            routing_key=host_queue_name(command.host),
+            declare=self._declare_once(command.host),
             persistent=self._persistent,
-            headers=headers,
-            message_id=msg_id,
-            correlation_id=correlation_id,
+            headers=command.headers,
+            message_id=call.msg_id,
+            correlation_id=call.correlation_id,
             reply_to=self._reply_queue.name,
+            done=partial(self._published, command),
         )
+
+    def _published(self, command: _Command, exc: BaseException | None) -> None:
+        """From the publishing thread: the broker has the command, or the publisher gave up on it."""
+        call = command.call
+        if exc is None:
+            call.stage = CONFIRMED
+            return
+        with self._lock:
+            self._declared.discard(command.host)
+        detail = mask_secrets(str(exc))
+        if self.forget(call.correlation_id):
+            log.warning("[%s] publish failed: %s", call.msg_id, detail)
+            call.future.set_result(
+                unknown_outcome(
+                    call.msg_id,
+                    f"the broker did not confirm the command ({detail}): it may or may not"
+                    " have reached the worker; SystemHandler.result with this msg_id tells",
+                )
+            )
+        else:
+            # The broker took the message before the connection broke (the confirm was what got
+            # lost), and the worker's reply already arrived: that reply is the true answer.
+            log.info("[%s] publish reported %s, but the call was already answered", call.msg_id, detail)
 
     def _declare_once(self, host: str) -> tuple[Queue, ...]:
         """The host's queue is declared with the first command to it, so that it waits for a late worker."""
-        if host in self._declared or not self._declare_host_queues:
-            return ()
-        self._declared.add(host)
+        with self._lock:
+            if host in self._declared or not self._declare_host_queues:
+                return ()
+            self._declared.add(host)
         return (host_queue(host),)
 
-    # -- the reply consumer ----------------------------------------------------
+    # -- the reply consumer (its thread) ---------------------------------------
 
-    def _consume_replies(self) -> None:
-        backoff, lost = 0.2, False
-        while not self._closing.is_set():
-            try:
-                with self._consumer_conn.clone() as conn:
-                    conn.ensure_connection(max_retries=every_url(conn))
-                    raw = conn.connection  # drained directly: kombu would reconnect underneath, without the consumer
-                    with Consumer(conn.channel(), queues=[self._reply_queue], on_message=self._on_reply, no_ack=True):
-                        self._ready.set()
-                        log.log(logging.INFO if lost else logging.DEBUG, "reply consumer on %s", conn.as_uri())
-                        backoff = 0.2
-                        while not self._closing.is_set():
-                            drain_this_connection(conn, raw, 0.2)
-            except Exception as exc:  # this thread must outlive any failure: callers depend on it
-                self._ready.clear()
-                if self._closing.is_set():
-                    return
-                lost = True
-                log_connection_loss(log, self._consumer_conn, exc, "reply consumer", backoff)
-                self._consumer_conn.maybe_switch_next()  # several URLs: the next node first
-                self._closing.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+    def _consuming(self) -> None:
+        """The reply consumer is up: commands parked while it was not are sent now."""
+        with self._lock:
+            self._ready.set()
+            parked, self._parked = list(self._parked.values()), {}
+        for command in parked:
+            self._send(command)
 
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
@@ -269,6 +304,41 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ReplyConsumer(Consuming):
+    """A client's reply queue on ``ConsumeLoop``."""
+
+    what = "reply consumer"
+
+    def __init__(
+        self, queue: Queue, on_reply: Callable[[Message], None], on_up: Callable[[], None], on_down: Callable[[], None]
+    ):
+        self._queue, self._on_reply, self._on_up, self._on_down = queue, on_reply, on_up, on_down
+
+    def start(self, conn: Connection, channel: Any) -> Consumer:
+        consumer = Consumer(channel, queues=[self._queue], on_message=self._on_reply, no_ack=True)
+        consumer.consume()
+        return consumer
+
+    def up(self, conn: Connection, again: bool) -> None:
+        log.log(logging.INFO if again else logging.DEBUG, "reply consumer on %s", conn.as_uri())
+        self._on_up()
+
+    def down(self) -> None:
+        self._on_down()
+
+
+def no_reply_detail(pending: PendingCall, timeout: float, host: str | None = None) -> str:
+    """Why a call has no reply after ``timeout`` seconds, as far as the client knows."""
+    if pending.stage == PARKED:
+        return f"the broker could not be reached within {timeout:g} s: the command was not sent"
+    if pending.stage == SENT:
+        return (
+            f"the broker did not confirm the command within {timeout:g} s: it may or may not have reached the"
+            " worker; SystemHandler.result with this msg_id tells"
+        )
+    return f"no reply from host {host!r} within {timeout:g} s" if host else f"no reply within {timeout:g} s"
 
 
 def unknown_outcome(msg_id: str, detail: str) -> Reply:

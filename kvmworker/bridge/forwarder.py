@@ -1,28 +1,27 @@
 """Envelope → the host's worker → reply, without ever blocking the event loop on the broker.
 
 The client has one reply queue and one consumer thread for every request in flight; here a request
-is a future awaited with its deadline. Publishing (with publisher confirms, or while the broker is
-away) can block, so it runs on a small thread pool of its own.
+is a future awaited with its deadline. ``Client.submit`` returns at once (the publisher's own thread
+publishes and waits for the confirm; a command waits there while the broker is away), so it is called
+right on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
-from kvmworker.client import Client, PendingCall, unknown_outcome
+from kvmworker.client import Client, PendingCall, no_reply_detail, unknown_outcome
 from kvmworker.protocol.envelope import Envelope, Reply
 
 log = logging.getLogger("kvmworker.bridge")
 
 
 class Forwarder:
-    def __init__(self, client: Client, default_timeout: float, publish_threads: int = 4):
+    def __init__(self, client: Client, default_timeout: float):
         self._client = client
         self.default_timeout = default_timeout
-        self._pool = ThreadPoolExecutor(publish_threads, thread_name_prefix="bridge-publish")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained: asyncio.Future | None = None  # done once the server is stopping
 
@@ -48,18 +47,13 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._drained = loop, loop.create_future()
-        deadline = loop.time() + timeout
-        submit = partial(self._client.submit, host, envelope, timeout=timeout)
-        try:
-            pending = await asyncio.wait_for(loop.run_in_executor(self._pool, submit), timeout)
-            reply = await self._await_reply(pending, deadline - loop.time())
-            if reply is not None:
-                return reply
-            detail = f"no reply from host {host!r} within {timeout:g} s"
-            if self._drained.done():
-                detail = "the bridge is stopping and could not wait for the reply; the command may still run"
-        except TimeoutError:
-            detail = f"the command was not published within {timeout:g} s; it may still reach the worker"
+        pending = self._client.submit(host, envelope, timeout=timeout)
+        reply = await self._await_reply(pending, timeout)
+        if reply is not None:
+            return reply
+        detail = no_reply_detail(pending, timeout, host)
+        if self._drained.done():
+            detail = "the bridge is stopping and could not wait for the reply; the command may still run"
         return timed_out(host, envelope, detail)
 
     async def _await_reply(self, pending: PendingCall, remaining: float) -> Reply | None:
@@ -74,7 +68,9 @@ class Forwarder:
         return None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """The bridge is closing: a request still waiting (there should be none by now) is answered -1."""
+        with contextlib.suppress(RuntimeError):  # its event loop is already closed: nothing waits any more
+            self.drain()
 
 
 def timed_out(host: str, envelope: Envelope, detail: str) -> Reply:

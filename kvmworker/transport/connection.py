@@ -40,6 +40,24 @@ def every_url(conn: Connection) -> int:
     return max(len(conn.alt) - 1, 1)
 
 
+def try_every_url(conn: Connection) -> None:
+    """Connect to the current URL, else to each next failover URL in turn, once each, without pausing; else raise.
+
+    For a caller that keeps one ``conn`` and paces its own rounds (the publisher): each failure moves ``conn``
+    on to the next URL, so that the next round starts where this one stopped. (``ensure_connection`` with
+    ``every_url`` sleeps 2 s before trying a single URL a second time.)
+    """
+    attempts = max(len(conn.alt), 1)
+    for attempt in range(attempts):
+        try:
+            conn.ensure_connection(max_retries=0)
+            return
+        except Exception:
+            conn.maybe_switch_next()
+            if attempt == attempts - 1:
+                raise
+
+
 def delete_host_queue(url: str, host: str) -> None:
     """Remove a host's durable queue and what waits in it (a retired host, a test's or benchmark's own)."""
     if _scheme(url) == "memory":

@@ -1,112 +1,554 @@
-"""Publishing from any thread, over a few connections of its own, retried across broker hiccups.
+"""Publishing from any thread over one connection that one thread owns.
 
-With publisher confirms every publish waits for the broker's ack; a small pool of producers, each
-on its own connection, lets concurrent publishers wait side by side instead of in one line.
+``publish_async(body, …, done=…)`` hands the message to the publishing thread and returns at once; that thread
+calls ``done(None)`` once the broker has taken the message, or ``done(exc)`` once it never will. ``publish`` is
+the same, waiting for ``done``. Callers never touch the connection: kombu connections are not thread-safe.
+
+AMQP with publisher confirms (the default): the thread puts its channel in confirm mode, publishes without
+waiting, and matches each ``basic.ack``/``basic.nack`` to its message by delivery tag (``multiple``: every
+message up to that tag), so that many callers' messages are on the wire at once.
+
+- A nack (RabbitMQ refuses publishes to a quorum queue while it elects a leader): the same message again after a
+  pause that doubles, up to ``NACK_RETRIES`` times (about 17 s in all).
+- A lost connection: every message not yet confirmed again, over the next failover URL. At least once: the broker
+  may have taken a message whose confirm was lost; the worker's journal dedupes by msg_id. A message is given up
+  (``done(exc)``) after ``LOSS_RETRIES`` connections lost under it or rounds of reconnecting failed while it
+  waited (about 2 s of a broker that cannot be reached, as kombu's retry policy did before).
+
+Without confirms (Redis, memory://, or AMQP with confirms off) the thread publishes with kombu's retry policy and
+calls ``done(None)`` once the publish returned: there is nothing more to wait for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import os
+import selectors
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from queue import Empty, LifoQueue
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.protocol.urls import mask_secrets
+from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
 
+Done = Callable[[BaseException | None], None]
+
+# Without confirms: kombu's own retry (the same message again over the next failover URL), ~2 s in all.
 RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
-DEFAULT_POOL_SIZE = 4
-# RabbitMQ nacks publishes to a quorum queue while it elects a leader (its node died). kombu's retry policy
-# publishes a nacked message again up to 3 times (~2 s); then this loop does it all again, up to 4 more
-# rounds (~12 s in all). Always the same message and msg_id: the worker's journal dedupes.
-NACK_RETRIES = 4
+# With confirms: the same budget, counted per message (connections lost under it, failed reconnecting rounds).
+LOSS_RETRIES = 3
+RECONNECT_PAUSES_S = (0.2, 0.7, 1.2, 1.7, 2.0)
+# Nacks: pauses of 0.1, 0.2, 0.4 … capped at 2 s; 12 of them cover ~17 s, a quorum queue's leader election.
+NACK_RETRIES = 12
 NACK_BACKOFF_MAX_S = 2.0
+# A write the broker does not take for this long (it stopped reading: a memory or disk alarm) counts as a
+# lost connection; so does a synchronous reply (a queue's declare-ok) that does not come.
+SOCKET_TIMEOUT_S = 10.0
+
+
+class PublisherClosed(RuntimeError):
+    """The publisher was closed before the message could be published or confirmed."""
+
+
+@dataclass
+class PublishCounts:
+    """What the publisher has done since it started (a snapshot)."""
+
+    sent: int = 0  # basic.publish written, first attempts and retries
+    confirmed: int = 0  # messages the broker acked (or, without confirms, publishes that returned)
+    failed: int = 0  # messages given up: done(exc)
+    nacked: int = 0  # nacks received (each is followed by a retry or a failure)
+    resent: int = 0  # messages sent again after a nack or over a new connection
+    multiple_acks: int = 0  # acks that confirmed several messages at once
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One message on its way, as the publishing thread sees it."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]  # delivery_mode, message_id, correlation_id, reply_to …
+    declare: tuple[Any, ...]
+    done: Done
+    nacks: int = 0
+    failures: int = 0  # connections lost under it, and reconnecting rounds it waited through in vain
+
+    @property
+    def msg_id(self) -> Any:
+        return self.properties.get("message_id")
 
 
 class Publisher:
-    """Thread-safe; each producer is used by one thread at a time."""
+    """Thread-safe. One publishing thread, started with the publisher, on a connection it opens when needed."""
 
-    def __init__(self, connection: Connection, size: int = DEFAULT_POOL_SIZE):
-        self._connection = connection
-        self._size = size
-        self._idle: LifoQueue[Producer] = LifoQueue()
-        self._created: list[Producer] = []
-        self._lock = threading.Lock()
+    def __init__(self, connection: Connection, *, nack_retries: int = NACK_RETRIES, loss_retries: int = LOSS_RETRIES):
+        self.confirms = _has_confirms(connection)
+        if self.confirms:
+            self._lane: _ConfirmingLane | _PlainLane = _ConfirmingLane(connection, nack_retries, loss_retries)
+        else:
+            self._lane = _PlainLane(connection)
 
-    def publish(
+    def publish_async(
         self,
         body: bytes,
         *,
         routing_key: str,
+        done: Done,
         exchange: Exchange | str = "",
         persistent: bool = False,
         headers: dict[str, Any] | None = None,
         declare: tuple[Any, ...] = (),
         **properties: Any,
     ) -> None:
-        options = {
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "content_type": JSON_CONTENT_TYPE,
-            "content_encoding": "utf-8",
-            "delivery_mode": 2 if persistent else 1,
-            "headers": headers or {},
-            "retry": True,  # a lost connection (or confirm): the same message again, over the next failover URL
-            "retry_policy": RETRY_POLICY,
-            "declare": list(declare),
-            **properties,
-        }
-        for attempt in range(NACK_RETRIES + 1):
-            try:
-                with self._producer() as producer:
-                    producer.publish(body, **options)
-                return
-            except Exception as exc:  # kombu's retry re-raises a nack as OperationalError, from MessageNacked
-                if not nacked(exc) or attempt == NACK_RETRIES:
-                    raise
-                pause = min(0.1 * 2**attempt, NACK_BACKOFF_MAX_S)
-                log.warning(
-                    "[%s] the broker nacked the publish (a queue electing its leader?); again in %.1f s",
-                    properties.get("message_id"),
-                    pause,
-                )
-                time.sleep(pause)
+        """Queue the message and return at once; ``done`` is called later, from the publishing thread, once."""
+        self._lane.put(
+            _Pending(
+                body=body,
+                exchange=exchange.name if isinstance(exchange, Exchange) else exchange,
+                routing_key=routing_key,
+                headers=headers or {},
+                properties={"delivery_mode": 2 if persistent else 1, **properties},
+                declare=tuple(declare),
+                done=done,
+            )
+        )
 
-    @contextmanager
-    def _producer(self) -> Iterator[Producer]:
-        producer = self._acquire()
-        try:
-            yield producer
-        finally:
-            self._idle.put(producer)
+    def publish(self, body: bytes, *, routing_key: str, **options: Any) -> None:
+        """``publish_async`` and wait: returns once the broker has the message, raises what it gave up on."""
+        finished = threading.Event()
+        outcome: list[BaseException | None] = []
 
-    def _acquire(self) -> Producer:
-        try:
-            return self._idle.get_nowait()
-        except Empty:
-            pass
-        with self._lock:
-            if len(self._created) < self._size:
-                producer = Producer(self._connection.clone(), auto_declare=False)
-                self._created.append(producer)
-                return producer
-        return self._idle.get()
+        def done(exc: BaseException | None) -> None:
+            outcome.append(exc)
+            finished.set()
 
-    def close(self) -> None:
-        with self._lock:
-            for producer in self._created:
-                producer.connection.release()
-            self._created.clear()
-        self._connection.release()
+        self.publish_async(body, routing_key=routing_key, done=done, **options)
+        finished.wait()  # always comes: every retry is bounded, and close() fails what is left
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    @property
+    def counts(self) -> PublishCounts:
+        return replace(self._lane.counts)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish what is queued and wait for its confirms, up to ``timeout``; what is left fails."""
+        self._lane.close(timeout)
 
 
 def nacked(exc: BaseException) -> bool:
     """The broker refused the message (basic.nack), as opposed to a lost connection."""
     return isinstance(exc, MessageNacked) or isinstance(exc.__cause__, MessageNacked)
+
+
+def _has_confirms(connection: Connection) -> bool:
+    return connection.transport.driver_type == "amqp" and bool(connection.transport_options.get("confirm_publish"))
+
+
+def _finish(item: _Pending, exc: BaseException | None) -> None:
+    try:
+        item.done(exc)
+    except Exception:
+        log.exception("[%s] the publish's done callback failed", item.msg_id)
+
+
+# -- AMQP with confirms ----------------------------------------------------------------------------------------
+
+
+class _ConfirmingLane:
+    """The publishing thread with confirms: everything below runs on it, except ``put`` and ``close``."""
+
+    def __init__(self, connection: Connection, nack_retries: int, loss_retries: int):
+        # confirm_publish off for py-amqp itself (it would wait for each confirm): this thread selects confirm mode.
+        # One kombu Connection, connected again in place after a loss: its failover cycle carries on from round
+        # to round (a clone per attempt would start each round at the second URL).
+        options = {**connection.transport_options, "confirm_publish": False}
+        self._conn = connection.clone(transport_options=options)
+        self._nack_retries, self._loss_retries = nack_retries, loss_retries
+        self.counts = PublishCounts()
+        self._inbox: deque[_Pending] = deque()  # from any thread
+        self._ready: deque[_Pending] = deque()  # to be sent now: retries first
+        self._later: list[tuple[float, int, _Pending]] = []  # nacked, waiting for their pause
+        self._unconfirmed: OrderedDict[int, _Pending] = OrderedDict()  # by delivery tag, in the order sent
+        self._order = itertools.count()
+        self._raw: Any = None  # the py-amqp connection while connected
+        self._sock: Any = None
+        self._channel: Any = None
+        self._tag = 0
+        self._lost_before = False
+        self._pauses = iter(RECONNECT_PAUSES_S)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._close_by: float | None = None  # monotonic deadline once close() was called
+        self._stopped = False
+        self._wake_lock = threading.Lock()  # the pipe is not written once closed (its fd may be reused)
+        self._asleep = False  # the thread is (about to be) in select(): a new message must wake it
+        self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
+        self._thread.start()
+
+    # -- any thread --------------------------------------------------------------------------------------------
+
+    def put(self, item: _Pending) -> None:
+        self._inbox.append(item)
+        if self._stopped:  # the thread is gone (closed): nobody else will take it
+            self._fail_inbox()
+        elif self._asleep:  # else it looks at the inbox before it sleeps again (see _wait)
+            self._wake()
+
+    def close(self, timeout: float) -> None:
+        self._close_by = time.monotonic() + timeout
+        self._wake()
+        self._thread.join(timeout + SOCKET_TIMEOUT_S)
+
+    def _wake(self) -> None:
+        with self._wake_lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread just the same
+            if not self._stopped:
+                os.write(self._wake_w, b"\0")
+
+    # -- the publishing thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._done():
+                if self._channel is None and not self._has_work():
+                    self._wait(None, for_work=True)  # idle and disconnected: connect when there is something to send
+                elif self._channel is None:
+                    self._connect()
+                else:
+                    self._turn()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("the publishing thread failed")
+            self._fail_all(exc)
+        finally:
+            self._disconnect(clean=True)
+            with self._wake_lock:
+                self._stopped = True
+                self._selector.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            self._fail_inbox()
+
+    def _done(self) -> bool:
+        if self._close_by is None:
+            return False
+        if self._has_work() and time.monotonic() < self._close_by and self._channel is not None:
+            return False
+        self._fail_all(PublisherClosed("the publisher was closed before the broker confirmed the message"))
+        return True
+
+    def _has_work(self) -> bool:
+        return bool(self._inbox or self._ready or self._later or self._unconfirmed)
+
+    def _turn(self) -> None:
+        """Wait for the socket, a caller or a timer; read confirms; send what is ready."""
+        try:
+            if self._wait(self._next_timeout(), for_work=True):
+                self._read()
+            if self._raw.heartbeat:
+                self._raw.heartbeat_tick(rate=2)
+            self._take_inbox()
+            self._take_due()
+            while self._ready:
+                self._send(self._ready.popleft())
+        except Exception as exc:
+            self._lost(exc)
+
+    def _wait(self, timeout: float | None, *, for_work: bool = False) -> bool:
+        """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is.
+
+        ``for_work``: a caller's message ends the wait. Callers write to the wake pipe only while ``_asleep``
+        (a syscall saved per message while this thread is busy); so it is set before the inbox is looked at.
+        """
+        self._asleep = for_work
+        try:
+            events = self._selector.select(0 if for_work and self._inbox else timeout)
+        finally:
+            self._asleep = False
+        readable = False
+        for key, _ in events:
+            if key.fileobj == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            else:
+                readable = True
+        return readable
+
+    def _next_timeout(self) -> float | None:
+        if self._inbox or self._ready:
+            return 0
+        now = time.monotonic()
+        timeouts = [self._raw.heartbeat / 6] if self._raw.heartbeat else []
+        if self._later:
+            timeouts.append(self._later[0][0] - now)
+        if self._close_by is not None:
+            timeouts.append(self._close_by - now)
+        return max(min(timeouts), 0) if timeouts else None
+
+    def _read(self) -> None:
+        """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read."""
+        while True:
+            try:
+                self._raw.drain_events(timeout=0)
+            except TimeoutError:
+                return
+
+    def _take_inbox(self) -> None:
+        while self._inbox:
+            self._ready.append(self._inbox.popleft())
+
+    def _take_due(self) -> None:
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            self._ready.append(heapq.heappop(self._later)[2])
+
+    def _send(self, item: _Pending) -> None:
+        for entity in item.declare:
+            try:
+                entity.bind(self._channel).declare()
+            except self._conn.channel_errors as exc:  # refused for good (e.g. other arguments): not retried
+                self._fail(item, exc)
+                raise
+            except Exception:
+                self._ready.appendleft(item)  # the connection went: declared and sent on the next one
+                raise
+        message = self._channel.prepare_message(
+            item.body, None, JSON_CONTENT_TYPE, "utf-8", item.headers, item.properties
+        )
+        self._tag += 1
+        self._unconfirmed[self._tag] = item  # before writing: a write that fails half-way is sent again
+        self.counts.sent += 1
+        self._channel.basic_publish(message, exchange=item.exchange, routing_key=item.routing_key)
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        items = self._settled(delivery_tag, multiple)
+        if len(items) > 1:
+            self.counts.multiple_acks += 1
+        for item in items:
+            self.counts.confirmed += 1
+            _finish(item, None)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        for item in self._settled(delivery_tag, multiple):
+            self.counts.nacked += 1
+            item.nacks += 1
+            if item.nacks > self._nack_retries:
+                self._fail(item, MessageNacked(f"the broker nacked the message {item.nacks} times"))
+                continue
+            pause = min(0.1 * 2 ** (item.nacks - 1), NACK_BACKOFF_MAX_S)
+            log.warning(
+                "[%s] the broker nacked the publish (a queue electing its leader?); again in %.1f s", item.msg_id, pause
+            )
+            self.counts.resent += 1
+            heapq.heappush(self._later, (time.monotonic() + pause, next(self._order), item))
+
+    def _settled(self, delivery_tag: int, multiple: bool) -> list[_Pending]:
+        if not multiple:
+            item = self._unconfirmed.pop(delivery_tag, None)
+            return [item] if item is not None else []
+        items = []
+        while self._unconfirmed and next(iter(self._unconfirmed)) <= delivery_tag:
+            items.append(self._unconfirmed.popitem(last=False)[1])
+        return items
+
+    # -- connecting and losing the connection ------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """One round over the failover URLs; if none answers, every waiting message is charged a retry."""
+        conn = self._conn
+        try:
+            try_every_url(conn)
+            raw = conn.connection
+            channel = conn.channel()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            raw.sock.settimeout(SOCKET_TIMEOUT_S)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                conn.collect()
+            self._unreachable(exc)
+            return
+        self._raw, self._channel, self._tag = raw, channel, 0
+        self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
+        self._selector.register(self._sock, selectors.EVENT_READ)
+        self._pauses = iter(RECONNECT_PAUSES_S)
+        log.log(logging.INFO if self._lost_before else logging.DEBUG, "publishing on %s", conn.as_uri())
+
+    def _unreachable(self, exc: BaseException) -> None:
+        self._take_inbox()
+        waiting = [item for item in self._ready if self._charge(item, exc)]
+        self._ready = deque(waiting)
+        pause = next(self._pauses, RECONNECT_PAUSES_S[-1])
+        if self._ready or self._later:
+            log.warning(
+                "the publisher cannot reach the broker (%s); %d message(s) wait, again in %.1f s",
+                mask_secrets(str(exc)),
+                len(self._ready) + len(self._later),
+                pause,
+            )
+        self._wait_paused(pause)
+
+    def _wait_paused(self, pause: float) -> None:
+        """Sleep ``pause`` seconds, or less if close() was called."""
+        end = time.monotonic() + pause
+        while self._close_by is None and (left := end - time.monotonic()) > 0:
+            self._wait(left)  # callers wake it: their messages join the next round
+
+    def _lost(self, exc: BaseException) -> None:
+        """The connection (or its channel) is gone: what it had not confirmed goes out again on the next one."""
+        expected = isinstance(exc, connection_errors(self._conn))  # a socket timeout is an OSError too
+        in_flight = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        log.log(
+            logging.WARNING if expected else logging.ERROR,
+            "the publisher lost its connection (%s); %d unconfirmed message(s) go out again",
+            mask_secrets(str(exc)),
+            len(in_flight),
+            exc_info=not expected,
+        )
+        self._disconnect(clean=False)
+        self._conn.maybe_switch_next()  # the unconfirmed go out again over the next failover URL
+        self._lost_before = True
+        again = [item for item in in_flight if self._charge(item, exc)]
+        self.counts.resent += len(again)
+        self._ready.extendleft(reversed(again))
+
+    def _charge(self, item: _Pending, exc: BaseException) -> bool:
+        """One more failure for ``item``: False (and ``done(exc)``) once it has had its retries."""
+        item.failures += 1
+        if item.failures <= self._loss_retries:
+            return True
+        self._fail(item, exc)
+        return False
+
+    def _disconnect(self, *, clean: bool) -> None:
+        if self._channel is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self._sock)
+        with contextlib.suppress(Exception):
+            self._conn.release() if clean else self._conn.collect()
+        self._raw = self._sock = self._channel = None
+
+    def _fail(self, item: _Pending, exc: BaseException) -> None:
+        self.counts.failed += 1
+        _finish(item, exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._take_inbox()
+        items = [*self._unconfirmed.values(), *self._ready, *(entry[2] for entry in self._later)]
+        self._unconfirmed.clear()
+        self._ready.clear()
+        self._later.clear()
+        for item in items:
+            self._fail(item, exc)
+
+    def _fail_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.popleft()
+            except IndexError:
+                return
+            self._fail(item, PublisherClosed("the publisher is closed"))
+
+
+# -- without confirms ------------------------------------------------------------------------------------------
+
+
+_STOP = object()
+
+
+class _PlainLane:
+    """The publishing thread without confirms: kombu's publish (with its retry policy), then ``done``."""
+
+    def __init__(self, connection: Connection):
+        self.counts = PublishCounts()
+        self._producer = Producer(connection.clone(), auto_declare=False)
+        self._inbox: SimpleQueue[Any] = SimpleQueue()
+        self._stopped = False
+        self._heartbeat = HEARTBEAT_S / 6 if connection.transport.driver_type == "amqp" else None
+        self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
+        self._thread.start()
+
+    def put(self, item: _Pending) -> None:
+        self._inbox.put(item)
+        if self._stopped:  # the thread is gone (closed): nobody else will take it
+            self._fail_inbox()
+
+    def close(self, timeout: float) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while (item := self._next()) is not _STOP:
+                if item is not None:
+                    self._publish(item)
+        finally:
+            self._stopped = True
+            with contextlib.suppress(Exception):
+                self._producer.connection.release()
+            self._fail_inbox()
+
+    def _next(self) -> Any:
+        try:
+            return self._inbox.get(timeout=self._heartbeat)
+        except Empty:  # idle AMQP without confirms: keep the connection's heartbeats going
+            connection = self._producer.connection
+            if connection.connected:
+                with contextlib.suppress(Exception):
+                    connection.heartbeat_check()
+            return None
+
+    def _publish(self, item: _Pending) -> None:
+        try:
+            self._producer.publish(
+                item.body,
+                exchange=item.exchange,
+                routing_key=item.routing_key,
+                content_type=JSON_CONTENT_TYPE,
+                content_encoding="utf-8",
+                headers=item.headers,
+                retry=True,  # a lost connection: the same message again, over the next failover URL
+                retry_policy=RETRY_POLICY,
+                declare=list(item.declare),
+                **item.properties,
+            )
+        except Exception as exc:
+            self._fail(item, exc)
+            return
+        self.counts.sent += 1
+        self.counts.confirmed += 1
+        _finish(item, None)
+
+    def _fail(self, item: _Pending, exc: BaseException) -> None:
+        self.counts.failed += 1
+        _finish(item, exc)
+
+    def _fail_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except Empty:
+                return
+            if item is not _STOP:
+                self._fail(item, PublisherClosed("the publisher is closed"))

@@ -85,6 +85,7 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._pipeline.shutdown()
+        self._publisher.close()  # every reply settled: its thread and connection go
         # Said before the waiters are released: once wait_stopped() returns, the process may close its
         # log handlers and exit, and a line logged after that is a "--- Logging error ---".
         log.info("worker stopped")
@@ -164,7 +165,7 @@ class Worker:
 
 
 class ReplyPort:
-    """One message's way back: its reply over the publisher, its settling through the consumer thread."""
+    """One message's way back: its reply over the publisher (asynchronously), its settling through the consumer thread."""
 
     __slots__ = ("_message", "_publisher", "_settle_queue")
 
@@ -174,19 +175,19 @@ class ReplyPort:
         self._settle_queue = settle_queue
 
     def publish(self, outgoing: Outgoing, done: Done) -> None:
-        """Synchronous: returns once the broker has the reply (confirmed, when confirms are on)."""
+        """Returns at once: ``done`` comes from the publisher's thread once the broker has the reply (its confirm,
+        when confirms are on), and only then is the message settled. No thread waits for a confirm."""
         try:
-            self._publisher.publish(
+            self._publisher.publish_async(
                 outgoing.body,
                 routing_key=outgoing.routing_key,
                 correlation_id=outgoing.correlation_id,
                 message_id=outgoing.message_id,
                 headers=dict(outgoing.headers),
+                done=done,
             )
-        except Exception as exc:
+        except Exception as exc:  # a closed publisher: the message goes back to the queue
             done(exc)
-            return
-        done(None)
 
     def settle(self, ack: bool) -> None:
         self._settle_queue.put((self._message, ack))

@@ -12,6 +12,7 @@ import pytest
 
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import start_worker
+from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue
 from tests.bridge.conftest import serving
 from tests.conftest import unique
@@ -91,6 +92,31 @@ def test_a_known_host_whose_worker_is_down_is_answered_minus_one_in_time_then_re
     assert outcome["code"] in (Code.OK, Code.EXPIRED), outcome
     if outcome["code"] == Code.OK:
         assert outcome["data"]["msg_id"] == msg_id
+
+
+def test_with_the_broker_unreachable_posts_are_answered_minus_one_by_their_deadline_and_the_bridge_serves_on(
+    tmp_path,
+):
+    """Nothing listens on port 1. The POSTs wait side by side (no thread each), each until its own deadline."""
+    host = unique("kvt-nobroker-")
+    settings = Settings(
+        host=host, default_host=host, broker_url="amqp://guest:guest@127.0.0.1:1//", state_dir=tmp_path, timeout=2.0
+    )
+
+    async def all_of_them(bridge) -> tuple[list[dict], int]:
+        async with httpx.AsyncClient(timeout=30, headers=bridge.http.headers) as http:
+            posts = [http.post(bridge.url + "/", json={**ECHO, "data": {"text": f"n{i}"}}) for i in range(20)]
+            health = http.get(bridge.url + "/healthz")
+            *answers, alive = await asyncio.gather(*posts, health)
+            return [a.json() for a in answers], alive.status_code
+
+    with serving(settings) as bridge:
+        answers, alive = asyncio.run(all_of_them(bridge))
+    assert alive == 200
+    assert len({a["data"]["msg_id"] for a in answers}) == 20
+    assert {(a["code"], a["data"]["detail"]) for a in answers} == {
+        (-1, "the broker could not be reached within 2 s: the command was not sent")
+    }
 
 
 def _result_when_known(bridge, host: str, msg_id: str) -> dict:

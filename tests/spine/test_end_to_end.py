@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from kvmworker.client import PARKED, Client
 from kvmworker.protocol.codes import Code
 
 
@@ -121,6 +122,17 @@ def test_many_concurrent_callers_each_get_their_own_reply(running_worker, client
     assert replies == {i: f"caller-{i}" for i in range(32)}
 
 
+def test_submit_returns_before_the_broker_is_reached_and_the_call_then_says_it_was_never_sent():
+    """Nothing listens on port 1: the command waits (parked) for the reply consumer, and the call says so."""
+    with Client("amqp://guest:guest@127.0.0.1:1//") as unreachable:
+        ping = {"handler": "SystemHandler", "command": "ping", "data": {}}
+        pending = unreachable.submit("kvt-nowhere", ping, timeout=1)
+        assert (pending.stage, pending.future.done()) == (PARKED, False), "submit waited for the broker"
+        reply = unreachable.wait(pending, 1)
+    assert reply.code == Code.UNKNOWN_OUTCOME and reply.data["msg_id"] == pending.msg_id
+    assert reply.data["detail"] == "the broker could not be reached within 1 s: the command was not sent"
+
+
 def test_no_worker_for_a_host_gives_minus_one_with_the_msg_id(client, broker_url):
     reply = client.call("kvt-nobody-home", "SystemHandler", "ping", timeout=0.5)
     assert (reply.code, reply.msg) == (-1, "未知异常")
@@ -130,15 +142,30 @@ def test_no_worker_for_a_host_gives_minus_one_with_the_msg_id(client, broker_url
 def test_a_reply_that_beats_a_failed_publish_confirm_is_kept(running_worker, client, host, monkeypatch):
     """The broker took the command and the worker answered, but the publisher's confirm was lost to a
     connection reset (seen in the RabbitMQ restart fault test): the caller gets the worker's reply."""
-    real_publish = client._publisher.publish
+    real_publish_async = client.publisher.publish_async
 
-    def publish_then_lose_the_confirm(body, **kwargs):
-        real_publish(body, **kwargs)
-        deadline = time.monotonic() + 10
-        while kwargs["correlation_id"] in client._pending and time.monotonic() < deadline:
-            time.sleep(0.005)
-        raise ConnectionResetError(104, "Connection reset by peer")
+    def publish_then_lose_the_confirm(body, *, done, **kwargs):
+        def lose_the_confirm() -> None:
+            deadline = time.monotonic() + 10
+            while kwargs["correlation_id"] in client._pending and time.monotonic() < deadline:
+                time.sleep(0.005)
+            done(ConnectionResetError(104, "Connection reset by peer"))
 
-    monkeypatch.setattr(client._publisher, "publish", publish_then_lose_the_confirm)
+        real_publish_async(body, done=lambda exc: threading.Thread(target=lose_the_confirm).start(), **kwargs)
+
+    monkeypatch.setattr(client.publisher, "publish_async", publish_then_lose_the_confirm)
     reply = client.call(host, "ProbeHandler", "echo", {"text": "kept"}, timeout=10)
     assert (reply.code, reply.data["text"]) == (Code.OK, "kept")
+
+
+def test_a_publish_that_fails_for_good_answers_minus_one_saying_the_broker_did_not_confirm(client, host, monkeypatch):
+    """The publisher gave up (retries spent): the call is answered at once, without waiting for its timeout."""
+
+    def publish_and_give_up(body, *, done, **kwargs):
+        done(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(client.publisher, "publish_async", publish_and_give_up)
+    reply = client.call(host, "SystemHandler", "ping", timeout=30)
+    assert reply.code == Code.UNKNOWN_OUTCOME and reply.data["msg_id"]
+    # the publisher's verdict, not the caller's timeout ("… did not confirm the command within 30 s")
+    assert "did not confirm the command (" in reply.data["detail"] and "Connection refused" in reply.data["detail"]

@@ -15,9 +15,10 @@ import time
 import pytest
 from kombu import Connection
 
-from kvmworker.client import Client
+from kvmworker.client import CONFIRMED, Client
 from kvmworker.transport.connection import delete_host_queue
 from tests.conftest import AMQP_URL, require_broker, unique
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -50,6 +51,8 @@ def test_a_nacked_command_is_published_again_with_the_same_msg_id_once_the_queue
             room.start()
             second = client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {}}, timeout=30)
             room.join(15)
+            # submit returns at once; the publisher sends the nacked command again until the broker takes it
+            assert wait_for(lambda: second.stage == CONFIRMED or second.future.done(), 20)
             assert not second.future.done(), second.future.result().data  # no -1 "did not confirm"
             assert "nacked" in caplog.text and second.msg_id in caplog.text
             with Connection(url) as conn:

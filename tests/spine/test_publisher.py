@@ -1,0 +1,164 @@
+"""The publisher against the real brokers: ``publish_async`` returns at once, ``done`` tells each message's fate.
+
+With RabbitMQ's confirms the publishing thread matches acks and nacks to messages by delivery tag; the queues
+here make the broker answer in every way it can: acks for several messages at once (``multiple``), acks out
+of the order the messages were sent (a transient queue confirms at once, a durable one after its disk write),
+and nacks (a queue of length 0 that rejects publishes). Messages are read back with plain kombu.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection, Queue
+
+from kvmworker.transport.connection import open_connection
+from kvmworker.transport.publisher import Publisher, PublisherClosed, nacked
+from tests.conftest import AMQP_URL, BROKERS, require_broker
+
+pytestmark = pytest.mark.broker
+
+
+class Outcomes:
+    """``done`` callbacks for ``n`` messages: each message's outcome, and the order the outcomes came in."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.order: list[int] = []
+        self.by_message: dict[int, list[BaseException | None]] = {}
+        self.threads: set[str] = set()
+        self._all = threading.Event()
+        self._lock = threading.Lock()
+
+    def done_for(self, i: int):
+        def done(exc: BaseException | None) -> None:
+            with self._lock:
+                self.order.append(i)
+                self.by_message.setdefault(i, []).append(exc)
+                self.threads.add(threading.current_thread().name)
+                if len(self.order) >= self.n:
+                    self._all.set()
+
+        return done
+
+    def wait(self, timeout: float) -> bool:
+        return self._all.wait(timeout)
+
+
+@contextlib.contextmanager
+def queues(url: str, *declared: Queue) -> Iterator[None]:
+    """Queues of this test only (``kvt-pub-…``: not a prefix other sessions sweep), deleted at the end."""
+    try:
+        yield
+    finally:
+        with Connection(url) as conn:
+            for queue in declared:
+                with contextlib.suppress(*conn.channel_errors):
+                    queue.bind(conn.channel()).delete()
+
+
+def drain(url: str, queue: Queue) -> list[str]:
+    """Every message waiting in ``queue`` (its message_id), taken off it."""
+    ids = []
+    with Connection(url) as conn:
+        channel = conn.channel()
+        while (message := queue.bind(channel).get(no_ack=True)) is not None:
+            ids.append(message.properties["message_id"])
+    return ids
+
+
+def name(kind: str) -> str:
+    return f"kvt-pub-{uuid.uuid4().hex[:8]}-{kind}"
+
+
+def test_each_confirm_reaches_its_own_message_whether_acked_together_one_by_one_out_of_order_or_nacked():
+    url = require_broker("amqp", AMQP_URL)
+    durable = Queue(name("durable"), durable=True, auto_delete=False)
+    transient = Queue(name("transient"), durable=False, auto_delete=False)
+    full = Queue(name("full"), durable=False, queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    targets = [(durable, True), (transient, False), (full, False)]
+    n = 1500
+    outcomes = Outcomes(n)
+    with queues(url, durable, transient, full):
+        publisher = Publisher(open_connection(url), nack_retries=0)  # a nack fails the message at once
+        try:
+            for i in range(n):
+                queue, persistent = targets[i % 3]
+                publisher.publish_async(
+                    b"{}",
+                    routing_key=queue.name,
+                    persistent=persistent,
+                    declare=(queue,) if i < 3 else (),
+                    message_id=str(i),
+                    done=outcomes.done_for(i),
+                )
+            assert outcomes.wait(60), f"{n - len(outcomes.order)} messages never heard of"
+            counts = publisher.counts
+        finally:
+            publisher.close()
+        assert all(len(results) == 1 for results in outcomes.by_message.values()), "a message was told twice"
+        refused = {i for i, (exc,) in outcomes.by_message.items() if exc is not None}
+        assert refused == set(range(2, n, 3)), "a message got another's confirm"
+        assert all(nacked(outcomes.by_message[i][0]) for i in refused)
+        assert sorted(drain(url, durable), key=int) == [str(i) for i in range(0, n, 3)]
+        assert sorted(drain(url, transient), key=int) == [str(i) for i in range(1, n, 3)]
+    # the broker did answer in each of the ways this test is about
+    assert counts.multiple_acks > 0, "no ack confirmed several messages at once"
+    assert outcomes.order != sorted(outcomes.order), "every confirm came in the order the messages were sent"
+    assert counts.nacked == n // 3 and counts.confirmed == n - n // 3
+    assert outcomes.threads == {"kvmworker-publish"}, "done was called from a caller's thread"
+
+
+def test_a_nacked_message_is_sent_again_after_a_pause_and_fails_once_its_retries_are_spent(caplog):
+    url = require_broker("amqp", AMQP_URL)
+    full = Queue(name("full"), durable=False, queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    with queues(url, full), caplog.at_level(logging.WARNING, "kvmworker.publisher"):
+        publisher = Publisher(open_connection(url), nack_retries=2)
+        try:
+            with pytest.raises(Exception) as refused:
+                publisher.publish(b"{}", routing_key=full.name, declare=(full,), message_id="kvt-nacked")
+            counts = publisher.counts
+        finally:
+            publisher.close()
+    assert nacked(refused.value) and "3 times" in str(refused.value)
+    assert (counts.sent, counts.nacked, counts.resent, counts.failed) == (3, 3, 2, 1)
+    warnings = [r.getMessage() for r in caplog.records if "nacked the publish" in r.getMessage()]
+    assert len(warnings) == 2 and all(w.startswith("[kvt-nacked]") for w in warnings), warnings
+
+
+@pytest.mark.parametrize("broker", ["amqp-without-confirms", "redis", "memory"])
+def test_without_confirms_done_follows_the_publish_and_the_message_is_in_the_queue(broker):
+    scheme = broker.split("-")[0]
+    url = BROKERS[scheme] if scheme == "memory" else require_broker(scheme, BROKERS[scheme])
+    queue = Queue(name("plain"), durable=False, auto_delete=False)
+    outcomes = Outcomes(20)
+    with queues(url, queue):
+        publisher = Publisher(open_connection(url, confirms=False))
+        try:
+            assert not publisher.confirms
+            for i in range(20):
+                publisher.publish_async(
+                    b"{}", routing_key=queue.name, declare=(queue,), message_id=str(i), done=outcomes.done_for(i)
+                )
+            assert outcomes.wait(20)
+            assert outcomes.by_message == {i: [None] for i in range(20)}
+            assert sorted(drain(url, queue), key=int) == [str(i) for i in range(20)]
+        finally:
+            publisher.close()
+
+
+def test_a_message_handed_to_a_closed_publisher_fails_at_once_instead_of_waiting_forever():
+    url = require_broker("amqp", AMQP_URL)
+    publisher = Publisher(open_connection(url))
+    publisher.close()
+    outcomes = Outcomes(1)
+    publisher.publish_async(b"{}", routing_key=name("never"), done=outcomes.done_for(0))
+    assert outcomes.wait(5)
+    assert isinstance(outcomes.by_message[0][0], PublisherClosed)
+    with pytest.raises(PublisherClosed):
+        publisher.publish(b"{}", routing_key=name("never"))
