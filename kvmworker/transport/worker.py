@@ -165,7 +165,7 @@ class Worker:
 
 
 class ReplyPort:
-    """One message's way back: its reply over the publisher (asynchronously), its settling through the consumer thread."""
+    """One message's way back: its reply over the publisher (asynchronously), settled by the consumer thread."""
 
     __slots__ = ("_message", "_publisher", "_settle_queue")
 
