@@ -3,23 +3,8 @@ buffers them. The watch needs only ``emit`` and ``request_sync`` of it."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from kvmworker.events.emitter import Emitter as EventSink
 
 SYNC_AFTER_OVERRUN = "netlink notifications were lost"
 
-
-class EventSink(Protocol):
-    def emit(
-        self,
-        source: str,
-        kind: str,
-        subject: str,
-        state: str,
-        *,
-        previous: str | None = None,
-        reason: str | None = None,
-        msg_id: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> object: ...
-
-    def request_sync(self, reason: str) -> None: ...
+__all__ = ["SYNC_AFTER_OVERRUN", "EventSink"]
