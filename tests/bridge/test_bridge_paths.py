@@ -72,7 +72,7 @@ def test_a_request_waiting_for_its_worker_counts_in_flight_until_it_is_answered(
     with Connection(broker_url, connect_timeout=5) as conn:
         host_queue(silent).bind(conn.default_channel).declare()  # a host whose worker is down
     try:
-        with make_bridge(bridge_settings, None, running_worker.dispatcher.registry) as bridge:
+        with make_bridge(bridge_settings, None, running_worker.pipeline.registry) as bridge:
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(bridge.post, {**PING, "timeout": 3}, path=f"/hosts/{silent}")
                 seen_waiting = _in_flight_reaches(bridge.url, 1.0, within=2.5)
