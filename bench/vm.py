@@ -8,7 +8,9 @@ fresh connection also pays the socket and authentication handshake.
 
 ``stats`` of ``--stats-domains`` (100) domains on a test-driver node file (the same domains for the worker and for
 ``virsh``), beside ``virsh domstats`` (a process per call, as a script would run it) and the bare bulk
-``getAllDomainStats`` in this process (the floor), in the same run.
+``getAllDomainStats`` in this process (the floor), in the same run, interleaved round by round. ``--system``
+repeats it on qemu:///system over ``--stats-domains`` defined (not running) ``kvt-bench-`` domains, undefined
+afterwards even on failure; there both pay the daemon's socket, and ``virsh`` also its connection handshake.
 """
 
 from __future__ import annotations
@@ -110,19 +112,47 @@ def bench_stats(domains: int, rounds: int) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="kvb-node-") as node:
         node.write("<node>" + "".join(xml.format(i) for i in range(domains)) + "</node>")
         node.flush()
-        uri = f"test://{node.name}"
-        ours = long_lived(uri, "stats")
-        ours()  # the first call opens the connection
-        conn = libvirt.open(uri)
-        count = len(conn.listAllDomains(0))
-        bare = timed(lambda: conn.getAllDomainStats(0, 0), rounds)
+        compare_stats(f"test://{node.name}", "test driver", rounds)
+
+
+def bench_stats_system(domains: int, rounds: int) -> None:
+    """The same on qemu:///system over ``domains`` defined (not running) domains, undefined afterwards."""
+    conn = libvirt.open("qemu:///system")
+    prefix = f"kvt-bench-{uuid.uuid4().hex[:6]}-"
+    xml = "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><os><type>hvm</type></os></domain>"
+    try:
+        for i in range(domains):
+            conn.defineXML(xml.format(f"{prefix}{i:04d}"))
+        compare_stats("qemu:///system", "qemu:///system", rounds)
+    finally:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                dom.undefine()
         conn.close()
-        virsh = timed(lambda: subprocess.run(["virsh", "-c", uri, "domstats"], check=True, capture_output=True), rounds)
-        worker = timed(ours, rounds)
-    for label, samples in ((f"stats ({count} domains, worker)", worker), ("virsh domstats (a process per call)", virsh),
-                           ("bare getAllDomainStats (in-process)", bare)):  # fmt: skip
-        p50, p95 = statistics.median(samples), statistics.quantiles(samples, n=20)[18]
-        print(f"{label:<40} p50 {p50:8.3f} ms  p95 {p95:8.3f} ms")
+
+
+def compare_stats(uri: str, where: str, rounds: int) -> None:
+    """Interleaved rounds: the worker's ``stats``, ``virsh domstats`` (a process per call), the bare bulk call."""
+    ours = long_lived(uri, "stats")
+    ours()  # the first call opens the connection
+    conn = libvirt.open(uri)
+    count = len(conn.listAllDomains(0))
+    rows: dict[str, Callable[[], object]] = {
+        f"stats ({count} domains, {where}, worker)": ours,
+        "virsh domstats (a process per call)": lambda: subprocess.run(
+            ["virsh", "-c", uri, "domstats"], check=True, capture_output=True
+        ),
+        "bare getAllDomainStats (in-process)": lambda: conn.getAllDomainStats(0, 0),
+    }
+    samples: dict[str, list[float]] = {label: [] for label in rows}
+    for _ in range(rounds):
+        for label, fn in rows.items():
+            samples[label].extend(timed(fn, 1))
+    conn.close()
+    worker = statistics.median(next(iter(samples.values())))
+    for label, values in samples.items():
+        p50, p99 = statistics.median(values), statistics.quantiles(values, n=100, method="inclusive")[98]
+        print(f"{label:<52} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms | {p50 / worker:6.2f}x the worker")
 
 
 def bench_system(rounds: int) -> None:
@@ -147,12 +177,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--system", action="store_true", help="also measure on qemu:///system")
     parser.add_argument("--stats-domains", type=int, default=100)
+    parser.add_argument("--only-stats", action="store_true", help="only the stats comparisons")
     args = parser.parse_args()
     ensure_event_loop()
-    bench_test_driver(args.domains, args.rounds)
+    if not args.only_stats:
+        bench_test_driver(args.domains, args.rounds)
     bench_stats(args.stats_domains, args.rounds)
     if args.system:
-        bench_system(args.rounds)
+        if not args.only_stats:
+            bench_system(args.rounds)
+        bench_stats_system(args.stats_domains, args.rounds)
 
 
 if __name__ == "__main__":
