@@ -38,6 +38,10 @@ class Orchestrator:
         self.replies: dict[str, dict] = {}
         self.events: list[dict] = []
         channel = self.conn.channel()
+        # The host's queue, declared as every caller does before its first command (INTERFACE §4): a command
+        # published to the exchange before the worker has declared it would be routed nowhere.
+        commands = Exchange("kvmworker", "direct", durable=True)
+        Queue(f"kvmworker.{host}", commands, routing_key=host, durable=True).bind(channel).declare()
         self.reply_queue = Queue(f"kvt.ops.{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True)
         events = Exchange("kvmworker.events", type="topic", durable=True)
         self.event_queue = Queue(
