@@ -128,22 +128,23 @@ def vms() -> Iterator[list[str]]:
     conn = libvirt.open(SYSTEM_URI)
     try:
         for name in names:
-            _remove_domain(conn, name)
-            serial_log(name).unlink(missing_ok=True)
-            (SERIAL_LOG_DIR / f"{name}.log").unlink(missing_ok=True)  # libvirt's own log of that domain
+            remove_vm(conn, name)
     finally:
         conn.close()
 
 
-def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
+def remove_vm(conn: libvirt.virConnect, name: str) -> None:
+    """A test's VM gone, whatever state it is in: destroyed, undefined with its snapshots, its serial logs removed."""
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
-        return
-    if dom.isActive():
+        dom = None
+    if dom is not None and dom.isActive():
         dom.destroy()
-    if dom.isPersistent():
-        dom.undefine()
+    if dom is not None and dom.isPersistent():
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    serial_log(name).unlink(missing_ok=True)
+    (SERIAL_LOG_DIR / f"{name}.log").unlink(missing_ok=True)  # libvirt's own log of that domain
 
 
 @pytest.fixture(scope="session")

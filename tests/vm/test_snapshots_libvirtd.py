@@ -18,7 +18,16 @@ from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.handlers.vm import VmHandler
 from kvmworker.settings import Settings
 from kvmworker.virt.snapshots import FREEZE_TIMEOUT_S
-from tests.vm.conftest import SERIAL_LOG_DIR, SYSTEM_URI, Call, caller, require_libvirtd, serial_log, virsh, vm_name
+from tests.vm.conftest import (
+    SYSTEM_URI,
+    Call,
+    caller,
+    remove_vm,
+    require_libvirtd,
+    serial_log,
+    virsh,
+    vm_name,
+)
 from tests.vm.disk_guest import ask, disk_guest_image, disk_guest_xml, wait_for_line
 from tests.vm.guest import CACHE_DIR
 
@@ -48,22 +57,10 @@ def made() -> Iterator[list[tuple[str, Path]]]:
     conn = libvirt.open(SYSTEM_URI)
     try:
         for name, disk in created:
-            _remove(conn, name)
+            remove_vm(conn, name)
             disk.unlink(missing_ok=True)
-            serial_log(name).unlink(missing_ok=True)
-            (SERIAL_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
     finally:
         conn.close()
-
-
-def _remove(conn: libvirt.virConnect, name: str) -> None:
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
 
 def _define(snap_call: Call, made: list[tuple[str, Path]]) -> str:
