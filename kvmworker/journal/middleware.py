@@ -29,7 +29,7 @@ from typing import Any
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.journal.entry import Entry, Received
-from kvmworker.journal.redaction import redact, redact_text
+from kvmworker.journal.redaction import may_hold_secret, redact, redact_text
 from kvmworker.journal.store import (
     ANSWERED,
     INTERRUPTED,
@@ -37,6 +37,7 @@ from kvmworker.journal.store import (
     REFUSED,
     RUNNING,
     JournalStore,
+    JsonText,
     journal_path,
 )
 from kvmworker.protocol.codes import Code
@@ -56,6 +57,7 @@ def create_journal(settings: Settings, on_duplicate: Callable[[str], None] | Non
         journal_path(settings.state_dir),
         max_age_days=settings.journal_max_age_days,
         max_mb=settings.journal_max_mb,
+        remember_ids=True,  # this process writes the file: a new msg_id is known new without reading it
     )
     abandoned = store.close_abandoned(Code.UNKNOWN_OUTCOME.msg, _INTERRUPTED_DETAIL)
     if abandoned:
@@ -84,7 +86,7 @@ class JournalMiddleware(Middleware[Claim]):
         self._host = host
         self._on_duplicate = on_duplicate or (lambda how: None)
         self._lock = threading.Lock()
-        self._running: dict[str, Future] = {}
+        self._running: dict[str, Future | None] = {}
 
     def new_state(self) -> Claim:
         return Claim()
@@ -93,13 +95,14 @@ class JournalMiddleware(Middleware[Claim]):
 
     def before_execute(self, msg: InFlight) -> Reply | None:
         with self._lock:
-            pending = self._running.get(msg.msg_id)
-            entry = None if pending else self.store.find(msg.msg_id)
+            pending, entry = self._pending(msg.msg_id), None
+            if pending is None:
+                entry = self.store.find(msg.msg_id)
             rerun = entry is not None and _may_rerun(msg, entry)
             role = Role.DUPLICATE if pending or (entry and entry.state != REFUSED and not rerun) else Role.OWNER
             msg.state_of(self).role = role
             if role is Role.OWNER:
-                self._running[msg.msg_id] = Future()
+                self._running[msg.msg_id] = None  # a Future only once a duplicate waits for it (``_pending``)
         if pending is not None:
             return self._wait_for_first(msg, pending)
         if role is Role.DUPLICATE:
@@ -124,6 +127,15 @@ class JournalMiddleware(Middleware[Claim]):
             self._finish(msg, reply, duration)
             return
         self.store.refused(self._received(msg, REFUSED, excerpt=True), _stored(reply), duration)
+
+    def _pending(self, msg_id: str) -> Future | None:
+        """The lock held: the reply of ``msg_id``'s first delivery if it runs now (made here, for its duplicate)."""
+        if msg_id not in self._running:
+            return None
+        pending = self._running[msg_id]
+        if pending is None:
+            pending = self._running[msg_id] = Future()
+        return pending
 
     # -- SystemHandler.result --------------------------------------------------
 
@@ -171,9 +183,9 @@ class JournalMiddleware(Middleware[Claim]):
         msg_id = msg.msg_id
         try:
             if msg.read_only:
-                self.store.answered(self._received(msg, "executed"), _stored(reply), duration)
+                self.store.answered(self._received(msg, "executed"), _stored_text(reply), duration)
             else:
-                self.store.finish(msg_id, ANSWERED, _stored(reply), duration)
+                self.store.finish(msg_id, ANSWERED, _stored_text(reply), duration)
         finally:
             # Waiting duplicates get the reply even if it could not be recorded.
             with self._lock:
@@ -194,7 +206,7 @@ class JournalMiddleware(Middleware[Claim]):
             command=envelope.command if envelope else None,
             dry_run=bool(envelope and envelope.dry_run),
             redelivered=arrived.redelivered,
-            envelope=_excerpt(arrived.body) if excerpt else _recorded_body(arrived.body),
+            envelope=_excerpt(arrived.body) if excerpt else _recorded_body(arrived.body, parsed=envelope is not None),
             properties={
                 "content_type": arrived.content_type,
                 "message_id": arrived.message_id,
@@ -253,8 +265,24 @@ def _stored(reply: Reply) -> dict[str, Any]:
     return redact(reply.model_dump(mode="json"))
 
 
-def _recorded_body(body: bytes) -> Any:
-    """The envelope as it came (unknown fields included), redacted; a body that is not JSON as masked text."""
+def _stored_text(reply: Reply) -> dict[str, Any] | JsonText:
+    """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy)."""
+    text = reply.model_dump_json()
+    return JsonText(text, reply.code) if not may_hold_secret(text) else _stored(reply)
+
+
+def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
+    """The envelope as it came (unknown fields included), redacted; a body that is not JSON as masked text.
+
+    ``parsed``: the body decoded as a JSON object already (it was admitted). Then, when it is UTF-8 with nothing
+    to redact in it, its text is recorded as it came: the same JSON, without parsing and encoding it again."""
+    if parsed and len(body) <= MAX_PARSED_BODY and json.detect_encoding(body) == "utf-8":
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and not may_hold_secret(text):
+            return JsonText(text)
     try:
         if len(body) > MAX_PARSED_BODY:  # an oversize body is refused anyway: keep its start, never parse it whole
             raise ValueError("too large to record whole")

@@ -31,6 +31,26 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
 _XML_ATTRIBUTE = re.compile(r"""(?P<name>[\w:.\-]{1,64})(?P<sep>\s{0,8}=\s{0,8})(?P<value>"[^"]*"|'[^']*')""")
 
 
+# Whatever ``redact`` could change in a JSON text holds one of these in the text lowered as ``is_sensitive``
+# lowers keys (a secret key's name, Bearer/Basic, a secret XML attribute), or a \\u escape that could spell one.
+_SECRET_MARKS = (
+    "pass", "pwd", "secret", "token", "credential", "authorization", "signature", "key", "cookie", "bearer", "basic",
+    "\\u",
+)  # fmt: skip
+# Letters that the patterns' IGNORECASE takes for an ASCII letter of those words, though ``lower()`` does not.
+_FOLDED_TO_ASCII = ("\u0130", "\u0131", "\u017f", "\u212a")  # İ ı ſ K(elvin)
+
+
+def may_hold_secret(json_text: str) -> bool:
+    """False when ``redact`` would leave the value of ``json_text`` as it is (it may say True when it would too).
+
+    Substring tests, not a pattern: this runs on every message's envelope and reply."""
+    lowered = json_text.lower()
+    if any(mark in lowered for mark in _SECRET_MARKS):
+        return True
+    return not json_text.isascii() and any(letter in json_text for letter in _FOLDED_TO_ASCII)
+
+
 @functools.lru_cache(maxsize=4096)  # the same few dozen key names come by on every message
 def is_sensitive(key: object) -> bool:
     name = str(key).lower()

@@ -27,6 +27,7 @@ The file and its ``-wal``/``-shm`` are 0600 (see ``kvmworker.statefiles``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -41,6 +42,7 @@ from kvmworker.journal import retention
 from kvmworker.journal.entry import Entry, Received
 from kvmworker.journal.query import Query, where_clause
 from kvmworker.journal.retention import Retention
+from kvmworker.journal.seen import FIRST_CAPACITY, SeenIds
 from kvmworker.journal.writer import GroupWriter
 from kvmworker.statefiles import private_file
 
@@ -109,7 +111,10 @@ class JournalStore:
         max_mb: float = 512.0,
         max_refused: int = MAX_REFUSED,
         clock: Callable[[], float] = time.time,
+        remember_ids: bool = False,
     ):
+        """``remember_ids``: ``find`` answers a msg_id this file cannot hold from memory (``SeenIds``), for the
+        worker's store; a store that reads what another process writes (the CLI) must not."""
         self.path = Path(path)
         self.max_age_s = max_age_days * 86400
         self.max_bytes = int(max_mb * 1024 * 1024)
@@ -123,6 +128,10 @@ class JournalStore:
         # Reads have a connection of their own: in WAL mode they proceed beside the writer's commits.
         self._lock = threading.Lock()
         self._db = _connect(self.path)
+        self._seen: SeenIds | None = None
+        if remember_ids:
+            count = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+            self._seen = self._writer.remember_ids(lambda: SeenIds(max(FIRST_CAPACITY, 2 * count)), _add_all_ids)
 
     @classmethod
     def open_existing(cls, path: Path) -> JournalStore:
@@ -148,14 +157,15 @@ class JournalStore:
                    expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),
                    {_ADD_DELIVERY}""",
             (*row, received.expires_at, row[9]),
+            inserts=True,
         )
 
-    def finish(self, msg_id: str, state: str, reply: dict[str, Any], duration: float) -> None:
+    def finish(self, msg_id: str, state: str, reply: dict[str, Any] | JsonText, duration: float) -> None:
         """The reply of a claimed command, committed on return (before the reply is published)."""
         self._run(
             msg_id,
             "UPDATE entries SET state=?, code=?, reply=?, duration_ms=?, answered_at=? WHERE msg_id=?",
-            (state, reply.get("code"), _dumps(reply), round(duration * 1000, 3), self._clock(), msg_id),
+            (state, _code_of(reply), _dumps(reply), round(duration * 1000, 3), self._clock(), msg_id),
         )
         self._maybe_prune()
 
@@ -175,13 +185,15 @@ class JournalStore:
                 "expires_at": None,  # nothing ran: nothing to guard against running twice
             }
         )
+        if isinstance(reply, JsonText):  # its bound cuts into the reply's data: as a dict
+            reply = json.loads(reply)
         self._record(small, "refused", bounded_reply(reply), duration, on_conflict="")
         self._refused_since_trim += 1
         if self._refused_since_trim >= TRIM_REFUSED_EVERY:
             self._refused_since_trim = 0
             self._writer.submit(partial(retention.trim_refused, max_refused=self.max_refused))
 
-    def answered(self, received: Received, reply: dict[str, Any], duration: float) -> None:
+    def answered(self, received: Received, reply: dict[str, Any] | JsonText, duration: float) -> None:
         """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
         before this only means it runs again). Not waited for."""
         self._record(
@@ -194,21 +206,19 @@ class JournalStore:
                            expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),""",
         )
 
-    def _record(self, received: Received, state: str, reply: dict[str, Any], duration: float, on_conflict: str) -> None:
+    def _record(
+        self, received: Received, state: str, reply: dict[str, Any] | JsonText, duration: float, on_conflict: str
+    ) -> None:
         """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
         row, reply_text = _row(received), _dumps(reply)
         self._check_open()
         self._writer.submit(
             partial(
                 _execute,
-                f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
-                                        envelope, properties, deliveries, code, reply, duration_ms, answered_at,
-                                        expires_at, size_bytes)
-                   VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(msg_id) DO UPDATE SET {on_conflict} {_ADD_DELIVERY}""",
+                _record_sql(state, on_conflict),
                 (
                     *row,
-                    reply.get("code"),
+                    _code_of(reply),
                     reply_text,
                     round(duration * 1000, 3),
                     self._clock(),
@@ -218,6 +228,7 @@ class JournalStore:
                 ),
             ),
             key=received.msg_id,
+            inserts=True,
         )
         self._maybe_prune()
 
@@ -245,10 +256,10 @@ class JournalStore:
         self._check_open()
         self._writer.flush()
 
-    def _run(self, msg_id: str | None, sql: str, params: tuple[Any, ...]) -> int:
+    def _run(self, msg_id: str | None, sql: str, params: tuple[Any, ...], *, inserts: bool = False) -> int:
         """Commit one statement in the next group and wait for it: its row count."""
         self._check_open()
-        return self._writer.run(partial(_execute, sql, params), key=msg_id)
+        return self._writer.run(partial(_execute, sql, params), key=msg_id, inserts=inserts)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -257,6 +268,8 @@ class JournalStore:
     # -- reading ---------------------------------------------------------------
 
     def find(self, msg_id: str) -> Entry | None:
+        if self._seen is not None and not self._seen.may_hold(msg_id):
+            return None  # never written to this file: nothing to wait for, nothing to read
         self._writer.flush(msg_id)
         with self._lock:
             row = self._db.execute("SELECT * FROM entries WHERE msg_id=?", (msg_id,)).fetchone()
@@ -406,6 +419,36 @@ def _shrink_old_refusals(db: sqlite3.Connection) -> int:
     return len(rows)
 
 
+@functools.lru_cache(maxsize=8)  # one per state and conflict clause: built once, not per message
+def _record_sql(state: str, on_conflict: str) -> str:
+    return f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
+                                   envelope, properties, deliveries, code, reply, duration_ms, answered_at,
+                                   expires_at, size_bytes)
+              VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?, ?, ?)
+              ON CONFLICT(msg_id) DO UPDATE SET {on_conflict} {_ADD_DELIVERY}"""
+
+
+class JsonText(str):
+    """JSON text already encoded (and redacted): recorded as it is, not parsed and encoded again.
+    ``code``: the reply's code, when it is a reply."""
+
+    code: int | None
+
+    def __new__(cls, text: str, code: int | None = None) -> JsonText:
+        value = super().__new__(cls, text)
+        value.code = code
+        return value
+
+
+def _code_of(reply: dict[str, Any] | JsonText) -> Any:
+    return reply.code if isinstance(reply, JsonText) else reply.get("code")
+
+
+def _add_all_ids(seen: SeenIds, db: sqlite3.Connection) -> None:
+    for (msg_id,) in db.execute("SELECT msg_id FROM entries"):
+        seen.add(msg_id)
+
+
 def _execute(sql: str, params: Any, db: sqlite3.Connection) -> int:
     return db.execute(sql, params).rowcount
 
@@ -475,5 +518,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 
 
 def _dumps(value: Any) -> str:
+    if isinstance(value, JsonText):
+        return str(value)  # a plain str for SQLite
     # One encoder for every record: ``json.dumps`` with options builds a new one per call.
     return _ENCODER.encode(value)

@@ -25,8 +25,11 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
+
+from kvmworker.journal.seen import SeenIds
 
 log = logging.getLogger("kvmworker.journal")
 
@@ -78,6 +81,9 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
         self._asleep = False  # the thread waits for a write (not lingering): the next one wakes it
         self._users = 0
+        self.seen: SeenIds | None = None
+        """The msg_ids the file may hold, once a store asked (``remember_ids``); every store adds its inserts."""
+        self._seen_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, connect: Callable[[Path], sqlite3.Connection]) -> GroupWriter:
@@ -125,12 +131,24 @@ class GroupWriter:
             self._thread.join()
         self._db.close()
 
+    def remember_ids(self, make: Callable[[], SeenIds], fill: Callable[[SeenIds, sqlite3.Connection], Any]) -> SeenIds:
+        """The file's ``SeenIds``, made once: set before ``fill`` reads the file in order with the writes queued,
+        so that an insert queued before the read is in the file it reads, and one queued after is added."""
+        with self._seen_lock:
+            if self.seen is None:
+                seen = make()
+                with self._lock:
+                    self.seen = seen
+                self.run(partial(fill, seen), in_transaction=False)
+            return self.seen
+
     # -- writing ---------------------------------------------------------------
 
-    def run(self, write: Write, *, key: str | None = None, in_transaction: bool = True) -> Any:
-        """Write and wait until committed: ``write``'s result, or its exception raised here."""
+    def run(self, write: Write, *, key: str | None = None, in_transaction: bool = True, inserts: bool = False) -> Any:
+        """Write and wait until committed: ``write``'s result, or its exception raised here. ``inserts``: it may add
+        the row of ``key`` (the msg_id), which ``seen`` then holds."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction, waited=True)
+            queued = self._enqueue(write, key, in_transaction, waited=True, inserts=inserts)
             while not queued.done:
                 if not self._busy:
                     self._write_queue_locked()
@@ -143,10 +161,12 @@ class GroupWriter:
             raise queued.error
         return queued.result
 
-    def submit(self, write: Write, *, key: str | None = None, in_transaction: bool = True) -> None:
-        """Write soon, in order, without waiting (a failure is logged)."""
+    def submit(
+        self, write: Write, *, key: str | None = None, in_transaction: bool = True, inserts: bool = False
+    ) -> None:
+        """Write soon, in order, without waiting (a failure is logged). ``inserts``: as for ``run``."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction, waited=False)
+            queued = self._enqueue(write, key, in_transaction, waited=False, inserts=inserts)
             if len(self._queue) >= MAX_QUEUED:
                 self._wait_locked(queued.seq)
             elif self._thread is None:
@@ -160,9 +180,11 @@ class GroupWriter:
             seq = self._last_seq if key is None else self._pending_keys.get(key, 0)
             self._wait_locked(seq)
 
-    def _enqueue(self, write: Write, key: str | None, in_transaction: bool, waited: bool) -> _Queued:
+    def _enqueue(self, write: Write, key: str | None, in_transaction: bool, waited: bool, inserts: bool) -> _Queued:
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        if inserts and key is not None and self.seen is not None:  # under the lock: in order with ``remember_ids``
+            self.seen.add(key)
         self._last_seq += 1
         queued = _Queued(write, self._last_seq, key, in_transaction, waited)
         self._queue.append(queued)

@@ -35,18 +35,21 @@ def command_fields(msg: InFlight) -> dict[str, Any]:
 
 class CommandLogMiddleware(Middleware[None]):
     def before_execute(self, msg: InFlight) -> Reply | None:
-        _current.fields = command_fields(msg)
+        _current.msg = msg  # its fields are made only if something is logged meanwhile (``CommandContextFilter``)
         return None
 
     def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
-        _current.fields = None
+        _current.msg = None
+        level = logging.INFO if reply.code == 0 else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         fields = command_fields(msg) | {"code": reply.code, "duration_ms": round(duration * 1000, 3)}
         name = f"{fields['handler']}.{fields['command']}" if fields["handler"] else "(undecodable message)"
         detail = _detail(reply)
         if detail is not None:
             fields["detail"] = detail
         log.log(
-            logging.INFO if reply.code == 0 else logging.WARNING,
+            level,
             "[%s] %s%s → %d in %.1f ms%s%s",
             msg.msg_id,
             name,
@@ -71,7 +74,10 @@ class CommandContextFilter(logging.Filter):
     """Put on a log handler: records logged during a command gain its fields (explicit ``extra`` wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in (getattr(_current, "fields", None) or {}).items():
+        msg = getattr(_current, "msg", None)
+        if msg is None:
+            return True
+        for key, value in command_fields(msg).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True

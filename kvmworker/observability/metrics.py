@@ -87,6 +87,9 @@ class MetricsMiddleware(Middleware[None]):
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
+        # Each series' child, found once: ``labels()`` costs more than the count itself. Bounded like the series.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     def on_receive(self, msg: InFlight) -> None:
         self.metrics.in_flight.inc()
@@ -97,8 +100,16 @@ class MetricsMiddleware(Middleware[None]):
     def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
         self.metrics.in_flight.dec()
         handler, command = command_labels(msg, reply)
-        self.metrics.commands.labels(handler, command, str(reply.code)).inc()
-        self.metrics.duration.labels(handler, command).observe(duration)
+        counted = self._counted.get((handler, command, reply.code))
+        if counted is None:
+            counted = self._counted[handler, command, reply.code] = self.metrics.commands.labels(
+                handler, command, str(reply.code)
+            )
+        counted.inc()
+        timed = self._timed.get((handler, command))
+        if timed is None:
+            timed = self._timed[handler, command] = self.metrics.duration.labels(handler, command)
+        timed.observe(duration)
 
 
 def command_labels(msg: InFlight, reply: Reply) -> tuple[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from kvmworker.journal.store import INTERRUPTED
+from kvmworker.journal.entry import Received
+from kvmworker.journal.store import INTERRUPTED, JournalStore
 from kvmworker.protocol.codes import Code
 from tests.journal.conftest import new_id, request, wire
 from tests.journal.effects import runs_of
@@ -149,3 +150,29 @@ def test_an_inline_command_never_waits_for_a_running_duplicate_it_is_told_runnin
     assert time.monotonic() - started < 0.5
     assert (reply.code, reply.data["state"]) == (Code.UNKNOWN_OUTCOME, "running")
     slow.join()
+
+
+def test_a_msg_id_answered_before_the_worker_restarted_is_answered_from_the_journal_after(tmp_path):
+    msg_id = new_id()
+    before = wire(tmp_path / "state", tmp_path / "effects")
+    first = before.send("EffectsHandler", "bump", {"name": "r"}, msg_id=msg_id)
+    before.assembly.close()
+    after = wire(tmp_path / "state", tmp_path / "effects")  # it learns the msg_ids already in the file at its start
+    try:
+        again = after.send("EffectsHandler", "bump", {"name": "r"}, msg_id=msg_id, redelivered=True)
+        assert again == first
+        assert runs_of(tmp_path / "effects", "r") == 1  # it did not run twice
+    finally:
+        after.assembly.close()
+
+
+def test_a_msg_id_another_store_in_this_process_recorded_is_a_duplicate_for_the_worker(wired):
+    msg_id = new_id()
+    other = JournalStore(wired.journal_file)  # e.g. a second pipeline on the same state directory
+    try:
+        received = Received(msg_id, time.time(), "kvt-journal", "SystemHandler", "ping", False, False, {}, {}, {})
+        other.answered(received, {"code": 0, "msg": "成功", "data": {"recorded": "elsewhere"}}, 0.001)
+        reply = wired.send("SystemHandler", "ping", {}, msg_id=msg_id)
+        assert reply.data == {"recorded": "elsewhere"}
+    finally:
+        other.close()

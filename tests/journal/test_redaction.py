@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kvmworker.dispatch.delivery import Delivery
-from kvmworker.journal.redaction import MASK, is_sensitive, redact, redact_text
+from kvmworker.journal.redaction import MASK, is_sensitive, may_hold_secret, redact, redact_text
 from kvmworker.protocol.codes import Code
 from tests.journal.conftest import new_id
 
@@ -89,3 +90,33 @@ def test_secret_attributes_are_masked_in_xml_text_and_others_kept():
     masked = redact({"xml": xml})["xml"]
     assert SECRET not in masked
     assert "keymap='en-us'" in masked and 'type="spice"' in masked
+
+
+def test_a_secret_key_spelled_with_a_unicode_escape_is_still_masked_in_the_journal(wired):
+    msg_id = new_id()
+    body = f'{{"handler": "EffectsHandler", "command": "login", "msg_id": "{msg_id}", '
+    body += f'"data": {{"username": "ops", "pa\\u0073sword": "{SECRET}"}}}}'
+    reply = wired.pipeline.handle(Delivery(body=body.encode(), content_type="application/json"))
+    assert reply.code == Code.OK
+    assert wired.journal.store.find(msg_id).envelope["data"]["password"] == MASK
+    assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)
+
+
+def test_an_envelope_with_nothing_to_mask_is_recorded_as_the_json_it_came_as(wired):
+    msg_id = new_id()
+    body = f'{{ "handler" : "SystemHandler", "command": "ping", "data": {{}}, "msg_id": "{msg_id}", "note": [1, 2.5] }}'
+    reply = wired.pipeline.handle(Delivery(body=body.encode(), content_type="application/json"))
+    assert reply.code == Code.OK
+    entry = wired.journal.store.find(msg_id)
+    assert entry.envelope == json.loads(body)  # unknown fields included, as before
+    assert entry.reply == reply.model_dump(mode="json")
+
+
+def test_may_hold_secret_says_yes_for_everything_redact_would_change():
+    for text in ('{"Password": 1}', '{"x": "Bearer abc"}', '{"x": "<g passwd=\'a\'/>"}', '{"API-KEY": 1}',
+                 '{"pa\\u0073s": 1}', '{"x": "ba\u017fic abc"}', '{"\u212aey": 1}', '{"cookie": 1}'):  # fmt: skip
+        assert may_hold_secret(text), text
+        assert redact(json.loads(text)) != json.loads(text) or "\\u" in text or "\u017f" in text, text
+    for text in ('{"handler": "SystemHandler", "command": "ping", "data": {}}', '{"msg": "成功", "uptime": 1.5}'):
+        assert not may_hold_secret(text), text
+        assert redact(json.loads(text)) == json.loads(text)

@@ -1,0 +1,25 @@
+"""The journal's memory of the msg_ids its file may hold: never wrong about one it was told of."""
+
+from __future__ import annotations
+
+import uuid
+
+from kvmworker.journal.seen import SeenIds
+
+
+def test_every_added_msg_id_is_held_as_the_filter_grows_layer_by_layer():
+    seen = SeenIds(capacity=1024)
+    added = [str(uuid.uuid4()) for _ in range(10_000)]  # about ten times the first layer
+    for msg_id in added:
+        seen.add(msg_id)
+    assert len(seen) == len(added)
+    assert all(seen.may_hold(msg_id) for msg_id in added)
+
+
+def test_most_msg_ids_never_added_are_known_absent():
+    seen = SeenIds(capacity=1024)
+    for _ in range(5_000):
+        seen.add(str(uuid.uuid4()))
+    absent = [str(uuid.uuid4()) for _ in range(10_000)]
+    said_maybe = sum(seen.may_hold(msg_id) for msg_id in absent)
+    assert said_maybe < len(absent) * 0.05  # about 1 % by design; a miss only costs a read of the file
