@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.dispatch.commands import HandlerRegistry
 from kvmworker.dispatch.executor import Executor
@@ -18,6 +18,7 @@ from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.operations import Operations
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.events import Events
+from kvmworker.events.hub import EventUser
 from kvmworker.handlers.device import DeviceHandler
 from kvmworker.handlers.host import create_host_handler
 from kvmworker.handlers.namespace import NamespaceHandler
@@ -36,6 +37,10 @@ from kvmworker.trust.middleware import TrustMiddleware, create_trust
 from kvmworker.trust.signing import WorkerKeys
 from kvmworker.virt.connection import LibvirtConnection
 
+if TYPE_CHECKING:
+    from kvmworker.events.wiring import EventService
+    from kvmworker.observability.server import HealthServer
+
 log = logging.getLogger("kvmworker.app")
 
 
@@ -47,10 +52,17 @@ class Assembly:
     network: NetworkHandler
     vm: VmHandler
     registry: HandlerRegistry
+    system: SystemHandler
     metrics: WorkerMetrics
     trust: TrustMiddleware
     journal: JournalMiddleware
     pipeline: Pipeline
+    event_users: tuple[EventUser, ...] = ()
+    """Given the worker's events hub when it publishes events (``attach_events``): ``vm``, and what tests add."""
+    events: EventService | None = None
+    """Its events, once attached (``runtime.build_worker``): ``offline`` and flushed first in ``close``."""
+    health: HealthServer | None = None
+    """The health port, when one is configured: closed with the rest."""
 
     @property
     def signer(self) -> WorkerKeys | None:
@@ -69,8 +81,11 @@ class Assembly:
             log.exception("restoring the remembered networks failed")
 
     def close(self) -> None:
-        """Once the worker has stopped: what the handlers borrowed, then the journal."""
-        for close in (self.vm.close, self.netplane.close, self.libvirt.close, self.journal.store.close):
+        """Once the worker has stopped: its events (``offline``, then what is buffered goes out) and the health
+        port, then what the handlers borrowed, then the journal."""
+        first = [part.close for part in (self.events,) if part is not None]
+        first += [part.stop for part in (self.health,) if part is not None]
+        for close in (*first, self.vm.close, self.netplane.close, self.libvirt.close, self.journal.store.close):
             try:
                 close()
             except Exception:
@@ -84,10 +99,12 @@ def assemble(
     extra_middleware: Iterable[Middleware[Any]] = (),
     executor: Executor | None = None,
     events: Events | None = None,
+    event_users: Iterable[EventUser] = (),
 ) -> Assembly:
     """One worker's parts. Tests add handlers, or middleware after the standard chain; ``executor`` is the
     pool commands run on (none: each runs on the thread that received it); ``events`` the worker's events, when
-    it publishes them (the netlink watch starts here, before ``start()`` restores networks, so that is told)."""
+    it publishes them (the netlink watch starts here, before ``start()`` restores networks, so that is told);
+    ``event_users`` what tests add to the parts given that hub (``VmHandler`` is always one)."""
     metrics = WorkerMetrics()
     journal = create_journal(settings, on_duplicate=lambda how: metrics.duplicates.labels(how).inc())
     metrics.watch_journal(journal.store.size_bytes)
@@ -98,7 +115,9 @@ def assemble(
     libvirt = LibvirtConnection(settings.libvirt_uri)
     network, vm, handlers = _handlers(settings, netplane, libvirt)
     operations = Operations()  # the pipeline feeds it; SystemHandler answers operations, cancel and result from it
-    registry = _registry(settings, [*handlers, *extra_handlers], _features(netplane, libvirt), journal, operations)
+    registry, system = _registry(
+        settings, [*handlers, *extra_handlers], _features(netplane, libvirt), journal, operations
+    )
     # Metrics first: they count every message in (on_receive) and out (after_reply), whoever answers it.
     # Trust right after (it must see every message before anything else does): a refused one reaches nothing more.
     middleware = [MetricsMiddleware(metrics), trust, CommandLogMiddleware(), journal, *extra_middleware]
@@ -111,7 +130,10 @@ def assemble(
         executor=executor,
         operations=operations,
     )
-    return Assembly(settings, netplane, libvirt, network, vm, registry, metrics, trust, journal, pipeline)
+    users = (vm, *event_users)
+    return Assembly(
+        settings, netplane, libvirt, network, vm, registry, system, metrics, trust, journal, pipeline, users
+    )
 
 
 def build_registry(settings: Settings) -> HandlerRegistry:
@@ -122,7 +144,7 @@ def build_registry(settings: Settings) -> HandlerRegistry:
     netplane = Netplane.from_settings(settings)
     libvirt = LibvirtConnection(settings.libvirt_uri)
     _, _, handlers = _handlers(settings, netplane, libvirt)
-    return _registry(settings, handlers, _features(netplane, libvirt), None)
+    return _registry(settings, handlers, _features(netplane, libvirt), None)[0]
 
 
 def _handlers(
@@ -147,7 +169,7 @@ def _registry(
     features: Mapping[str, Callable[[], Any]],
     journal: JournalMiddleware | None,
     operations: Operations | None = None,
-) -> HandlerRegistry:
+) -> tuple[HandlerRegistry, SystemHandler]:
     registry = HandlerRegistry(handlers)
     # SystemHandler.result and .status answer from the journal, when there is one.
     system = SystemHandler(
@@ -159,4 +181,4 @@ def _registry(
         operations=operations,
     )
     registry.add(system)
-    return registry
+    return registry, system

@@ -11,6 +11,7 @@ from kvmworker.app import Assembly, assemble
 from kvmworker.dispatch.executor import KeyedExecutor
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.dispatch.pipeline import Pipeline
+from kvmworker.events.hub import EventUser
 from kvmworker.events.wiring import attach_events, create_events
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
@@ -39,9 +40,13 @@ class RunningWorker:
 
 
 def build_worker(
-    settings: Settings, extra_handlers: Iterable[object] = (), extra_middleware: Iterable[Middleware[Any]] = ()
+    settings: Settings,
+    extra_handlers: Iterable[object] = (),
+    extra_middleware: Iterable[Middleware[Any]] = (),
+    event_users: Iterable[EventUser] = (),
 ) -> tuple[Worker, Assembly]:
-    """The worker ``kvmworker worker`` runs; tests add handlers, or middleware after the standard chain."""
+    """The worker ``kvmworker worker`` runs; tests add handlers (and name those that use events), or middleware
+    after the standard chain."""
     events = create_events(settings)  # before the handlers: the event sources among them share it
     assembly = assemble(
         settings,
@@ -49,20 +54,23 @@ def build_worker(
         extra_middleware=extra_middleware,
         executor=KeyedExecutor(settings.workers),
         events=events,
+        event_users=event_users,
     )
     assembly.start()
     assembly.trust.warn_if_open()  # RUNNING OPEN at start, then hourly while serving
     connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
     publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
     worker = Worker(connection, publisher, assembly.pipeline, settings.host, prefetch=settings.prefetch)
-    observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe, assembly.vm.all_stats)
-    attach_events(settings, worker, assembly, events)  # online now; offline and flushed when the worker stops
+    assembly.health = observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe, assembly.vm.all_stats)
+    assembly.events = attach_events(settings, assembly, events)  # online now; offline and flushed by assembly.close
     return worker, assembly
 
 
-def start_worker(settings: Settings, extra_handlers: Iterable[object] = ()) -> RunningWorker:
+def start_worker(
+    settings: Settings, extra_handlers: Iterable[object] = (), event_users: Iterable[EventUser] = ()
+) -> RunningWorker:
     """The worker on a thread of its own (embedded mode, tests); ``stop()`` ends it cleanly."""
-    worker, assembly = build_worker(settings, extra_handlers)
+    worker, assembly = build_worker(settings, extra_handlers, event_users=event_users)
     thread = threading.Thread(target=worker.run, name="kvmworker-consumer", daemon=True)
     thread.start()
     return RunningWorker(worker, assembly, thread)

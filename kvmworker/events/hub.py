@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from kvmworker.events.buffer import DEFAULT_CAPACITY, EventBuffer
 from kvmworker.events.causes import Causes
@@ -25,3 +26,10 @@ class Events:
     def create(cls, host: str, state_dir: Path | None, capacity: int = DEFAULT_CAPACITY) -> Events:
         """``state_dir`` None keeps the sequence in memory (tools, tests): it restarts at 1."""
         return cls(Emitter(host, EventBuffer.in_state_dir(state_dir, capacity)))
+
+
+class EventUser(Protocol):
+    """A part that publishes events or acts for commands (``VmHandler``): the worker gives it the hub before
+    ``online`` is said, so that its picture provider is in it. The composition root names each one."""
+
+    def use_events(self, events: Events) -> None: ...

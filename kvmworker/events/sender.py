@@ -27,7 +27,6 @@ log = logging.getLogger("kvmworker.events")
 
 BATCH = 200
 PUBLISH_TIMEOUT_S = 10.0
-IDLE_WAKE_S = 1.0
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 5.0
 EVENT_CORRELATION = "kvmworker.events"
@@ -142,6 +141,7 @@ class Sender:
         self.connected = threading.Event()
 
     def start(self) -> Sender:
+        self._wake.set()  # what an earlier run left in the buffer goes out now
         self._thread.start()
         return self
 
@@ -165,7 +165,7 @@ class Sender:
         backoff = BACKOFF_START_S
         failing = False
         while not self._stopping.is_set():
-            self._wake.wait(IDLE_WAKE_S)
+            self._wake.wait()  # idle, it sleeps until an event is stored (the emitter's listener) or stop()
             self._wake.clear()
             try:
                 while self._send_batch():

@@ -1,8 +1,8 @@
 """Events in a running worker: the one function the composition root calls, ``attach_events``.
 
 It makes the sender (to the broker, or the process's fan-out on ``memory://``), the worker's state events,
-the metrics and the ``status`` summary, and ties their lifetime to the worker's: ``online`` now; when the
-worker has stopped (SIGTERM: after its last command), ``offline``, then what is buffered goes out (up to
+the metrics and the ``status`` summary: ``online`` now. Its owner (``Assembly.events``) closes it once the
+worker has stopped (SIGTERM: after its last command): ``offline``, then what is buffered goes out (up to
 ``FLUSH_S`` seconds; the rest waits on disk for the next start).
 """
 
@@ -84,11 +84,12 @@ def events_summary(buffer: Any, connected: bool | None = None, last: int = STATU
     }
 
 
-def attach_events(settings: Any, worker: Any, assembly: Any, events: Events | None = None) -> EventService:
-    """Start events for ``worker``, from the parts its ``assembly`` (``kvmworker.app.Assembly``) built: the
-    metrics registry, the reply signer, the handlers, the pipeline's operations (the long-running commands);
-    stop them when the worker stops. ``events``: the hub the handlers were built with. Handlers with a
-    ``use_events(events)`` method get the hub before ``online`` is said (so their picture providers are in it)."""
+def attach_events(settings: Any, assembly: Any, events: Events | None = None) -> EventService:
+    """Start a worker's events, from the parts its ``assembly`` (``kvmworker.app.Assembly``) built: the metrics
+    registry, the reply signer, the pipeline's operations (the long-running commands), ``SystemHandler`` (its
+    ``status`` shows them) and the ``event_users`` it names, each given the hub before ``online`` is said (so
+    that their picture providers are in it). ``events``: the hub the handlers were built with. The caller keeps
+    the service (``Assembly.events``) and closes it once the worker has stopped: ``offline``, then a flush."""
     events = events or create_events(settings)
     target = (
         LocalTarget(LOCAL)
@@ -107,16 +108,8 @@ def attach_events(settings: Any, worker: Any, assembly: Any, events: Events | No
     events.emitter.add_listener(sender.wake)
     assembly.pipeline.operations.observe(OperationEvents(events.emitter))  # operation.progress / operation.done
     service = EventService(events, sender, state)
-    for handler in assembly.registry.handlers:
-        if hasattr(handler, "events_summary"):
-            handler.events_summary = service.summary
-        if hasattr(handler, "use_events"):  # a handler that is an event source, or acts for commands
-            handler.use_events(events)
+    assembly.system.events_summary = service.summary
+    for user in assembly.event_users:
+        user.use_events(events)
     service.start()
-    threading.Thread(target=_close_with, args=(worker, service), name="kvmworker-events-stop", daemon=True).start()
     return service
-
-
-def _close_with(worker: Any, service: EventService) -> None:
-    worker.wait_stopped()
-    service.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ def observe_worker(
     libvirt: LibvirtProbe,
     vm_stats: Callable[[], Any] | None = None,
 ) -> HealthServer | None:
-    """Returns the health server (already serving), which stops by itself when the worker stops."""
+    """Returns the health server (already serving); its owner (``Assembly.health``) stops it with the worker."""
     install_context_filter()
     if settings.health_port is None:
         return None
@@ -38,7 +37,6 @@ def observe_worker(
         ready=lambda: (worker.consuming.is_set(), "not consuming from the broker"),
         registry=metrics.registry,
     ).start()
-    threading.Thread(target=_stop_with, args=(worker, server), name="kvmworker-health-stop", daemon=True).start()
     return server
 
 
@@ -57,8 +55,3 @@ def libvirt_problem(libvirt: LibvirtProbe) -> str | None:
             "without systemd); or point --libvirt-uri at a running libvirt."
         )
     return None
-
-
-def _stop_with(worker: Worker, server: HealthServer) -> None:
-    worker.wait_stopped()
-    server.stop()

@@ -29,13 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmworker.trust import KeyFileError
+
+if TYPE_CHECKING:  # cryptography is imported where a key is read or made: a worker without keys never loads it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 log = logging.getLogger("kvmworker.trust")
 __all__ = ["KeyFileError"]  # defined in kvmworker.trust (light enough for the CLI to catch)
@@ -123,6 +124,9 @@ def load_trusted_keys(path: Path) -> TrustedKeys:
 
 
 def decode_private(key_id: str, text: str) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     load = partial(serialization.load_pem_private_key, password=None)
     seed = _key_bytes(key_id, text, load, Ed25519PrivateKey, "unencrypted PEM private key")
     if len(set(seed)) < MIN_DISTINCT_SEED_BYTES:
@@ -133,6 +137,9 @@ def decode_private(key_id: str, text: str) -> Ed25519PrivateKey:
 
 
 def decode_public(key_id: str, text: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     raw = _key_bytes(key_id, text, serialization.load_pem_public_key, Ed25519PublicKey, "PEM public key")
     if not is_valid_point(raw):
         raise KeyFileError(f"key {key_id!r} is not a valid Ed25519 public key")
@@ -154,6 +161,8 @@ def _key_bytes(key_id: str, text: str, load_pem: Callable[[bytes], object], kind
         raise KeyFileError(f"key {key_id!r} is not a readable {what}") from None
     if not isinstance(key, kind):
         raise KeyFileError(f"key {key_id!r} is not an Ed25519 key")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return key.private_bytes_raw() if isinstance(key, Ed25519PrivateKey) else key.public_bytes_raw()
 
 
@@ -260,6 +269,8 @@ def new_key_id(prefix: str) -> str:
 
 def generate_key_file(path: Path, key_id: str) -> PrivateKeys:
     """A new file with one fresh key, created 0600; never replaces an existing file."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     keys = PrivateKeys(key_id, {key_id: Ed25519PrivateKey.generate()})
     _check_key_id(key_id)
     write_private_keys(path, keys, replace=False)
@@ -268,6 +279,8 @@ def generate_key_file(path: Path, key_id: str) -> PrivateKeys:
 
 def add_key(path: Path, key_id: str, *, activate: bool) -> PrivateKeys:
     """Rotation: a fresh key added to an existing file (and made active when asked)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     _check_key_id(key_id)
     current = load_private_keys(path)
     if key_id in current.keys:

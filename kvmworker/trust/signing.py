@@ -18,10 +18,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from kvmworker.protocol.errors import Unauthenticated
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_ISSUED_AT, HEADER_SIGNATURE
@@ -37,6 +34,9 @@ from kvmworker.trust.keys import (
     load_trusted_keys,
     new_key_id,
 )
+
+if TYPE_CHECKING:  # imported where a key verifies: a worker without keys never loads cryptography
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger("kvmworker.trust")
 
@@ -186,6 +186,8 @@ def parse_header(value: object) -> tuple[str, bytes]:
 
 
 def _check(keys: Mapping[str, Ed25519PublicKey], key_id: str, signature: bytes, text: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     key = keys.get(key_id)
     if key is None:
         raise Unauthenticated(f"unknown signing key id {key_id[:64]!r}")

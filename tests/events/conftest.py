@@ -104,7 +104,7 @@ def start_event_worker(tmp_path) -> Iterator[Callable[..., EventWorker]]:
         state = overrides.pop("state_dir", tmp_path / f"state-{host}")
         settings = Settings(host=host, broker=broker, state_dir=state, workers=4, **overrides)
         probe = EventProbeHandler()
-        running = start_worker(settings, extra_handlers=[probe])
+        running = start_worker(settings, extra_handlers=[probe], event_users=[probe])
         assert running.worker.connected.wait(30), "worker did not connect to the broker"
         worker = EventWorker(running, probe, settings)
         made.append(worker)

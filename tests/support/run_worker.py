@@ -39,10 +39,10 @@ def main() -> int:
     settings = Settings(host=args.host, broker_url=args.broker, state_dir=args.state_dir)
     setup_logging(settings)
     handlers = [ProbeHandler(args.effects), EffectsHandler(args.effects), StateHandler(args.effects)]
-    handlers.append(EventProbeHandler())
-    handlers.append(SlowHandler(args.effects))
+    probe = EventProbeHandler()
+    handlers += [probe, SlowHandler(args.effects)]
     pause = [PauseBeforePublish(args.pause_marker)] if args.pause_marker else []
-    worker, assembly = build_worker(settings, extra_handlers=handlers, extra_middleware=pause)
+    worker, assembly = build_worker(settings, extra_handlers=handlers, extra_middleware=pause, event_users=[probe])
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print("worker ready", flush=True)
     worker.run()
