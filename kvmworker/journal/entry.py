@@ -18,7 +18,8 @@ class Received:
     dry_run: bool
     redelivered: bool
     envelope: Any
-    properties: dict[str, Any]
+    properties: dict[str, Any] | str
+    """A dict, or its JSON text already redacted (``store.JsonText``); ``envelope`` likewise."""
     delivery: dict[str, Any]
     expires_at: float | None = None
     """The expiry of a signature the worker verified: until then the msg_id must stay in the journal."""

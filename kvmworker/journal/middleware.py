@@ -38,6 +38,7 @@ from kvmworker.journal.store import (
     RUNNING,
     JournalStore,
     JsonText,
+    dumps,
     journal_path,
 )
 from kvmworker.protocol.codes import Code
@@ -198,6 +199,13 @@ class JournalMiddleware(Middleware[Claim]):
     def _received(self, msg: InFlight, answered: str, *, excerpt: bool = False) -> Received:
         """What is recorded of ``msg``; of a refused one (``excerpt``) only the start of its body."""
         envelope, arrived = msg.envelope, msg.delivery
+        properties = {
+            "content_type": arrived.content_type,
+            "message_id": arrived.message_id,
+            "correlation_id": arrived.correlation_id,
+            "reply_to": arrived.reply_to,
+            "headers": dict(arrived.headers),
+        }
         return Received(
             msg_id=msg.msg_id,
             received_at=arrived.received_at,
@@ -207,13 +215,7 @@ class JournalMiddleware(Middleware[Claim]):
             dry_run=bool(envelope and envelope.dry_run),
             redelivered=arrived.redelivered,
             envelope=_excerpt(arrived.body) if excerpt else _recorded_body(arrived.body, parsed=envelope is not None),
-            properties={
-                "content_type": arrived.content_type,
-                "message_id": arrived.message_id,
-                "correlation_id": arrived.correlation_id,
-                "reply_to": arrived.reply_to,
-                "headers": redact(dict(arrived.headers)),
-            },
+            properties=_redacted(properties) if excerpt else _redacted_text(properties),
             delivery=self._delivery(msg, answered),
             expires_at=msg.verified_until,
         )
@@ -263,6 +265,16 @@ def _unknown(msg_id: str, state: str, detail: str) -> Reply:
 
 def _stored(reply: Reply) -> dict[str, Any]:
     return redact(reply.model_dump(mode="json"))
+
+
+def _redacted(properties: dict[str, Any]) -> dict[str, Any]:
+    return {**properties, "headers": redact(properties["headers"])}
+
+
+def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
+    """``_redacted``, as JSON text when there is nothing in it to redact (it is encoded once, to be recorded)."""
+    text = dumps(properties)
+    return JsonText(text) if not may_hold_secret(text) else _redacted(properties)
 
 
 def _stored_text(reply: Reply) -> dict[str, Any] | JsonText:

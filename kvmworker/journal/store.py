@@ -515,10 +515,21 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# The same encoding, made once: ``JSONEncoder.encode`` builds its C encoder anew at every call. No circular
+# check: what is recorded comes from JSON and headers, which cannot hold a cycle.
+_C_ENCODE = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True
+)
+
+
+def dumps(value: Any) -> str:
+    """A value as the journal records it (compact JSON, anything unknown as its ``str``)."""
+    return _dumps(value)
 
 
 def _dumps(value: Any) -> str:
     if isinstance(value, JsonText):
         return str(value)  # a plain str for SQLite
-    # One encoder for every record: ``json.dumps`` with options builds a new one per call.
-    return _ENCODER.encode(value)
+    if isinstance(value, str) or _C_ENCODE is None:  # the C encoder takes containers only
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
