@@ -149,7 +149,7 @@ class JournalStore:
             received.msg_id,
             f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
                                     envelope, properties, deliveries, expires_at)
-               VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, json_array(json(?)), ?)
+               VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, '[' || ? || ']', ?)
                ON CONFLICT(msg_id) DO UPDATE SET
                    state='running', code=NULL, reply=NULL, envelope=excluded.envelope,
                    properties=excluded.properties, handler=excluded.handler, command=excluded.command,
@@ -424,7 +424,7 @@ def _record_sql(state: str, on_conflict: str) -> str:
     return f"""INSERT INTO entries (msg_id, received_at, host, handler, command, dry_run, state, redelivered,
                                    envelope, properties, deliveries, code, reply, duration_ms, answered_at,
                                    expires_at, size_bytes)
-              VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, json_array(json(?)), ?, ?, ?, ?, ?, ?)
+              VALUES (?, ?, ?, ?, ?, ?, '{state}', ?, ?, ?, '[' || ? || ']', ?, ?, ?, ?, ?, ?)
               ON CONFLICT(msg_id) DO UPDATE SET {on_conflict} {_ADD_DELIVERY}"""
 
 
@@ -458,6 +458,8 @@ def journal_path(state_dir: Path) -> Path:
 
 
 def _row(received: Received) -> tuple[Any, ...]:
+    """The columns of an insert; the delivery (last) is compact JSON of our own, so the first list of
+    deliveries is written as ``'[' || it || ']'``, without SQLite parsing it."""
     return (
         received.msg_id,
         received.received_at,
