@@ -1,0 +1,153 @@
+"""Two hosts on one machine for migration tests: two private session libvirtds of ``nobody``, A and B.
+
+libvirt refuses to migrate between daemons with the same host UUID ("Attempt to migrate guest to the same
+host"), so each gets its own ``host_uuid`` in its ``libvirtd.conf``. Root always gets the system daemon, so
+the daemons run as ``nobody`` (tests/vm/private_libvirtd.py). Migration data goes over
+``tcp://127.0.0.1:<free port>``; the destination's libvirt is reached through its unix socket.
+
+The guest is the busybox test guest (tests/vm/guest.py) at 96 MiB, TCG; its serial console goes to a file
+under a directory both daemons' QEMU (both ``nobody``) can write, opened in append mode so that the
+destination's QEMU keeps what the source's wrote.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import libvirt
+
+from tests.vm.guest import READY_LINE, GuestImage
+from tests.vm.private_libvirtd import GROUP, USER, PrivateLibvirtd
+
+GUEST_MIB = 96
+"""The test guest's kernel and initramfs do not boot in 64 MiB (nothing on the console); 96 MiB as everywhere."""
+POWEROFF_LINE = "KVMWORKER-GUEST-POWEROFF"
+
+
+class Host:
+    """One side: a private daemon with its own host UUID, and the host name a worker gives it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.daemon = PrivateLibvirtd()
+        config = self.daemon.home / ".config" / "libvirt" / "libvirtd.conf"
+        config.write_text(f'host_uuid = "{uuid.uuid4()}"\n')
+        subprocess.run(["chown", f"{USER}:{GROUP}", str(config)], check=True)
+
+    @property
+    def uri(self) -> str:
+        return self.daemon.uri
+
+    @property
+    def socket(self) -> str:
+        return f"{self.daemon.run}/libvirt/libvirt-sock"
+
+    @property
+    def peer_uri(self) -> str:
+        """How the other daemon reaches this one (libvirt's peer-to-peer connection)."""
+        return f"qemu+unix:///session?socket={self.socket}"
+
+    def virsh(self, *args: str) -> str:
+        return self.daemon.virsh(*args)
+
+    def state(self, name: str) -> str | None:
+        """``running``/``paused``/``shut off``…, or None when this host has no such domain at all."""
+        done = subprocess.run(["virsh", "-c", self.uri, "domstate", name], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def connect(self) -> libvirt.virConnect:
+        return libvirt.open(self.uri)
+
+
+class TwoHosts:
+    """Hosts A and B, started; ``remove()`` ends both, with any QEMU they left."""
+
+    def __init__(self, prefix: str) -> None:
+        self.a = Host(f"{prefix}-a")
+        self.b = Host(f"{prefix}-b")
+        self.shared = Path(self.a.daemon.root) / "shared"  # serial logs, readable by the test, written by nobody
+        self.shared.mkdir()
+        subprocess.run(["chown", f"{USER}:{GROUP}", str(self.shared)], check=True)
+
+    def start(self) -> None:
+        self.a.daemon.start()
+        self.b.daemon.start()
+
+    def remove(self) -> None:
+        self.b.daemon.remove()
+        self.a.daemon.remove()
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return {self.a.name: self.a, self.b.name: self.b}
+
+    def migration_uris(self) -> str:
+        """``--migration-uri`` for the worker of A: a host name → its daemon's socket (a per-host mapping)."""
+        return ",".join(f"{h.name}=qemu+unix:///session?socket={h.socket}" for h in self.hosts.values())
+
+    def serial_log(self, name: str) -> Path:
+        return self.shared / f"{name}-serial.log"
+
+    def guest_xml(self, name: str, image: GuestImage, interface: str = "") -> str:
+        return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{GUEST_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>{image.kernel}</kernel>
+    <initrd>{image.initrd}</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <serial type='file'><source path='{self.serial_log(name)}' append='on'/></serial>
+    {interface}
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+    def run_guest(self, host: Host, name: str, image: GuestImage, interface: str = "") -> None:
+        """Define and start the test guest on ``host``, waiting until it says it is ready."""
+        conn = host.connect()
+        try:
+            conn.defineXML(self.guest_xml(name, image, interface)).create()
+        finally:
+            conn.close()
+        self.wait_for_line(name, READY_LINE)
+
+    def wait_for_line(self, name: str, line: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        path = self.serial_log(name)
+        while time.monotonic() < deadline:
+            if path.exists() and line in path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{name} printed no {line!r} in {timeout} s")
+
+    def where(self, name: str) -> dict[str, str | None]:
+        """The outcome table's row: the domain's state on each host (None: not defined there)."""
+        return {h.name: h.state(name) for h in self.hosts.values()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def two_hosts(prefix: str) -> Iterator[TwoHosts]:
+    hosts = TwoHosts(prefix)
+    try:
+        hosts.start()
+        yield hosts
+    finally:
+        hosts.remove()
