@@ -18,6 +18,7 @@ from kvmworker.api.vm import (
     DefineData,
     DetachInterfaceData,
     ListData,
+    MigrateData,
     ShutdownData,
     SnapshotCreateData,
     SnapshotDeleteData,
@@ -44,6 +45,7 @@ from kvmworker.settings import Settings
 from kvmworker.virt import description, domains, policy, snapshots, vm_events, volumes
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
+from kvmworker.virt.migration import Migrations, Templates
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
 from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
@@ -70,8 +72,10 @@ class VmHandler(VmApi):
         storage: StorageRules,
         owns_connection: bool = True,
         records: VolumeRecords | None = None,
+        migrations: Migrations | None = None,
     ):
         self.connection = connection
+        self.migrations = migrations or Migrations("", Templates("qemu+tls://{host}/system"), 2, 150.0)
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
@@ -350,6 +354,19 @@ class VmHandler(VmApi):
         )
         return planned
 
+    # Migration (kvmworker/virt/migration.py: the job, its monitor and the one-host invariant).
+
+    def migrate(self, data: MigrateData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            # The source's own events of this migration (stopped/undefined, or resumed after a failure) carry msg_id.
+            with self._acting(dom.name(), ctx, "stopped", "undefined", "suspended", "resumed"):
+                return self.migrations.migrate(dom, data, ctx)
+
+    def plan_migrate(self, data: MigrateData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            return Plan(self.migrations.steps(domains.lookup(conn, data), data))
+
     # Snapshots (internal, see kvmworker/virt/snapshots.py for why) and stats.
 
     def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
@@ -482,4 +499,10 @@ def create_vm_handler(settings: Settings, libvirt: LibvirtConnection | None = No
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
     records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
-    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)
+    migrations = Migrations(
+        settings.host,
+        Templates(settings.migration_uri, settings.migration_data_uri),
+        settings.max_migrations,
+        settings.migration_progress_timeout,
+    )
+    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records, migrations=migrations)

@@ -12,15 +12,18 @@ destination's QEMU keeps what the source's wrote.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import libvirt
+from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
+from kombu.message import Message
 
 from tests.vm.guest import READY_LINE, GuestImage
 from tests.vm.private_libvirtd import GROUP, USER, PrivateLibvirtd
@@ -83,13 +86,24 @@ class TwoHosts:
         self.b.daemon.remove()
         self.a.daemon.remove()
 
+    def remove_domains(self) -> None:
+        for host in self.hosts.values():
+            host.daemon._remove_domains()
+
     @property
     def hosts(self) -> dict[str, Host]:
         return {self.a.name: self.a, self.b.name: self.b}
 
-    def migration_uris(self) -> str:
-        """``--migration-uri`` for the worker of A: a host name → its daemon's socket (a per-host mapping)."""
-        return ",".join(f"{h.name}=qemu+unix:///session?socket={h.socket}" for h in self.hosts.values())
+    @property
+    def migration_uri(self) -> str:
+        """``--migration-uri`` of the workers here: ``{host}`` picks the daemon's socket through a link named after
+        the host, as ``qemu+tls://{host}/system`` picks a machine in production."""
+        links = self.shared / "sockets"
+        if not links.exists():
+            links.mkdir()
+            for host in self.hosts.values():
+                (links / f"{host.name}.sock").symlink_to(host.socket)
+        return f"qemu+unix:///session?socket={links}/{{host}}.sock"
 
     def serial_log(self, name: str) -> Path:
         return self.shared / f"{name}-serial.log"
@@ -151,3 +165,85 @@ def two_hosts(prefix: str) -> Iterator[TwoHosts]:
         yield hosts
     finally:
         hosts.remove()
+
+
+class Orchestrator:
+    """A foreign orchestrator in plain kombu, as INTERFACE §6/§7 describe the wire: commands to the host's queue on
+    the ``kvmworker`` exchange, replies on its own queue, every event of the given hosts on ``kvmworker.events``.
+
+    Single-threaded: replies and events are collected while it waits (``drain``).
+    """
+
+    def __init__(self, url: str, hosts: list[str]) -> None:
+        self.connection = Connection(url, connect_timeout=5)
+        self.channel = self.connection.channel()
+        self.exchange = Exchange("kvmworker", type="direct", durable=True)
+        self.reply_name = f"kvt.reply.{uuid.uuid4().hex}"
+        replies = Queue(self.reply_name, routing_key=self.reply_name, exclusive=True, auto_delete=True)
+        events_exchange = Exchange("kvmworker.events", type="topic", durable=True)
+        events = Queue(
+            f"kvt.events.{uuid.uuid4().hex}",
+            exclusive=True,
+            auto_delete=True,
+            bindings=[binding(events_exchange, routing_key=f"{h}.#") for h in hosts],
+        )
+        self.replies: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.consumers = [
+            Consumer(self.channel, queues=[replies], on_message=self._reply, accept=["application/json"]),
+            Consumer(self.channel, queues=[events], on_message=self._event, accept=["application/json"]),
+        ]
+        for consumer in self.consumers:
+            consumer.consume()
+
+    def send(self, host: str, command: str, data: dict, handler: str = "VmHandler", timeout: float = 600) -> str:
+        msg_id = str(uuid.uuid4())
+        envelope = {"handler": handler, "command": command, "data": data, "msg_id": msg_id, "timeout": timeout}
+        Producer(self.channel).publish(
+            json.dumps(envelope).encode(),
+            exchange=self.exchange,
+            routing_key=host,
+            declare=[Queue(f"kvmworker.{host}", self.exchange, routing_key=host, durable=True)],
+            content_type="application/json",
+            content_encoding="utf-8",
+            reply_to=self.reply_name,
+            correlation_id=msg_id,
+            message_id=msg_id,
+        )
+        return msg_id
+
+    def reply(self, msg_id: str, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while msg_id not in self.replies:
+            assert time.monotonic() < deadline, f"no reply to {msg_id} within {timeout:g} s"
+            self.drain(0.5)
+        return self.replies[msg_id]
+
+    def call(self, host: str, command: str, handler: str = "VmHandler", timeout: float = 120.0, **data: object) -> dict:
+        return self.reply(self.send(host, command, data, handler), timeout)
+
+    def drain(self, seconds: float) -> None:
+        with suppress(TimeoutError, socket.timeout):
+            self.connection.drain_events(timeout=seconds)
+
+    def events_of(self, host: str, kind: str, subject: str | None = None) -> list[dict]:
+        return [
+            e
+            for e in self.events
+            if e["host"] == host and f"{e['source']}.{e['kind']}" == kind and subject in (None, e["subject"])
+        ]
+
+    def close(self) -> None:
+        for consumer in self.consumers:
+            with suppress(Exception):
+                consumer.cancel()
+        self.connection.release()
+
+    def _reply(self, message: Message) -> None:
+        reply = json.loads(message.body)
+        self.replies[message.properties["correlation_id"]] = reply
+        message.ack()
+
+    def _event(self, message: Message) -> None:
+        self.events.append(json.loads(message.body))
+        message.ack()
