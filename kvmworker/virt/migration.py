@@ -43,7 +43,7 @@ log = logging.getLogger("kvmworker.migration")
 
 POLL_S = 0.5
 OPEN_TIMEOUT_S = 30.0
-JOIN_AFTER_ABORT_S = 120.0
+JOIN_AFTER_ABORT_S = 60.0
 """How long the job's thread gets to end after ``abortJob`` before the worker stops waiting for it."""
 MIN_TIMEOUT_S = 120.0
 TIMEOUT_PER_GIB_S = 800.0
@@ -239,6 +239,7 @@ class Migrations:
                 if why is not None:
                     watch.aborted = why
                     log.warning("aborting the migration of %s: %s", dom.name(), why)
+                    ctx.progress(percent, f"aborting: {why}")
                     job.abort()
                     break
         job.done.wait(JOIN_AFTER_ABORT_S)

@@ -36,9 +36,12 @@ POWEROFF_LINE = "KVMWORKER-GUEST-POWEROFF"
 class Host:
     """One side: a private daemon with its own host UUID, and the host name a worker gives it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, qemu_conf: str = "") -> None:
         self.name = name
         self.daemon = PrivateLibvirtd()
+        if qemu_conf:  # more of the daemon's qemu.conf (read at start)
+            with (self.daemon.home / ".config" / "libvirt" / "qemu.conf").open("a") as conf:
+                conf.write(qemu_conf)
         config = self.daemon.home / ".config" / "libvirt" / "libvirtd.conf"
         config.write_text(f'host_uuid = "{uuid.uuid4()}"\n')
         subprocess.run(["chown", f"{USER}:{GROUP}", str(config)], check=True)
@@ -71,9 +74,9 @@ class Host:
 class TwoHosts:
     """Hosts A and B, started; ``remove()`` ends both, with any QEMU they left."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, b_qemu_conf: str = "") -> None:
         self.a = Host(f"{prefix}-a")
-        self.b = Host(f"{prefix}-b")
+        self.b = Host(f"{prefix}-b", b_qemu_conf)
         self.shared = Path(self.a.daemon.root) / "shared"  # serial logs, readable by the test, written by nobody
         self.shared.mkdir()
         subprocess.run(["chown", f"{USER}:{GROUP}", str(self.shared)], check=True)
@@ -158,8 +161,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def two_hosts(prefix: str) -> Iterator[TwoHosts]:
-    hosts = TwoHosts(prefix)
+def two_hosts(prefix: str, b_qemu_conf: str = "") -> Iterator[TwoHosts]:
+    hosts = TwoHosts(prefix, b_qemu_conf)
     try:
         hosts.start()
         yield hosts
