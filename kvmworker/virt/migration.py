@@ -392,3 +392,59 @@ def _start_postcopy(dom: libvirt.virDomain) -> bool:
 def _remaining(stats: dict[str, Any]) -> str:
     remaining = stats.get("memory_remaining", stats.get("data_remaining"))
     return "starting" if remaining is None else f"{remaining / (1024 * 1024):.1f} MiB left"
+
+
+# -- a worker killed mid-migration ------------------------------------------------------------------------------
+
+INTERRUPTED_REASON = "interrupted"
+
+
+def recover(dom: libvirt.virDomain | None, dest: libvirt.virConnect, data: MigrateData, uuid: str | None) -> dict:
+    """The reply of a ``migrate`` whose worker was killed while it ran, from what libvirt says now.
+
+    Its job may still be running in libvirtd (a peer-to-peer migration goes on without its caller): it is aborted
+    and waited for, then the invariant is settled as after any failure. The reply is a success when the VM runs on
+    the destination only (the job completed before the worker came back), else 30012 with reason ``interrupted``.
+    """
+    if dom is not None and _has_job(dom):
+        with suppress(libvirt.libvirtError):
+            dom.abortJob()
+        deadline = time.monotonic() + JOIN_AFTER_ABORT_S
+        while _has_job(dom) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    if dom is None:  # undefined here: a completed persistent migration, or the VM is gone for good
+        there = _find(dest, uuid) if uuid else _find_name(dest, data.name or "")
+        if there is not None and _running(there):
+            return _success_reply(there, data)
+        return _failed_reply(data, "the VM is on neither host", [], None)
+    outcome = settle(dom, dest, None)
+    if outcome.on == "destination":
+        return _success_reply(_find(dest, dom.UUIDString()), data)
+    return _failed_reply(data, f"{dom.name()} was not migrated", outcome.cleaned, outcome.source_state)
+
+
+def _success_reply(there: libvirt.virDomain, data: MigrateData) -> dict:
+    stats = _completed_stats(there)
+    body = {
+        "name": there.name(),
+        "uuid": there.UUIDString(),
+        "destination": data.destination,
+        "downtime_ms": stats.get("downtime"),
+        "duration_s": None,
+        "transferred_bytes": stats.get("data_processed"),
+        "interrupted": True,
+    }
+    return {"code": 0, "msg": "成功", "data": body}
+
+
+def _failed_reply(data: MigrateData, what: str, cleaned: list[str], state: str | None) -> dict:
+    detail = f"{what}: the worker stopped while it migrated to {data.destination}; the job was aborted on its return"
+    body = {"detail": detail, "reason": INTERRUPTED_REASON, "cleaned": cleaned, "state": state}
+    return {"code": int(MigrationFailed.code), "msg": MigrationFailed.code.msg, "data": body}
+
+
+def _has_job(dom: libvirt.virDomain) -> bool:
+    try:
+        return dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+    except libvirt.libvirtError:
+        return False

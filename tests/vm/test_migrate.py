@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -251,3 +253,41 @@ def test_three_migrations_at_once_with_max_migrations_2_the_third_waits_its_turn
     assert [lab.orchestrator.reply(m, 120)["code"] for m in sent] == [Code.CANCELLED] * 3
     for name in names:
         runs_only_on(lab, name, lab.a)
+
+
+def test_a_source_worker_killed_mid_migration_settles_it_when_restarted_and_answers_from_the_journal(
+    lab: Lab, tmp_path: Path
+) -> None:
+    settings = lab.settings(lab.a)
+    args = [sys.executable, "-m", "kvmworker", "worker", "--host", lab.a.name, "--broker", lab.amqp]
+    args += ["--libvirt-uri", lab.a.uri, "--state-dir", str(settings.state_dir), "--workers", "4"]
+    args += ["--storage-dirs", str(tmp_path), "--storage-dirs", str(CACHE_DIR)]
+    args += ["--migration-uri", settings.migration_uri, "--migration-data-uri", "tcp://127.0.0.1"]
+    log = (tmp_path / "worker.log").open("w")
+    first = subprocess.Popen(args, stdout=log, stderr=log)
+    second = None
+    try:
+        assert lab.call(lab.a, "ping", handler="SystemHandler")["code"] == 0
+        name = lab.guest()
+        msg_id = lab.orchestrator.send(
+            lab.a.name, "migrate", {"name": name, "destination": lab.b.name, "bandwidth_mib": SLOW_MIB_S}
+        )
+        assert wait_for(lambda: lab.phase(lab.a, msg_id).startswith("memory"), 60, interval=0.3)
+        first.kill()
+        first.wait(10)
+        assert "Unbounded" in lab.a.virsh("domjobinfo", name)  # libvirtd goes on migrating without the worker
+        second = subprocess.Popen(args, stdout=log, stderr=log)
+        reply = lab.orchestrator.reply(msg_id, 150)  # the redelivered command, answered from the journal
+        assert reply["code"] == Code.MIGRATION_FAILED, reply
+        assert reply["data"]["reason"] == "interrupted", reply
+        runs_only_on(lab, name, lab.a)
+        assert lab.call(lab.a, "result", handler="SystemHandler", msg_id=msg_id)["code"] == Code.MIGRATION_FAILED
+        done = lab.orchestrator.events_of(lab.a.name, "operation.done", msg_id)
+        assert [(e["state"], e["data"]["reason"]) for e in done] == [("failed", "interrupted")], lab.orchestrator.events
+        assert "migrate interrupted by a worker stop, settled" in (tmp_path / "worker.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+        log.close()
