@@ -22,6 +22,7 @@ from kvmworker.protocol.types import (
     Uuid,
     coded,
     given,
+    loose_int,
     matching,
     number,
     schema_rules,
@@ -190,8 +191,8 @@ class MigrateData(VmRef):
     destination: HostName = Field(description="The destination host's name; --migration-uri makes its libvirt URI.")
     live: Flag = True
     persistent: Flag = Field(default=True, description="Defined on the destination and undefined on the source.")
-    max_downtime_ms: int | None = Field(default=None, ge=1, le=60_000)
-    bandwidth_mib: int | None = Field(default=None, ge=1, le=1_000_000, description="MiB/s at most.")
+    max_downtime_ms: loose_int(1, 60_000) | None = None
+    bandwidth_mib: loose_int(1, 1_000_000) | None = Field(default=None, description="MiB/s at most.")
     auto_converge: Flag = False
     postcopy: Flag = Field(default=False, description="Switch to post-copy when pre-copy stops making progress.")
     timeout: number(gt=0, le=86_400) | None = Field(

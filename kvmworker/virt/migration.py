@@ -218,10 +218,11 @@ class Migrations:
     def _follow(self, job: Job, dom: libvirt.virDomain, data: MigrateData, ctx: Any, timeout: float) -> Watch:
         watch = Watch()
         downtime_set = data.max_downtime_ms is None
-        woken = threading.Event()
+        woken = job.woken  # the job's end and a cancel both end a wait at once
         with ctx.on_cancel(woken.set):
             while not job.done.is_set():
-                woken.wait(POLL_S)  # a cancel wakes it at once
+                woken.wait(POLL_S)
+                woken.clear()  # a cancel stays in ctx.cancelled
                 if job.done.is_set():
                     break
                 now = time.monotonic()
@@ -261,6 +262,7 @@ class Job:
     def __init__(self, dom: libvirt.virDomain, uri: str, params: dict[str, Any]):
         self.dom, self.uri, self.params = dom, uri, params
         self.done = threading.Event()
+        self.woken = threading.Event()
         self.error: libvirt.libvirtError | None = None
 
     def start(self, flags: int) -> None:
@@ -273,6 +275,7 @@ class Job:
             self.error = exc
         finally:
             self.done.set()
+            self.woken.set()
 
     def abort(self) -> None:
         try:
@@ -365,7 +368,8 @@ def _job_stats(dom: libvirt.virDomain) -> dict[str, Any]:
 def _completed_stats(dom: libvirt.virDomain) -> dict[str, Any]:
     """The destination keeps the statistics of the incoming migration it completed (downtime included)."""
     try:
-        return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        # KEEP_COMPLETED: reading them must not take them away from the operator's `virsh domjobinfo --completed`.
+        return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
     except libvirt.libvirtError:
         return {}
 
