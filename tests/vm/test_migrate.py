@@ -15,12 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from kvmworker.protocol.codes import Code
 from kvmworker.runtime import RunningWorker, start_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue
+from kvmworker.virt import migration
 from tests.conftest import AMQP_URL, require_broker
 from tests.support.processes import wait_for
 from tests.vm.guest import CACHE_DIR, GuestImage, guest_image
@@ -291,3 +293,35 @@ def test_a_source_worker_killed_mid_migration_settles_it_when_restarted_and_answ
                 proc.terminate()
                 proc.wait(30)
         log.close()
+
+
+def test_a_migration_not_done_within_its_timeout_is_aborted_and_the_guest_stays_on_a(lab: Lab) -> None:
+    lab.start(lab.a)
+    name = lab.guest()
+    data = {"name": name, "destination": lab.b.name, "bandwidth_mib": SLOW_MIB_S, "timeout": 3}
+    reply = lab.orchestrator.reply(lab.orchestrator.send(lab.a.name, "migrate", data), 120)
+    assert reply["code"] == Code.MIGRATION_FAILED, reply
+    assert reply["data"]["reason"] == "timeout: not done in 3 s", reply
+    runs_only_on(lab, name, lab.a)
+
+
+@pytest.mark.parametrize("leftover", ["paused", "running"])
+def test_settling_a_failed_migration_removes_what_is_left_of_the_guest_on_b(lab: Lab, leftover: str) -> None:
+    """The invariant's enforcement on its own, on both real daemons: B holds a copy of A's guest (the paused
+    incoming domain a job can leave, or — never silently — one that runs) and libvirt reported a failure: the
+    source is authoritative, B's copy is destroyed and undefined, and the reply would say so."""
+    name = lab.guest()
+    source, dest = lab.a.connect(), lab.b.connect()
+    try:
+        dom = source.lookupByName(name)
+        copy = dest.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        copy.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if leftover == "paused" else 0)
+        assert lab.hosts.where(name)[lab.b.name] == leftover
+        failure = libvirt.libvirtError("the job failed")
+        outcome = migration.settle(dom, dest, failure)
+        assert (outcome.on, outcome.source_state) == ("source", "running")
+        assert outcome.cleaned == ["destroyed on the destination", "undefined on the destination"]
+    finally:
+        source.close()
+        dest.close()
+    runs_only_on(lab, name, lab.a)
