@@ -86,8 +86,14 @@ class TwoHosts:
         self.b.daemon.start()
 
     def remove(self) -> None:
-        self.b.daemon.remove()
-        self.a.daemon.remove()
+        for host in (self.b, self.a):
+            try:
+                host.daemon.remove()
+            except Exception:  # a domain vanished under its cleanup (a migration ending): stop the daemon first
+                if host.daemon.process is not None and host.daemon.process.poll() is None:
+                    host.daemon.process.kill()
+                    host.daemon.process.wait(10)
+                host.daemon.remove()  # now its QEMU processes (by pid file) and its directory
 
     def remove_domains(self) -> None:
         for host in self.hosts.values():
