@@ -385,7 +385,11 @@ class VmHandler(VmApi):
         for entry in list(journal.query(Query(handler="VmHandler", command="migrate", state=INTERRUPTED))):
             if (entry.reply or {}).get("code") != Code.UNKNOWN_OUTCOME or not isinstance(entry.envelope, dict):
                 continue  # settled already, or nothing to go by
-            reply = self._recover(MigrateData.model_validate(entry.envelope.get("data") or {}))
+            try:
+                reply = self._recover(MigrateData.model_validate(entry.envelope.get("data") or {}))
+            except Exception:  # one that cannot be settled now (libvirt away) keeps its -1 and is tried next start
+                log.exception("[%s] settling a migrate interrupted by a worker stop failed", entry.msg_id)
+                continue
             journal.finish(entry.msg_id, ANSWERED, reply, 0.0)
             log.warning("[%s] migrate interrupted by a worker stop, settled: %s", entry.msg_id, reply)
             settled.append({"msg_id": entry.msg_id, **reply})
