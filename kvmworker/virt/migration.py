@@ -5,7 +5,14 @@ watches it through ``jobStats()`` every ``POLL_S``: progress (§8) from the memo
 (``abortJob``) when the caller cancels, when the whole migration outlasts its timeout (800 s per GiB of RAM, at
 least 120 s, as nova's ``live_migration_completion_timeout``) or when the memory left to send has not shrunk for
 ``progress_timeout`` seconds (nova's ``live_migration_progress_timeout``, VDSM's stall detector, KubeVirt's
-``progressTimeout``). With ``postcopy`` a stalled pre-copy is switched to post-copy once instead of aborted.
+``progressTimeout``). With ``postcopy`` a pre-copy that stalls or outlasts its timeout is switched to post-copy
+once instead of aborted (nova's ``live_migration_timeout_action = force_complete``, KubeVirt's ``allowPostCopy``,
+which switch when the completion timeout triggers); from then on nothing aborts it (post-copy cannot go back).
+
+Peers read: openstack/nova ``nova/virt/libvirt/driver.py`` (``_live_migration_monitor``, the completion timeout
+per GiB, the progress timeout, ``abortJob``) and its ``live_migration_timeout_action`` release note;
+kubevirt/user-guide ``docs/operations/live_migration.md`` and KubeVirt's ``MigrationConfiguration``
+(``completionTimeoutPerGiB``, ``progressTimeout``, ``allowPostCopy``).
 
 Whatever happened, ``settle`` then checks the one invariant: **the VM runs on exactly one host**. The source is
 authoritative until libvirt says the job completed: after a failure, a timeout or a cancel, whatever the job left
@@ -233,7 +240,7 @@ class Migrations:
                 percent, phase = percent_and_phase(watch.stats)
                 ctx.progress(percent, f"{phase}: {_remaining(watch.stats)} to {data.destination}")
                 why = self._abort_reason(watch, ctx, now, timeout)
-                if why is not None and data.postcopy and why == "no progress" and not watch.postcopy:
+                if why is not None and why != "cancelled" and data.postcopy and not watch.postcopy:
                     watch.postcopy = _start_postcopy(dom)
                     watch.progressed_at = now
                     continue
@@ -247,6 +254,8 @@ class Migrations:
         return watch
 
     def _abort_reason(self, watch: Watch, ctx: Any, now: float, timeout: float) -> str | None:
+        if watch.postcopy:  # past the point of no return: post-copy cannot be aborted, only finished
+            return None
         if ctx.cancelled:
             return "cancelled"
         if now - watch.started > timeout:

@@ -325,3 +325,24 @@ def test_settling_a_failed_migration_removes_what_is_left_of_the_guest_on_b(lab:
         source.close()
         dest.close()
     runs_only_on(lab, name, lab.a)
+
+
+def _userfaultfd_for_nobody() -> bool:
+    return Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "1"
+
+
+@pytest.mark.skipif(
+    not _userfaultfd_for_nobody(),
+    reason="post-copy needs userfaultfd in the destination's QEMU, which runs as nobody here, and "
+    "vm.unprivileged_userfaultfd is 0 (QEMU answers 'Postcopy is not supported')",
+)
+def test_with_postcopy_a_migration_that_outlasts_its_timeout_is_switched_to_post_copy_and_completes_on_b(
+    lab: Lab,
+) -> None:
+    lab.start(lab.a)
+    name = lab.guest()
+    data = {"name": name, "destination": lab.b.name, "bandwidth_mib": SLOW_MIB_S, "timeout": 3, "postcopy": True}
+    reply = lab.orchestrator.reply(lab.orchestrator.send(lab.a.name, "migrate", data), 120)
+    assert reply["code"] == 0, reply
+    assert reply["data"]["postcopy"] is True, reply
+    runs_only_on(lab, name, lab.b)
