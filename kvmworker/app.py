@@ -79,6 +79,10 @@ class Assembly:
             self.network.on_start()
         except Exception:
             log.exception("restoring the remembered networks failed")
+        try:  # before consuming: a redelivered migrate of a killed worker gets the settled answer
+            self.vm.recover_migrations(self.journal.store)
+        except Exception:
+            log.exception("settling the migrations a stopped worker left failed")
 
     def close(self) -> None:
         """Once the worker has stopped: its events (``offline``, then what is buffered goes out) and the health

@@ -35,6 +35,12 @@ OPTIONS: dict[str, Option] = {
     ),
     "storage_dirs": Option("Where VM disk images may live (repeat the flag).", "list"),
     "storage_pool": Option("libvirt pool for new volumes."),
+    "migration_uri": Option("migrate: the destination's libvirt URI, {host} standing for its host name."),
+    "migration_data_uri": Option(
+        "migrate: where the memory goes (libvirt's migrate URI, e.g. tcp://{host}); default: libvirt's choice."
+    ),
+    "max_migrations": Option("migrate: outgoing migrations at once; more wait their turn."),
+    "migration_progress_timeout": Option("migrate: seconds without progress before a migration is aborted."),
     "health_port": Option("Worker /healthz, /readyz, /metrics port."),
     "health_bind": Option("Address of the health port (probes come from outside)."),
     "keys_file": Option(

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kvmworker.options import ENV_PREFIX, OLD_NAMES, OPTIONS, flag_of, variable_of
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         default_factory=lambda: [Path("/var/lib/libvirt/images")], description=_help("storage_dirs")
     )
     storage_pool: str = Field(default="default", description=_help("storage_pool"))
+    migration_uri: str = Field(default="qemu+tls://{host}/system", description=_help("migration_uri"))
+    migration_data_uri: str | None = Field(default=None, description=_help("migration_data_uri"))
+    max_migrations: int = Field(default=2, ge=1, le=64, description=_help("max_migrations"))
+    migration_progress_timeout: float = Field(default=150.0, gt=0, description=_help("migration_progress_timeout"))
     health_port: int | None = Field(default=None, ge=0, le=65535, description=_help("health_port"))
     health_bind: str = Field(default="0.0.0.0", description=_help("health_bind"))
     keys_file: Path | None = Field(default=None, description=_help("keys_file"))
@@ -98,6 +102,17 @@ class Settings(BaseSettings):
             if old in values:
                 values[new] = values.pop(old)
         return values
+
+    @field_validator("migration_uri", "migration_data_uri")
+    @classmethod
+    def _host_template(cls, value: str | None) -> str | None:
+        """A template whose only placeholder is ``{host}`` (``{{``/``}}`` for literal braces)."""
+        if value is not None:
+            try:
+                value.format(host="h")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"only {{host}} may stand in it ({exc!r})") from None
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -16,7 +16,18 @@ from kvmworker.dispatch.commands import command
 from kvmworker.protocol import safe_xml
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import InvalidParameter
-from kvmworker.protocol.types import Flag, MacAddress, Uuid, coded, given, number, schema_rules, string_schema
+from kvmworker.protocol.types import (
+    Flag,
+    MacAddress,
+    Uuid,
+    coded,
+    given,
+    loose_int,
+    matching,
+    number,
+    schema_rules,
+    string_schema,
+)
 
 if TYPE_CHECKING:
     from kvmworker.dispatch.context import Context
@@ -166,6 +177,29 @@ class SnapshotDeleteData(SnapshotRef):
     children: Flag = False
 
 
+HOST_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+"""A host name (RFC 1123 labels): it goes into ``--migration-uri``, so no URI syntax (``:/?@#``) gets in."""
+HostName = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    matching(HOST_NAME, "destination must be a host name (letters, digits, '.', '-'), not a URI"),
+    WithJsonSchema(string_schema(HOST_NAME, min_length=1, max_length=253)),
+]
+
+
+class MigrateData(VmRef):
+    destination: HostName = Field(description="The destination host's name; --migration-uri makes its libvirt URI.")
+    live: Flag = True
+    persistent: Flag = Field(default=True, description="Defined on the destination and undefined on the source.")
+    max_downtime_ms: loose_int(1, 60_000) | None = None
+    bandwidth_mib: loose_int(1, 1_000_000) | None = Field(default=None, description="MiB/s at most.")
+    auto_converge: Flag = False
+    postcopy: Flag = Field(default=False, description="Switch to post-copy when pre-copy stops making progress.")
+    timeout: number(gt=0, le=86_400) | None = Field(
+        default=None, description="Seconds for the whole migration; default 800 s per GiB of RAM, at least 120 s."
+    )
+
+
 class StatsData(BaseModel):
     model_config = ConfigDict(extra="ignore")
     names: list[LookupName] | None = Field(default=None, max_length=1000)
@@ -263,6 +297,11 @@ class VmApi(ABC):
     @abstractmethod
     def snapshot_delete(self, data: SnapshotDeleteData, ctx: Context) -> dict[str, Any]:
         """Delete a snapshot; one with children only with ``children: true`` (then them too)."""
+
+    @command(MigrateData, resource=vm_key, cancellable=True)
+    @abstractmethod
+    def migrate(self, data: MigrateData, ctx: Context) -> dict[str, Any]:
+        """Live-migrate the VM to another host; afterwards it runs on exactly one of them (30012, 30013)."""
 
     @command(StatsData, mutates=False)
     @abstractmethod

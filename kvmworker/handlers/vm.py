@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from kvmworker.api.vm import (
     DefineData,
     DetachInterfaceData,
     ListData,
+    MigrateData,
     ShutdownData,
     SnapshotCreateData,
     SnapshotDeleteData,
@@ -30,10 +32,15 @@ from kvmworker.api.vm import (
 from kvmworker.dispatch.commands import Plan
 from kvmworker.dispatch.context import Context
 from kvmworker.events import Causes, Events
+from kvmworker.events.model import OPERATION_DONE
+from kvmworker.journal.query import Query
+from kvmworker.journal.store import ANSWERED, INTERRUPTED, JournalStore
 from kvmworker.protocol import safe_xml
+from kvmworker.protocol.codes import Code
 from kvmworker.protocol.errors import (
     Cancelled,
     InvalidParameter,
+    MigrationFailed,
     OperationNotAllowed,
     VmInfoFailed,
     VmNotFound,
@@ -41,14 +48,17 @@ from kvmworker.protocol.errors import (
     VolumeNotFound,
 )
 from kvmworker.settings import Settings
-from kvmworker.virt import description, domains, policy, snapshots, vm_events, volumes
+from kvmworker.virt import description, domains, migration, policy, snapshots, vm_events, volumes
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.domain_xml import bridge_of, domain_xml, interface_xml
+from kvmworker.virt.migration import Migrations, Templates
 from kvmworker.virt.ownership import FILENAME as OWNERSHIP_FILE
 from kvmworker.virt.ownership import OwnedVolume, VolumeRecords
 from kvmworker.virt.states import LIST_FLAGS, state_name
 from kvmworker.virt.stats import StatsReader
 from kvmworker.virt.storage import GIB, Disk, Pools, StorageRules
+
+log = logging.getLogger("kvmworker.vm")
 
 REPLY_MARGIN = 1.0
 """Seconds kept back from the caller's deadline to send the reply."""
@@ -70,8 +80,11 @@ class VmHandler(VmApi):
         storage: StorageRules,
         owns_connection: bool = True,
         records: VolumeRecords | None = None,
+        migrations: Migrations | None = None,
     ):
         self.connection = connection
+        self._recovered: list[dict[str, Any]] = []
+        self.migrations = migrations or Migrations("", Templates("qemu+tls://{host}/system"), 2, 150.0)
         self._storage = storage
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
@@ -83,6 +96,10 @@ class VmHandler(VmApi):
         """The worker publishes events: commands note what they change, and the VM event source starts."""
         self._causes = events.causes
         vm_events.start_vm_events(self.connection, events)
+        for done in self._recovered:  # the outcome of migrations settled at start, told as their operation.done
+            state = "done" if done["code"] == Code.OK else "failed"
+            data = {"handler": "VmHandler", "command": "migrate", "code": done["code"], **done["data"]}
+            events.emitter.emit(*OPERATION_DONE, done["msg_id"], state, msg_id=done["msg_id"], data=data)
 
     def close(self) -> None:
         self._records.close()
@@ -350,6 +367,55 @@ class VmHandler(VmApi):
         )
         return planned
 
+    # Migration (kvmworker/virt/migration.py: the job, its monitor and the one-host invariant).
+
+    def migrate(self, data: MigrateData, ctx: Context) -> dict[str, Any]:
+        with self._session() as conn:
+            dom = domains.lookup(conn, data)
+            # The source's own events of this migration (stopped/undefined, or resumed after a failure) carry msg_id.
+            with self._acting(dom.name(), ctx, "stopped", "undefined", "suspended", "resumed"):
+                return self.migrations.migrate(dom, data, ctx)
+
+    def recover_migrations(self, journal: JournalStore) -> list[dict[str, Any]]:
+        """At start: each ``migrate`` a killed worker left (journalled ``interrupted``) is settled and answered.
+
+        Its job is aborted if libvirt still runs it, the one-host invariant is enforced, and the journal's answer
+        becomes the real outcome, which the redelivered message then gets (and ``SystemHandler.result``)."""
+        settled = []
+        for entry in list(journal.query(Query(handler="VmHandler", command="migrate", state=INTERRUPTED))):
+            if (entry.reply or {}).get("code") != Code.UNKNOWN_OUTCOME or not isinstance(entry.envelope, dict):
+                continue  # settled already, or nothing to go by
+            try:
+                reply = self._recover(MigrateData.model_validate(entry.envelope.get("data") or {}))
+            except Exception:  # one that cannot be settled now (libvirt away) keeps its -1 and is tried next start
+                log.exception("[%s] settling a migrate interrupted by a worker stop failed", entry.msg_id)
+                continue
+            journal.finish(entry.msg_id, ANSWERED, reply, 0.0)
+            log.warning("[%s] migrate interrupted by a worker stop, settled: %s", entry.msg_id, reply)
+            settled.append({"msg_id": entry.msg_id, **reply})
+        self._recovered = settled
+        return settled
+
+    def _recover(self, data: MigrateData) -> dict[str, Any]:
+        with self._session() as conn:
+            try:
+                dom = domains.lookup(conn, data)
+            except VmNotFound:
+                dom = None
+            uuid = dom.UUIDString() if dom is not None else (str(data.uuid) if data.uuid else None)
+            try:
+                dest = self.migrations.open_destination(data.destination)
+            except MigrationFailed as exc:
+                return {"code": int(exc.code), "msg": exc.code.msg, "data": {**exc.data(), "reason": "interrupted"}}
+            try:
+                return migration.recover(dom, dest, data, uuid)
+            finally:
+                dest.close()
+
+    def plan_migrate(self, data: MigrateData, ctx: Context) -> Plan:
+        with self._session() as conn:
+            return Plan(self.migrations.steps(domains.lookup(conn, data), data))
+
     # Snapshots (internal, see kvmworker/virt/snapshots.py for why) and stats.
 
     def snapshot_create(self, data: SnapshotCreateData, ctx: Context) -> dict[str, Any]:
@@ -482,4 +548,10 @@ def create_vm_handler(settings: Settings, libvirt: LibvirtConnection | None = No
     connection = libvirt or LibvirtConnection(settings.libvirt_uri)
     storage = StorageRules(settings.storage_dirs, settings.storage_pool)
     records = VolumeRecords(settings.state_dir / OWNERSHIP_FILE)
-    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records)
+    migrations = Migrations(
+        settings.host,
+        Templates(settings.migration_uri, settings.migration_data_uri),
+        settings.max_migrations,
+        settings.migration_progress_timeout,
+    )
+    return VmHandler(connection, storage, owns_connection=libvirt is None, records=records, migrations=migrations)

@@ -23,6 +23,7 @@ class Code(IntEnum):
     VM_SHUTDOWN_FAILED = 30008
     HYPERVISOR_UNAVAILABLE = 30009
     VOLUME_NOT_FOUND = 30010
+    MIGRATION_FAILED = 30012
     CANCELLED = 30013
     SNAPSHOT_NOT_FOUND = 30011
     CPU_INFO_FAILED = 40001
@@ -60,6 +61,7 @@ MESSAGES: dict[Code, str] = {
     Code.VM_SHUTDOWN_FAILED: "虚拟机关机失败",
     Code.HYPERVISOR_UNAVAILABLE: "hypervisor连接失败",
     Code.VOLUME_NOT_FOUND: "存储卷不存在",
+    Code.MIGRATION_FAILED: "虚拟机迁移失败",
     Code.CANCELLED: "操作已取消",
     Code.SNAPSHOT_NOT_FOUND: "快照不存在",
     Code.CPU_INFO_FAILED: "获取CPU信息失败",

@@ -53,6 +53,9 @@ VmNotFound = _error("VmNotFound", Code.VM_NOT_FOUND, "No such VM.")
 VmShutdownFailed = _error("VmShutdownFailed", Code.VM_SHUTDOWN_FAILED, "The VM did not shut down in time.")
 HypervisorUnavailable = _error("HypervisorUnavailable", Code.HYPERVISOR_UNAVAILABLE, "Cannot reach libvirt.")
 VolumeNotFound = _error("VolumeNotFound", Code.VOLUME_NOT_FOUND, "No such storage pool or volume.")
+MigrationFailed = _error(
+    "MigrationFailed", Code.MIGRATION_FAILED, "The migration failed; the VM still runs on the source only."
+)
 Cancelled = _error("Cancelled", Code.CANCELLED, "Cancelled (SystemHandler.cancel); the host is as before it.")
 SnapshotNotFound = _error("SnapshotNotFound", Code.SNAPSHOT_NOT_FOUND, "No such snapshot of that VM.")
 CpuInfoFailed = _error("CpuInfoFailed", Code.CPU_INFO_FAILED, "Reading CPU information failed.")

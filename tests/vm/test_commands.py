@@ -195,6 +195,8 @@ DRY_RUNS = {
     "snapshot_create": lambda name: {"name": name, "snapshot": "kvt-snap", "description": "dry"},
     "snapshot_revert": lambda name: {"name": name, "snapshot": "kvt-first"},
     "snapshot_delete": lambda name: {"name": name, "snapshot": "kvt-first", "children": True},
+    # Only a running VM migrates: the test driver's own running domain "test" (the dry run changes it as little).
+    "migrate": lambda name: {"name": "test", "destination": "kvt-elsewhere"},
 }
 
 
