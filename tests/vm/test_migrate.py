@@ -279,7 +279,11 @@ def test_a_source_worker_killed_mid_migration_settles_it_when_restarted_and_answ
         first.wait(10)
         assert "Unbounded" in lab.a.virsh("domjobinfo", name)  # libvirtd goes on migrating without the worker
         second = subprocess.Popen(args, stdout=log, stderr=log)
-        reply = lab.orchestrator.reply(msg_id, 150)  # the redelivered command, answered from the journal
+        try:
+            reply = lab.orchestrator.reply(msg_id, 150)  # the redelivered command, answered from the journal
+        except AssertionError as exc:  # what the restarted worker said, for whoever reads the failure
+            tail = (tmp_path / "worker.log").read_text()[-6000:]
+            raise AssertionError(f"{exc}; the worker's log ends:\n{tail}") from None
         assert reply["code"] == Code.MIGRATION_FAILED, reply
         assert reply["data"]["reason"] == "interrupted", reply
         runs_only_on(lab, name, lab.a)
