@@ -430,7 +430,8 @@ def recover(dom: libvirt.virDomain | None, dest: libvirt.virConnect, data: Migra
         if there is not None and _running(there):
             return _success_reply(there, data)
         return _failed_reply(data, "the VM is on neither host", [], None)
-    outcome = settle(dom, dest, None)
+    # Not libvirt's word that it completed: a VM still here after the abort is the expected outcome, not an error.
+    outcome = settle(dom, dest, libvirt.libvirtError("the worker stopped mid-migration; its job was aborted"))
     if outcome.on == "destination":
         return _success_reply(_find(dest, dom.UUIDString()), data)
     return _failed_reply(data, f"{dom.name()} was not migrated", outcome.cleaned, outcome.source_state)
