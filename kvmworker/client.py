@@ -341,11 +341,12 @@ class _ReplyConsumer(Consuming):
         """AMQP: py-amqp's own consumer, its messages handed over as they are (kombu would wrap each reply in a
         message object of its own, decoded and checked for what a reply never uses)."""
         read_ahead(raw)
-        # py-amqp sets the drain's timeout on the socket and back for every frame read (two system calls a
-        # frame) unless the socket already has it
-        raw.sock.settimeout(self.drain_timeout())
         self._queue.bind(channel).declare()
-        return _RawConsumer(channel, channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply))
+        consumer = _RawConsumer(channel, channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply))
+        # py-amqp sets the drain's timeout on the socket and back for every frame read (two system calls a
+        # frame) unless the socket already has it; set once the declare and consume have had their answers
+        raw.sock.settimeout(self.drain_timeout())
+        return consumer
 
     def up(self, conn: Connection, again: bool) -> None:
         log.log(logging.INFO if again else logging.DEBUG, "reply consumer on %s", conn.as_uri())
