@@ -183,6 +183,13 @@ def read_ahead(raw: Any) -> None:
     transport._quick_recv = partial(_recv_ahead, recv)
 
 
+FRAME_HEADER_BYTES = 7  # type, channel, size; then the payload and one end octet
+
+
+def _frame_size(buffer: bytes) -> int:
+    return int.from_bytes(buffer[3:7], "big")
+
+
 def _recv_ahead(recv: Callable[[int], bytes], size: int) -> bytes:
     return recv(max(size, READ_AHEAD_BYTES))
 
@@ -289,7 +296,7 @@ class _ConfirmingLane:
     def _turn(self) -> None:
         """Wait for the socket, a caller or a timer; read confirms; send what is ready."""
         try:
-            if self._wait(self._next_timeout(), for_work=True):
+            if self._wait(self._next_timeout(), for_work=True) or self._buffered():
                 self._read()
             if self._raw.heartbeat:
                 self._raw.heartbeat_tick(rate=2)
@@ -349,8 +356,15 @@ class _ConfirmingLane:
                 readable = True
         return readable
 
+    def _buffered(self) -> bool:
+        """A whole frame already received but not yet read: a declare's wait (``_send``) may have received
+        confirms behind its answer (``read_ahead``), which the socket will not signal again. (A part of a frame
+        waits for the rest, which the socket does signal.)"""
+        buffer = getattr(self._raw.transport, "_read_buffer", b"")
+        return len(buffer) >= FRAME_HEADER_BYTES and len(buffer) > FRAME_HEADER_BYTES + _frame_size(buffer)
+
     def _next_timeout(self) -> float | None:
-        if self._inbox or self._ready:
+        if self._inbox or self._ready or self._buffered():
             return 0
         now = time.monotonic()
         timeouts = [self._raw.heartbeat / 6] if self._raw.heartbeat else []
