@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -128,6 +129,29 @@ def run_wrk(url: str, token: str, connections: int, seconds: float, body: dict) 
 def _wrk_ms(out: str, percentile: str) -> float:
     value, unit = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
     return float(value) * UNITS[unit]
+
+
+class RawBackedBridge(BridgeSubject):
+    """A bridge in front of a raw py-amqp responder on the host's queue: the bridge's forwarding at full speed, with
+    the cheapest possible worker behind it (``bridge-raw-64``), so that the worker's own cost does not bound it."""
+
+    def __init__(self, broker: str, host_port: str):
+        from peers import AMQP_RESPONDER, responder
+
+        from kvmworker.protocol.wire import host_queue_name
+
+        host = f"kvt-bench-raw-{uuid.uuid4().hex[:8]}"
+        self.responder = responder(AMQP_RESPONDER, host_port, host_queue_name(host), "own")
+        try:
+            super().__init__(broker, host)
+        except BaseException:
+            self.responder.kill()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self.responder.kill()
+        self.responder.wait()
 
 
 class InProcessApp:

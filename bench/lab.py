@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import procstat
-from bridge import LOGOUT, PING, BridgeSubject, InProcessApp
+from bridge import LOGOUT, PING, BridgeSubject, InProcessApp, RawBackedBridge
 from peers import AmqpPeer, RedisPeer
 from subjects import ClientToRaw, KvmSubject, RawCallerToWorker
 
@@ -63,6 +63,7 @@ class Lab:
             "client-raw": lambda: ClientToRaw(p.amqp, p.amqp_host_port),
             "raw-caller-worker": lambda: RawCallerToWorker(self.get("amqp-default"), p.amqp_host_port),
             "bridge": lambda: BridgeSubject(p.amqp, self.get("amqp-default").host),
+            "bridge-raw": lambda: RawBackedBridge(p.amqp, p.amqp_host_port),
             "bridge-app": InProcessApp,
         }
         return builders[name]()
@@ -115,9 +116,9 @@ def raw_window(lab: Lab) -> dict[str, float]:
     return metered(peer.pid, lambda: peer.caller.windowed(lab.plan.window, lab.plan.seconds))
 
 
-def bridge_row(connections: int, body: dict = PING) -> Callable[[Lab], dict[str, float]]:
+def bridge_row(connections: int, body: dict = PING, subject: str = "bridge") -> Callable[[Lab], dict[str, float]]:
     def measure(lab: Lab) -> dict[str, float]:
-        bridge: BridgeSubject = lab.get("bridge")
+        bridge: BridgeSubject = lab.get(subject)
         meter = procstat.CpuMeter(bridge.pid).start()
         figures = bridge.wrk(connections, lab.plan.seconds, body)
         cpu, wall = meter.stop()
@@ -167,6 +168,7 @@ ROWS = [
     Row("raw-caller-worker", latency_row("raw-caller-worker"), "raw py-amqp caller → kvmworker worker", quick=False),
     Row("client-raw", latency_row("client-raw"), "kvmworker client → raw py-amqp responder", quick=False),
     Row("bridge-own-64", bridge_row(64, LOGOUT), "bridge alone (UserHandler.logout), 64 conns", quick=False),
+    Row("bridge-raw-64", bridge_row(64, subject="bridge-raw"), "bridge → raw py-amqp responder, 64 conns", quick=False),
     Row("bridge-app", bridge_app, "bridge's ASGI app in-process, no socket (logout)", quick=False),
 ]
 IDLE = "idle"  # not a row of the rounds: once, after them

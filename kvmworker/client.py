@@ -8,7 +8,9 @@ the ``msg_id``, so that the caller can ask ``SystemHandler.result`` later. Threa
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Consumer, Message, Queue
 
-from kvmworker.protocol.codec import encode
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
@@ -29,10 +30,12 @@ from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUE
 from kvmworker.transport.connection import open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
-from kvmworker.transport.publisher import Publisher
+from kvmworker.transport.publisher import Publisher, read_ahead
 from kvmworker.trust.keys import KeyFileError
 
 if TYPE_CHECKING:
+    import amqp
+
     from kvmworker.events.consumer import Gap
     from kvmworker.events.model import Event
 
@@ -86,6 +89,8 @@ class Client:
         self._hosts: dict[str, str] = {}  # correlation id → the host whose key must have signed the reply
         self._parked: dict[str, _Command] = {}  # correlation id → a command waiting for the reply consumer
         self._declared: set[str] = set()
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._id_count = itertools.count(1)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closing = threading.Event()
@@ -121,10 +126,13 @@ class Client:
         included); whichever comes first. A command submitted while the reply consumer is not connected
         waits (parked) until it is: its reply would have nowhere to go.
         """
-        envelope = (envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)).ensure_msg_id()
+        envelope = envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)
+        update: dict[str, Any] = {} if envelope.msg_id else {"msg_id": new_msg_id()}
         if envelope.timeout is None:
-            envelope = envelope.model_copy(update={"timeout": timeout})
-        call = PendingCall(str(envelope.msg_id), uuid.uuid4().hex, Future())
+            update["timeout"] = timeout
+        if update:
+            envelope = envelope.model_copy(update=update)
+        call = PendingCall(str(envelope.msg_id), self._correlation_id(), Future())
         try:
             command = self._sign(call, host, envelope, timeout)
         except KeyFileError as exc:
@@ -142,6 +150,10 @@ class Client:
         if ready:
             self._send(command)
         return call
+
+    def _correlation_id(self) -> str:
+        """Unique among this client's calls (the replies to its one queue): a random prefix and a count."""
+        return f"{self._id_prefix}{next(self._id_count):x}"
 
     def wait(self, pending: PendingCall, timeout: float) -> Reply:
         try:
@@ -173,7 +185,9 @@ class Client:
             return self._pending.pop(correlation_id, None) is not None
 
     def _sign(self, call: PendingCall, host: str, envelope: Envelope, timeout: float) -> _Command:
-        body = encode(envelope.wire())
+        # what ``encode(envelope.wire())`` writes, serialised by pydantic's own encoder at a fraction of the cost
+        # (floats in ``data`` may spell their exponent differently: 1e-7, not 1e-07; the same JSON number)
+        body = envelope.model_dump_json(exclude_none=True, exclude_defaults=True).encode()
         issued = time.time()
         headers = {HEADER_HOST: host, HEADER_ISSUED_AT: round(issued, 6), HEADER_EXPIRES_AT: round(issued + timeout, 6)}
         if self._signer is not None:
@@ -238,14 +252,15 @@ class Client:
         for command in parked:
             self._send(command)
 
-    def _on_reply(self, message: Message) -> None:
+    def _on_reply(self, message: Message | amqp.Message) -> None:
+        """A reply from the reply queue: kombu's message (Redis, memory) or py-amqp's (AMQP); the same fields."""
         correlation_id = message.properties.get("correlation_id")
         host = self._hosts.get(correlation_id)
         if host is None:
             log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
             return
         if self._signer is not None and not self._signer.reply_is_authentic(
-            message.body, correlation_id, message.properties.get("message_id"), message.headers, host
+            message.body, correlation_id, message.properties.get("message_id"), message.headers or {}, host
         ):
             log.warning(
                 "reply for %s dropped: its signature does not verify with the keys of the host the command went to"
@@ -316,9 +331,22 @@ class _ReplyConsumer(Consuming):
     ):
         self._queue, self._on_reply, self._on_up, self._on_down = queue, on_reply, on_up, on_down
 
-    def start(self, conn: Connection, channel: Any) -> Consumer:
+    def start(self, conn: Connection, channel: Any) -> Consumer | _RawConsumer:
+        if conn.transport.driver_type == "amqp":
+            return self._start_raw(conn.connection, channel)
         consumer = Consumer(channel, queues=[self._queue], on_message=self._on_reply, no_ack=True)
         consumer.consume()
+        return consumer
+
+    def _start_raw(self, raw: Any, channel: Any) -> _RawConsumer:
+        """AMQP: py-amqp's own consumer, its messages handed over as they are (kombu would wrap each reply in a
+        message object of its own, decoded and checked for what a reply never uses)."""
+        read_ahead(raw)
+        self._queue.bind(channel).declare()
+        consumer = _RawConsumer(channel, channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply))
+        # py-amqp sets the drain's timeout on the socket and back for every frame read (two system calls a
+        # frame) unless the socket already has it; set once the declare and consume have had their answers
+        raw.sock.settimeout(self.drain_timeout())
         return consumer
 
     def up(self, conn: Connection, again: bool) -> None:
@@ -327,6 +355,38 @@ class _ReplyConsumer(Consuming):
 
     def down(self) -> None:
         self._on_down()
+
+
+class RandomIds:
+    """Version-4 UUIDs from ``os.urandom`` fetched 1,024 at a time: ``uuid.uuid4()`` makes one system call per
+    id, during which the GIL goes to whichever thread wants it (the bridge's event loop then waits to get it
+    back). Thread-safe without a lock: each pool hands out each of its slices once (``itertools.count``)."""
+
+    BATCH = 1024
+
+    def __init__(self) -> None:
+        self._state = (os.urandom(16 * self.BATCH), itertools.count())
+
+    def __call__(self) -> uuid.UUID:
+        while True:
+            pool, taken = self._state
+            index = next(taken)
+            if index < self.BATCH:
+                return uuid.UUID(bytes=pool[16 * index : 16 * index + 16], version=4)
+            self._state = (os.urandom(16 * self.BATCH), itertools.count())
+
+
+new_msg_id = RandomIds()
+
+
+class _RawConsumer:
+    """What ``ConsumeLoop`` cancels when it stops: a py-amqp consumer by its tag."""
+
+    def __init__(self, channel: Any, tag: str):
+        self._channel, self._tag = channel, tag
+
+    def cancel(self) -> None:
+        self._channel.basic_cancel(self._tag)
 
 
 def no_reply_detail(pending: PendingCall, timeout: float, host: str | None = None) -> str:

@@ -32,10 +32,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
 from amqp.exceptions import MessageNacked
+from amqp.transport import TCPTransport
 from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
@@ -161,6 +163,37 @@ def _has_confirms(connection: Connection) -> bool:
     return connection.transport.driver_type == "amqp" and bool(connection.transport_options.get("confirm_publish"))
 
 
+READ_AHEAD_BYTES = 64 * 1024
+
+
+def read_ahead(raw: Any) -> None:
+    """Make a py-amqp connection read what the socket has, not exactly the bytes of the frame part it parses.
+
+    py-amqp reads a frame as its 7-byte header, its payload and its end octet, each with ``recv`` of exactly that
+    size (with a timeout: a ``poll`` first): a message's three frames cost nine receives, each of which lets
+    go of the GIL. Its reader keeps whatever a receive returned beyond what it asked for and parses it next
+    (``TCPTransport._read``), so one receive of up to 64 KiB serves every frame already in the socket. A
+    connection drained until its read times out (the publisher's, a consumer's) never leaves a whole frame
+    in that buffer unseen. TLS connections read through their own path and are left as they are.
+    """
+    transport = getattr(raw, "transport", None)
+    if not isinstance(transport, TCPTransport) or isinstance(transport._quick_recv, partial):
+        return
+    recv = transport._quick_recv
+    transport._quick_recv = partial(_recv_ahead, recv)
+
+
+FRAME_HEADER_BYTES = 7  # type, channel, size; then the payload and one end octet
+
+
+def _frame_size(buffer: bytes) -> int:
+    return int.from_bytes(buffer[3:7], "big")
+
+
+def _recv_ahead(recv: Callable[[int], bytes], size: int) -> bytes:
+    return recv(max(size, READ_AHEAD_BYTES))
+
+
 def _finish(item: _Pending, exc: BaseException | None) -> None:
     try:
         item.done(exc)
@@ -202,6 +235,7 @@ class _ConfirmingLane:
         self._stopped = False
         self._wake_lock = threading.Lock()  # the pipe is not written once closed (its fd may be reused)
         self._asleep = False  # the thread is (about to be) in select(): a new message must wake it
+        self._woken = False  # a caller has written to the pipe since the thread last went to sleep
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
         self._thread.start()
 
@@ -211,7 +245,8 @@ class _ConfirmingLane:
         self._inbox.append(item)
         if self._stopped:  # the thread is gone (closed): nobody else will take it
             self._fail_inbox()
-        elif self._asleep:  # else it looks at the inbox before it sleeps again (see _wait)
+        elif self._asleep and not self._woken:  # else it looks at the inbox before it sleeps again (see _wait)
+            self._woken = True  # one wake-up per sleep, however many callers put a message before it wakes
             self._wake()
 
     def close(self, timeout: float) -> None:
@@ -261,16 +296,44 @@ class _ConfirmingLane:
     def _turn(self) -> None:
         """Wait for the socket, a caller or a timer; read confirms; send what is ready."""
         try:
-            if self._wait(self._next_timeout(), for_work=True):
+            if self._wait(self._next_timeout(), for_work=True) or self._buffered():
                 self._read()
             if self._raw.heartbeat:
                 self._raw.heartbeat_tick(rate=2)
             self._take_inbox()
             self._take_due()
-            while self._ready:
-                self._send(self._ready.popleft())
+            self._send_ready()
         except Exception as exc:
             self._lost(exc)
+
+    def _send_ready(self) -> None:
+        """Everything ready, in order; the publishes between two declares leave in one write (see ``_batched``)."""
+        while self._ready:
+            if self._ready[0].declare:  # a declare waits for the broker's answer: its frames cannot wait
+                self._send(self._ready.popleft())
+                continue
+            with self._batched():
+                while self._ready and not self._ready[0].declare:
+                    self._send(self._ready.popleft())
+
+    @contextlib.contextmanager
+    def _batched(self):
+        """py-amqp writes each publish with a ``sendall`` of its own, and lets go of the GIL for each: here
+        their bytes are collected and written at once. A failed write loses nothing: every message in it is
+        already among the unconfirmed, which go out again over the next connection."""
+        transport = self._raw.transport
+        own = vars(transport).get("_write")  # TCP: the socket's sendall, set per connection; TLS: the class's
+        chunks: list[bytes] = []
+        transport._write = lambda data: chunks.append(bytes(data))  # py-amqp reuses its frame buffer: copied
+        try:
+            yield
+        finally:
+            if own is None:
+                del transport._write
+            else:
+                transport._write = own
+        if chunks:
+            transport.write(b"".join(chunks))
 
     def _wait(self, timeout: float | None, *, for_work: bool = False) -> bool:
         """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is.
@@ -278,6 +341,7 @@ class _ConfirmingLane:
         ``for_work``: a caller's message ends the wait. Callers write to the wake pipe only while ``_asleep``
         (a syscall saved per message while this thread is busy); so it is set before the inbox is looked at.
         """
+        self._woken = False
         self._asleep = for_work
         try:
             events = self._selector.select(0 if for_work and self._inbox else timeout)
@@ -292,8 +356,15 @@ class _ConfirmingLane:
                 readable = True
         return readable
 
+    def _buffered(self) -> bool:
+        """A whole frame already received but not yet read: a declare's wait (``_send``) may have received
+        confirms behind its answer (``read_ahead``), which the socket will not signal again. (A part of a frame
+        waits for the rest, which the socket does signal.)"""
+        buffer = getattr(self._raw.transport, "_read_buffer", b"")
+        return len(buffer) >= FRAME_HEADER_BYTES and len(buffer) > FRAME_HEADER_BYTES + _frame_size(buffer)
+
     def _next_timeout(self) -> float | None:
-        if self._inbox or self._ready:
+        if self._inbox or self._ready or self._buffered():
             return 0
         now = time.monotonic()
         timeouts = [self._raw.heartbeat / 6] if self._raw.heartbeat else []
@@ -304,12 +375,21 @@ class _ConfirmingLane:
         return max(min(timeouts), 0) if timeouts else None
 
     def _read(self) -> None:
-        """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read."""
-        while True:
-            try:
-                self._raw.drain_events(timeout=0)
-            except TimeoutError:
-                return
+        """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read.
+
+        The socket is switched to non-blocking once for all the frames (py-amqp would switch it there and back
+        for each frame: two system calls a frame, each letting go of the GIL).
+        """
+        sock = self._sock
+        sock.settimeout(0)
+        try:
+            while True:
+                try:
+                    self._raw.drain_events(timeout=0)
+                except TimeoutError:
+                    return
+        finally:
+            sock.settimeout(SOCKET_TIMEOUT_S)
 
     def _take_inbox(self) -> None:
         while self._inbox:
@@ -382,6 +462,7 @@ class _ConfirmingLane:
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
             raw.sock.settimeout(SOCKET_TIMEOUT_S)
+            read_ahead(raw)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 conn.collect()

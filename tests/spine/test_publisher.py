@@ -162,3 +162,44 @@ def test_a_message_handed_to_a_closed_publisher_fails_at_once_instead_of_waiting
     assert isinstance(outcomes.by_message[0][0], PublisherClosed)
     with pytest.raises(PublisherClosed):
         publisher.publish(b"{}", routing_key=name("never"))
+
+
+def test_bursts_from_many_threads_with_declares_among_them_are_each_confirmed_once_and_all_in_their_queues():
+    """Publishes between two declares leave in one write, and a declare's wait may read confirms behind its
+    answer: every message must still be confirmed exactly once, in its own queue, none lost or doubled."""
+    url = require_broker("amqp", AMQP_URL)
+    declared = [Queue(name(f"burst{k}"), durable=False, auto_delete=False) for k in range(4)]
+    threads, per_thread = 8, 50
+    outcomes = Outcomes(threads * per_thread)
+    with queues(url, *declared):
+        with Connection(url) as conn:
+            for queue in declared:
+                queue.bind(conn.channel()).declare()
+        publisher = Publisher(open_connection(url))
+        try:
+
+            def burst(t: int) -> None:
+                for j in range(per_thread):
+                    i = t * per_thread + j
+                    queue = declared[i % len(declared)]
+                    publisher.publish_async(
+                        b"{}",
+                        routing_key=queue.name,
+                        declare=(queue,) if j % 10 == 0 else (),  # declared again now and then: a wait among the bursts
+                        message_id=str(i),
+                        done=outcomes.done_for(i),
+                    )
+
+            callers = [threading.Thread(target=burst, args=(t,)) for t in range(threads)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join()
+            assert outcomes.wait(30)
+            assert outcomes.by_message == {i: [None] for i in range(threads * per_thread)}
+            found = {queue.name: drain(url, queue) for queue in declared}
+            for k, queue in enumerate(declared):
+                expected = {str(i) for i in range(threads * per_thread) if i % len(declared) == k}
+                assert sorted(found[queue.name]) == sorted(expected)
+        finally:
+            publisher.close()
