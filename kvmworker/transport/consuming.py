@@ -53,6 +53,12 @@ class Consuming:
     def after_drain(self) -> None:
         """After each drain, on the consuming thread (e.g. settle finished messages on the consuming channel)."""
 
+    def drain(self, conn: Connection, raw: Any) -> None:
+        """One pass of the loop: wait for the broker (``drain_timeout``), then ``after_drain``. A consumer that
+        waits on more than the broker's socket (the worker: its wake-up pipe too) replaces the whole pass."""
+        drain_this_connection(conn, raw, self.drain_timeout())
+        self.after_drain()
+
     def busy(self) -> bool:
         """Once stopping: drain on while this is true (messages in flight still to be settled)."""
         return False
@@ -120,5 +126,4 @@ class ConsumeLoop:
                 self._consuming.down()
 
     def _drain(self, conn: Connection, raw: Any) -> None:
-        drain_this_connection(conn, raw, self._consuming.drain_timeout())
-        self._consuming.after_drain()
+        self._consuming.drain(conn, raw)
