@@ -15,9 +15,10 @@ Why not kombu's ``ConsumerMixin``: it would have to be overridden where it matte
   decoding surprise) ends the thread, and the reply consumer and the worker must outlive any failure. It paces
   restarts with a token bucket (one a second), not a pause that doubles, and never moves to the next failover
   URL before trying again (``maybe_switch_next``), so it keeps knocking at the node that just died.
-- Its ``Consumer`` context takes ``conn.default_channel``, which reconnects quietly too, and its drain timeout
-  is fixed; the worker drains every millisecond while commands run and settles their acks between drains, on
-  the consuming thread, and after a stop drains on until the commands in flight are settled (``busy``).
+- Its ``Consumer`` context takes ``conn.default_channel``, which reconnects quietly too, and its drain is
+  fixed; the worker waits on its wake-up pipe as well as on the broker (``Consuming.drain``), publishes and
+  settles between reads, on the consuming thread, and after a stop drains on until the commands in flight are
+  settled (``busy``).
 """
 
 from __future__ import annotations
