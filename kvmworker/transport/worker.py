@@ -14,8 +14,8 @@ and a wake-up pipe (written by the pool's threads with a reply, and by ``stop``)
 heartbeats and the systemd watchdog going: no polling, idle or busy. An inline command costs no thread hop at
 all.
 
-Redis and memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread with
-kombu's Producer on the consuming connection (an inline command is answered and acked within its delivery);
+Redis and memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread on the
+consuming channel (an inline command is answered and acked within its delivery);
 kombu's poller cannot wait on the wake-up pipe, so while pool commands run the loop drains every millisecond.
 
 A lost connection: replies waiting for their confirm are given up (their requests were not acked, the broker
@@ -41,7 +41,7 @@ from amqp import spec
 from amqp.exceptions import MessageNacked
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
-from kombu import Connection, Consumer, Message, Producer
+from kombu import Connection, Consumer, Message
 
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
@@ -58,6 +58,7 @@ log = logging.getLogger("kvmworker.worker")
 # Idle, the AMQP loop blocks this long at most: the heartbeats (30 s, checked at twice their rate) and the
 # watchdog (fed at half its interval, shorter when systemd asks) need it; a message or stop() wakes it at once.
 IDLE_WAIT_S = HEARTBEAT_S / 6
+HEARTBEAT_TICK_S = 1.0  # busy, the heartbeats are looked at once a second at most
 # kombu's poller (Redis, memory://) cannot wait on the wake-up pipe: idle it waits for the broker this long
 # (stop() is noticed within it), and every millisecond while pool commands run, so that their replies go out.
 IDLE_DRAIN_S = 0.2
@@ -304,7 +305,8 @@ class _Consumer(Consuming):
         session = worker._session
         assert session is not None  # started
         session.drain(conn, raw)
-        worker._take_inbox()
+        if worker._inbox:
+            worker._take_inbox()
         worker.last_drain = time.monotonic()
         worker._notifier.alive()
 
@@ -350,6 +352,7 @@ class _AmqpSession:
         self._selector.register(self._sock, selectors.EVENT_READ)
         self._selector.register(worker._inbox.fd, selectors.EVENT_READ)
         self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
+        self._next_tick = 0.0
         # basic.consume last: it returns once the broker confirmed it, and deliveries may follow at once (even
         # while py-amqp waits for consume-ok): from here on the worker's replies and settlings come to this session
         worker._session = self
@@ -370,7 +373,8 @@ class _AmqpSession:
                 inbox.drain_pipe()
             else:
                 self._read()
-        if self._raw.heartbeat:
+        if self._raw.heartbeat and (now := time.monotonic()) >= self._next_tick:  # not on every message
+            self._next_tick = now + HEARTBEAT_TICK_S
             self._raw.heartbeat_tick(rate=2)
         if self._later:
             self._send_due()
@@ -501,14 +505,14 @@ class _AmqpSession:
 
 
 class _KombuSession:
-    """kombu's Consumer and Producer on one connection, used by the consumer thread alone."""
+    """kombu's Consumer on one connection, and its channel for the replies, used by the consumer thread alone."""
 
     def __init__(self, worker: Worker, conn: Connection, channel: Any):
         self._worker = worker
         self.alive = True
         self._consumer = Consumer(channel, queues=[worker._queue], on_message=self._on_message, auto_declare=True)
         self._consumer.qos(prefetch_count=worker._prefetch)
-        self._producer = Producer(channel, auto_declare=False)
+        self._channel = channel
         if conn.transport.driver_type == "redis":
             _one_redis_client(channel)
         worker._session = self  # before consuming: see _AmqpSession
@@ -542,17 +546,17 @@ class _KombuSession:
         self._worker._receive(delivery, _Port(self._worker, self, message, props.get("message_id")))
 
     def publish(self, outgoing: Outgoing, done: Done) -> None:
-        self._producer.publish(
-            outgoing.body,
-            exchange="",
-            routing_key=outgoing.routing_key,
-            content_type=JSON_CONTENT_TYPE,
-            content_encoding="utf-8",
-            headers=dict(outgoing.headers),
-            delivery_mode=1,
-            correlation_id=outgoing.correlation_id,
-            message_id=outgoing.message_id,
+        """The message kombu's Producer would build (the body is JSON bytes already), published as it would."""
+        properties = {
+            "delivery_mode": 1,
+            "correlation_id": outgoing.correlation_id,
+            "message_id": outgoing.message_id,
+        }
+        channel = self._channel
+        message = channel.prepare_message(
+            outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), properties
         )
+        channel.basic_publish(message, exchange="", routing_key=outgoing.routing_key)
         done(None)
 
     def settle(self, message: Message, ack: bool) -> None:
