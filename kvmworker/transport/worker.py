@@ -156,15 +156,13 @@ class Worker:
         return threading.get_ident() == self._thread_id
 
     def _publish(self, port: _Port, outgoing: Outgoing, done: Done) -> None:
-        """On the consumer thread: over the live connection; none (between two): the reply is given up."""
+        """On the consumer thread: over the live connection; none (between two): the reply is given up.
+        A session calls ``done`` exactly once, and never raises for a write that failed (see ``_AmqpSession``)."""
         session = self._session
         if session is None:
             done(ConnectionLost("not connected to the broker"))
             return
-        try:
-            session.publish(outgoing, done)
-        except Exception as exc:  # the connection failed under the write: the loop notices it on its next read
-            done(exc)
+        session.publish(outgoing, done)
 
     def _settle(self, port: _Port, ack: bool) -> None:
         """On the consumer thread. A message from an earlier connection is not settled: the broker took it back
@@ -340,6 +338,8 @@ class _AmqpSession:
         self._later: list[tuple[float, int, Outgoing, Done, int]] = []  # nacked, waiting for their pause
         self._order = itertools.count()
         self._tag = 0
+        self._broken: Exception | None = None  # a write failed: the connection is lost, drain() raises it
+        self._orphans: list[Done] = []  # replies not written since: their done comes from lost()
         if self._confirms:
             self._replies.confirm_select()
             self._replies.events["basic_ack"].add(self._on_ack)
@@ -362,6 +362,8 @@ class _AmqpSession:
 
     def drain(self, conn: Connection, raw: Any) -> None:
         """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        if self._broken is not None:
+            raise self._broken
         inbox = self._worker._inbox
         inbox.asleep = True  # set before the inbox is looked at: see _Inbox.put
         try:
@@ -422,8 +424,10 @@ class _AmqpSession:
         with contextlib.suppress(Exception):
             self._selector.close()
         waiting = [done for _, done, _ in self._unconfirmed.values()] + [entry[3] for entry in self._later]
+        waiting += self._orphans
         self._unconfirmed.clear()
         self._later.clear()
+        self._orphans.clear()
         for done in waiting:
             done(ConnectionLost("the connection went before the broker confirmed the reply"))
 
@@ -455,6 +459,9 @@ class _AmqpSession:
             correlation_id=outgoing.correlation_id,
             message_id=outgoing.message_id,
         )
+        if self._broken is not None:  # a write failed already: the loop is about to find the connection lost
+            self._orphans.append(done)
+            return
         if self._confirms:
             self._tag += 1
             self._unconfirmed[self._tag] = (outgoing, done, nacks)  # before writing: see lost()
@@ -462,16 +469,24 @@ class _AmqpSession:
         # for connection.blocked, a promise, a socket timeout switched back and forth; with confirms on in the
         # connection's options, a wait for the confirm that this loop reads instead)
         args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
-        self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)
+        try:
+            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)
+        except Exception as exc:  # done comes from lost(), once the loop has raised this
+            self._broken = exc
+            if not self._confirms:
+                self._orphans.append(done)
+            return
         if not self._confirms:
             done(None)  # written to the socket: nothing more to wait for
 
     def settle(self, tag: int, ack: bool) -> None:
-        """basic.ack, or basic.reject with requeue, written as py-amqp writes them (see ``publish``)."""
-        if ack:
-            self._write_frame(1, self._consuming_id, spec.Basic.Ack, dumps("Lb", (tag, False)), None)
-        else:
-            self._write_frame(1, self._consuming_id, spec.Basic.Reject, dumps("Lb", (tag, True)), None)
+        """basic.ack, or basic.reject with requeue, written as py-amqp writes them (see ``publish``). A write
+        that fails leaves the message to the broker, which delivers it again once the connection is gone."""
+        method = spec.Basic.Ack if ack else spec.Basic.Reject
+        try:
+            self._write_frame(1, self._consuming_id, method, dumps("Lb", (tag, not ack)), None)
+        except Exception as exc:
+            self._broken = exc
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         for _, done, _ in self._confirmed(delivery_tag, multiple):
@@ -556,7 +571,11 @@ class _KombuSession:
         message = channel.prepare_message(
             outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), properties
         )
-        channel.basic_publish(message, exchange="", routing_key=outgoing.routing_key)
+        try:
+            channel.basic_publish(message, exchange="", routing_key=outgoing.routing_key)
+        except Exception as exc:  # the broker went: the message goes back (or the broker takes it back)
+            done(exc)
+            return
         done(None)
 
     def settle(self, message: Message, ack: bool) -> None:
