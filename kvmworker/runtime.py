@@ -16,7 +16,6 @@ from kvmworker.events.wiring import attach_events, create_events
 from kvmworker.observability.attach import observe_worker
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
-from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
 
 
@@ -58,9 +57,11 @@ def build_worker(
     )
     assembly.start()
     assembly.trust.warn_if_open()  # RUNNING OPEN at start, then hourly while serving
-    connection = open_connection(settings.broker, visibility_timeout=settings.redis_visibility_timeout)
-    publisher = Publisher(open_connection(settings.broker, confirms=settings.publish_confirms))
-    worker = Worker(connection, publisher, assembly.pipeline, settings.host, prefetch=settings.prefetch)
+    # one connection consumes and answers (see transport/worker.py): confirms are its transport option
+    connection = open_connection(
+        settings.broker, confirms=settings.publish_confirms, visibility_timeout=settings.redis_visibility_timeout
+    )
+    worker = Worker(connection, None, assembly.pipeline, settings.host, prefetch=settings.prefetch)
     assembly.health = observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe, assembly.vm.all_stats)
     assembly.events = attach_events(settings, assembly, events)  # online now; offline and flushed by assembly.close
     return worker, assembly

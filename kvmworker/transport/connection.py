@@ -28,7 +28,9 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
     elif scheme in ("redis", "rediss"):
         if visibility_timeout:
             options["visibility_timeout"] = visibility_timeout
-        options["polling_interval"] = 0.05
+        # No polling_interval: kombu would make it BRPOP's timeout (a BRPOP every 50 ms, idle) and sleep that
+        # long whenever a BRPOP timed out before a message came. Without it, one BRPOP a second (kombu's
+        # ``brpop_timeout``) waits for the next message, and nothing sleeps.
     elif scheme == "memory":
         options["polling_interval"] = MEMORY_POLL_S
         url = url if url.rstrip("/") != "memory:" else "memory://localhost/"  # kombu warns about a missing host

@@ -15,9 +15,10 @@ Why not kombu's ``ConsumerMixin``: it would have to be overridden where it matte
   decoding surprise) ends the thread, and the reply consumer and the worker must outlive any failure. It paces
   restarts with a token bucket (one a second), not a pause that doubles, and never moves to the next failover
   URL before trying again (``maybe_switch_next``), so it keeps knocking at the node that just died.
-- Its ``Consumer`` context takes ``conn.default_channel``, which reconnects quietly too, and its drain timeout
-  is fixed; the worker drains every millisecond while commands run and settles their acks between drains, on
-  the consuming thread, and after a stop drains on until the commands in flight are settled (``busy``).
+- Its ``Consumer`` context takes ``conn.default_channel``, which reconnects quietly too, and its drain is
+  fixed; the worker waits on its wake-up pipe as well as on the broker (``Consuming.drain``), publishes and
+  settles between reads, on the consuming thread, and after a stop drains on until the commands in flight are
+  settled (``busy``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class Consuming:
 
     def after_drain(self) -> None:
         """After each drain, on the consuming thread (e.g. settle finished messages on the consuming channel)."""
+
+    def drain(self, conn: Connection, raw: Any) -> None:
+        """One pass of the loop: wait for the broker (``drain_timeout``), then ``after_drain``. A consumer that
+        waits on more than the broker's socket (the worker: its wake-up pipe too) replaces the whole pass."""
+        drain_this_connection(conn, raw, self.drain_timeout())
+        self.after_drain()
 
     def busy(self) -> bool:
         """Once stopping: drain on while this is true (messages in flight still to be settled)."""
@@ -120,5 +127,4 @@ class ConsumeLoop:
                 self._consuming.down()
 
     def _drain(self, conn: Connection, raw: Any) -> None:
-        drain_this_connection(conn, raw, self._consuming.drain_timeout())
-        self._consuming.after_drain()
+        self._consuming.drain(conn, raw)

@@ -1,136 +1,144 @@
-"""The per-host consumer: kombu messages in, each handed to the pipeline as a Delivery with its port.
+"""The per-host consumer: broker messages in, each handed to the pipeline as a Delivery with its port.
 
-kombu connections are not thread-safe, so the consumer thread alone touches the consuming channel:
-a message's port publishes its reply over the publisher's own connection (from whichever thread
-answers), and settles it by handing it back to the consumer thread (the pipeline settles only once
-the reply is published). What happens in between is the pipeline's (``dispatch/pipeline.py``).
+One thread, the consumer's, owns the consuming connection: it receives, runs the ``inline`` commands (ping,
+result, …), publishes every reply over that same connection and settles every message. Nothing else touches
+the connection (connections are not thread-safe), so a command that ran on the pool hands its reply and its
+settling back to the consumer thread (``_Inbox``). What happens between receiving and settling is the
+pipeline's (``dispatch/pipeline.py``).
+
+AMQP (``_AmqpSession``): consumed on py-amqp's own channel (kombu's per-message objects cost more than the rest
+of the transport); replies go out on a second channel of the same connection, in confirm mode when confirms are
+on, and a request is acked right when its reply's ``basic.ack`` is read, by delivery tag, in the same loop; a
+nacked reply goes out again after a pause that doubles. The loop blocks in ``select`` on the broker's socket
+and a wake-up pipe (written by the pool's threads with a reply, and by ``stop``), with a timeout that keeps the
+heartbeats and the systemd watchdog going: no polling, idle or busy. An inline command costs no thread hop at
+all.
+
+Redis and memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread on the
+consuming channel (an inline command is answered and acked within its delivery);
+kombu's poller cannot wait on the wake-up pipe, so while pool commands run the loop drains every millisecond.
+
+A lost connection: replies waiting for their confirm are given up (their requests were not acked, the broker
+delivers them again and the journal answers them from its record); the loop connects again (``ConsumeLoop``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import os
+import selectors
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
 from typing import Any
 
+from amqp import Message as AmqpMessage
+from amqp import spec
+from amqp.exceptions import MessageNacked
+from amqp.serialization import dumps
+from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.observability.sdnotify import Notifier
-from kvmworker.transport.connection import drain_this_connection, every_url, log_connection_loss
+from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.transport.connection import HEARTBEAT_S, ConnectionLost, drain_this_connection
+from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue
-from kvmworker.transport.publisher import Publisher
+from kvmworker.transport.publisher import Publisher, PublisherClosed
 
 log = logging.getLogger("kvmworker.worker")
 
-# Idle, the consumer thread wakes every 50 ms; while commands are in flight every millisecond, so that
-# a finished command's ack (and with it RabbitMQ's confirm to the publisher) is not held back.
-IDLE_DRAIN_S = 0.05
+# Idle, the AMQP loop blocks this long at most: the heartbeats (30 s, checked at twice their rate) and the
+# watchdog (fed at half its interval, shorter when systemd asks) need it; a message or stop() wakes it at once.
+IDLE_WAIT_S = HEARTBEAT_S / 6
+HEARTBEAT_TICK_S = 1.0  # busy, the heartbeats are looked at once a second at most
+# kombu's poller (Redis, memory://) cannot wait on the wake-up pipe: idle it waits for the broker this long
+# (stop() is noticed within it), and every millisecond while pool commands run, so that their replies go out.
+IDLE_DRAIN_S = 0.2
 BUSY_DRAIN_S = 0.001
+# A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
+NACK_RETRIES = 12
+NACK_BACKOFF_MAX_S = 2.0
 
 
 class Worker:
     def __init__(
         self,
         connection: Connection,
-        publisher: Publisher,
+        publisher: Publisher | None,
         pipeline: Pipeline,
         host: str,
         *,
         prefetch: int = 32,
         on_connected: Callable[[bool], None] | None = None,
         notifier: Notifier | None = None,
+        confirms: bool | None = None,
     ):
+        """``connection`` consumes and publishes the replies; with AMQP, publisher confirms are on when its
+        transport options say so (``open_connection(confirms=…)``) unless ``confirms`` says otherwise.
+        ``publisher`` is not used for replies any more; if given, it is closed when the worker stops."""
         self._connection = connection
         self._publisher = publisher
         self._pipeline = pipeline
         self._queue = host_queue(host)
         self._prefetch = prefetch
-        self._settle_queue: SimpleQueue[tuple[Message, bool]] = SimpleQueue()
-        self._in_flight = 0
+        if confirms is None:
+            confirms = bool(connection.transport_options.get("confirm_publish"))
+        self._confirms = confirms
+        self._amqp = connection.transport.driver_type == "amqp"
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         # Set while basic.consume is confirmed on the live connection, cleared on any connection or channel
         # error and while reconnecting: readiness (/readyz, the metrics, the systemd watchdog) follows it.
         self.consuming = threading.Event()
         self.connected = self.consuming  # the older name
-        self._channel: Any = None  # the consuming channel: messages from any other one are not settled
-        # monotonic time of the consuming loop's last pass over the live connection: a watchdog (systemd's
-        # WATCHDOG=1) pings only while ``consuming`` is set and this is recent, i.e. the loop is not stuck
+        # monotonic time of the consuming loop's last pass over the live connection
         self.last_drain = 0.0
-        self._had_consumed = False  # in the current attempt: then the next failure starts its backoff afresh
         self._on_connected = on_connected or (lambda up: None)
         # systemd (Type=notify): READY once consuming, WATCHDOG while this thread goes round, STOPPING at stop()
         self._notifier = notifier or Notifier.from_environment()
+        self._inbox = _Inbox()
+        self._session: _AmqpSession | _KombuSession | None = None
+        self._in_flight = 0  # received and not yet settled (on this connection or an earlier one)
+        self._thread_id: int | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def run(self) -> None:
         """Consume until ``stop()``; reconnect with backoff whenever the broker goes away."""
-        backoff = 0.5
-        while not self._stopping.is_set():
-            self._notifier.alive()  # reconnecting is progress too: a broker outage is no reason to restart
-            try:
-                self._consume_once()
-            except Exception as exc:  # the consumer must outlive any failure; unexpected ones are logged in full
-                if self._had_consumed:
-                    backoff = 0.5  # it had consumed since the last failure: a new incident starts afresh
-                log_connection_loss(log, self._connection, exc, "consumer", backoff)
-                self._notifier.status(f"not consuming: {type(exc).__name__}; reconnecting in {backoff:g} s")
-                self._connection.maybe_switch_next()  # several URLs: start again at the next node, not the lost one
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-        self._pipeline.shutdown()
-        self._publisher.close()  # every reply settled: its thread and connection go
-        # Said before the waiters are released: once wait_stopped() returns, the process may close its
-        # log handlers and exit, and a line logged after that is a "--- Logging error ---".
-        log.info("worker stopped")
-        self._stopped.set()
+        self._thread_id = threading.get_ident()
+        try:
+            loop = ConsumeLoop(
+                self._connection, _Consumer(self), log=log, stopping=self._stopping, first_pause=0.5, max_pause=10.0
+            )
+            loop.run()
+        finally:
+            self._pipeline.shutdown()
+            self._give_up_inbox()  # what the pool answered after the last connection went
+            self._inbox.close()
+            if self._publisher is not None:
+                self._publisher.close()
+            # Said before the waiters are released: once wait_stopped() returns, the process may close its
+            # log handlers and exit, and a line logged after that is a "--- Logging error ---".
+            log.info("worker stopped")
+            self._stopped.set()
 
     def stop(self) -> None:
         """Finish what is running; give back what has not started (SIGTERM)."""
         self._stopping.set()
         self._pipeline.stop()
         self._notifier.stopping()
+        self._inbox.wake()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
-
-    def _consume_once(self) -> None:
-        self._had_consumed = False
-        with self._connection.clone() as conn:
-            conn.ensure_connection(max_retries=every_url(conn))
-            raw = conn.connection  # drained directly from now on: see drain_this_connection
-            channel = conn.channel()
-            consumer = Consumer(channel, queues=[self._queue], on_message=self._on_message, auto_declare=True)
-            consumer.qos(prefetch_count=self._prefetch)
-            consumer.consume()  # returns once the broker has confirmed basic.consume
-            self._channel = channel
-            self._set_connected(True)
-            log.info("consuming %s on %s", self._queue.name, conn.as_uri())
-            self._notifier.ready(f"consuming {self._queue.name} on {conn.as_uri()}")
-            try:
-                while not self._stopping.is_set():
-                    self._drain(conn, raw)
-                consumer.cancel()
-                self._finish_in_flight(conn, raw)
-            finally:
-                self._channel, self._had_consumed = None, True
-                self._set_connected(False)
-
-    def _drain(self, conn: Connection, raw: Any) -> None:
-        drain_this_connection(conn, raw, BUSY_DRAIN_S if self._in_flight else IDLE_DRAIN_S)
-        self._settle()
-        self.last_drain = time.monotonic()
-        self._notifier.alive()
-
-    def _finish_in_flight(self, conn: Connection, raw: Any) -> None:
-        while self._in_flight > 0:
-            self._drain(conn, raw)
 
     def _set_connected(self, up: bool) -> None:
         if up == self.consuming.is_set():
@@ -138,70 +146,455 @@ class Worker:
         (self.consuming.set if up else self.consuming.clear)()
         self._on_connected(up)
 
-    # -- one message -----------------------------------------------------------
+    # -- one message (consumer thread) -------------------------------------------
 
-    def _on_message(self, message: Message) -> None:
+    def _receive(self, delivery: Delivery, port: _Port) -> None:
         self._in_flight += 1
-        self._pipeline.receive(delivery_of(message), ReplyPort(message, self._publisher, self._settle_queue))
+        self._pipeline.receive(delivery, port)
 
-    def _settle(self) -> None:
-        """Ack or requeue finished messages on the consuming channel; a failure there is a lost connection
-        (it raises, and the consumer is set up again). A message from an earlier channel is not settled:
-        the broker took it back when that channel died and delivers it again (the journal answers it)."""
-        while True:
-            try:
-                message, ack = self._settle_queue.get_nowait()
-            except Empty:
-                return
-            self._in_flight -= 1
-            if message.channel is not self._channel:
-                log.info(
-                    "[%s] not %s: its channel is gone, the broker delivers it again",
-                    message.properties.get("message_id"),
-                    "acked" if ack else "requeued",
-                )
-                continue
-            message.ack() if ack else message.requeue()
+    def _on_consumer_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def _publish(self, port: _Port, outgoing: Outgoing, done: Done) -> None:
+        """On the consumer thread: over the live connection; none (between two): the reply is given up.
+        A session calls ``done`` exactly once, and never raises for a write that failed (see ``_AmqpSession``)."""
+        session = self._session
+        if session is None:
+            done(ConnectionLost("not connected to the broker"))
+            return
+        session.publish(outgoing, done)
+
+    def _settle(self, port: _Port, ack: bool) -> None:
+        """On the consumer thread. A message from an earlier connection is not settled: the broker took it back
+        when that connection died and delivers it again (the journal answers it)."""
+        self._in_flight -= 1
+        session = self._session
+        if port.session is not session or session is None or not session.alive:
+            log.info(
+                "[%s] not %s: its channel is gone, the broker delivers it again",
+                port.label,
+                "acked" if ack else "requeued",
+            )
+            return
+        session.settle(port.tag, ack)
+
+    def _take_inbox(self) -> None:
+        for port, outgoing, done, ack in self._inbox.take():
+            if outgoing is not None:
+                self._publish(port, outgoing, done)  # type: ignore[arg-type]
+            else:
+                self._settle(port, ack)
+
+    def _give_up_inbox(self) -> None:
+        self._thread_id = threading.get_ident()  # whatever comes now is handled right here
+        self._session = None
+        closed = PublisherClosed("the worker stopped before the reply could be published")
+        for port, outgoing, done, ack in self._inbox.take():
+            if outgoing is not None:
+                done(closed)  # type: ignore[misc]
+            else:
+                self._settle(port, ack)
 
 
-class ReplyPort:
-    """One message's way back: its reply over the publisher (asynchronously), settled by the consumer thread."""
+class _Inbox:
+    """Replies and settlings handed to the consumer thread by the pool's threads, and the pipe that wakes it."""
 
-    __slots__ = ("_message", "_publisher", "_settle_queue")
+    def __init__(self) -> None:
+        self._items: deque[tuple[_Port, Outgoing | None, Done | None, bool]] = deque()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()  # the pipe is not written once closed (its fd may be reused)
+        self._closed = False
+        self.asleep = False  # the consumer thread is (about to be) in select(): a new item must wake it
 
-    def __init__(self, message: Message, publisher: Publisher, settle_queue: SimpleQueue[tuple[Message, bool]]):
-        self._message = message
-        self._publisher = publisher
-        self._settle_queue = settle_queue
+    @property
+    def fd(self) -> int:
+        return self._read_fd
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def put(self, item: tuple[_Port, Outgoing | None, Done | None, bool]) -> None:
+        self._items.append(item)
+        if self.asleep:  # else the consumer thread looks at the inbox before it sleeps again
+            self.wake()
+
+    def take(self) -> list[tuple[_Port, Outgoing | None, Done | None, bool]]:
+        items = []
+        while self._items:
+            items.append(self._items.popleft())
+        return items
+
+    def wake(self) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread just the same
+            if not self._closed:
+                os.write(self._write_fd, b"\0")
+
+    def drain_pipe(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read_fd, 4096)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            os.close(self._read_fd)
+            os.close(self._write_fd)
+
+
+class _Port:
+    """One message's way back: on the consumer thread directly, from any other thread through the inbox."""
+
+    __slots__ = ("_worker", "label", "session", "tag")
+
+    def __init__(self, worker: Worker, session: Any, tag: Any, label: Any):
+        self._worker = worker
+        self.session = session
+        self.tag = tag  # the delivery tag (AMQP), kombu's Message (the others)
+        self.label = label
 
     def publish(self, outgoing: Outgoing, done: Done) -> None:
-        """Returns at once: ``done`` comes from the publisher's thread once the broker has the reply (its confirm,
-        when confirms are on), and only then is the message settled. No thread waits for a confirm."""
-        try:
-            self._publisher.publish_async(
-                outgoing.body,
-                routing_key=outgoing.routing_key,
-                correlation_id=outgoing.correlation_id,
-                message_id=outgoing.message_id,
-                headers=dict(outgoing.headers),
-                done=done,
-            )
-        except Exception as exc:  # a closed publisher: the message goes back to the queue
-            done(exc)
+        worker = self._worker
+        if worker._on_consumer_thread():
+            worker._publish(self, outgoing, done)
+        else:
+            worker._inbox.put((self, outgoing, done, False))
 
     def settle(self, ack: bool) -> None:
-        self._settle_queue.put((self._message, ack))
+        worker = self._worker
+        if worker._on_consumer_thread():
+            worker._settle(self, ack)
+        else:
+            worker._inbox.put((self, None, None, ack))
 
 
-def delivery_of(message: Message) -> Delivery:
-    props: dict[str, Any] = message.properties
-    body = message.body
-    return Delivery(
-        body=body if isinstance(body, bytes) else str(body).encode(),
-        content_type=message.content_type,
-        headers=message.headers or {},
-        message_id=props.get("message_id"),
-        correlation_id=props.get("correlation_id"),
-        reply_to=props.get("reply_to"),
-        redelivered=bool(message.delivery_info.get("redelivered")),
-    )
+class _Consumer(Consuming):
+    """The worker's steps of ``ConsumeLoop``: every method runs on the consumer thread."""
+
+    what = "consumer"
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    def start(self, conn: Connection, channel: Any) -> Any:
+        worker = self._worker
+        kind = _AmqpSession if worker._amqp else _KombuSession
+        try:
+            return kind(worker, conn, channel)  # it becomes the worker's session before it consumes
+        except BaseException:
+            worker._session = None
+            raise
+
+    def up(self, conn: Connection, again: bool) -> None:
+        worker = self._worker
+        worker._set_connected(True)
+        log.info("consuming %s on %s", worker._queue.name, conn.as_uri())
+        worker._notifier.ready(f"consuming {worker._queue.name} on {conn.as_uri()}")
+
+    def down(self) -> None:
+        worker = self._worker
+        session, worker._session = worker._session, None
+        worker._set_connected(False)
+        if session is not None:
+            session.lost()
+
+    def drain(self, conn: Connection, raw: Any) -> None:
+        worker = self._worker
+        session = worker._session
+        assert session is not None  # started
+        session.drain(conn, raw)
+        if worker._inbox:
+            worker._take_inbox()
+        worker.last_drain = time.monotonic()
+        worker._notifier.alive()
+
+    def busy(self) -> bool:
+        return self._worker._in_flight > 0
+
+    def attempting(self) -> None:
+        self._worker._notifier.alive()  # reconnecting is progress too: a broker outage is no reason to restart
+
+    def retrying(self, exc: BaseException, pause: float) -> None:
+        self._worker._notifier.status(f"not consuming: {type(exc).__name__}; reconnecting in {pause:g} s")
+
+
+# -- AMQP ------------------------------------------------------------------------------------------------------
+
+
+class _AmqpSession:
+    """One connection's consuming channel and reply channel, used by the consumer thread alone."""
+
+    def __init__(self, worker: Worker, conn: Connection, channel: Any):
+        self._worker = worker
+        self._raw = raw = conn.connection
+        self._channel = channel
+        self.alive = True
+        worker._queue.bind(channel).declare()
+        channel.basic_qos(0, worker._prefetch, False)
+        # Replies on a channel of their own: a reply the broker refuses closes that channel, not the consuming one.
+        self._replies = conn.channel()
+        self._confirms = worker._confirms
+        self._unconfirmed: dict[int, tuple[Outgoing, Done, int]] = {}  # by delivery tag: reply, done, nacks
+        self._later: list[tuple[float, int, Outgoing, Done, int]] = []  # nacked, waiting for their pause
+        self._order = itertools.count()
+        self._tag = 0
+        self._broken: Exception | None = None  # a write failed: the connection is lost, drain() raises it
+        self._orphans: list[Done] = []  # replies not written since: their done comes from lost()
+        if self._confirms:
+            self._replies.confirm_select()
+            self._replies.events["basic_ack"].add(self._on_ack)
+            self._replies.events["basic_nack"].add(self._on_nack)
+        self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
+        self._plain_tcp = type(raw.transport) is TCPTransport
+        self._write_frame = raw.frame_writer
+        self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector.register(worker._inbox.fd, selectors.EVENT_READ)
+        self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
+        self._next_tick = 0.0
+        # basic.consume last: it returns once the broker confirmed it, and deliveries may follow at once (even
+        # while py-amqp waits for consume-ok): from here on the worker's replies and settlings come to this session
+        worker._session = self
+        self._consumer_tag = channel.basic_consume(worker._queue.name, callback=self._on_message)
+
+    # -- the loop --------------------------------------------------------------
+
+    def drain(self, conn: Connection, raw: Any) -> None:
+        """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        if self._broken is not None:
+            raise self._broken
+        inbox = self._worker._inbox
+        inbox.asleep = True  # set before the inbox is looked at: see _Inbox.put
+        try:
+            events = self._selector.select(0 if inbox else self._timeout())
+        finally:
+            inbox.asleep = False
+        for key, _ in events:
+            if key.fd == inbox.fd:
+                inbox.drain_pipe()
+            else:
+                self._read()
+        if self._raw.heartbeat and (now := time.monotonic()) >= self._next_tick:  # not on every message
+            self._next_tick = now + HEARTBEAT_TICK_S
+            self._raw.heartbeat_tick(rate=2)
+        if self._later:
+            self._send_due()
+
+    def _timeout(self) -> float:
+        if not self._later:
+            return self._wait_s
+        return max(min(self._wait_s, self._later[0][0] - time.monotonic()), 0)
+
+    def _read(self) -> None:
+        """Every frame the broker has sent, then each dispatched in turn (deliveries, confirms).
+
+        The frames are read with the socket non-blocking and dispatched once it blocks again: a reply written
+        while dispatching must not meet a non-blocking socket. (py-amqp's ``drain_events(timeout=0)`` switches
+        the socket's timeout twice per method, through a context manager; this does it twice per readable
+        socket.) Other transports (TLS) than plain TCP go through ``drain_events``."""
+        raw = self._raw
+        if not self._plain_tcp:
+            while True:
+                try:
+                    raw.drain_events(timeout=0)
+                except TimeoutError:
+                    return
+        sock, read_frame, frames = self._sock, raw.transport.read_frame, []
+        blocking = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            while True:
+                frames.append(read_frame())  # a frame half-read when the socket runs dry is kept for the next read
+        except TimeoutError:
+            pass
+        finally:
+            sock.settimeout(blocking)
+        on_frame = raw.on_inbound_frame
+        for frame in frames:
+            on_frame(frame)
+
+    def cancel(self) -> None:
+        """Stopping: no more deliveries; the loop goes on until those in flight are settled."""
+        self._channel.basic_cancel(self._consumer_tag)
+
+    def lost(self) -> None:
+        """The connection is gone (or the loop stopped): replies not confirmed are given up (see the module)."""
+        self.alive = False
+        with contextlib.suppress(Exception):
+            self._selector.close()
+        waiting = [done for _, done, _ in self._unconfirmed.values()] + [entry[3] for entry in self._later]
+        waiting += self._orphans
+        self._unconfirmed.clear()
+        self._later.clear()
+        self._orphans.clear()
+        for done in waiting:
+            done(ConnectionLost("the connection went before the broker confirmed the reply"))
+
+    # -- one message -----------------------------------------------------------
+
+    def _on_message(self, message: AmqpMessage) -> None:
+        props: dict[str, Any] = message.properties
+        body = message.body
+        info = message.delivery_info
+        delivery = Delivery(
+            body=body if isinstance(body, bytes) else str(body).encode(),
+            content_type=props.get("content_type"),
+            headers=props.get("application_headers") or {},
+            message_id=props.get("message_id"),
+            correlation_id=props.get("correlation_id"),
+            reply_to=props.get("reply_to"),
+            redelivered=bool(info.get("redelivered")),
+        )
+        port = _Port(self._worker, self, info["delivery_tag"], props.get("message_id"))
+        self._worker._receive(delivery, port)
+
+    def publish(self, outgoing: Outgoing, done: Done, nacks: int = 0) -> None:
+        message = AmqpMessage(
+            outgoing.body,
+            content_type=JSON_CONTENT_TYPE,
+            content_encoding="utf-8",
+            application_headers=dict(outgoing.headers),
+            delivery_mode=1,
+            correlation_id=outgoing.correlation_id,
+            message_id=outgoing.message_id,
+        )
+        if self._broken is not None:  # a write failed already: the loop is about to find the connection lost
+            self._orphans.append(done)
+            return
+        if self._confirms:
+            self._tag += 1
+            self._unconfirmed[self._tag] = (outgoing, done, nacks)  # before writing: see lost()
+        # the frames as py-amqp's basic_publish writes them, without what it adds per call (a read of the socket
+        # for connection.blocked, a promise, a socket timeout switched back and forth; with confirms on in the
+        # connection's options, a wait for the confirm that this loop reads instead)
+        args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
+        try:
+            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)
+        except Exception as exc:  # done comes from lost(), once the loop has raised this
+            self._broken = exc
+            if not self._confirms:
+                self._orphans.append(done)
+            return
+        if not self._confirms:
+            done(None)  # written to the socket: nothing more to wait for
+
+    def settle(self, tag: int, ack: bool) -> None:
+        """basic.ack, or basic.reject with requeue, written as py-amqp writes them (see ``publish``). A write
+        that fails leaves the message to the broker, which delivers it again once the connection is gone."""
+        method = spec.Basic.Ack if ack else spec.Basic.Reject
+        try:
+            self._write_frame(1, self._consuming_id, method, dumps("Lb", (tag, not ack)), None)
+        except Exception as exc:
+            self._broken = exc
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        for _, done, _ in self._confirmed(delivery_tag, multiple):
+            done(None)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        for outgoing, done, nacks in self._confirmed(delivery_tag, multiple):
+            nacks += 1
+            if nacks > NACK_RETRIES:
+                done(MessageNacked(f"the broker nacked the reply {nacks} times"))
+                continue
+            pause = min(0.1 * 2 ** (nacks - 1), NACK_BACKOFF_MAX_S)
+            log.warning("[%s] the broker nacked the reply; again in %.1f s", outgoing.message_id, pause)
+            heapq.heappush(self._later, (time.monotonic() + pause, next(self._order), outgoing, done, nacks))
+
+    def _confirmed(self, delivery_tag: int, multiple: bool) -> list[tuple[Outgoing, Done, int]]:
+        if not multiple:
+            entry = self._unconfirmed.pop(delivery_tag, None)
+            return [entry] if entry is not None else []
+        tags = [tag for tag in self._unconfirmed if tag <= delivery_tag]  # in the order sent
+        return [self._unconfirmed.pop(tag) for tag in tags]
+
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            _, _, outgoing, done, nacks = heapq.heappop(self._later)
+            self.publish(outgoing, done, nacks)
+
+
+# -- Redis, memory:// ------------------------------------------------------------------------------------------
+
+
+class _KombuSession:
+    """kombu's Consumer on one connection, and its channel for the replies, used by the consumer thread alone."""
+
+    def __init__(self, worker: Worker, conn: Connection, channel: Any):
+        self._worker = worker
+        self.alive = True
+        self._consumer = Consumer(channel, queues=[worker._queue], on_message=self._on_message, auto_declare=True)
+        self._consumer.qos(prefetch_count=worker._prefetch)
+        self._channel = channel
+        if conn.transport.driver_type == "redis":
+            _one_redis_client(channel)
+        worker._session = self  # before consuming: see _AmqpSession
+        self._consumer.consume()
+
+    def drain(self, conn: Connection, raw: Any) -> None:
+        worker = self._worker
+        timeout = 0.0 if worker._inbox else BUSY_DRAIN_S if worker._in_flight else IDLE_DRAIN_S
+        if worker._stopping.is_set():
+            timeout = min(timeout, BUSY_DRAIN_S)
+        drain_this_connection(conn, raw, timeout)
+
+    def cancel(self) -> None:
+        self._consumer.cancel()
+
+    def lost(self) -> None:
+        self.alive = False
+
+    def _on_message(self, message: Message) -> None:
+        props: dict[str, Any] = message.properties
+        body = message.body
+        delivery = Delivery(
+            body=body if isinstance(body, bytes) else str(body).encode(),
+            content_type=message.content_type,
+            headers=message.headers or {},
+            message_id=props.get("message_id"),
+            correlation_id=props.get("correlation_id"),
+            reply_to=props.get("reply_to"),
+            redelivered=bool(message.delivery_info.get("redelivered")),
+        )
+        self._worker._receive(delivery, _Port(self._worker, self, message, props.get("message_id")))
+
+    def publish(self, outgoing: Outgoing, done: Done) -> None:
+        """The message kombu's Producer would build (the body is JSON bytes already), published as it would."""
+        properties = {
+            "delivery_mode": 1,
+            "correlation_id": outgoing.correlation_id,
+            "message_id": outgoing.message_id,
+        }
+        channel = self._channel
+        message = channel.prepare_message(
+            outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), properties
+        )
+        try:
+            channel.basic_publish(message, exchange="", routing_key=outgoing.routing_key)
+        except Exception as exc:  # the broker went: the message goes back (or the broker takes it back)
+            done(exc)
+            return
+        done(None)
+
+    def settle(self, message: Message, ack: bool) -> None:
+        message.ack() if ack else message.requeue()
+
+
+def _one_redis_client(channel: Any) -> None:
+    """kombu's Redis channel makes a new ``redis.Redis`` (its table of response callbacks and all) for every
+    delivery, publish and ack: a fifth of the worker's CPU per message. One per connection pool does the same
+    (a client takes a pooled connection per command), on this channel only."""
+    create = channel._create_client
+    made: list[Any] = []
+
+    def create_client(asynchronous: bool = False) -> Any:
+        if asynchronous:  # BRPOP's own client: kombu keeps it
+            return create(asynchronous=True)
+        pool = channel.pool
+        if not made or made[0].connection_pool is not pool:
+            made[:] = [create()]
+        return made[0]
+
+    channel._create_client = create_client
