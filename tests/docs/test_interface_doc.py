@@ -77,5 +77,5 @@ def test_what_the_interface_document_marks_planned_is_really_not_registered(regi
         if paragraph.startswith("**Planned**"):
             planned |= named_commands(paragraph)
     every_command = set().union(*registered.values())
-    assert {"migrate"} <= planned
+    assert "migrate" in registered["VmHandler"] and "migrate" not in planned  # the last planned one, now built
     assert not planned & every_command, f"marked planned but registered: {sorted(planned & every_command)}"

@@ -338,7 +338,9 @@ def test_a_graceful_stop_app_of_the_worker_s_node_and_its_rejoining_lose_nothing
     lost, twice, unanswered = check_once_each(worker, replies)
     FAULT_TABLE.append(f"through the rejoined node | 1 | 50 | {lost} / {twice} / {unanswered} | -")
     assert (lost, twice, unanswered) == (0, 0, 0), worker.log()
-    assert cluster.queue_depth(queue) == 0
+    # A command is acked once its reply's confirm is back, which may come after the reply reached the client
+    # (and a quorum queue's count follows the ack through Raft): nothing may stay, but not to the millisecond.
+    assert wait_for(lambda: cluster.queue_depth(queue) == 0, 10), f"left in {queue}\n{worker.log()}"
 
 
 def test_the_client_s_and_the_bridge_s_own_node_dying_leaves_no_command_without_a_definite_outcome(
