@@ -30,6 +30,8 @@ import itertools
 import logging
 import os
 import selectors
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -38,7 +40,8 @@ from typing import Any
 
 from amqp import Message as AmqpMessage
 from amqp import spec
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import MessageNacked, UnexpectedFrame
+from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
@@ -66,6 +69,9 @@ BUSY_DRAIN_S = 0.001
 # A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
 NACK_RETRIES = 12
 NACK_BACKOFF_MAX_S = 2.0
+RECV_CHUNK = 65536  # the broker's socket is read this much at a time, its frames cut out of what came
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size; the payload and the frame-end octet follow
+_FRAME_END = 0xCE
 
 
 class Worker:
@@ -303,7 +309,7 @@ class _Consumer(Consuming):
         session = worker._session
         assert session is not None  # started
         session.drain(conn, raw)
-        if worker._inbox:
+        if worker._inbox and not worker._amqp:  # AMQP: taken within the pass, before its frames are written
             worker._take_inbox()
         worker.last_drain = time.monotonic()
         worker._notifier.alive()
@@ -346,7 +352,12 @@ class _AmqpSession:
             self._replies.events["basic_nack"].add(self._on_nack)
         self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
         self._plain_tcp = type(raw.transport) is TCPTransport
-        self._write_frame = raw.frame_writer
+        # A pass's frames (replies, acks) are collected and written together at its end (``flush``): one write
+        # per pass, not one per frame. Written to the socket = what ``done`` means without confirms.
+        self._out: list[bytes] = []
+        self._written: list[Done] = []  # no confirms: replies in ``_out``, done once the write returned
+        self._write_frame = frame_writer(raw, _Collect(self._out))
+        self._rbuf = bytearray()  # what was read of the socket past the last whole frame
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
@@ -357,14 +368,17 @@ class _AmqpSession:
         # while py-amqp waits for consume-ok): from here on the worker's replies and settlings come to this session
         worker._session = self
         self._consumer_tag = channel.basic_consume(worker._queue.name, callback=self._on_message)
+        self._take_read_ahead()  # from here on the broker's socket is read by ``_read`` alone
 
     # -- the loop --------------------------------------------------------------
 
     def drain(self, conn: Connection, raw: Any) -> None:
         """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        self.flush()  # what came while py-amqp waited (basic.consume, basic.cancel) or since the last pass
         if self._broken is not None:
             raise self._broken
-        inbox = self._worker._inbox
+        worker = self._worker
+        inbox = worker._inbox
         inbox.asleep = True  # set before the inbox is looked at: see _Inbox.put
         try:
             events = self._selector.select(0 if inbox else self._timeout())
@@ -375,11 +389,32 @@ class _AmqpSession:
                 inbox.drain_pipe()
             else:
                 self._read()
+        if inbox:
+            worker._take_inbox()
         if self._raw.heartbeat and (now := time.monotonic()) >= self._next_tick:  # not on every message
             self._next_tick = now + HEARTBEAT_TICK_S
             self._raw.heartbeat_tick(rate=2)
         if self._later:
             self._send_due()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the frames collected since the last write in one go; then the replies written without
+        confirms are done (their acks, collected meanwhile, go in the next round of this loop)."""
+        out = self._out
+        while out and self._broken is None:
+            data = b"".join(out)
+            out.clear()
+            written, self._written = self._written, []
+            try:
+                self._raw.transport.write(data)
+            except Exception as exc:  # done comes from lost(), once the loop has raised this
+                self._broken = exc
+                self._orphans += written
+                return
+            for done in written:
+                done(None)
+        out.clear()  # broken: nothing more goes out on this connection
 
     def _timeout(self) -> float:
         if not self._later:
@@ -389,10 +424,10 @@ class _AmqpSession:
     def _read(self) -> None:
         """Every frame the broker has sent, then each dispatched in turn (deliveries, confirms).
 
-        The frames are read with the socket non-blocking and dispatched once it blocks again: a reply written
-        while dispatching must not meet a non-blocking socket. (py-amqp's ``drain_events(timeout=0)`` switches
-        the socket's timeout twice per method, through a context manager; this does it twice per readable
-        socket.) Other transports (TLS) than plain TCP go through ``drain_events``."""
+        The socket is read in chunks without blocking (``MSG_DONTWAIT``: its timeout is never switched) and the
+        whole frames are cut out of them here; py-amqp's own reader asks the socket for each frame's header,
+        payload and end octet in turn, three ``recv`` per frame. A frame half-read when the socket runs dry is
+        kept for the next read. Other transports (TLS) than plain TCP go through ``drain_events``."""
         raw = self._raw
         if not self._plain_tcp:
             while True:
@@ -400,34 +435,71 @@ class _AmqpSession:
                     raw.drain_events(timeout=0)
                 except TimeoutError:
                     return
-        sock, read_frame, frames = self._sock, raw.transport.read_frame, []
-        blocking = sock.gettimeout()
-        sock.settimeout(0)
-        try:
-            while True:
-                frames.append(read_frame())  # a frame half-read when the socket runs dry is kept for the next read
-        except TimeoutError:
-            pass
-        finally:
-            sock.settimeout(blocking)
+        buf, recv = self._rbuf, self._sock.recv
+        while True:
+            try:
+                chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                raise ConnectionLost("the broker closed the connection")
+            buf += chunk
+            if len(chunk) < RECV_CHUNK:
+                break
         on_frame = raw.on_inbound_frame
-        for frame in frames:
+        for frame in self._frames():
             on_frame(frame)
+
+    def _frames(self) -> list[tuple[int, int, bytes]]:
+        """The whole frames at the start of the read buffer, taken out of it."""
+        buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
+        unpack = _FRAME_HEADER.unpack_from
+        while size - start >= 8:
+            frame_type, channel, length = unpack(buf, start)
+            end = start + 7 + length
+            if end >= size:
+                break
+            if buf[end] != _FRAME_END:
+                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+            frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
+            start = end + 1
+        del buf[:start]
+        return frames
+
+    def _take_read_ahead(self) -> None:
+        """What py-amqp read of a frame it did not finish (while it waited for a reply of the broker) is ours."""
+        transport = self._raw.transport
+        self._rbuf[:0] = transport._read_buffer
+        transport._read_buffer = b""
+
+    def _give_read_ahead(self) -> None:
+        """Before py-amqp reads the socket itself again: the part of a frame read already is its."""
+        transport = self._raw.transport
+        transport._read_buffer = bytes(self._rbuf) + transport._read_buffer
+        self._rbuf.clear()
 
     def cancel(self) -> None:
         """Stopping: no more deliveries; the loop goes on until those in flight are settled."""
-        self._channel.basic_cancel(self._consumer_tag)
+        self.flush()
+        self._give_read_ahead()  # py-amqp reads the socket until basic.cancel-ok
+        try:
+            self._channel.basic_cancel(self._consumer_tag)
+        finally:
+            self._take_read_ahead()
 
     def lost(self) -> None:
         """The connection is gone (or the loop stopped): replies not confirmed are given up (see the module)."""
         self.alive = False
+        self._give_read_ahead()  # closing the connection, py-amqp reads the socket itself again
         with contextlib.suppress(Exception):
             self._selector.close()
         waiting = [done for _, done, _ in self._unconfirmed.values()] + [entry[3] for entry in self._later]
-        waiting += self._orphans
+        waiting += self._orphans + self._written
         self._unconfirmed.clear()
         self._later.clear()
         self._orphans.clear()
+        self._written.clear()
+        self._out.clear()
         for done in waiting:
             done(ConnectionLost("the connection went before the broker confirmed the reply"))
 
@@ -470,18 +542,21 @@ class _AmqpSession:
         # connection's options, a wait for the confirm that this loop reads instead)
         args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
         try:
-            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)
+            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)  # collected: see flush()
         except Exception as exc:  # done comes from lost(), once the loop has raised this
             self._broken = exc
             if not self._confirms:
                 self._orphans.append(done)
             return
         if not self._confirms:
-            done(None)  # written to the socket: nothing more to wait for
+            self._written.append(done)  # done once written to the socket: nothing more to wait for
 
     def settle(self, tag: int, ack: bool) -> None:
-        """basic.ack, or basic.reject with requeue, written as py-amqp writes them (see ``publish``). A write
-        that fails leaves the message to the broker, which delivers it again once the connection is gone."""
+        """basic.ack, or basic.reject with requeue, framed as py-amqp frames them (see ``publish``), written
+        with the pass's other frames (``flush``). A write that fails leaves the message to the broker, which
+        delivers it again once the connection is gone."""
+        if self._broken is not None:
+            return
         method = spec.Basic.Ack if ack else spec.Basic.Reject
         try:
             self._write_frame(1, self._consuming_id, method, dumps("Lb", (tag, not ack)), None)
@@ -514,6 +589,19 @@ class _AmqpSession:
         while self._later and self._later[0][0] <= now:
             _, _, outgoing, done, nacks = heapq.heappop(self._later)
             self.publish(outgoing, done, nacks)
+
+
+class _Collect:
+    """The transport py-amqp's frame writer is given: it keeps the frames (copied: the writer's buffer is
+    reused for the next frame) for ``_AmqpSession.flush``."""
+
+    __slots__ = ("_out",)
+
+    def __init__(self, out: list[bytes]):
+        self._out = out
+
+    def write(self, frame: Any) -> None:
+        self._out.append(bytes(frame))
 
 
 # -- Redis, memory:// ------------------------------------------------------------------------------------------
