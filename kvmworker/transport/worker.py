@@ -42,7 +42,7 @@ from amqp import Message as AmqpMessage
 from amqp import spec
 from amqp.exceptions import MessageNacked, UnexpectedFrame
 from amqp.method_framing import frame_writer
-from amqp.serialization import dumps
+from amqp.serialization import decode_properties_basic, dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
@@ -72,6 +72,13 @@ NACK_BACKOFF_MAX_S = 2.0
 RECV_CHUNK = 65536  # the broker's socket is read this much at a time, its frames cut out of what came
 _FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size; the payload and the frame-end octet follow
 _FRAME_END = 0xCE
+# The methods the loop reads itself, by their class and method ids (a method frame's first four octets), and
+# what follows: basic.deliver's delivery tag and redelivered bit (after its consumer tag), basic.ack's tag and
+# multiple bit; a content header's body size (after its class id and weight).
+_DELIVER = struct.pack(">HH", *spec.Basic.Deliver)
+_ACK = struct.pack(">HH", *spec.Basic.Ack)
+_TAG_AND_BIT = struct.Struct(">QB")
+_BODY_SIZE = struct.Struct(">Q")
 
 
 class Worker:
@@ -358,6 +365,7 @@ class _AmqpSession:
         self._written: list[Done] = []  # no confirms: replies in ``_out``, done once the write returned
         self._write_frame = frame_writer(raw, _Collect(self._out))
         self._rbuf = bytearray()  # what was read of the socket past the last whole frame
+        self._assembling: _Arriving | None = None  # a delivery whose header or body frames are still to come
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
@@ -446,9 +454,41 @@ class _AmqpSession:
             buf += chunk
             if len(chunk) < RECV_CHUNK:
                 break
-        on_frame = raw.on_inbound_frame
+        on_frame, consuming, replies = raw.on_inbound_frame, self._consuming_id, self._replies_id
         for frame in self._frames():
-            on_frame(frame)
+            frame_type, channel, payload = frame
+            if channel == consuming and (frame_type != 1 or payload[:4] == _DELIVER):
+                self._on_content(frame_type, payload)
+            elif channel == replies and frame_type == 1 and payload[:4] == _ACK:
+                raw.bytes_recv += 1  # what py-amqp counts for the heartbeats
+                tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                self._on_ack(tag, bool(multiple & 1))
+            else:  # everything else (heartbeats, nacks, the broker closing a channel …) as py-amqp reads it
+                on_frame(frame)
+
+    def _on_content(self, frame_type: int, payload: bytes) -> None:
+        """A delivery's frames (basic.deliver, its content header, its body) read without py-amqp's channel
+        dispatch, promises and Message; its properties are decoded by py-amqp's own decoder."""
+        self._raw.bytes_recv += 1
+        arriving = self._assembling
+        if frame_type == 1:
+            if arriving is not None:
+                raise UnexpectedFrame("basic.deliver while a delivery's content was expected")
+            tag, redelivered = _TAG_AND_BIT.unpack_from(payload, 5 + payload[4])  # past the consumer tag
+            self._assembling = _Arriving(tag, bool(redelivered & 1))
+            return
+        if arriving is None or frame_type != (2 if arriving.properties is None else 3):
+            raise UnexpectedFrame(f"frame type {frame_type} on the consuming channel out of order")
+        if frame_type == 2:
+            (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
+            arriving.properties, _ = decode_properties_basic(payload, 12)
+        else:
+            arriving.parts.append(payload)
+            arriving.received += len(payload)
+        if arriving.received >= arriving.size:
+            self._assembling = None
+            body = arriving.parts[0] if len(arriving.parts) == 1 else b"".join(arriving.parts)
+            self._deliver(arriving.tag, arriving.redelivered, arriving.properties, body)
 
     def _frames(self) -> list[tuple[int, int, bytes]]:
         """The whole frames at the start of the read buffer, taken out of it."""
@@ -466,6 +506,14 @@ class _AmqpSession:
         del buf[:start]
         return frames
 
+    def _sock_readable(self, timeout: float) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.select(timeout)
+        finally:
+            selector.close()
+
     def _take_read_ahead(self) -> None:
         """What py-amqp read of a frame it did not finish (while it waited for a reply of the broker) is ours."""
         transport = self._raw.transport
@@ -480,6 +528,11 @@ class _AmqpSession:
 
     def cancel(self) -> None:
         """Stopping: no more deliveries; the loop goes on until those in flight are settled."""
+        for _ in range(50):  # a delivery half-read is read to its end first: py-amqp could not make sense of it
+            if self._assembling is None:
+                break
+            self._sock_readable(0.1)
+            self._read()
         self.flush()
         self._give_read_ahead()  # py-amqp reads the socket until basic.cancel-ok
         try:
@@ -506,20 +559,23 @@ class _AmqpSession:
     # -- one message -----------------------------------------------------------
 
     def _on_message(self, message: AmqpMessage) -> None:
-        props: dict[str, Any] = message.properties
+        """A delivery py-amqp read (while it waited for the broker's answer to basic.cancel)."""
         body = message.body
         info = message.delivery_info
+        body = body if isinstance(body, bytes) else str(body).encode()
+        self._deliver(info["delivery_tag"], bool(info.get("redelivered")), message.properties, body)
+
+    def _deliver(self, tag: int, redelivered: bool, props: dict[str, Any], body: bytes) -> None:
         delivery = Delivery(
-            body=body if isinstance(body, bytes) else str(body).encode(),
+            body=body,
             content_type=props.get("content_type"),
             headers=props.get("application_headers") or {},
             message_id=props.get("message_id"),
             correlation_id=props.get("correlation_id"),
             reply_to=props.get("reply_to"),
-            redelivered=bool(info.get("redelivered")),
+            redelivered=redelivered,
         )
-        port = _Port(self._worker, self, info["delivery_tag"], props.get("message_id"))
-        self._worker._receive(delivery, port)
+        self._worker._receive(delivery, _Port(self._worker, self, tag, props.get("message_id")))
 
     def publish(self, outgoing: Outgoing, done: Done, nacks: int = 0) -> None:
         message = AmqpMessage(
@@ -589,6 +645,19 @@ class _AmqpSession:
         while self._later and self._later[0][0] <= now:
             _, _, outgoing, done, nacks = heapq.heappop(self._later)
             self.publish(outgoing, done, nacks)
+
+
+class _Arriving:
+    """A delivery being read: its tag and redelivered bit, then its properties and body size, then its body."""
+
+    __slots__ = ("parts", "properties", "received", "redelivered", "size", "tag")
+
+    def __init__(self, tag: int, redelivered: bool):
+        self.tag, self.redelivered = tag, redelivered
+        self.properties: dict[str, Any] | None = None
+        self.size = 0
+        self.received = 0
+        self.parts: list[bytes] = []
 
 
 class _Collect:
