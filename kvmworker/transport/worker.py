@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 from amqp import Message as AmqpMessage
@@ -569,7 +570,7 @@ class _AmqpSession:
         delivery = Delivery(
             body=body,
             content_type=props.get("content_type"),
-            headers=props.get("application_headers") or {},
+            headers=MappingProxyType(props.get("application_headers") or {}),  # decoded for it alone: no copy
             message_id=props.get("message_id"),
             correlation_id=props.get("correlation_id"),
             reply_to=props.get("reply_to"),
