@@ -42,7 +42,6 @@ from typing import Any
 from amqp import Message as AmqpMessage
 from amqp import spec
 from amqp.exceptions import MessageNacked, UnexpectedFrame
-from amqp.method_framing import frame_writer
 from amqp.serialization import decode_properties_basic, dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
@@ -80,6 +79,15 @@ _DELIVER = struct.pack(">HH", *spec.Basic.Deliver)
 _ACK = struct.pack(">HH", *spec.Basic.Ack)
 _TAG_AND_BIT = struct.Struct(">QB")
 _BODY_SIZE = struct.Struct(">Q")
+# Written: basic.ack / basic.reject (delivery tag, one bit: multiple / requeue) as one whole frame; a publish's
+# frames (method, content header, body) around their payloads.
+_ACK_METHOD, _REJECT_METHOD = spec.Basic.Ack, spec.Basic.Reject
+_SETTLE_FRAME = struct.Struct(">BHIHHQBB")
+_PUBLISH_ARGS = struct.pack(">HHHB", *spec.Basic.Publish, 0, 0)  # reserved short, the default exchange ("")
+_CONTENT_HEADER = struct.Struct(">HHQ")
+# the reply's properties: content_type, content_encoding, application_headers, delivery_mode, correlation_id,
+# message_id (their bits in the property flags, in the order the format lists them)
+_REPLY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7)
 
 
 class Worker:
@@ -364,7 +372,6 @@ class _AmqpSession:
         # per pass, not one per frame. Written to the socket = what ``done`` means without confirms.
         self._out: list[bytes] = []
         self._written: list[Done] = []  # no confirms: replies in ``_out``, done once the write returned
-        self._write_frame = frame_writer(raw, _Collect(self._out))
         self._rbuf = bytearray()  # what was read of the socket past the last whole frame
         self._assembling: _Arriving | None = None  # a delivery whose header or body frames are still to come
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
@@ -579,27 +586,18 @@ class _AmqpSession:
         self._worker._receive(delivery, _Port(self._worker, self, tag, props.get("message_id")))
 
     def publish(self, outgoing: Outgoing, done: Done, nacks: int = 0) -> None:
-        message = AmqpMessage(
-            outgoing.body,
-            content_type=JSON_CONTENT_TYPE,
-            content_encoding="utf-8",
-            application_headers=dict(outgoing.headers),
-            delivery_mode=1,
-            correlation_id=outgoing.correlation_id,
-            message_id=outgoing.message_id,
-        )
         if self._broken is not None:  # a write failed already: the loop is about to find the connection lost
             self._orphans.append(done)
             return
         if self._confirms:
             self._tag += 1
             self._unconfirmed[self._tag] = (outgoing, done, nacks)  # before writing: see lost()
-        # the frames as py-amqp's basic_publish writes them, without what it adds per call (a read of the socket
-        # for connection.blocked, a promise, a socket timeout switched back and forth; with confirms on in the
-        # connection's options, a wait for the confirm that this loop reads instead)
-        args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
+        # the frames py-amqp's basic_publish writes, without what it adds per call (a read of the socket for
+        # connection.blocked, a promise, a socket timeout switched back and forth, a Message; with confirms on in
+        # the connection's options, a wait for the confirm that this loop reads instead)
         try:
-            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)  # collected: see flush()
+            self._out.append(_publish_frames(self._replies_id, self._raw.frame_max, outgoing))  # see flush()
+            self._raw.bytes_sent += 1  # what py-amqp counts for the heartbeats
         except Exception as exc:  # done comes from lost(), once the loop has raised this
             self._broken = exc
             if not self._confirms:
@@ -614,9 +612,10 @@ class _AmqpSession:
         delivers it again once the connection is gone."""
         if self._broken is not None:
             return
-        method = spec.Basic.Ack if ack else spec.Basic.Reject
+        method = _ACK_METHOD if ack else _REJECT_METHOD  # reject: requeue
         try:
-            self._write_frame(1, self._consuming_id, method, dumps("Lb", (tag, not ack)), None)
+            self._out.append(_SETTLE_FRAME.pack(1, self._consuming_id, 13, *method, tag, 0 if ack else 1, _FRAME_END))
+            self._raw.bytes_sent += 1
         except Exception as exc:
             self._broken = exc
 
@@ -648,6 +647,27 @@ class _AmqpSession:
             self.publish(outgoing, done, nacks)
 
 
+def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
+    """basic.publish of a reply, transient, to the default exchange: its frames as py-amqp frames them."""
+    routing_key = outgoing.routing_key.encode()
+    if len(routing_key) > 255:
+        raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
+    method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
+    properties = dumps(
+        "ssFoss",
+        (JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), 1, outgoing.correlation_id, outgoing.message_id),
+    )
+    body = outgoing.body
+    header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
+    parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
+    parts += [_FRAME_HEADER.pack(2, channel, len(header)), header, b"\xce"]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, b"\xce"]
+    return b"".join(parts)
+
+
 class _Arriving:
     """A delivery being read: its tag and redelivered bit, then its properties and body size, then its body."""
 
@@ -659,19 +679,6 @@ class _Arriving:
         self.size = 0
         self.received = 0
         self.parts: list[bytes] = []
-
-
-class _Collect:
-    """The transport py-amqp's frame writer is given: it keeps the frames (copied: the writer's buffer is
-    reused for the next frame) for ``_AmqpSession.flush``."""
-
-    __slots__ = ("_out",)
-
-    def __init__(self, out: list[bytes]):
-        self._out = out
-
-    def write(self, frame: Any) -> None:
-        self._out.append(bytes(frame))
 
 
 # -- Redis, memory:// ------------------------------------------------------------------------------------------
