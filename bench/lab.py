@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import procstat
 from bridge import LOGOUT, PING, BridgeSubject, InProcessApp, RawBackedBridge
 from peers import AmqpPeer, RedisPeer
-from subjects import ClientToRaw, KvmSubject, RawCallerToWorker
+from subjects import AmqpConfirmPeer, ClientToRaw, KvmSubject, RawCallerToWorker
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Lab:
         p = self.plan
         builders: dict[str, Callable[[], object]] = {
             "amqp-raw": lambda: AmqpPeer(p.amqp_host_port),
+            "amqp-raw-confirm": lambda: AmqpConfirmPeer(p.amqp_host_port),
             "redis-raw": lambda: RedisPeer(p.redis),
             "amqp-default": lambda: KvmSubject(p.amqp, worker_args=p.worker_args),
             "amqp-fast": lambda: KvmSubject(p.amqp, confirms=False, persistent=False, worker_args=p.worker_args),
@@ -154,6 +155,11 @@ class Row:
 ROWS = [
     Row("amqp-raw", latency_row("amqp-raw"), "raw py-amqp publish→consume→reply, 1 caller"),
     Row("amqp-default", latency_row("amqp-default"), "kvmworker, confirms + persistent, 1 caller"),
+    Row(
+        "amqp-raw-confirm",
+        latency_row("amqp-raw-confirm"),
+        "raw py-amqp, persistent both ways, reply confirmed before the ack, 1 caller",
+    ),
     Row("bridge-1", bridge_over_client, "bridge (wrk), 1 connection; the client around it"),
     Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),
     Row("redis-raw", latency_row("redis-raw"), "raw Redis LPUSH/BRPOP, 1 caller"),

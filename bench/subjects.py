@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import amqp
 from kombu import Connection
 from peers import AMQP_RESPONDER, AmqpCaller, responder
 
@@ -123,6 +124,59 @@ class RawCallerToWorker:
 
     def close(self) -> None:
         self.caller.close()
+
+
+# The worker's guarantees with nothing else: the reply persistent, published on a second channel of the consuming
+# connection in confirm mode, and the request acked only once the broker has confirmed its reply (by delivery tag,
+# read in the same drain loop, never waiting on one confirm at a time).
+AMQP_CONFIRM_RESPONDER = r"""
+import sys, amqp
+conn = amqp.Connection(sys.argv[1]); conn.connect(); ch = conn.channel(); out = conn.channel()
+ch.queue_declare(sys.argv[2], durable=True, auto_delete=True)
+out.confirm_select()
+waiting = {}  # reply's publish tag -> request's delivery tag
+sent = [0]
+def on(msg):
+    sent[0] += 1
+    waiting[sent[0]] = msg.delivery_tag
+    out.basic_publish(amqp.Message(b'{"code":0,"msg":"ok","data":null}', correlation_id=msg.correlation_id,
+                                   delivery_mode=2), exchange="", routing_key=msg.reply_to)
+def on_ack(tag, multiple):
+    for t in ([t for t in waiting if t <= tag] if multiple else [tag]):
+        ch.basic_ack(waiting.pop(t))
+out.events["basic_ack"].add(on_ack)
+ch.basic_qos(0, 128, False); ch.basic_consume(sys.argv[2], callback=on)
+print("ready", flush=True)
+while True:
+    conn.drain_events()
+"""
+
+
+class PersistentCaller(AmqpCaller):
+    """The raw caller, its requests persistent (as the client's are by default) to a durable queue."""
+
+    def _send(self, body: bytes) -> str:
+        cid = uuid.uuid4().hex
+        props = {"correlation_id": cid, "reply_to": self._reply_q, "message_id": str(uuid.uuid4())}
+        message = amqp.Message(body, content_type="application/json", delivery_mode=2, **props)
+        self._ch.basic_publish(message, "", self.queue)
+        return cid
+
+
+class AmqpConfirmPeer:
+    """The floor for the worker's guarantees: a py-amqp responder that publishes its reply persistent with
+    confirms on and acks the request only after that confirm; a raw caller sending persistent requests."""
+
+    def __init__(self, host_port: str):
+        queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
+        self.process = responder(AMQP_CONFIRM_RESPONDER, host_port, queue)
+        self.caller = PersistentCaller(host_port, queue)
+        self.pid = self.process.pid
+
+    def close(self) -> None:
+        self.caller.close()
+        self.process.kill()
+        self.process.wait()
 
 
 class ClientToRaw:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -72,9 +73,15 @@ class InFlight:
         return f"[{self.msg_id} {f'{env.handler}.{env.command}' if env else '?'}] "
 
 
+# The canonical spelling, which every client sends: accepted without building a UUID (uuid.UUID accepts it too).
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _transport_msg_id(message_id: str | None) -> str | None:
     if not message_id:
         return None
+    if type(message_id) is str and _CANONICAL_UUID.fullmatch(message_id):
+        return message_id
     try:
         uuid.UUID(message_id)
     except (ValueError, TypeError, AttributeError):

@@ -61,6 +61,10 @@ class Pipeline:
         self.registry = registry
         self.middleware = tuple(middleware)  # each hook is called on each of them, in this order
         self._stateful = tuple(mw for mw in self.middleware if keeps_state(mw))
+        # per hook, those that implement it (the base's hooks do nothing): no call per message for the others
+        self._receiving = _implementing(self.middleware, "on_receive")
+        self._executing = _implementing(self.middleware, "before_execute")
+        self._replying = _implementing(self.middleware, "after_reply")
         self.host = host
         self.max_body = max_body
         self._signer = signer
@@ -215,8 +219,8 @@ class Pipeline:
     # -- the hooks -------------------------------------------------------------
 
     def _on_receive(self, msg: InFlight) -> Reply | None:
-        for mw in self.middleware:
-            decision = _call(mw, mw.on_receive, msg)
+        for mw, hook in self._receiving:
+            decision = _call(mw, hook, msg)
             if isinstance(decision, Vouched):
                 msg.verified_until = decision.until
             elif decision is not None:
@@ -226,24 +230,33 @@ class Pipeline:
         return None
 
     def _before_execute(self, msg: InFlight) -> Reply | None:
-        for mw in self.middleware:
-            answer = _call(mw, mw.before_execute, msg)
+        for mw, hook in self._executing:
+            answer = _call(mw, hook, msg)
             if answer is not None:
                 return answer
         return None
 
     def _after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
-        for mw in self.middleware:
-            _call(mw, mw.after_reply, msg, reply, duration, refuse_on_failure=False)
+        for mw, hook in self._replying:
+            try:
+                hook(msg, reply, duration)
+            except Exception:  # logged and skipped, a guard's too: the reply is final
+                log.exception("middleware %s.%s failed", type(mw).__name__, hook.__name__)
 
 
-def _call(mw: Middleware[Any], hook: Callable[..., Any], *args: Any, refuse_on_failure: bool = True) -> Any:
+def _implementing(middleware: tuple[Middleware[Any], ...], hook: str) -> tuple[tuple[Middleware[Any], Any], ...]:
+    """Each middleware whose class overrides ``hook``, with the bound hook, in order."""
+    base = getattr(Middleware, hook)
+    return tuple((mw, getattr(mw, hook)) for mw in middleware if getattr(type(mw), hook) is not base)
+
+
+def _call(mw: Middleware[Any], hook: Callable[..., Any], msg: InFlight) -> Any:
     """A hook that fails is logged and skipped, unless it is a guard's: then the message is refused."""
     try:
-        return hook(*args)
+        return hook(msg)
     except Exception:
         log.exception("middleware %s.%s failed", type(mw).__name__, hook.__name__)
-        if mw.guard and refuse_on_failure:
+        if mw.guard:
             raise
         return None
 

@@ -25,7 +25,7 @@ def decode_body(body: bytes, content_type: str | None, max_bytes: int = DEFAULT_
     if len(body) > max_bytes:
         raise InvalidRequest(f"body is {len(body)} bytes; the limit is {max_bytes}")
     try:
-        value = json.loads(body, parse_int=_bounded_int, parse_constant=_no_constant)
+        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))  # as json.loads(bytes)
     except RecursionError:
         raise InvalidRequest("body nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -51,6 +51,9 @@ def _bounded_int(text: str) -> int:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)  # json.loads makes one per call
 
 
 def _check_depth(value: Any) -> None:

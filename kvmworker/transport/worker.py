@@ -30,16 +30,19 @@ import itertools
 import logging
 import os
 import selectors
+import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 from amqp import Message as AmqpMessage
 from amqp import spec
-from amqp.exceptions import MessageNacked
-from amqp.serialization import dumps
+from amqp.exceptions import MessageNacked, UnexpectedFrame
+from amqp.serialization import decode_properties_basic, dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
@@ -66,6 +69,25 @@ BUSY_DRAIN_S = 0.001
 # A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
 NACK_RETRIES = 12
 NACK_BACKOFF_MAX_S = 2.0
+RECV_CHUNK = 65536  # the broker's socket is read this much at a time, its frames cut out of what came
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size; the payload and the frame-end octet follow
+_FRAME_END = 0xCE
+# The methods the loop reads itself, by their class and method ids (a method frame's first four octets), and
+# what follows: basic.deliver's delivery tag and redelivered bit (after its consumer tag), basic.ack's tag and
+# multiple bit; a content header's body size (after its class id and weight).
+_DELIVER = struct.pack(">HH", *spec.Basic.Deliver)
+_ACK = struct.pack(">HH", *spec.Basic.Ack)
+_TAG_AND_BIT = struct.Struct(">QB")
+_BODY_SIZE = struct.Struct(">Q")
+# Written: basic.ack / basic.reject (delivery tag, one bit: multiple / requeue) as one whole frame; a publish's
+# frames (method, content header, body) around their payloads.
+_ACK_METHOD, _REJECT_METHOD = spec.Basic.Ack, spec.Basic.Reject
+_SETTLE_FRAME = struct.Struct(">BHIHHQBB")
+_PUBLISH_ARGS = struct.pack(">HHHB", *spec.Basic.Publish, 0, 0)  # reserved short, the default exchange ("")
+_CONTENT_HEADER = struct.Struct(">HHQ")
+# the reply's properties: content_type, content_encoding, application_headers, delivery_mode, correlation_id,
+# message_id (their bits in the property flags, in the order the format lists them)
+_REPLY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7)
 
 
 class Worker:
@@ -303,7 +325,7 @@ class _Consumer(Consuming):
         session = worker._session
         assert session is not None  # started
         session.drain(conn, raw)
-        if worker._inbox:
+        if worker._inbox and not worker._amqp:  # AMQP: taken within the pass, before its frames are written
             worker._take_inbox()
         worker.last_drain = time.monotonic()
         worker._notifier.alive()
@@ -346,7 +368,12 @@ class _AmqpSession:
             self._replies.events["basic_nack"].add(self._on_nack)
         self._sock = raw.sock  # kept: once py-amqp has collected a closed connection, ``raw.sock`` reconnects
         self._plain_tcp = type(raw.transport) is TCPTransport
-        self._write_frame = raw.frame_writer
+        # A pass's frames (replies, acks) are collected and written together at its end (``flush``): one write
+        # per pass, not one per frame. Written to the socket = what ``done`` means without confirms.
+        self._out: list[bytes] = []
+        self._written: list[Done] = []  # no confirms: replies in ``_out``, done once the write returned
+        self._rbuf = bytearray()  # what was read of the socket past the last whole frame
+        self._assembling: _Arriving | None = None  # a delivery whose header or body frames are still to come
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
@@ -357,14 +384,17 @@ class _AmqpSession:
         # while py-amqp waits for consume-ok): from here on the worker's replies and settlings come to this session
         worker._session = self
         self._consumer_tag = channel.basic_consume(worker._queue.name, callback=self._on_message)
+        self._take_read_ahead()  # from here on the broker's socket is read by ``_read`` alone
 
     # -- the loop --------------------------------------------------------------
 
     def drain(self, conn: Connection, raw: Any) -> None:
         """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        self.flush()  # what came while py-amqp waited (basic.consume, basic.cancel) or since the last pass
         if self._broken is not None:
             raise self._broken
-        inbox = self._worker._inbox
+        worker = self._worker
+        inbox = worker._inbox
         inbox.asleep = True  # set before the inbox is looked at: see _Inbox.put
         try:
             events = self._selector.select(0 if inbox else self._timeout())
@@ -375,11 +405,32 @@ class _AmqpSession:
                 inbox.drain_pipe()
             else:
                 self._read()
+        if inbox:
+            worker._take_inbox()
         if self._raw.heartbeat and (now := time.monotonic()) >= self._next_tick:  # not on every message
             self._next_tick = now + HEARTBEAT_TICK_S
             self._raw.heartbeat_tick(rate=2)
         if self._later:
             self._send_due()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the frames collected since the last write in one go; then the replies written without
+        confirms are done (their acks, collected meanwhile, go in the next round of this loop)."""
+        out = self._out
+        while out and self._broken is None:
+            data = b"".join(out)
+            out.clear()
+            written, self._written = self._written, []
+            try:
+                self._raw.transport.write(data)
+            except Exception as exc:  # done comes from lost(), once the loop has raised this
+                self._broken = exc
+                self._orphans += written
+                return
+            for done in written:
+                done(None)
+        out.clear()  # broken: nothing more goes out on this connection
 
     def _timeout(self) -> float:
         if not self._later:
@@ -389,10 +440,10 @@ class _AmqpSession:
     def _read(self) -> None:
         """Every frame the broker has sent, then each dispatched in turn (deliveries, confirms).
 
-        The frames are read with the socket non-blocking and dispatched once it blocks again: a reply written
-        while dispatching must not meet a non-blocking socket. (py-amqp's ``drain_events(timeout=0)`` switches
-        the socket's timeout twice per method, through a context manager; this does it twice per readable
-        socket.) Other transports (TLS) than plain TCP go through ``drain_events``."""
+        The socket is read in chunks without blocking (``MSG_DONTWAIT``: its timeout is never switched) and the
+        whole frames are cut out of them here; py-amqp's own reader asks the socket for each frame's header,
+        payload and end octet in turn, three ``recv`` per frame. A frame half-read when the socket runs dry is
+        kept for the next read. Other transports (TLS) than plain TCP go through ``drain_events``."""
         raw = self._raw
         if not self._plain_tcp:
             while True:
@@ -400,91 +451,171 @@ class _AmqpSession:
                     raw.drain_events(timeout=0)
                 except TimeoutError:
                     return
-        sock, read_frame, frames = self._sock, raw.transport.read_frame, []
-        blocking = sock.gettimeout()
-        sock.settimeout(0)
+        buf, recv = self._rbuf, self._sock.recv
+        while True:
+            try:
+                chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                raise ConnectionLost("the broker closed the connection")
+            buf += chunk
+            if len(chunk) < RECV_CHUNK:
+                break
+        on_frame, consuming, replies = raw.on_inbound_frame, self._consuming_id, self._replies_id
+        for frame in self._frames():
+            frame_type, channel, payload = frame
+            if channel == consuming and (frame_type != 1 or payload[:4] == _DELIVER):
+                self._on_content(frame_type, payload)
+            elif channel == replies and frame_type == 1 and payload[:4] == _ACK:
+                raw.bytes_recv += 1  # what py-amqp counts for the heartbeats
+                tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                self._on_ack(tag, bool(multiple & 1))
+            else:  # everything else (heartbeats, nacks, the broker closing a channel …) as py-amqp reads it
+                on_frame(frame)
+
+    def _on_content(self, frame_type: int, payload: bytes) -> None:
+        """A delivery's frames (basic.deliver, its content header, its body) read without py-amqp's channel
+        dispatch, promises and Message; its properties are decoded by py-amqp's own decoder."""
+        self._raw.bytes_recv += 1
+        arriving = self._assembling
+        if frame_type == 1:
+            if arriving is not None:
+                raise UnexpectedFrame("basic.deliver while a delivery's content was expected")
+            tag, redelivered = _TAG_AND_BIT.unpack_from(payload, 5 + payload[4])  # past the consumer tag
+            self._assembling = _Arriving(tag, bool(redelivered & 1))
+            return
+        if arriving is None or frame_type != (2 if arriving.properties is None else 3):
+            raise UnexpectedFrame(f"frame type {frame_type} on the consuming channel out of order")
+        if frame_type == 2:
+            (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
+            arriving.properties, _ = decode_properties_basic(payload, 12)
+        else:
+            arriving.parts.append(payload)
+            arriving.received += len(payload)
+        if arriving.received >= arriving.size:
+            self._assembling = None
+            body = arriving.parts[0] if len(arriving.parts) == 1 else b"".join(arriving.parts)
+            self._deliver(arriving.tag, arriving.redelivered, arriving.properties, body)
+
+    def _frames(self) -> list[tuple[int, int, bytes]]:
+        """The whole frames at the start of the read buffer, taken out of it."""
+        buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
+        unpack = _FRAME_HEADER.unpack_from
+        while size - start >= 8:
+            frame_type, channel, length = unpack(buf, start)
+            end = start + 7 + length
+            if end >= size:
+                break
+            if buf[end] != _FRAME_END:
+                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+            frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
+            start = end + 1
+        del buf[:start]
+        return frames
+
+    def _sock_readable(self, timeout: float) -> None:
+        selector = selectors.DefaultSelector()
         try:
-            while True:
-                frames.append(read_frame())  # a frame half-read when the socket runs dry is kept for the next read
-        except TimeoutError:
-            pass
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.select(timeout)
         finally:
-            sock.settimeout(blocking)
-        on_frame = raw.on_inbound_frame
-        for frame in frames:
-            on_frame(frame)
+            selector.close()
+
+    def _take_read_ahead(self) -> None:
+        """What py-amqp read of a frame it did not finish (while it waited for a reply of the broker) is ours."""
+        transport = self._raw.transport
+        self._rbuf[:0] = transport._read_buffer
+        transport._read_buffer = b""
+
+    def _give_read_ahead(self) -> None:
+        """Before py-amqp reads the socket itself again: the part of a frame read already is its."""
+        transport = self._raw.transport
+        transport._read_buffer = bytes(self._rbuf) + transport._read_buffer
+        self._rbuf.clear()
 
     def cancel(self) -> None:
         """Stopping: no more deliveries; the loop goes on until those in flight are settled."""
-        self._channel.basic_cancel(self._consumer_tag)
+        for _ in range(50):  # a delivery half-read is read to its end first: py-amqp could not make sense of it
+            if self._assembling is None:
+                break
+            self._sock_readable(0.1)
+            self._read()
+        self.flush()
+        self._give_read_ahead()  # py-amqp reads the socket until basic.cancel-ok
+        try:
+            self._channel.basic_cancel(self._consumer_tag)
+        finally:
+            self._take_read_ahead()
 
     def lost(self) -> None:
         """The connection is gone (or the loop stopped): replies not confirmed are given up (see the module)."""
         self.alive = False
+        self._give_read_ahead()  # closing the connection, py-amqp reads the socket itself again
         with contextlib.suppress(Exception):
             self._selector.close()
         waiting = [done for _, done, _ in self._unconfirmed.values()] + [entry[3] for entry in self._later]
-        waiting += self._orphans
+        waiting += self._orphans + self._written
         self._unconfirmed.clear()
         self._later.clear()
         self._orphans.clear()
+        self._written.clear()
+        self._out.clear()
         for done in waiting:
             done(ConnectionLost("the connection went before the broker confirmed the reply"))
 
     # -- one message -----------------------------------------------------------
 
     def _on_message(self, message: AmqpMessage) -> None:
-        props: dict[str, Any] = message.properties
+        """A delivery py-amqp read (while it waited for the broker's answer to basic.cancel)."""
         body = message.body
         info = message.delivery_info
+        body = body if isinstance(body, bytes) else str(body).encode()
+        self._deliver(info["delivery_tag"], bool(info.get("redelivered")), message.properties, body)
+
+    def _deliver(self, tag: int, redelivered: bool, props: dict[str, Any], body: bytes) -> None:
         delivery = Delivery(
-            body=body if isinstance(body, bytes) else str(body).encode(),
+            body=body,
             content_type=props.get("content_type"),
-            headers=props.get("application_headers") or {},
+            headers=MappingProxyType(props.get("application_headers") or {}),  # decoded for it alone: no copy
             message_id=props.get("message_id"),
             correlation_id=props.get("correlation_id"),
             reply_to=props.get("reply_to"),
-            redelivered=bool(info.get("redelivered")),
+            redelivered=redelivered,
         )
-        port = _Port(self._worker, self, info["delivery_tag"], props.get("message_id"))
-        self._worker._receive(delivery, port)
+        self._worker._receive(delivery, _Port(self._worker, self, tag, props.get("message_id")))
 
     def publish(self, outgoing: Outgoing, done: Done, nacks: int = 0) -> None:
-        message = AmqpMessage(
-            outgoing.body,
-            content_type=JSON_CONTENT_TYPE,
-            content_encoding="utf-8",
-            application_headers=dict(outgoing.headers),
-            delivery_mode=1,
-            correlation_id=outgoing.correlation_id,
-            message_id=outgoing.message_id,
-        )
         if self._broken is not None:  # a write failed already: the loop is about to find the connection lost
             self._orphans.append(done)
             return
         if self._confirms:
             self._tag += 1
             self._unconfirmed[self._tag] = (outgoing, done, nacks)  # before writing: see lost()
-        # the frames as py-amqp's basic_publish writes them, without what it adds per call (a read of the socket
-        # for connection.blocked, a promise, a socket timeout switched back and forth; with confirms on in the
-        # connection's options, a wait for the confirm that this loop reads instead)
-        args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
+        # the frames py-amqp's basic_publish writes, without what it adds per call (a read of the socket for
+        # connection.blocked, a promise, a socket timeout switched back and forth, a Message; with confirms on in
+        # the connection's options, a wait for the confirm that this loop reads instead)
         try:
-            self._write_frame(1, self._replies_id, spec.Basic.Publish, args, message)
+            self._out.append(_publish_frames(self._replies_id, self._raw.frame_max, outgoing))  # see flush()
+            self._raw.bytes_sent += 1  # what py-amqp counts for the heartbeats
         except Exception as exc:  # done comes from lost(), once the loop has raised this
             self._broken = exc
             if not self._confirms:
                 self._orphans.append(done)
             return
         if not self._confirms:
-            done(None)  # written to the socket: nothing more to wait for
+            self._written.append(done)  # done once written to the socket: nothing more to wait for
 
     def settle(self, tag: int, ack: bool) -> None:
-        """basic.ack, or basic.reject with requeue, written as py-amqp writes them (see ``publish``). A write
-        that fails leaves the message to the broker, which delivers it again once the connection is gone."""
-        method = spec.Basic.Ack if ack else spec.Basic.Reject
+        """basic.ack, or basic.reject with requeue, framed as py-amqp frames them (see ``publish``), written
+        with the pass's other frames (``flush``). A write that fails leaves the message to the broker, which
+        delivers it again once the connection is gone."""
+        if self._broken is not None:
+            return
+        method = _ACK_METHOD if ack else _REJECT_METHOD  # reject: requeue
         try:
-            self._write_frame(1, self._consuming_id, method, dumps("Lb", (tag, not ack)), None)
+            self._out.append(_SETTLE_FRAME.pack(1, self._consuming_id, 13, *method, tag, 0 if ack else 1, _FRAME_END))
+            self._raw.bytes_sent += 1
         except Exception as exc:
             self._broken = exc
 
@@ -514,6 +645,40 @@ class _AmqpSession:
         while self._later and self._later[0][0] <= now:
             _, _, outgoing, done, nacks = heapq.heappop(self._later)
             self.publish(outgoing, done, nacks)
+
+
+def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
+    """basic.publish of a reply, transient, to the default exchange: its frames as py-amqp frames them."""
+    routing_key = outgoing.routing_key.encode()
+    if len(routing_key) > 255:
+        raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
+    method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
+    properties = dumps(
+        "ssFoss",
+        (JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), 1, outgoing.correlation_id, outgoing.message_id),
+    )
+    body = outgoing.body
+    header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
+    parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
+    parts += [_FRAME_HEADER.pack(2, channel, len(header)), header, b"\xce"]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, b"\xce"]
+    return b"".join(parts)
+
+
+class _Arriving:
+    """A delivery being read: its tag and redelivered bit, then its properties and body size, then its body."""
+
+    __slots__ = ("parts", "properties", "received", "redelivered", "size", "tag")
+
+    def __init__(self, tag: int, redelivered: bool):
+        self.tag, self.redelivered = tag, redelivered
+        self.properties: dict[str, Any] | None = None
+        self.size = 0
+        self.received = 0
+        self.parts: list[bytes] = []
 
 
 # -- Redis, memory:// ------------------------------------------------------------------------------------------
