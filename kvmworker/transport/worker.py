@@ -525,11 +525,13 @@ class _KombuSession:
     def __init__(self, worker: Worker, conn: Connection, channel: Any):
         self._worker = worker
         self.alive = True
+        # Redis: kombu's unacked bookkeeping and the replies written by ``_RedisBook`` (before consuming: it
+        # takes over the bookkeeping of every delivery)
+        self._book = _RedisBook(channel) if conn.transport.driver_type == "redis" else None
+        self._reply: tuple[str, str] | None = None  # Redis: the reply published, waiting for its message's ack
         self._consumer = Consumer(channel, queues=[worker._queue], on_message=self._on_message, auto_declare=True)
         self._consumer.qos(prefetch_count=worker._prefetch)
         self._channel = channel
-        if conn.transport.driver_type == "redis":
-            _one_redis_client(channel)
         worker._session = self  # before consuming: see _AmqpSession
         self._consumer.consume()
 
@@ -545,6 +547,8 @@ class _KombuSession:
 
     def lost(self) -> None:
         self.alive = False
+        if self._book is not None:
+            self._book.close()
 
     def _on_message(self, message: Message) -> None:
         props: dict[str, Any] = message.properties
@@ -561,7 +565,11 @@ class _KombuSession:
         self._worker._receive(delivery, _Port(self._worker, self, message, props.get("message_id")))
 
     def publish(self, outgoing: Outgoing, done: Done) -> None:
-        """The message kombu's Producer would build (the body is JSON bytes already), published as it would."""
+        """The message kombu's Producer would build (the body is JSON bytes already), published as it would.
+
+        Redis: the reply is written together with its message's ack, in one MULTI/EXEC, when ``done`` settles
+        the message (right away, on this thread): one round trip for both, and never an ack without the reply
+        nor a reply without the ack. Should nothing settle it within ``done``, the reply goes out alone."""
         properties = {
             "delivery_mode": 1,
             "correlation_id": outgoing.correlation_id,
@@ -571,6 +579,16 @@ class _KombuSession:
         message = channel.prepare_message(
             outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), properties
         )
+        book = self._book
+        if book is not None:
+            self._reply = book.reply(message, outgoing.routing_key)
+            try:
+                done(None)
+            finally:
+                reply, self._reply = self._reply, None
+            if reply is not None:
+                book.write(reply, None)
+            return
         try:
             channel.basic_publish(message, exchange="", routing_key=outgoing.routing_key)
         except Exception as exc:  # the broker went: the message goes back (or the broker takes it back)
@@ -579,22 +597,102 @@ class _KombuSession:
         done(None)
 
     def settle(self, message: Message, ack: bool) -> None:
-        message.ack() if ack else message.requeue()
+        book = self._book
+        if book is None:
+            message.ack() if ack else message.requeue()
+            return
+        reply, self._reply = self._reply, None
+        if ack:
+            book.write(reply, message)
+            return
+        if reply is not None:
+            book.write(reply, None)
+        book.flush()  # the delivery's own bookkeeping is in before kombu restores the message from it
+        message.requeue()
 
 
-def _one_redis_client(channel: Any) -> None:
-    """kombu's Redis channel makes a new ``redis.Redis`` (its table of response callbacks and all) for every
-    delivery, publish and ack: a fifth of the worker's CPU per message. One per connection pool does the same
-    (a client takes a pooled connection per command), on this channel only."""
-    create = channel._create_client
-    made: list[Any] = []
+class _RedisBook:
+    """kombu's Redis bookkeeping of unacked messages, and the replies, written on one connection of its own.
 
-    def create_client(asynchronous: bool = False) -> Any:
-        if asynchronous:  # BRPOP's own client: kombu keeps it
-            return create(asynchronous=True)
-        pool = channel.pool
-        if not made or made[0].connection_pool is not pool:
-            made[:] = [create()]
-        return made[0]
+    kombu records each delivery (``QoS.append``: ZADD to the unacked index, HSET of the message, in a
+    MULTI/EXEC) and waits for Redis to answer before the message is handed over; its ack is a second
+    transaction, the reply a third command, each waited for. Here a delivery's record is sent before the
+    message is handed over, as kombu's (Redis executes it before any later command on the connection, and
+    restores the message from it after the visibility timeout whatever becomes of this process), but its
+    answer is read later, together with that of the reply and ack, which go in one MULTI/EXEC: one round
+    trip per message instead of three. The keys and values are kombu's own: its restore reads them.
+    """
 
-    channel._create_client = create_client
+    def __init__(self, channel: Any):
+        from kombu.transport.virtual import QoS
+        from kombu.utils.json import dumps as json_dumps
+
+        self._json = json_dumps
+        self._base = QoS  # the in-memory part of kombu's bookkeeping (prefetch accounting)
+        self._qos = qos = channel.qos
+        prefix = channel.global_keyprefix or ""  # what kombu's prefixing client adds to every key
+        self._prefix = prefix
+        self._index, self._table = prefix + qos.unacked_index_key, prefix + qos.unacked_key
+        self._pool = channel.pool
+        self._conn = self._pool.get_connection()
+        self._unread = 0  # answers Redis owes on the connection
+        qos.append = self._append  # what kombu's consumer calls for every delivery, before the callback
+
+    def _append(self, message: Message, delivery_tag: str) -> None:
+        info = message.delivery_info
+        record = self._json([message._raw, info["exchange"], info["routing_key"]])
+        self._send(
+            ("MULTI",),
+            ("ZADD", self._index, time.time(), delivery_tag),
+            ("HSET", self._table, delivery_tag, record),
+            ("EXEC",),
+        )
+        self._base.append(self._qos, message, delivery_tag)
+
+    def reply(self, message: dict[str, Any], queue: str) -> tuple[str, str]:
+        """What kombu's ``basic_publish`` would LPUSH to ``queue`` (the body encoded, a delivery tag)."""
+        channel = self._qos.channel
+        channel._inplace_augment_message(message, "", queue)
+        return self._prefix + queue, self._json(message)
+
+    def write(self, reply: tuple[str, str] | None, message: Message | None) -> None:
+        """The reply and the message's ack in one transaction; then every answer still owed is read."""
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        if reply is not None:
+            commands.append(("LPUSH", *reply))
+        if message is not None:
+            tag = message.delivery_tag
+            commands += [("ZREM", self._index, tag), ("HDEL", self._table, tag)]
+        commands.append(("EXEC",))
+        self._send(*commands)
+        self.flush()
+        if message is not None:
+            self._base.ack(self._qos, tag)
+            message._state = "ACK"
+
+    def flush(self) -> None:
+        """Read every answer Redis owes; an error in any of them fails the connection (its replies are
+        out of step with what was sent)."""
+        conn = self._conn
+        try:
+            while self._unread:
+                answer = conn.read_response()  # raises an error answer
+                self._unread -= 1
+                for part in answer if isinstance(answer, list) else ():
+                    if isinstance(part, Exception):
+                        raise part
+        except BaseException:
+            self._unread = 0
+            conn.disconnect()
+            raise
+
+    def close(self) -> None:
+        self._unread = 0
+        self._conn.disconnect()
+        self._pool.release(self._conn)
+
+    def _send(self, *commands: tuple[Any, ...]) -> None:
+        conn = self._conn
+        # no health check: its PING would read an answer owed to an earlier command
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        self._unread += len(commands)
