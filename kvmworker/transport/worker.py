@@ -692,7 +692,17 @@ class _RedisBook:
         self._pool.release(self._conn)
 
     def _send(self, *commands: tuple[Any, ...]) -> None:
-        conn = self._conn
         # no health check: its PING would read an answer owed to an earlier command
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        self._conn.send_packed_command([_resp(commands)], check_health=False)
         self._unread += len(commands)
+
+
+def _resp(commands: tuple[tuple[Any, ...], ...]) -> bytes:
+    """Commands in Redis's protocol (RESP), as redis-py's packer writes them, at a fraction of its cost."""
+    parts = []
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg if isinstance(arg, bytes) else (repr(arg) if isinstance(arg, float) else str(arg)).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
