@@ -65,6 +65,8 @@ IDLE_DRAIN_S = 0.2
 BUSY_DRAIN_S = 0.001
 # A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
 NACK_RETRIES = 12
+# Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
+UNREAD_MAX = 200
 NACK_BACKOFF_MAX_S = 2.0
 
 
@@ -656,7 +658,10 @@ class _RedisBook:
         return self._prefix + queue, self._json(message)
 
     def write(self, reply: tuple[str, str] | None, message: Message | None) -> None:
-        """The reply and the message's ack in one transaction; then every answer still owed is read."""
+        """The reply and the message's ack in one transaction. Its answer is not waited for: Redis has the
+        commands and runs them in order (a transaction that failed leaves the message unacked, and Redis hands
+        it out again after the visibility timeout, as after a crash: the journal answers it); answers are read
+        in batches, and a failed one then fails the connection."""
         commands: list[tuple[Any, ...]] = [("MULTI",)]
         if reply is not None:
             commands.append(("LPUSH", *reply))
@@ -665,7 +670,8 @@ class _RedisBook:
             commands += [("ZREM", self._index, tag), ("HDEL", self._table, tag)]
         commands.append(("EXEC",))
         self._send(*commands)
-        self.flush()
+        if self._unread >= UNREAD_MAX:
+            self.flush()
         if message is not None:
             self._base.ack(self._qos, tag)
             message._state = "ACK"
