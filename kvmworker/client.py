@@ -29,7 +29,7 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
-from kvmworker.transport.connection import open_connection
+from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
 from kvmworker.transport.publisher import Publisher, read_ahead
@@ -398,13 +398,20 @@ class _RedisReplies:
         self._pool = channel.pool
         self._conn = self._pool.get_connection()
         self._waiting = False  # a BRPOP was sent and its answer not read
+        self._sent_at = 0.0
+        # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
+        # (a half-open socket never becomes readable), as kombu's poller judges it
+        self._overdue_s = self.BRPOP_TIMEOUT_S + (channel.health_check_interval or 25)
 
     def drain(self, timeout: float) -> None:
         conn = self._conn
         if not self._waiting:
             conn.send_command(*self._brpop, check_health=False)
-            self._waiting = True
+            self._waiting, self._sent_at = True, time.monotonic()
         if not conn.can_read(timeout=timeout):
+            if time.monotonic() - self._sent_at > self._overdue_s:
+                conn.disconnect()
+                raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
             return
         answer = conn.read_response()
         self._waiting = False
