@@ -15,7 +15,8 @@ heartbeats and the systemd watchdog going: no polling, idle or busy. An inline c
 all.
 
 Redis and memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread on the
-consuming channel (an inline command is answered and acked within its delivery);
+consuming channel (an inline command is answered and acked within its delivery); on Redis, kombu's unacked
+bookkeeping, the reply and its ack are written by ``_RedisBook`` (the reply and the ack in one transaction);
 kombu's poller cannot wait on the wake-up pipe, so while pool commands run the loop drains every millisecond.
 
 A lost connection: replies waiting for their confirm are given up (their requests were not acked, the broker
@@ -65,9 +66,9 @@ IDLE_DRAIN_S = 0.2
 BUSY_DRAIN_S = 0.001
 # A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
 NACK_RETRIES = 12
+NACK_BACKOFF_MAX_S = 2.0
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
-NACK_BACKOFF_MAX_S = 2.0
 
 
 class Worker:
@@ -620,9 +621,9 @@ class _RedisBook:
     MULTI/EXEC) and waits for Redis to answer before the message is handed over; its ack is a second
     transaction, the reply a third command, each waited for. Here a delivery's record is sent before the
     message is handed over, as kombu's (Redis executes it before any later command on the connection, and
-    restores the message from it after the visibility timeout whatever becomes of this process), but its
-    answer is read later, together with that of the reply and ack, which go in one MULTI/EXEC: one round
-    trip per message instead of three. The keys and values are kombu's own: its restore reads them.
+    restores the message from it after the visibility timeout whatever becomes of this process); the reply
+    and the ack go in one MULTI/EXEC; the answers are read in batches (``UNREAD_MAX``): no round trip waited
+    for per message instead of three. The keys and values are kombu's own: its restore reads them.
     """
 
     def __init__(self, channel: Any):
