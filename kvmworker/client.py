@@ -8,7 +8,9 @@ the ``msg_id``, so that the caller can ask ``SystemHandler.result`` later. Threa
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import logging
 import os
 import threading
@@ -27,7 +29,7 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
-from kvmworker.transport.connection import open_connection
+from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
 from kvmworker.transport.publisher import Publisher, read_ahead
@@ -331,12 +333,26 @@ class _ReplyConsumer(Consuming):
     ):
         self._queue, self._on_reply, self._on_up, self._on_down = queue, on_reply, on_up, on_down
 
-    def start(self, conn: Connection, channel: Any) -> Consumer | _RawConsumer:
-        if conn.transport.driver_type == "amqp":
+    _redis: _RedisReplies | None = None
+
+    def start(self, conn: Connection, channel: Any) -> Consumer | _RawConsumer | _RedisReplies:
+        self._redis = None
+        driver = conn.transport.driver_type
+        if driver == "amqp":
             return self._start_raw(conn.connection, channel)
+        if driver == "redis":
+            self._queue.bind(channel).declare()
+            self._redis = _RedisReplies(channel, self._queue, self._on_reply)
+            return self._redis
         consumer = Consumer(channel, queues=[self._queue], on_message=self._on_reply, no_ack=True)
         consumer.consume()
         return consumer
+
+    def drain(self, conn: Connection, raw: Any) -> None:
+        if self._redis is not None:
+            self._redis.drain(self.drain_timeout())
+            return
+        super().drain(conn, raw)
 
     def _start_raw(self, raw: Any, channel: Any) -> _RawConsumer:
         """AMQP: py-amqp's own consumer, its messages handed over as they are (kombu would wrap each reply in a
@@ -355,6 +371,66 @@ class _ReplyConsumer(Consuming):
 
     def down(self) -> None:
         self._on_down()
+
+
+class _RedisReply:
+    """A reply as ``Client._on_reply`` reads it: what kombu's message would have given, and nothing else."""
+
+    __slots__ = ("body", "headers", "properties")
+
+    def __init__(self, body: bytes, headers: dict[str, Any], properties: dict[str, Any]):
+        self.body, self.headers, self.properties = body, headers, properties
+
+
+class _RedisReplies:
+    """Redis: the reply queue read with BRPOP on a connection of its own, its messages decoded as kombu's
+    Redis channel decodes them (kombu's poller, its per-message objects and its per-command client cost more
+    than the rest of a client's reply path). The replies are not acked (``no_ack``, as before): nothing to
+    record. The queue is declared by kombu, as for kombu's consumer."""
+
+    BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
+
+    def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None]):
+        self._on_reply = on_reply
+        prefix = channel.global_keyprefix or ""
+        keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
+        self._brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
+        self._pool = channel.pool
+        self._conn = self._pool.get_connection()
+        self._waiting = False  # a BRPOP was sent and its answer not read
+        self._sent_at = 0.0
+        # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
+        # (a half-open socket never becomes readable), as kombu's poller judges it
+        self._overdue_s = self.BRPOP_TIMEOUT_S + (channel.health_check_interval or 25)
+
+    def drain(self, timeout: float) -> None:
+        conn = self._conn
+        if not self._waiting:
+            conn.send_command(*self._brpop, check_health=False)
+            self._waiting, self._sent_at = True, time.monotonic()
+        if not conn.can_read(timeout=timeout):
+            if time.monotonic() - self._sent_at > self._overdue_s:
+                conn.disconnect()
+                raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
+            return
+        answer = conn.read_response()
+        self._waiting = False
+        if answer:
+            self._deliver(answer[1])
+
+    def _deliver(self, payload: bytes) -> None:
+        message = json.loads(payload)
+        properties = message.get("properties") or {}
+        body = message.get("body") or ""
+        if properties.get("body_encoding") == "base64":
+            data = base64.b64decode(body)
+        else:
+            data = body.encode() if isinstance(body, str) else bytes(body)
+        self._on_reply(_RedisReply(data, message.get("headers") or {}, properties))
+
+    def cancel(self) -> None:
+        self._conn.disconnect()  # an unanswered BRPOP may be on it
+        self._pool.release(self._conn)
 
 
 class RandomIds:

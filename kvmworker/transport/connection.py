@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -34,7 +35,42 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
     elif scheme == "memory":
         options["polling_interval"] = MEMORY_POLL_S
         url = url if url.rstrip("/") != "memory:" else "memory://localhost/"  # kombu warns about a missing host
-    return Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
+    return _Connection(url, transport_options=options, heartbeat=heartbeat, connect_timeout=5)
+
+
+class _Connection(Connection):
+    """kombu's Connection, with kombu's Redis transport swapped for ``_redis_transport()``'s (also after a
+    failover to the next URL, and in every clone: kombu picks the transport class through here each time)."""
+
+    def get_transport_cls(self) -> Any:
+        cls = super().get_transport_cls()
+        if cls.__module__ == "kombu.transport.redis" and cls.__name__ == "Transport":  # not Sentinel's
+            return _redis_transport(cls)
+        return cls
+
+
+@functools.cache
+def _redis_transport(base: Any) -> Any:
+    """kombu's Redis transport whose channels make one ``redis.Redis`` per connection pool.
+
+    kombu's Redis channel makes a new ``redis.Redis`` (its table of response callbacks and all) for every
+    delivery, publish and ack: a fifth of a worker's CPU per message, and as much of a client's. One per pool
+    does the same (a client takes a pooled connection per command). Built when a Redis URL is first used, so
+    that a worker on AMQP never imports redis.
+    """
+
+    class Channel(base.Channel):
+        _sync_client: Any = None
+
+        def _create_client(self, asynchronous: bool = False) -> Any:
+            if asynchronous:  # BRPOP's own client: kombu keeps it
+                return super()._create_client(asynchronous=True)
+            pool, client = self.pool, self._sync_client
+            if client is None or client.connection_pool is not pool:
+                client = self._sync_client = super()._create_client()
+            return client
+
+    return type("Transport", (base,), {"Channel": Channel, "__module__": __name__})
 
 
 def every_url(conn: Connection) -> int:

@@ -15,7 +15,7 @@ from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
 from tests.faults.brokers import PrivateRedis, private_redis, require_private_brokers
 from tests.support.handlers import count_of
-from tests.support.processes import WorkerProcess, wait_for
+from tests.support.processes import WorkerProcess, stop_process, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 VISIBILITY_S = 2
@@ -80,3 +80,23 @@ def test_a_redis_restart_between_commands_is_survived_by_worker_and_client(redis
         ), worker.log()
     assert count_of(worker.effects, "before") == 1
     assert count_of(worker.effects, "after") >= 1
+
+
+def test_a_command_given_back_at_sigterm_runs_once_on_the_next_worker_and_the_running_one_is_answered(redis, worker):
+    """The worker's requeue on Redis (kombu's restore from the unacked record the worker wrote itself)."""
+    with Client(redis.url) as client:
+        running = client.submit(
+            worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": "first", "sleep": 2}}
+        )
+        # the same resource as ``running``: it waits behind it, and has not started when the worker stops
+        waiting = client.submit(
+            worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": "first"}}, timeout=60
+        )
+        time.sleep(1)  # both received: the first runs (2 s), the second waits behind it
+        stop_process(worker.current)
+        assert client.wait(running, 10).code == Code.OK, worker.log()
+        assert not waiting.future.done(), "the command that waited was answered by a worker that was stopping"
+        assert count_of(worker.effects, "first") == 1
+        worker.start()
+        assert client.wait(waiting, 30).code == Code.OK, worker.log()
+    assert count_of(worker.effects, "first") == 2, "each of the two commands ran once"
