@@ -25,6 +25,7 @@ from tests.vm.guest import CACHE_DIR, READY_LINE, GuestImage, guest_image
 
 SYSTEM_URI = os.environ.get("KVMWORKER_TEST_LIBVIRT", "qemu:///system")
 SERIAL_LOG_DIR = Path("/var/log/libvirt/qemu")
+GUEST_MIB = 96  # the test guest prints nothing on its console with 64
 
 Call = Callable[..., Reply]
 
@@ -152,11 +153,13 @@ def guest() -> GuestImage:
     return guest_image()
 
 
-def guest_xml(name: str, image: GuestImage) -> str:
-    """TCG, not KVM: stock kernels hit an emulation failure on this machine kind's nested KVM."""
+def guest_xml(name: str, image: GuestImage, serial: Path | None = None, devices: str = "") -> str:
+    """TCG, not KVM: stock kernels hit an emulation failure on this machine kind's nested KVM. ``serial``: a log
+    of its own, appended to (a migrated guest's console goes on in the same file), instead of ``serial_log``."""
+    console = f"<source path='{serial}' append='on'/>" if serial else f"<source path='{serial_log(name)}'/>"
     return f"""<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>96</memory>
+  <memory unit='MiB'>{GUEST_MIB}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64'>hvm</type>
@@ -167,7 +170,8 @@ def guest_xml(name: str, image: GuestImage) -> str:
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <devices>
-    <serial type='file'><source path='{serial_log(name)}'/></serial>
+    <serial type='file'>{console}</serial>
+    {devices}
     <memballoon model='none'/>
   </devices>
 </domain>"""

@@ -25,10 +25,10 @@ import libvirt
 from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.message import Message
 
+from tests.vm.conftest import guest_xml
 from tests.vm.guest import READY_LINE, GuestImage
 from tests.vm.private_libvirtd import GROUP, USER, PrivateLibvirtd
 
-GUEST_MIB = 96
 """The test guest's kernel and initramfs do not boot in 64 MiB (nothing on the console); 96 MiB as everywhere."""
 POWEROFF_LINE = "KVMWORKER-GUEST-POWEROFF"
 
@@ -118,24 +118,7 @@ class TwoHosts:
         return self.shared / f"{name}-serial.log"
 
     def guest_xml(self, name: str, image: GuestImage, interface: str = "") -> str:
-        return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>{GUEST_MIB}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64'>hvm</type>
-    <kernel>{image.kernel}</kernel>
-    <initrd>{image.initrd}</initrd>
-    <cmdline>console=ttyS0 quiet</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <serial type='file'><source path='{self.serial_log(name)}' append='on'/></serial>
-    {interface}
-    <memballoon model='none'/>
-  </devices>
-</domain>"""
+        return guest_xml(name, image, serial=self.serial_log(name), devices=interface)
 
     def run_guest(self, host: Host, name: str, image: GuestImage, interface: str = "") -> None:
         """Define and start the test guest on ``host``, waiting until it says it is ready."""
