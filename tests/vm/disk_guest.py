@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tests.vm.conftest import serial_log
 from tests.vm.guest import (
+    BOOT,
     CACHE_DIR,
     READY_LINE,
     CpioArchive,
@@ -31,19 +32,16 @@ from tests.vm.guest import (
 )
 
 MODULES = ("virtio_pci.ko", "virtio_blk.ko", "virtio_console.ko")
-INIT = f"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /etc/modules.order); do insmod /lib/modules/$m; done
-n=0
+INIT = (
+    BOOT
+    + f"""n=0
 until [ -e /dev/vda ] || [ $n -ge 100 ]; do sleep 0.1; n=$((n+1)); done
 echo {READY_LINE} > /dev/console
 stty -echo </dev/ttyS1
 # through a pipe: a shell whose input is no terminal does no line editing (no cursor queries to answer)
 while true; do cat /dev/ttyS1 | sh >/dev/console 2>&1; done
 """
+)
 
 
 def disk_guest_image() -> GuestImage:

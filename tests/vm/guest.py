@@ -21,13 +21,17 @@ READY_LINE = "KVMWORKER-GUEST-READY"
 # button before evdev: loading evdev then gives every existing input device, the power button included, its node.
 MODULES = ("button.ko", "evdev.ko")
 
-INIT = f"""#!/bin/busybox sh
+# What every test guest's init does first: busybox's tools, /proc, /sys, /dev, and its modules loaded in order.
+BOOT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /etc/modules.order); do insmod /lib/modules/$m; done
-power_button() {{ grep -A5 'Phys=LNXPWRBN' /proc/bus/input/devices | grep -o 'event[0-9]*'; }}
+"""
+INIT = (
+    BOOT
+    + f"""power_button() {{ grep -A5 'Phys=LNXPWRBN' /proc/bus/input/devices | grep -o 'event[0-9]*'; }}
 n=0
 until [ -n "$(power_button)" ] && [ -e /dev/input/$(power_button) ] || [ $n -ge 100 ]; do sleep 0.1; n=$((n+1)); done
 # -f: busybox acpid as a daemon logs to /var/log/acpid.log, which does not exist here, and exits.
@@ -35,6 +39,7 @@ acpid -f -c /etc/acpi -l /dev/console &
 echo {READY_LINE} > /dev/console
 while true; do sleep 3600; done
 """
+)
 POWER_BUTTON = "#!/bin/sh\necho KVMWORKER-GUEST-POWEROFF > /dev/console\npoweroff -f\n"
 
 
