@@ -45,6 +45,21 @@ def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
+def require_vlan_kernel(namespace: str) -> None:
+    """Skip unless this kernel makes VLAN links; inside the guest stage (KVT_REQUIRE_8021Q=1) fail instead."""
+    probe = subprocess.run(
+        ["ip", "-n", namespace, "link", "add", "link", "ens224", "name", "kvtprobe", "type", "vlan", "id", "7"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        reason = f"this kernel cannot make VLAN links ({probe.stderr.strip()}); CI runs this file in a guest"
+        if os.environ.get("KVT_REQUIRE_8021Q"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    ip("-n", namespace, "link", "del", "kvtprobe")
+
+
 @dataclass(frozen=True)
 class Kernel:
     """What the kernel has in the test's namespace, read with iproute2."""

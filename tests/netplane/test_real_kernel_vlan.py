@@ -27,7 +27,15 @@ from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.netplane.store import FILENAME, NetworkStore
 from tests.conftest import unique
-from tests.netplane.conftest import DOCUMENTED_EXAMPLE, NICS, Kernel, caller, handlers, ip, make_plane
+from tests.netplane.conftest import (
+    DOCUMENTED_EXAMPLE,
+    NICS,
+    Kernel,
+    caller,
+    handlers,
+    make_plane,
+    require_vlan_kernel,
+)
 
 pytestmark = [pytest.mark.netlink, pytest.mark.needs_8021q]
 EXAMPLE_ID = DOCUMENTED_EXAMPLE["network_id"]
@@ -38,17 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def real_vlan_kernel(namespace: str) -> None:
     """Inside the guest stage (KVT_REQUIRE_8021Q=1) a kernel without VLAN links is a failure, not a skip."""
-    probe = subprocess.run(
-        ["ip", "-n", namespace, "link", "add", "link", "ens224", "name", "kvtprobe", "type", "vlan", "id", "7"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        reason = f"this kernel cannot make VLAN links ({probe.stderr.strip()}); CI runs this file in a guest"
-        if os.environ.get("KVT_REQUIRE_8021Q"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    ip("-n", namespace, "link", "del", "kvtprobe")
+    require_vlan_kernel(namespace)
 
 
 def test_the_documented_example_is_a_tagged_vlan_on_the_interface_enslaved_to_the_bridge(call, kernel: Kernel):

@@ -6,14 +6,12 @@ kernel (``needs_8021q``), where a missing VLAN kind is a failure.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 
 import pytest
 
 from kvmworker.netplane.networks import subinterface_name
-from tests.netplane.conftest import Kernel
+from tests.netplane.conftest import Kernel, require_vlan_kernel
 from tests.netplane.events import about
 
 pytestmark = [pytest.mark.netlink, pytest.mark.needs_8021q]
@@ -21,17 +19,7 @@ pytestmark = [pytest.mark.netlink, pytest.mark.needs_8021q]
 
 @pytest.fixture(autouse=True)
 def real_vlan_kernel(namespace: str) -> None:
-    probe = subprocess.run(
-        ["ip", "-n", namespace, "link", "add", "link", "ens224", "name", "kvtprobe", "type", "vlan", "id", "7"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        reason = f"this kernel cannot make VLAN links ({probe.stderr.strip()}); CI runs this file in a guest"
-        if os.environ.get("KVT_REQUIRE_8021Q"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    subprocess.run(["ip", "-n", namespace, "link", "del", "kvtprobe"], check=True)
+    require_vlan_kernel(namespace)
 
 
 def vlan(vlan_id: int) -> dict:
