@@ -61,7 +61,7 @@ def build_worker(
     connection = open_connection(
         settings.broker, confirms=settings.publish_confirms, visibility_timeout=settings.redis_visibility_timeout
     )
-    worker = Worker(connection, None, assembly.pipeline, settings.host, prefetch=settings.prefetch)
+    worker = Worker(connection, assembly.pipeline, settings.host, prefetch=settings.prefetch)
     assembly.health = observe_worker(settings, worker, assembly.metrics, assembly.libvirt_probe, assembly.vm.all_stats)
     assembly.events = attach_events(settings, assembly, events)  # online now; offline and flushed by assembly.close
     return worker, assembly

@@ -55,7 +55,7 @@ from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.connection import HEARTBEAT_S, ConnectionLost, drain_this_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue
-from kvmworker.transport.publisher import Publisher, PublisherClosed
+from kvmworker.transport.publisher import PublisherClosed
 
 log = logging.getLogger("kvmworker.worker")
 
@@ -97,7 +97,6 @@ class Worker:
     def __init__(
         self,
         connection: Connection,
-        publisher: Publisher | None,
         pipeline: Pipeline,
         host: str,
         *,
@@ -107,10 +106,8 @@ class Worker:
         confirms: bool | None = None,
     ):
         """``connection`` consumes and publishes the replies; with AMQP, publisher confirms are on when its
-        transport options say so (``open_connection(confirms=…)``) unless ``confirms`` says otherwise.
-        ``publisher`` is not used for replies any more; if given, it is closed when the worker stops."""
+        transport options say so (``open_connection(confirms=…)``) unless ``confirms`` says otherwise."""
         self._connection = connection
-        self._publisher = publisher
         self._pipeline = pipeline
         self._queue = host_queue(host)
         self._prefetch = prefetch
@@ -148,8 +145,6 @@ class Worker:
             self._pipeline.shutdown()
             self._give_up_inbox()  # what the pool answered after the last connection went
             self._inbox.close()
-            if self._publisher is not None:
-                self._publisher.close()
             # Said before the waiters are released: once wait_stopped() returns, the process may close its
             # log handlers and exit, and a line logged after that is a "--- Logging error ---".
             log.info("worker stopped")

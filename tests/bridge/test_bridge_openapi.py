@@ -16,7 +16,6 @@ from kvmworker.handlers.system import SystemHandler
 from kvmworker.protocol.codes import Code
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import open_connection
-from kvmworker.transport.publisher import Publisher
 from kvmworker.transport.worker import Worker
 from tests.bridge.conftest import serving
 from tests.conftest import unique
@@ -94,7 +93,6 @@ def _system_only_worker(settings: Settings) -> tuple[Worker, threading.Thread]:
     registry.add(SystemHandler(settings.host, registry.catalogue))
     worker = Worker(
         open_connection(settings.broker_url),
-        Publisher(open_connection(settings.broker_url)),
         Pipeline(registry, host=settings.host),
         settings.host,
     )
