@@ -57,21 +57,28 @@ def lookup(conn: libvirt.virConnect, ref: VmRef) -> libvirt.virDomain:
 
 
 def exists(conn: libvirt.virConnect, name: str) -> bool:
-    return _found(conn.lookupByName, name)
+    return find_by_name(conn, name) is not None
 
 
 def exists_uuid(conn: libvirt.virConnect, uuid: str) -> bool:
-    return _found(conn.lookupByUUIDString, uuid)
+    return find_by_uuid(conn, uuid) is not None
 
 
-def _found(look: Callable[[str], libvirt.virDomain], key: str) -> bool:
+def find_by_name(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    return _find(conn.lookupByName, name)
+
+
+def find_by_uuid(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+    return _find(conn.lookupByUUIDString, uuid)
+
+
+def _find(look: Callable[[str], libvirt.virDomain], key: str) -> libvirt.virDomain | None:
     try:
-        look(key)
+        return look(key)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return False
+            return None
         raise
-    return True
 
 
 def identity(dom: libvirt.virDomain) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +44,7 @@ from kvmworker.protocol.errors import (
 )
 from kvmworker.protocol.urls import mask_url
 from kvmworker.virt.connection import _open_within
+from kvmworker.virt.domains import find_by_name, find_by_uuid
 from kvmworker.virt.states import state_name
 
 log = logging.getLogger("kvmworker.migration")
@@ -174,7 +175,7 @@ class Migrations:
             ctx.raise_if_cancelled(f"cancelled before {name} left; it runs here as before")
             dest = self.open_destination(data.destination)
             try:
-                if _find(dest, uuid) is not None or _find_name(dest, name) is not None:
+                if find_by_uuid(dest, uuid) is not None or find_by_name(dest, name) is not None:
                     raise MigrationFailed(
                         f"{data.destination} already has a VM {name} ({uuid}); nothing was done",
                         extra={"reason": "exists on destination", "cleaned": []},
@@ -306,7 +307,7 @@ def settle(src: libvirt.virDomain, dest: libvirt.virConnect, error: libvirt.libv
     """The invariant, enforced: where the VM runs, and on a failure the destination cleaned of what the job left."""
     uuid = src.UUIDString()
     source_state = _state(src)
-    there = _find(dest, uuid)
+    there = find_by_uuid(dest, uuid)
     dest_active = there is not None and there.isActive()
     if dest_active and source_state in (None, "shutoff") and _running(there):
         return Outcome("destination", source_state=source_state, stats=_completed_stats(there))
@@ -344,23 +345,6 @@ def _state(dom: libvirt.virDomain) -> str | None:
     """The source domain's state, or None when it is gone (undefined by a completed persistent migration)."""
     try:
         return state_name(dom.state()[0])
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
-
-
-def _find(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
-    return _lookup(conn.lookupByUUIDString, uuid)
-
-
-def _find_name(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
-    return _lookup(conn.lookupByName, name)
-
-
-def _lookup(look: Callable[[str], libvirt.virDomain], key: str) -> libvirt.virDomain | None:
-    try:
-        return look(key)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
@@ -426,14 +410,14 @@ def recover(dom: libvirt.virDomain | None, dest: libvirt.virConnect, data: Migra
         while _has_job(dom) and time.monotonic() < deadline:
             time.sleep(POLL_S)
     if dom is None:  # undefined here: a completed persistent migration, or the VM is gone for good
-        there = _find(dest, uuid) if uuid else _find_name(dest, data.name or "")
+        there = find_by_uuid(dest, uuid) if uuid else find_by_name(dest, data.name or "")
         if there is not None and _running(there):
             return _success_reply(there, data)
         return _failed_reply(data, "the VM is on neither host", [], None)
     # Not libvirt's word that it completed: a VM still here after the abort is the expected outcome, not an error.
     outcome = settle(dom, dest, libvirt.libvirtError("the worker stopped mid-migration; its job was aborted"))
     if outcome.on == "destination":
-        return _success_reply(_find(dest, dom.UUIDString()), data)
+        return _success_reply(find_by_uuid(dest, dom.UUIDString()), data)
     return _failed_reply(data, f"{dom.name()} was not migrated", outcome.cleaned, outcome.source_state)
 
 
