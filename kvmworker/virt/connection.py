@@ -32,6 +32,13 @@ log = logging.getLogger("kvmworker.virt")
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
 
+# An idle connection sends a ping every interval (two wake-ups: the ping, the answer); libvirt drops it after
+# ``count`` pings unanswered, ``(count + 1) * interval`` after the daemon last said anything: 15 s for a hung
+# libvirtd, at one ping every 5 s (2 s × 3 was 8 s, at a ping every 2 s). A daemon that is gone is noticed at
+# once either way (the close callback).
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 2
+
 
 def ensure_event_loop() -> None:
     """Register libvirt's default event loop once per process and drive it from a daemon thread."""
@@ -77,8 +84,8 @@ class LibvirtConnection:
         uri: str,
         *,
         open_timeout: float = 5.0,
-        keepalive_interval: int = 2,
-        keepalive_count: int = 3,
+        keepalive_interval: int = KEEPALIVE_INTERVAL_S,
+        keepalive_count: int = KEEPALIVE_COUNT,
         events: LifecycleEvents | None = None,
     ):
         self.uri = uri
