@@ -231,31 +231,42 @@ def _notify(hook, *args: object) -> None:
 
 
 class _Keeper:
-    """The thread that reconnects after an outage: waits for one, then retries with backoff until connected."""
+    """Reconnects while libvirt is unreachable: a thread that runs from an outage (or ``keep_open``) until
+    connected, retrying with backoff, and then ends; a worker connected to libvirt has no such thread."""
 
     def __init__(self, connection: LibvirtConnection, max_retry: float):
         self._connection = connection
         self._max_retry = max_retry
-        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._again = False  # an outage told to the running thread: it tries once more before it ends
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="libvirt-keeper", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self.wake()
 
     def wake(self) -> None:
-        self._wake.set()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if self._thread is not None:
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._run, name="libvirt-keeper", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(10)
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
 
     def _run(self) -> None:
         retry = 0.5
         while not self._stopping.is_set():
-            self._wake.clear()  # before open(): an outage from now on wakes the wait below
+            with self._lock:
+                self._again = False  # before open(): an outage from now on makes this thread try again
             try:
                 self._connection.open()
             except HypervisorUnavailable:
@@ -263,7 +274,10 @@ class _Keeper:
                 retry = min(retry * 2, self._max_retry)
                 continue
             retry = 0.5
-            self._wake.wait()
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
 
 
 def _open_within(uri: str, timeout: float) -> libvirt.virConnect:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +125,7 @@ def test_a_hung_libvirtd_is_dropped_by_the_workers_own_keepalive_and_picked_up_a
     daemon.start()
     with watching(daemon, events, keepalive={}) as connection:  # 5 s × 2: about 15 s after its last word
         log.wait_for(worker_state("online"))
+        assert no_keeper_thread(), "connected: nothing reconnects"
         os.kill(daemon.process.pid, signal.SIGSTOP)
         try:
             degraded = log.wait_for(worker_state("degraded"), timeout=60)
@@ -133,3 +136,14 @@ def test_a_hung_libvirtd_is_dropped_by_the_workers_own_keepalive_and_picked_up_a
             os.kill(daemon.process.pid, signal.SIGCONT)
         sync = log.wait_for(worker_state("sync"), timeout=60)
         assert sync.reason == "libvirt reconnected"
+        assert no_keeper_thread(), "the reconnecting thread ends once libvirt answers again"
+
+
+def no_keeper_thread(timeout: float = 10.0) -> bool:
+    """No thread waits for the next outage (a connected worker has none); it may take a moment to end."""
+    deadline = time.monotonic() + timeout
+    while any(t.name == "libvirt-keeper" for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
