@@ -83,7 +83,8 @@ class KeyedExecutor:
     def _hand(self, key: str | None, task: Task) -> None:
         with self._lock:
             self._handed += 1
-            thread = self._new_thread() if self._handed > self._idle and len(self._threads) < self._max else None
+            wanted = self._handed > self._idle and len(self._threads) < self._max and not self._stopping
+            thread = self._new_thread() if wanted else None
         self._ready.put((key, task))
         if thread is not None:
             self._start(thread)

@@ -102,3 +102,14 @@ def test_threads_idle_past_the_limit_end_but_the_last_one_stays_and_takes_the_ne
         gate.open.set()
         pool.shutdown()
     assert pool_threads("kvt-lazy-d") == []
+
+
+def test_a_pool_that_was_shut_down_starts_no_thread_for_a_late_task():
+    pool = KeyedExecutor(4, name="kvt-lazy-e")
+    done = threading.Event()
+    pool.submit(None, done.set)
+    assert done.wait(10)
+    pool.shutdown()
+    late = threading.Event()
+    pool.submit(None, late.set)
+    assert not late.wait(0.3) and pool_threads("kvt-lazy-e") == [] and pool.threads == 0
