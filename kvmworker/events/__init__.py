@@ -10,6 +10,9 @@ from kvmworker.events.emitter import Emitter, StateHooks, SyncTrigger
 from kvmworker.events.hub import Events
 from kvmworker.events.model import EXCHANGE, Event, binding_key, routing_key
 from kvmworker.events.pictures import NETWORKS, VMS, PictureProvider, Pictures
+from kvmworker.lazyimport import parts_only
+
+parts_only("prometheus_client")  # before events/metrics.py: the metric types only, not the exposition
 
 __all__ = [
     "EXCHANGE",

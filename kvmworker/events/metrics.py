@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics import Counter, Gauge
+from prometheus_client.registry import CollectorRegistry
 
 from kvmworker.events.emitter import Emitter
 from kvmworker.events.model import Event

@@ -5,3 +5,7 @@ constructor, so tests can point it at a tree of their own. A reader's ``read()``
 ``summary()`` the headline figures; a field the machine does not expose is ``None``; a source the section cannot do
 without raises that section's coded error (``section.failing_as``).
 """
+
+from kvmworker.lazyimport import parts_only
+
+parts_only("pyroute2")  # its netlink parts only (the network section), not the whole library: see lazyimport

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 
 from kvmworker.inventory.files import read_int, read_text
 from kvmworker.inventory.section import failing_as

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psutil
-from pyroute2 import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkError
 
 from kvmworker.protocol.errors import KvmError
 

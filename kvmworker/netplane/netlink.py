@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
+from pyroute2.iproute import IPRoute
 from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.exceptions import NetlinkError

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.observability.logs import install_context_filter
 from kvmworker.observability.metrics import WorkerMetrics
-from kvmworker.observability.server import HealthServer
 from kvmworker.observability.vm_metrics import register_vm_metrics
 from kvmworker.settings import Settings
 from kvmworker.transport.worker import Worker
+
+if TYPE_CHECKING:
+    from kvmworker.observability.server import HealthServer
 
 LibvirtProbe = Callable[[], Any]
 
@@ -26,6 +28,8 @@ def observe_worker(
     install_context_filter()
     if settings.health_port is None:
         return None
+    from kvmworker.observability.server import HealthServer  # and the exposition: only with a health port
+
     metrics.watch_broker(worker.consuming.is_set)
     metrics.watch_libvirt(libvirt)
     if vm_stats is not None:

@@ -32,6 +32,13 @@ log = logging.getLogger("kvmworker.virt")
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
 
+# An idle connection sends a ping every interval (two wake-ups: the ping, the answer); libvirt drops it after
+# ``count`` pings unanswered, ``(count + 1) * interval`` after the daemon last said anything: 15 s for a hung
+# libvirtd, at one ping every 5 s (2 s × 3 was 8 s, at a ping every 2 s). A daemon that is gone is noticed at
+# once either way (the close callback).
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 2
+
 
 def ensure_event_loop() -> None:
     """Register libvirt's default event loop once per process and drive it from a daemon thread."""
@@ -77,8 +84,8 @@ class LibvirtConnection:
         uri: str,
         *,
         open_timeout: float = 5.0,
-        keepalive_interval: int = 2,
-        keepalive_count: int = 3,
+        keepalive_interval: int = KEEPALIVE_INTERVAL_S,
+        keepalive_count: int = KEEPALIVE_COUNT,
         events: LifecycleEvents | None = None,
     ):
         self.uri = uri
@@ -224,31 +231,42 @@ def _notify(hook, *args: object) -> None:
 
 
 class _Keeper:
-    """The thread that reconnects after an outage: waits for one, then retries with backoff until connected."""
+    """Reconnects while libvirt is unreachable: a thread that runs from an outage (or ``keep_open``) until
+    connected, retrying with backoff, and then ends; a worker connected to libvirt has no such thread."""
 
     def __init__(self, connection: LibvirtConnection, max_retry: float):
         self._connection = connection
         self._max_retry = max_retry
-        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._again = False  # an outage told to the running thread: it tries once more before it ends
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="libvirt-keeper", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self.wake()
 
     def wake(self) -> None:
-        self._wake.set()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if self._thread is not None:
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._run, name="libvirt-keeper", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(10)
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
 
     def _run(self) -> None:
         retry = 0.5
         while not self._stopping.is_set():
-            self._wake.clear()  # before open(): an outage from now on wakes the wait below
+            with self._lock:
+                self._again = False  # before open(): an outage from now on makes this thread try again
             try:
                 self._connection.open()
             except HypervisorUnavailable:
@@ -256,7 +274,10 @@ class _Keeper:
                 retry = min(retry * 2, self._max_retry)
                 continue
             retry = 0.5
-            self._wake.wait()
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
 
 
 def _open_within(uri: str, timeout: float) -> libvirt.virConnect:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from kvmworker.events import Events
 from kvmworker.events.state import WorkerState
+from kvmworker.protocol.errors import HypervisorUnavailable
 from kvmworker.virt.connection import LibvirtConnection
 from kvmworker.virt.vm_events import start_vm_events
 from tests.vm.conftest import vm_name
@@ -42,9 +45,11 @@ def events(tmp_path: Path) -> Events:
 
 
 @contextmanager
-def watching(daemon: PrivateLibvirtd, events: Events) -> Iterator[LibvirtConnection]:
-    """The worker's VM events and state on the private daemon, wired as ``kvmworker worker`` wires them."""
-    connection = LibvirtConnection(daemon.uri, keepalive_interval=1, keepalive_count=2)
+def watching(daemon: PrivateLibvirtd, events: Events, keepalive: dict | None = None) -> Iterator[LibvirtConnection]:
+    """The worker's VM events and state on the private daemon, wired as ``kvmworker worker`` wires them
+    (``keepalive``: 1 s × 2 unless given; ``{}`` is the worker's own)."""
+    keepalive = {"keepalive_interval": 1, "keepalive_count": 2} if keepalive is None else keepalive
+    connection = LibvirtConnection(daemon.uri, **keepalive)
     start_vm_events(connection, events)
     state = WorkerState(events.emitter, events.pictures, interval=3600)
     state.start()  # online: its picture opens the connection and keeps it open
@@ -111,3 +116,34 @@ def test_a_worker_started_before_libvirtd_is_degraded_until_it_answers_and_then_
         assert defined.previous is None and defined.msg_id is None
         states = [e.state for e in log.worker_states()]
         assert states.count("degraded") == 1 and states[-2:] == ["online", "sync"]  # regained, then the picture
+
+
+def test_a_hung_libvirtd_is_dropped_by_the_workers_own_keepalive_and_picked_up_again_once_it_answers(
+    daemon, events, tmp_path
+):
+    log = EventLog(events)
+    daemon.start()
+    with watching(daemon, events, keepalive={}) as connection:  # 5 s × 2: about 15 s after its last word
+        log.wait_for(worker_state("online"))
+        assert no_keeper_thread(), "connected: nothing reconnects"
+        os.kill(daemon.process.pid, signal.SIGSTOP)
+        try:
+            degraded = log.wait_for(worker_state("degraded"), timeout=60)
+            assert "keepalive" in degraded.reason, degraded.reason
+            with pytest.raises(HypervisorUnavailable):
+                connection.open()  # the stopped daemon accepts nothing: the open timeout, not a hang
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+        sync = log.wait_for(worker_state("sync"), timeout=60)
+        assert sync.reason == "libvirt reconnected"
+        assert no_keeper_thread(), "the reconnecting thread ends once libvirt answers again"
+
+
+def no_keeper_thread(timeout: float = 10.0) -> bool:
+    """No thread waits for the next outage (a connected worker has none); it may take a moment to end."""
+    deadline = time.monotonic() + timeout
+    while any(t.name == "libvirt-keeper" for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,99 @@
+"""The worker loads the parts of pyroute2 and prometheus_client it uses, and their packages still work whole."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmworker.lazyimport import parts_only
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import kvmworker.runtime  # everything `kvmworker worker` imports before it consumes
+    before = sorted(sys.modules)
+    import pyroute2, prometheus_client
+    from pyroute2 import IPRoute, NDB  # the package's own names: its __init__ runs now
+    from prometheus_client import REGISTRY, generate_latest
+    print(json.dumps({
+        "before": before,
+        "iproute": IPRoute.__module__,
+        "ndb": NDB.__name__,
+        "version": pyroute2.__version__,
+        "metrics": generate_latest(REGISTRY).decode()[:2000],
+    }))
+    """
+)
+
+
+def test_the_worker_imports_no_pyroute2_ndb_nor_prometheus_exposition_and_both_packages_still_work_whole():
+    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    before = set(seen["before"])
+    assert "pyroute2.netlink.rtnl.ifinfmsg" in before and "prometheus_client.metrics" in before, "the parts in use"
+    unused = {"pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.conntrack", "prometheus_client.exposition", "wsgiref"}
+    assert not unused & before, unused & before
+    assert (seen["iproute"], seen["ndb"]) == ("pyroute2.iproute.linux", "NDB")
+    assert seen["version"][0].isdigit()
+    assert "process_cpu_seconds_total" in seen["metrics"], "the default registry got its collectors once loaded"
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A package ``kvtlazy`` whose __init__ counts its runs (in ``kvtlazy_runs``) and has a submodule."""
+    root = tmp_path / "kvtlazy"
+    root.mkdir()
+    (root / "__init__.py").write_text(
+        "import builtins\nbuiltins.kvtlazy_runs = getattr(builtins, 'kvtlazy_runs', 0) + 1\n"
+        "from kvtlazy.part import PART\nWHOLE = 'whole'\n"
+    )
+    (root / "part.py").write_text("PART = 'part'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "kvtlazy"
+    for name in [m for m in sys.modules if m == "kvtlazy" or m.startswith("kvtlazy.")]:
+        del sys.modules[name]
+    import builtins
+
+    if hasattr(builtins, "kvtlazy_runs"):
+        del builtins.kvtlazy_runs
+
+
+def runs() -> int:
+    import builtins
+
+    return getattr(builtins, "kvtlazy_runs", 0)
+
+
+def test_a_submodule_imports_without_the_package_init_until_a_name_of_the_package_is_asked_for(package):
+    parts_only(package)
+    from kvtlazy import part  # a submodule: no reason to run __init__
+    from kvtlazy.part import PART
+
+    assert (part.PART, PART, runs()) == ("part", "part", 0)
+    import kvtlazy
+
+    assert kvtlazy.WHOLE == "whole" and runs() == 1
+    assert kvtlazy.PART == "part" and runs() == 1, "__init__ runs once"
+    with pytest.raises(AttributeError, match="no attribute 'MISSING'"):
+        kvtlazy.MISSING  # noqa: B018
+
+
+def test_a_package_already_imported_is_left_as_it_is(package):
+    import kvtlazy
+
+    parts_only(package)
+    assert sys.modules[package] is kvtlazy and runs() == 1 and "__getattr__" not in vars(kvtlazy)
+
+
+def test_a_package_that_is_not_installed_is_left_to_the_import_that_needs_it():
+    parts_only("kvt_not_installed_anywhere")
+    assert "kvt_not_installed_anywhere" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        import kvt_not_installed_anywhere  # noqa: F401
