@@ -28,6 +28,7 @@ delivers them again and the journal answers them from its record); the loop conn
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import heapq
 import itertools
@@ -39,6 +40,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
@@ -791,6 +793,7 @@ class _RedisSession:
         self.alive = True
         self._channel = channel
         self._json = json_dumps
+        self._base64 = channel.body_encoding == "base64" and not channel.default_priority  # kombu's defaults
         queue = worker._queue
         queue.bind(channel).declare()
         channel.basic_qos(0, worker._prefetch, False)  # kombu's in-memory accounting, as for kombu's consumer
@@ -822,7 +825,13 @@ class _RedisSession:
             False  # what ``_read_owed`` read past the answers owed (the BRPOP's, maybe): not seen by select
         )
         self._owed = 0  # answers Redis owes in front of the BRPOP's
-        self._out: list[tuple[Any, ...]] = []  # commands written at the end of the pass
+        self._out: list[bytes] = []  # commands written at the end of the pass (in RESP), and how many
+        self._out_count = 0
+        # what every record and ack repeats, packed once
+        self._zadd = b"".join((b"*4\r\n", _bulk(b"ZADD"), _bulk(self._index.encode())))
+        self._hset = b"".join((b"*4\r\n", _bulk(b"HSET"), _bulk(self._table.encode())))
+        self._zrem = b"".join((b"*3\r\n", _bulk(b"ZREM"), _bulk(self._index.encode())))
+        self._hdel = b"".join((b"*3\r\n", _bulk(b"HDEL"), _bulk(self._table.encode())))
         self.waiting = False  # a BRPOP was sent and its answer not read
         self._sent_at = 0.0
         self._next_restore = 0.0  # at once: what an earlier worker left
@@ -883,18 +892,19 @@ class _RedisSession:
         if self.waiting:
             if out:
                 self._read_owed()
-                self._book.send(out)
+                self._book.send(b"".join(out), self._out_count)
                 out.clear()
+                self._out_count = 0
             return
         if not out and not ask:
             return
-        sent = len(out)
         if ask:
-            out.append(_BRPOP)
-        data = b"".join(self._brpop if command is _BRPOP else _resp((command,)) for command in out)
+            out.append(self._brpop)
+        data = b"".join(out)
         out.clear()
         self._send(data)
-        self._owed += sent
+        self._owed += self._out_count
+        self._out_count = 0
         if ask:
             self.waiting, self._sent_at = True, time.monotonic()
 
@@ -921,11 +931,12 @@ class _RedisSession:
         pos = 0
         try:
             while True:
-                answer, pos = _resp_answer(buf, pos)
                 if self._owed:
+                    pos = _owed_answer(buf, pos)
                     self._owed -= 1
-                    _raise_error(answer)
-                elif self.waiting:
+                    continue
+                answer, pos = _resp_answer(buf, pos)
+                if self.waiting:
                     self.waiting = False
                     del buf[:pos]  # before the message is handed over (its record is read after it)
                     pos = 0
@@ -945,14 +956,13 @@ class _RedisSession:
         pos = 0
         while self._owed:
             try:
-                answer, pos = _resp_answer(buf, pos)
+                pos = _owed_answer(buf, pos)
             except _Incomplete:
                 del buf[:pos]
                 pos = 0
                 self._recv_blocking()
                 continue
             self._owed -= 1
-            _raise_error(answer)
         del buf[:pos]
         self._unparsed = bool(buf)
 
@@ -968,7 +978,7 @@ class _RedisSession:
             message = json.loads(payload)
             props = message["properties"]
             info = props["delivery_info"]
-            tag = props["delivery_tag"]
+            tag = str(props["delivery_tag"])
             # kombu's record, [message, exchange, routing key] in JSON, with the message as it came
             record = b"[%s,%s,%s]" % (
                 payload,
@@ -982,8 +992,11 @@ class _RedisSession:
                 "a message on %s that is not kombu's was dropped (%s): %r", self._worker._queue.name, exc, payload[:200]
             )
             return
+        btag = _bulk(tag.encode())
         self._send(
-            _resp((("MULTI",), ("ZADD", self._index, time.time(), tag), ("HSET", self._table, tag, record), ("EXEC",)))
+            b"".join(
+                (_MULTI, self._zadd, _bulk(repr(time.time()).encode()), btag, self._hset, btag, _bulk(record), _EXEC)
+            )
         )
         self._owed += 4
         self._remember(self._qos, tag, tag)
@@ -1026,32 +1039,53 @@ class _RedisSession:
         (right away, on this thread): never an ack without the reply nor a reply without the ack. Should
         nothing settle it within ``done``, the reply goes out alone. Written at the end of the pass: a write
         that fails leaves the message to Redis, which hands it out again (the journal answers it)."""
-        channel = self._channel
-        message = channel.prepare_message(
-            outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), _reply_properties(outgoing)
-        )
-        channel._inplace_augment_message(message, "", outgoing.routing_key)
-        self._reply = (self._prefix + outgoing.routing_key, self._json(message))
+        queue = outgoing.routing_key
+        if self._base64:  # kombu's prepare_message and _inplace_augment_message, in one go
+            message = {
+                "body": base64.b64encode(outgoing.body).decode(),
+                "content-encoding": "utf-8",
+                "content-type": JSON_CONTENT_TYPE,
+                "headers": dict(outgoing.headers),
+                "properties": _reply_properties(outgoing)
+                | {
+                    "delivery_info": {"exchange": "", "routing_key": queue},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            }
+        else:
+            channel = self._channel
+            message = channel.prepare_message(
+                outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), _reply_properties(outgoing)
+            )
+            channel._inplace_augment_message(message, "", queue)
+        self._reply = (self._prefix + queue, self._json(message))
         try:
             done(None)
         finally:
             reply, self._reply = self._reply, None
         if reply is not None:
-            self._out += [("MULTI",), ("LPUSH", *reply), ("EXEC",)]
+            self._out += (_MULTI, _lpush(reply), _EXEC)
+            self._out_count += 3
 
     def settle(self, tag: str, ack: bool) -> None:
         self._unsettled -= 1
         out = self._out
         reply, self._reply = self._reply, None
         if ack:
-            out.append(("MULTI",))
+            btag = _bulk(tag.encode())
             if reply is not None:
-                out.append(("LPUSH", *reply))
-            out += [("ZREM", self._index, tag), ("HDEL", self._table, tag), ("EXEC",)]
+                out += (_MULTI, _lpush(reply), self._zrem, btag, self._hdel, btag, _EXEC)
+                self._out_count += 5
+            else:
+                out += (_MULTI, self._zrem, btag, self._hdel, btag, _EXEC)
+                self._out_count += 4
             self._forget(self._qos, tag)
             return
         if reply is not None:
-            out += [("MULTI",), ("LPUSH", *reply), ("EXEC",)]
+            out += (_MULTI, _lpush(reply), _EXEC)
+            self._out_count += 3
         # kombu restores the message from its record on a connection of its own: the record and what went
         # before are in first
         self._write()
@@ -1060,7 +1094,16 @@ class _RedisSession:
         self._qos.reject(tag, requeue=True)
 
 
-_BRPOP = ("BRPOP",)  # in a pass's commands: the session's BRPOP
+_MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _lpush(reply: tuple[str, str]) -> bytes:
+    key, message = reply
+    return b"".join((b"*3\r\n$5\r\nLPUSH\r\n", _bulk(key.encode()), _bulk(message.encode())))
 
 
 class _Incomplete(Exception):
@@ -1102,6 +1145,36 @@ def _resp_answer(buf: bytearray, pos: int) -> tuple[Any, int]:
     if kind == 95:  # "_": null
         return None, pos
     return line, pos  # +simple, :integer, ,double, #boolean, (big number: the worker needs none of them
+
+
+def _owed_answer(buf: bytearray, pos: int) -> int:
+    """Past one answer owed to the worker's writes (``+OK``, ``+QUEUED``, a transaction's integers), read
+    without building it; an error in it raises (``_raise_error``)."""
+    if pos >= len(buf):
+        raise _Incomplete
+    kind = buf[pos]
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    if kind == 43 or kind == 58:  # "+", ":"
+        return end + 2
+    if kind != 42:  # not "*": anything else, an error among them
+        answer, end = _resp_answer(buf, pos)
+        _raise_error(answer)
+        return end
+    at = end + 2
+    for _ in range(int(buf[pos + 1 : end])):
+        if at >= len(buf):
+            raise _Incomplete
+        if buf[at] != 58:  # not an integer: the whole answer, built
+            answer, end = _resp_answer(buf, pos)
+            _raise_error(answer)
+            return end
+        end = buf.find(b"\r\n", at)
+        if end < 0:
+            raise _Incomplete
+        at = end + 2
+    return at
 
 
 class _RedisError(bytes):
@@ -1147,10 +1220,11 @@ class _RedisBook:
         self._conn = self._pool.get_connection()
         self._unread = 0  # answers Redis owes on the connection
 
-    def send(self, commands: list[tuple[Any, ...]]) -> None:
+    def send(self, commands: bytes, count: int) -> None:
+        """``count`` commands, in RESP."""
         # no health check: its PING would read an answer owed to an earlier command
-        self._conn.send_packed_command([_resp(commands)], check_health=False)
-        self._unread += len(commands)
+        self._conn.send_packed_command([commands], check_health=False)
+        self._unread += count
         if self._unread >= UNREAD_MAX:
             self.flush()
 
