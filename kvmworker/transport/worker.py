@@ -794,6 +794,9 @@ class _RedisSession:
         self._channel = channel
         self._json = json_dumps
         self._base64 = channel.body_encoding == "base64" and not channel.default_priority  # kombu's defaults
+        # the replies' delivery tags: kombu's are uuid4s; these look the same (random, then a count: unique
+        # without a uuid4 per reply)
+        self._tag_base, self._tags = str(uuid.uuid4())[:24], itertools.count()
         queue = worker._queue
         queue.bind(channel).declare()
         channel.basic_qos(0, worker._prefetch, False)  # kombu's in-memory accounting, as for kombu's consumer
@@ -1051,7 +1054,7 @@ class _RedisSession:
                     "delivery_info": {"exchange": "", "routing_key": queue},
                     "priority": 0,
                     "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
+                    "delivery_tag": f"{self._tag_base}{next(self._tags):012x}",
                 },
             }
         else:
@@ -1060,7 +1063,11 @@ class _RedisSession:
                 outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), _reply_properties(outgoing)
             )
             channel._inplace_augment_message(message, "", queue)
-        self._reply = (self._prefix + queue, self._json(message))
+        try:
+            text = json.dumps(message)  # the C encoder; kombu's makes an encoder per call
+        except TypeError:  # a header only kombu's encoder knows (a UUID, a datetime …)
+            text = self._json(message)
+        self._reply = (self._prefix + queue, text)
         try:
             done(None)
         finally:
