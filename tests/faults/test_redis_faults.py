@@ -7,6 +7,7 @@ the first delivery still runs: the journal must keep it from running twice.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -149,3 +150,28 @@ def test_a_worker_killed_during_a_command_has_it_back_after_the_visibility_timeo
         assert reply.code == Code.UNKNOWN_OUTCOME, (reply, worker.log())
         assert reply.data["state"] == "interrupted"
     assert count_of(worker.effects, "killed") == 1, "the command ran again after the kill"
+
+
+def test_a_worker_stopped_in_a_stream_of_commands_drops_none_each_runs_once_on_it_or_the_next(redis, worker):
+    """SIGTERM while commands keep coming: what the worker had not started goes back (kombu's requeue), and
+    the one its last BRPOP brought in as it stopped is given back too, not dropped."""
+    names = [f"stream{i}" for i in range(300)]
+    with Client(redis.url) as client:
+
+        def submit(batch: list[str]) -> list:
+            data = [{"handler": "ProbeHandler", "command": "count", "data": {"name": name}} for name in batch]
+            return [client.submit(worker.host, envelope, timeout=60) for envelope in data]
+
+        pending = submit(names[:150])
+        assert wait_for(lambda: sum(count_of(worker.effects, name) for name in names[:150]) >= 30, 30)
+        first = worker.current
+        first.send_signal(signal.SIGTERM)
+        pending += submit(names[150:])  # published while it stops
+        assert first.wait(30) == 0, worker.log()
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+    assert [r.code for r in replies] == [Code.OK] * len(names), worker.log()
+    assert [count_of(worker.effects, name) for name in names] == [1] * len(names)
+    ran = [(worker.tmp / f"worker{n}.log").read_text().count("ProbeHandler.count") for n in (0, 1)]
+    assert all(ran), f"the stop did not fall in the stream: each worker ran {ran}"
+    print(f"\nstopped in a stream: {ran} ran on each worker, {worker.log().count('(redelivered)')} given back")
