@@ -14,9 +14,10 @@ and a wake-up pipe (written by the pool's threads with a reply, and by ``stop``)
 heartbeats and the systemd watchdog going: no polling, idle or busy. An inline command costs no thread hop at
 all.
 
-Redis (``_RedisSession``): the session's own BRPOP on a connection of its own, kombu's unacked bookkeeping (its
-keys, its values, its restore), the reply and its ack written by ``_RedisBook`` (the reply and the ack in one
-transaction, an inline command's within its delivery); the loop waits on the BRPOP's socket and the wake-up pipe.
+Redis (``_RedisSession``): the session's own BRPOP, and on the same connection kombu's unacked bookkeeping (its
+keys, its values; kombu's restore) and the reply with its ack (one transaction), written in front of the next
+BRPOP (a second connection, ``_RedisBook``, takes what the pool answers while a BRPOP waits); the loop waits on
+that socket and the wake-up pipe.
 
 memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread on the consuming
 channel; kombu's poller cannot wait on the wake-up pipe, so while pool commands run the loop drains every
