@@ -1023,7 +1023,8 @@ class _RedisSession:
         self._cancelled = True
         if self.waiting and self._client_id is not None:
             try:
-                self._channel.client.execute_command("CLIENT", "UNBLOCK", self._client_id)
+                with self._channel.conn_or_acquire() as client:  # a pooled connection, as kombu's restore's
+                    client.execute_command("CLIENT", "UNBLOCK", self._client_id)
             except Exception as exc:  # its own timeout ends it instead
                 log.debug("CLIENT UNBLOCK failed: %s", exc)
 
