@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import procstat
 from bridge import LOGOUT, PING, BridgeSubject, InProcessApp, RawBackedBridge
 from peers import AmqpPeer, RedisPeer
-from subjects import AmqpConfirmPeer, ClientToRaw, KvmSubject, RawCallerToWorker
+from subjects import AmqpConfirmPeer, ClientToRaw, KvmSubject, RawCallerToWorker, RawRedisCallerToWorker
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Lab:
             "redis-default": lambda: KvmSubject(p.redis, worker_args=p.worker_args),
             "client-raw": lambda: ClientToRaw(p.amqp, p.amqp_host_port),
             "raw-caller-worker": lambda: RawCallerToWorker(self.get("amqp-default"), p.amqp_host_port),
+            "raw-caller-worker-redis": lambda: RawRedisCallerToWorker(self.get("redis-default"), p.redis),
             "bridge": lambda: BridgeSubject(p.amqp, self.get("amqp-default").host),
             "bridge-raw": lambda: RawBackedBridge(p.amqp, p.amqp_host_port),
             "bridge-app": InProcessApp,
@@ -164,6 +165,12 @@ ROWS = [
     Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),
     Row("redis-raw", latency_row("redis-raw"), "raw Redis LPUSH/BRPOP, 1 caller"),
     Row("redis-default", latency_row("redis-default"), "kvmworker over Redis, 1 caller"),
+    Row(
+        "raw-caller-worker-redis",
+        latency_row("raw-caller-worker-redis"),
+        "raw redis-py caller (kombu's message) → kvmworker worker, 1 caller",
+        quick=False,
+    ),
     Row("amqp-raw-window", raw_window, "raw py-amqp, 64 in flight"),
     Row("amqp-default-64", callers_row("amqp-default", 64), "kvmworker default, 64 callers"),
     Row("bridge-64", bridge_row(64), "bridge (wrk), 64 connections"),

@@ -10,6 +10,8 @@ Each responder runs in a process of its own, as the worker does, so that caller 
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
@@ -85,6 +87,41 @@ class RedisPeer:
         self.process.kill()
         self.process.wait()
         self.caller.close()
+
+
+class KombuRedisCaller:
+    """A redis-py caller of a kvmworker worker: ``LPUSH`` of the message kombu's Redis channel would publish
+    (built once, with a fresh message id, correlation id and delivery tag per call) to the worker's list, then
+    ``BRPOP`` of the reply from a list of its own. What the worker adds, without the client's cost."""
+
+    def __init__(self, url: str, queue: str, body: bytes = REQUEST):
+        self.queue = queue
+        self._redis = redis.Redis.from_url(url)
+        self._reply_to = f"bench.reply.{uuid.uuid4().hex[:8]}"
+        self._body = base64.b64encode(body).decode()
+
+    def _message(self) -> str:
+        ids = str(uuid.uuid4())
+        properties = {"correlation_id": ids, "reply_to": self._reply_to, "delivery_mode": 2, "message_id": ids}
+        properties |= {"delivery_info": {"exchange": "", "routing_key": self.queue}, "priority": 0}
+        properties |= {"body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
+        message = {"body": self._body, "content-encoding": "utf-8", "content-type": "application/json"}
+        return json.dumps(message | {"headers": {}, "properties": properties})
+
+    def latencies(self, calls: int) -> list[float]:
+        samples = []
+        for _ in range(calls):
+            message = self._message()  # not timed: the caller's own cost
+            started = time.perf_counter()
+            self._redis.lpush(self.queue, message)
+            if self._redis.brpop(self._reply_to, timeout=4) is None:  # under the socket timeout (5 s)
+                raise RuntimeError("the worker did not answer within 4 s")
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    def close(self) -> None:
+        self._redis.delete(self._reply_to)
+        self._redis.close()
 
 
 class AmqpCaller:

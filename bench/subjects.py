@@ -18,7 +18,7 @@ from pathlib import Path
 
 import amqp
 from kombu import Connection
-from peers import AMQP_RESPONDER, AmqpCaller, responder
+from peers import AMQP_RESPONDER, AmqpCaller, KombuRedisCaller, responder
 
 from kvmworker.client import Client
 
@@ -120,6 +120,18 @@ class RawCallerToWorker:
     def __init__(self, worker: KvmSubject, host_port: str):
         self.pid = worker.pid
         self.caller = AmqpCaller(host_port, host_queue_name(worker.host))
+        self.caller.latencies(200)
+
+    def close(self) -> None:
+        self.caller.close()
+
+
+class RawRedisCallerToWorker:
+    """What the worker adds on Redis: a redis-py caller pushing kombu's message straight onto a worker's list."""
+
+    def __init__(self, worker: KvmSubject, url: str):
+        self.pid = worker.pid
+        self.caller = KombuRedisCaller(url, host_queue_name(worker.host))
         self.caller.latencies(200)
 
     def close(self) -> None:

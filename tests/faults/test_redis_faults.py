@@ -6,6 +6,8 @@ the first delivery still runs: the journal must keep it from running twice.
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -13,6 +15,7 @@ import pytest
 
 from kvmworker.client import Client
 from kvmworker.protocol.codes import Code
+from kvmworker.protocol.wire import host_queue_name
 from tests.faults.brokers import PrivateRedis, private_redis, require_private_brokers
 from tests.support.handlers import count_of
 from tests.support.processes import WorkerProcess, stop_process, wait_for
@@ -100,3 +103,75 @@ def test_a_command_given_back_at_sigterm_runs_once_on_the_next_worker_and_the_ru
         worker.start()
         assert client.wait(waiting, 30).code == Code.OK, worker.log()
     assert count_of(worker.effects, "first") == 2, "each of the two commands ran once"
+
+
+def _unacked_records(redis: PrivateRedis, msg_id: object) -> list[list]:
+    """kombu's unacked bookkeeping in the private Redis of one message, as kombu's restore reads it: [message,
+    exchange, routing key] by delivery tag, the tag in the index too."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        records = {tag: json.loads(raw) for tag, raw in db.hgetall("unacked").items()}
+        indexed = set(db.zrange("unacked_index", 0, -1))
+    mine = {tag: r for tag, r in records.items() if r[0]["properties"]["message_id"] == str(msg_id)}
+    assert set(mine) <= indexed, "a record that is not in kombu's index is never restored"
+    return list(mine.values())
+
+
+def test_a_running_command_is_in_kombus_unacked_record_until_its_reply_goes_out(redis, worker):
+    """The worker reads the queue itself but keeps kombu's bookkeeping: the record kombu's restore reads."""
+    with Client(redis.url) as client:
+        running = client.submit(
+            worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": "held", "sleep": 1}}
+        )
+        assert wait_for(lambda: count_of(worker.effects, "held") == 1, 15), worker.log()
+        records = _unacked_records(redis, running.msg_id)
+        assert len(records) == 1, "the running command has no unacked record kombu could restore it from"
+        _, exchange, routing_key = records[0]
+        assert (exchange, routing_key) in [("", host_queue_name(worker.host)), ("kvmworker", worker.host)]
+        assert client.wait(running, 30).code == Code.OK, worker.log()
+        # the reply and the ack go in one transaction: once the reply is read, the record is gone
+        assert _unacked_records(redis, running.msg_id) == []
+
+
+def test_a_worker_killed_during_a_command_has_it_back_after_the_visibility_timeout_and_does_not_run_it_again(
+    redis, worker
+):
+    with Client(redis.url) as client:
+        pending = client.submit(
+            worker.host,
+            {"handler": "ProbeHandler", "command": "count", "data": {"name": "killed", "sleep": 30}},
+            timeout=60,
+        )
+        assert wait_for(lambda: count_of(worker.effects, "killed") == 1, 15), worker.log()
+        worker.kill()  # SIGKILL: nothing acked, nothing given back; only Redis's record of the delivery is left
+        worker.start()
+        reply = client.wait(pending, 40)
+        assert reply.code == Code.UNKNOWN_OUTCOME, (reply, worker.log())
+        assert reply.data["state"] == "interrupted"
+    assert count_of(worker.effects, "killed") == 1, "the command ran again after the kill"
+
+
+def test_a_worker_stopped_in_a_stream_of_commands_drops_none_each_runs_once_on_it_or_the_next(redis, worker):
+    """SIGTERM while commands keep coming: what the worker had not started goes back (kombu's requeue), and
+    the one its last BRPOP brought in as it stopped is given back too, not dropped."""
+    names = [f"stream{i}" for i in range(300)]
+    with Client(redis.url) as client:
+
+        def submit(batch: list[str]) -> list:
+            data = [{"handler": "ProbeHandler", "command": "count", "data": {"name": name}} for name in batch]
+            return [client.submit(worker.host, envelope, timeout=60) for envelope in data]
+
+        pending = submit(names[:150])
+        assert wait_for(lambda: sum(count_of(worker.effects, name) for name in names[:150]) >= 30, 30)
+        first = worker.current
+        first.send_signal(signal.SIGTERM)
+        pending += submit(names[150:])  # published while it stops
+        assert first.wait(30) == 0, worker.log()
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+    assert [r.code for r in replies] == [Code.OK] * len(names), worker.log()
+    assert [count_of(worker.effects, name) for name in names] == [1] * len(names)
+    ran = [(worker.tmp / f"worker{n}.log").read_text().count("ProbeHandler.count") for n in (0, 1)]
+    assert all(ran), f"the stop did not fall in the stream: each worker ran {ran}"
+    print(f"\nstopped in a stream: {ran} ran on each worker, {worker.log().count('(redelivered)')} given back")
