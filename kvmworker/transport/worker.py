@@ -89,6 +89,8 @@ _CONTENT_HEADER = struct.Struct(">HHQ")
 # the reply's properties: content_type, content_encoding, application_headers, delivery_mode, correlation_id,
 # message_id (their bits in the property flags, in the order the format lists them)
 _REPLY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7)
+_REPLY_TYPE_AND_ENCODING = dumps("ss", (JSON_CONTENT_TYPE, "utf-8"))  # the properties' first two, always these
+_LONG = struct.Struct(">I")
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
 
@@ -651,10 +653,7 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     if len(routing_key) > 255:
         raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
     method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
-    properties = dumps(
-        "ssFoss",
-        (JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), 1, outgoing.correlation_id, outgoing.message_id),
-    )
+    properties = _reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
     body = outgoing.body
     header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
     parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
@@ -664,6 +663,27 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
         piece = body[start : start + chunk]
         parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, b"\xce"]
     return b"".join(parts)
+
+
+def _reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
+    """The reply's properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers whose names and values
+    are all text (what the pipeline sets) are encoded here, a tenth of its cost; any other goes through it."""
+    table = []
+    for name, value in headers.items():
+        if type(name) is not str or type(value) is not str:
+            return dumps("ssFoss", (JSON_CONTENT_TYPE, "utf-8", dict(headers), 1, correlation_id, message_id))
+        key, text = name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass")
+        table += (bytes((len(key),)), key, b"S", _LONG.pack(len(text)), text)  # bytes(): > 255 raises, as pack
+    table_bytes = b"".join(table)
+    return b"".join(
+        (_REPLY_TYPE_AND_ENCODING, _LONG.pack(len(table_bytes)), table_bytes, b"\x01", _shortstr(correlation_id),
+         _shortstr(message_id))
+    )  # fmt: skip
+
+
+def _shortstr(value: str | None) -> bytes:
+    data = (value or "").encode("utf-8", "surrogatepass")
+    return bytes((len(data),)) + data
 
 
 class _Arriving:
