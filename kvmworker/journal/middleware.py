@@ -41,6 +41,7 @@ from kvmworker.journal.store import (
     dumps,
     journal_path,
 )
+from kvmworker.protocol.codec import json_encoding
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
@@ -183,10 +184,11 @@ class JournalMiddleware(Middleware[Claim]):
     def _finish(self, msg: InFlight, reply: Reply, duration: float) -> None:
         msg_id = msg.msg_id
         try:
+            stored = _stored_text(reply, msg.reply_body)
             if msg.read_only:
-                self.store.answered(self._received(msg, "executed"), _stored_text(reply), duration)
+                self.store.answered(self._received(msg, "executed"), stored, duration)
             else:
-                self.store.finish(msg_id, ANSWERED, _stored_text(reply), duration)
+                self.store.finish(msg_id, ANSWERED, stored, duration)
         finally:
             # Waiting duplicates get the reply even if it could not be recorded.
             with self._lock:
@@ -277,9 +279,10 @@ def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
     return JsonText(text) if not may_hold_secret(text) else _redacted(properties)
 
 
-def _stored_text(reply: Reply) -> dict[str, Any] | JsonText:
-    """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy)."""
-    text = reply.model_dump_json()
+def _stored_text(reply: Reply, body: bytes | None = None) -> dict[str, Any] | JsonText:
+    """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy).
+    ``body``: that text encoded already (the reply as published), so that it is not written twice."""
+    text = body.decode() if body is not None else reply.model_dump_json()
     return JsonText(text, reply.code) if not may_hold_secret(text) else _stored(reply)
 
 
@@ -288,7 +291,7 @@ def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
 
     ``parsed``: the body decoded as a JSON object already (it was admitted). Then, when it is UTF-8 with nothing
     to redact in it, its text is recorded as it came: the same JSON, without parsing and encoding it again."""
-    if parsed and len(body) <= MAX_PARSED_BODY and json.detect_encoding(body) == "utf-8":
+    if parsed and len(body) <= MAX_PARSED_BODY and json_encoding(body) == "utf-8":
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
