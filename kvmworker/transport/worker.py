@@ -43,7 +43,7 @@ from typing import Any
 from amqp import Message as AmqpMessage
 from amqp import spec
 from amqp.exceptions import MessageNacked, UnexpectedFrame
-from amqp.serialization import decode_properties_basic, dumps
+from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
@@ -52,6 +52,7 @@ from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.transport.amqp_properties import decode_properties
 from kvmworker.transport.connection import HEARTBEAT_S, ConnectionLost, drain_this_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue
@@ -476,7 +477,7 @@ class _AmqpSession:
 
     def _on_content(self, frame_type: int, payload: bytes) -> None:
         """A delivery's frames (basic.deliver, its content header, its body) read without py-amqp's channel
-        dispatch, promises and Message; its properties are decoded by py-amqp's own decoder."""
+        dispatch, promises and Message; its properties decoded as py-amqp decodes them (``amqp_properties``)."""
         self._raw.bytes_recv += 1
         arriving = self._assembling
         if frame_type == 1:
@@ -489,7 +490,7 @@ class _AmqpSession:
             raise UnexpectedFrame(f"frame type {frame_type} on the consuming channel out of order")
         if frame_type == 2:
             (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
-            arriving.properties, _ = decode_properties_basic(payload, 12)
+            arriving.properties = decode_properties(payload, 12)
         else:
             arriving.parts.append(payload)
             arriving.received += len(payload)
