@@ -24,8 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any
 
+from kvmworker.dispatch.deferred import defer, deferring
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.journal.entry import Entry, Received
@@ -89,6 +91,9 @@ class JournalMiddleware(Middleware[Claim]):
         self._on_duplicate = on_duplicate or (lambda how: None)
         self._lock = threading.Lock()
         self._running: dict[str, Future | None] = {}
+        # Read-only commands answered on the consumer thread whose record waits for the end of its pass (see
+        # ``_finish``): msg_id → what to record. Each stays in ``_running`` until recorded.
+        self._unrecorded: dict[str, tuple[InFlight, Reply, float]] = {}
 
     def new_state(self) -> Claim:
         return Claim()
@@ -96,6 +101,8 @@ class JournalMiddleware(Middleware[Claim]):
     # -- hooks -----------------------------------------------------------------
 
     def before_execute(self, msg: InFlight) -> Reply | None:
+        if self._unrecorded:  # a duplicate of one answered in this pass finds it recorded, as any other
+            self._record_deferred(msg.msg_id)
         with self._lock:
             pending, entry = self._pending(msg.msg_id), None
             if pending is None:
@@ -143,6 +150,8 @@ class JournalMiddleware(Middleware[Claim]):
 
     def result(self, msg_id: str) -> Reply:
         """The stored reply of ``msg_id``, or -1 saying why there is none (running, interrupted, never seen)."""
+        if self._unrecorded:
+            self._record_deferred(msg_id)
         with self._lock:
             running = msg_id in self._running
         if running:
@@ -182,6 +191,25 @@ class JournalMiddleware(Middleware[Claim]):
         return Reply.model_validate(stored)
 
     def _finish(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        """Record the reply. A read-only command's record (not waited for: a crash may lose it, and it is safe to
+        run again) is built once the consumer thread has written its pass's replies, when it answered on that
+        thread (``dispatch.deferred``); until then its msg_id stays running, and whatever looks it up first
+        (a duplicate, ``result``) records it then."""
+        msg_id = msg.msg_id
+        if msg.read_only and deferring():
+            with self._lock:
+                self._unrecorded[msg_id] = (msg, reply, duration)
+            defer(partial(self._record_deferred, msg_id))
+            return
+        self._record(msg, reply, duration)
+
+    def _record_deferred(self, msg_id: str) -> None:
+        with self._lock:
+            held = self._unrecorded.pop(msg_id, None)
+        if held is not None:
+            self._record(*held)
+
+    def _record(self, msg: InFlight, reply: Reply, duration: float) -> None:
         msg_id = msg.msg_id
         try:
             stored = _stored_text(reply, msg.reply_body)

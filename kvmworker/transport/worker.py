@@ -47,6 +47,7 @@ from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
+from kvmworker.dispatch.deferred import collecting
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import Done, Outgoing
@@ -390,7 +391,13 @@ class _AmqpSession:
     # -- the loop --------------------------------------------------------------
 
     def drain(self, conn: Connection, raw: Any) -> None:
-        """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries.
+        What the pipeline deferred meanwhile (the journal's record of a read-only command) runs once this pass's
+        frames are written: the replies go out first."""
+        with collecting():
+            self._drain()
+
+    def _drain(self) -> None:
         self.flush()  # what came while py-amqp waited (basic.consume, basic.cancel) or since the last pass
         if self._broken is not None:
             raise self._broken
