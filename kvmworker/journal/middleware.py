@@ -12,7 +12,9 @@ may publish twice. Before a command runs, its msg_id is claimed here:
 - otherwise → claimed, recorded as ``running``, and run.
 
 The reply is recorded in ``after_reply``, before it is published, so a crash between publishing
-and acking still finds it on redelivery. Which of these cases a message is (``Claim``) is kept in its slot.
+and acking still finds it on redelivery. A read-only command's record is not waited for (a crash may lose it:
+it runs again); the AMQP worker's consumer thread builds it once its pass's replies are written (``_finish``).
+Which of these cases a message is (``Claim``) is kept in its slot.
 """
 
 from __future__ import annotations

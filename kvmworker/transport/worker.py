@@ -12,7 +12,8 @@ on, and a request is acked right when its reply's ``basic.ack`` is read, by deli
 nacked reply goes out again after a pause that doubles. The loop blocks in ``select`` on the broker's socket
 and a wake-up pipe (written by the pool's threads with a reply, and by ``stop``), with a timeout that keeps the
 heartbeats and the systemd watchdog going: no polling, idle or busy. An inline command costs no thread hop at
-all.
+all. Each pass writes its frames once, then runs what the pipeline deferred to after that write
+(``dispatch.deferred``: the journal's record of a read-only command answered in the pass).
 
 Redis and memory:// (``_KombuSession``): kombu's Consumer; replies are published by the consumer thread on the
 consuming channel (an inline command is answered and acked within its delivery); on Redis, kombu's unacked
