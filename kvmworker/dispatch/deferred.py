@@ -33,17 +33,27 @@ def defer(work: Callable[[], None]) -> bool:
     return True
 
 
+def begin_pass() -> None:
+    """From now on this thread collects what is deferred; ``end_pass`` runs it (call it in a ``finally``)."""
+    _local.pending = []
+
+
+def end_pass() -> None:
+    """Run what was deferred since ``begin_pass``, in order; one that fails is logged and the rest still run."""
+    pending = _local.pending
+    _local.pending = None
+    for work in pending or ():  # work deferred by this work runs now too: ``defer`` says no from here
+        try:
+            work()
+        except Exception:
+            log.exception("deferred work failed")
+
+
 @contextlib.contextmanager
 def collecting() -> Iterator[None]:
-    """One pass: what is deferred in it runs when it ends, in order, however it ends (an exception included)."""
-    pending: list[Callable[[], None]] = []
-    _local.pending = pending
+    """One pass as a ``with`` block: what is deferred in it runs when it ends, however it ends."""
+    begin_pass()
     try:
         yield
     finally:
-        _local.pending = None
-        for work in pending:  # work deferred by this work runs now too: ``defer`` says no from here
-            try:
-                work()
-            except Exception:
-                log.exception("deferred work failed")
+        end_pass()
