@@ -27,8 +27,8 @@ class InFlight:
     keeps about this message between its hooks lives in its own slot, ``state_of(middleware)``.
     """
 
-    __slots__ = ("_states", "command", "data", "delivery", "envelope", "msg_id", "operation", "reply_to", "resource",
-                 "started", "verified_until")  # fmt: skip
+    __slots__ = ("_states", "command", "data", "delivery", "envelope", "msg_id", "operation", "reply_body",
+                 "reply_to", "resource", "started", "verified_until")  # fmt: skip
 
     def __init__(self, delivery: Delivery, states: dict[Middleware[Any], Any]):
         self.delivery = delivery
@@ -46,6 +46,9 @@ class InFlight:
         self.resource: str | None = None
         # Set once handed to the pool (or run by ``handle``): its entry in the worker's operations (§8).
         self.operation: Operation | None = None
+        # Set once the reply is final, before the after_reply hooks: its JSON as published (the journal records
+        # this text rather than encoding the reply again).
+        self.reply_body: bytes | None = None
         self._states = states
 
     @property

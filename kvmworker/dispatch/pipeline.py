@@ -184,6 +184,7 @@ class Pipeline:
     def _answer(self, msg: InFlight, reply: Reply, port: Port) -> Reply:
         """Final reply → hooks → publish; the message is settled when the publish is done."""
         reply, body = _serialised(msg, reply)
+        msg.reply_body = body
         self._after_reply(msg, reply, time.perf_counter() - msg.started)
         if msg.operation is not None:  # after the journal recorded the reply: ``result`` finds it there now
             self.operations.answered(msg.operation, reply.code)

@@ -12,7 +12,9 @@ may publish twice. Before a command runs, its msg_id is claimed here:
 - otherwise → claimed, recorded as ``running``, and run.
 
 The reply is recorded in ``after_reply``, before it is published, so a crash between publishing
-and acking still finds it on redelivery. Which of these cases a message is (``Claim``) is kept in its slot.
+and acking still finds it on redelivery. A read-only command's record is not waited for (a crash may lose it:
+it runs again); the AMQP worker's consumer thread builds it once its pass's replies are written (``_finish``).
+Which of these cases a message is (``Claim``) is kept in its slot.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any
 
+from kvmworker.dispatch.deferred import defer, deferring
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
 from kvmworker.journal.entry import Entry, Received
@@ -41,6 +45,7 @@ from kvmworker.journal.store import (
     dumps,
     journal_path,
 )
+from kvmworker.protocol.codec import json_encoding
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Reply
 from kvmworker.settings import Settings
@@ -88,6 +93,9 @@ class JournalMiddleware(Middleware[Claim]):
         self._on_duplicate = on_duplicate or (lambda how: None)
         self._lock = threading.Lock()
         self._running: dict[str, Future | None] = {}
+        # Read-only commands answered on the consumer thread whose record waits for the end of its pass (see
+        # ``_finish``): msg_id → what to record. Each stays in ``_running`` until recorded.
+        self._unrecorded: dict[str, tuple[InFlight, Reply, float]] = {}
 
     def new_state(self) -> Claim:
         return Claim()
@@ -95,6 +103,8 @@ class JournalMiddleware(Middleware[Claim]):
     # -- hooks -----------------------------------------------------------------
 
     def before_execute(self, msg: InFlight) -> Reply | None:
+        if self._unrecorded:  # a duplicate of one answered in this pass finds it recorded, as any other
+            self._record_deferred(msg.msg_id)
         with self._lock:
             pending, entry = self._pending(msg.msg_id), None
             if pending is None:
@@ -142,6 +152,8 @@ class JournalMiddleware(Middleware[Claim]):
 
     def result(self, msg_id: str) -> Reply:
         """The stored reply of ``msg_id``, or -1 saying why there is none (running, interrupted, never seen)."""
+        if self._unrecorded:
+            self._record_deferred(msg_id)
         with self._lock:
             running = msg_id in self._running
         if running:
@@ -181,12 +193,32 @@ class JournalMiddleware(Middleware[Claim]):
         return Reply.model_validate(stored)
 
     def _finish(self, msg: InFlight, reply: Reply, duration: float) -> None:
+        """Record the reply. A read-only command's record (not waited for: a crash may lose it, and it is safe to
+        run again) is built once the consumer thread has written its pass's replies, when it answered on that
+        thread (``dispatch.deferred``); until then its msg_id stays running, and whatever looks it up first
+        (a duplicate, ``result``) records it then."""
+        msg_id = msg.msg_id
+        if msg.read_only and deferring():
+            with self._lock:
+                self._unrecorded[msg_id] = (msg, reply, duration)
+            defer(partial(self._record_deferred, msg_id))
+            return
+        self._record(msg, reply, duration)
+
+    def _record_deferred(self, msg_id: str) -> None:
+        with self._lock:
+            held = self._unrecorded.pop(msg_id, None)
+        if held is not None:
+            self._record(*held)
+
+    def _record(self, msg: InFlight, reply: Reply, duration: float) -> None:
         msg_id = msg.msg_id
         try:
+            stored = _stored_text(reply, msg.reply_body)
             if msg.read_only:
-                self.store.answered(self._received(msg, "executed"), _stored_text(reply), duration)
+                self.store.answered(self._received(msg, "executed"), stored, duration)
             else:
-                self.store.finish(msg_id, ANSWERED, _stored_text(reply), duration)
+                self.store.finish(msg_id, ANSWERED, stored, duration)
         finally:
             # Waiting duplicates get the reply even if it could not be recorded.
             with self._lock:
@@ -277,9 +309,10 @@ def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
     return JsonText(text) if not may_hold_secret(text) else _redacted(properties)
 
 
-def _stored_text(reply: Reply) -> dict[str, Any] | JsonText:
-    """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy)."""
-    text = reply.model_dump_json()
+def _stored_text(reply: Reply, body: bytes | None = None) -> dict[str, Any] | JsonText:
+    """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy).
+    ``body``: that text encoded already (the reply as published), so that it is not written twice."""
+    text = body.decode() if body is not None else reply.model_dump_json()
     return JsonText(text, reply.code) if not may_hold_secret(text) else _stored(reply)
 
 
@@ -288,7 +321,7 @@ def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
 
     ``parsed``: the body decoded as a JSON object already (it was admitted). Then, when it is UTF-8 with nothing
     to redact in it, its text is recorded as it came: the same JSON, without parsing and encoding it again."""
-    if parsed and len(body) <= MAX_PARSED_BODY and json.detect_encoding(body) == "utf-8":
+    if parsed and len(body) <= MAX_PARSED_BODY and json_encoding(body) == "utf-8":
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:

@@ -44,10 +44,12 @@ _FOLDED_TO_ASCII = ("\u0130", "\u0131", "\u017f", "\u212a")  # İ ı ſ K(elvin)
 def may_hold_secret(json_text: str) -> bool:
     """False when ``redact`` would leave the value of ``json_text`` as it is (it may say True when it would too).
 
-    Substring tests, not a pattern: this runs on every message's envelope and reply."""
+    Substring tests, not a pattern: this runs on every message's envelope, properties and reply (a loop, not
+    ``any()`` over a generator: half the cost)."""
     lowered = json_text.lower()
-    if any(mark in lowered for mark in _SECRET_MARKS):
-        return True
+    for mark in _SECRET_MARKS:
+        if mark in lowered:
+            return True
     return not json_text.isascii() and any(letter in json_text for letter in _FOLDED_TO_ASCII)
 
 

@@ -34,7 +34,10 @@ class SeenIds:
 
     def may_hold(self, msg_id: str) -> bool:
         h = hash(msg_id)
-        return any(layer.has(h) for layer in self._layers)
+        for layer in self._layers:  # noqa: SIM110 (a loop, not any() over a generator: it runs per message)
+            if layer.has(h):
+                return True
+        return False
 
     def __len__(self) -> int:
         return sum(layer.count for layer in self._layers)
@@ -63,7 +66,10 @@ class _Layer:
 
     def has(self, h: int) -> bool:
         bits = self.bits
-        return all(bits[i >> 3] & (1 << (i & 7)) for i in _positions(h, self.size))
+        for i in _positions(h, self.size):  # noqa: SIM110 (as above)
+            if not bits[i >> 3] & (1 << (i & 7)):
+                return False  # most absent msg_ids at the first bit
+        return True
 
 
 def _positions(h: int, size: int) -> tuple[int, ...]:

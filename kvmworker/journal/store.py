@@ -497,6 +497,11 @@ def _cut(text: str | None, limit: int = 128) -> str | None:
 
 def _short(delivery: dict[str, Any]) -> dict[str, Any]:
     """A delivery's text fields (correlation id, reply queue) cut to ``MAX_DELIVERY_TEXT``."""
+    for value in delivery.values():
+        if isinstance(value, str) and len(value) > MAX_DELIVERY_TEXT:
+            break
+    else:
+        return delivery  # nearly always: nothing to cut, no copy
     return {k: _cut(v, MAX_DELIVERY_TEXT) if isinstance(v, str) else v for k, v in delivery.items()}
 
 

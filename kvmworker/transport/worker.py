@@ -12,7 +12,8 @@ on, and a request is acked right when its reply's ``basic.ack`` is read, by deli
 nacked reply goes out again after a pause that doubles. The loop blocks in ``select`` on the broker's socket
 and a wake-up pipe (written by the pool's threads with a reply, and by ``stop``), with a timeout that keeps the
 heartbeats and the systemd watchdog going: no polling, idle or busy. An inline command costs no thread hop at
-all.
+all. Each pass writes its frames once, then runs what the pipeline deferred to after that write
+(``dispatch.deferred``: the journal's record of a read-only command answered in the pass).
 
 Redis (``_RedisSession``): the session's own BRPOP, and on the same connection kombu's unacked bookkeeping (its
 keys, its values; kombu's restore) and the reply with its ack (one transaction), written in front of the next
@@ -36,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import selectors
 import socket
 import struct
@@ -50,15 +52,17 @@ from typing import Any
 from amqp import Message as AmqpMessage
 from amqp import spec
 from amqp.exceptions import MessageNacked, UnexpectedFrame
-from amqp.serialization import decode_properties_basic, dumps
+from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message
 
+from kvmworker.dispatch.deferred import begin_pass, end_pass
 from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.transport.amqp_properties import decode_properties
 from kvmworker.transport.connection import HEARTBEAT_S, ConnectionLost, drain_this_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue
@@ -96,6 +100,8 @@ _CONTENT_HEADER = struct.Struct(">HHQ")
 # the reply's properties: content_type, content_encoding, application_headers, delivery_mode, correlation_id,
 # message_id (their bits in the property flags, in the order the format lists them)
 _REPLY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7)
+_REPLY_TYPE_AND_ENCODING = dumps("ss", (JSON_CONTENT_TYPE, "utf-8"))  # the properties' first two, always these
+_LONG = struct.Struct(">I")
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
 # Redis: kombu's restore of what was left unacked past the visibility timeout runs this often (a quarter of the
@@ -387,9 +393,9 @@ class _AmqpSession:
         self._rbuf = bytearray()  # what was read of the socket past the last whole frame
         self._assembling: _Arriving | None = None  # a delivery whose header or body frames are still to come
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._sock, selectors.EVENT_READ)
-        self._selector.register(worker._inbox.fd, selectors.EVENT_READ)
+        self._poll = select.epoll()  # not ``selectors``: its wrapper costs as much again per pass (a KVM host: Linux)
+        self._poll.register(self._sock.fileno(), select.EPOLLIN)
+        self._poll.register(worker._inbox.fd, select.EPOLLIN)
         self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
         self._next_tick = 0.0
         # basic.consume last: it returns once the broker confirmed it, and deliveries may follow at once (even
@@ -401,7 +407,16 @@ class _AmqpSession:
     # -- the loop --------------------------------------------------------------
 
     def drain(self, conn: Connection, raw: Any) -> None:
-        """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries."""
+        """Wait for the broker's socket, the inbox or a timer; read everything the broker sent; send due retries.
+        What the pipeline deferred meanwhile (the journal's record of a read-only command) runs once this pass's
+        frames are written: the replies go out first."""
+        begin_pass()  # not a ``with collecting()``: a generator per pass costs more than it is worth here
+        try:
+            self._drain()
+        finally:
+            end_pass()
+
+    def _drain(self) -> None:
         self.flush()  # what came while py-amqp waited (basic.consume, basic.cancel) or since the last pass
         if self._broken is not None:
             raise self._broken
@@ -409,11 +424,11 @@ class _AmqpSession:
         inbox = worker._inbox
         inbox.asleep = True  # set before the inbox is looked at: see _Inbox.put
         try:
-            events = self._selector.select(0 if inbox else self._timeout())
+            events = self._poll.poll(0 if inbox else self._timeout())
         finally:
             inbox.asleep = False
-        for key, _ in events:
-            if key.fd == inbox.fd:
+        for fd, _ in events:
+            if fd == inbox.fd:
                 inbox.drain_pipe()
             else:
                 self._read()
@@ -488,7 +503,7 @@ class _AmqpSession:
 
     def _on_content(self, frame_type: int, payload: bytes) -> None:
         """A delivery's frames (basic.deliver, its content header, its body) read without py-amqp's channel
-        dispatch, promises and Message; its properties are decoded by py-amqp's own decoder."""
+        dispatch, promises and Message; its properties decoded as py-amqp decodes them (``amqp_properties``)."""
         self._raw.bytes_recv += 1
         arriving = self._assembling
         if frame_type == 1:
@@ -501,7 +516,7 @@ class _AmqpSession:
             raise UnexpectedFrame(f"frame type {frame_type} on the consuming channel out of order")
         if frame_type == 2:
             (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
-            arriving.properties, _ = decode_properties_basic(payload, 12)
+            arriving.properties = decode_properties(payload, 12)
         else:
             arriving.parts.append(payload)
             arriving.received += len(payload)
@@ -565,7 +580,7 @@ class _AmqpSession:
         self.alive = False
         self._give_read_ahead()  # closing the connection, py-amqp reads the socket itself again
         with contextlib.suppress(Exception):
-            self._selector.close()
+            self._poll.close()
         waiting = [done for _, done, _ in self._unconfirmed.values()] + [entry[3] for entry in self._later]
         waiting += self._orphans + self._written
         self._unconfirmed.clear()
@@ -665,10 +680,7 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     if len(routing_key) > 255:
         raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
     method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
-    properties = dumps(
-        "ssFoss",
-        (JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), 1, outgoing.correlation_id, outgoing.message_id),
-    )
+    properties = _reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
     body = outgoing.body
     header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
     parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
@@ -678,6 +690,27 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
         piece = body[start : start + chunk]
         parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, b"\xce"]
     return b"".join(parts)
+
+
+def _reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
+    """The reply's properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers whose names and values
+    are all text (what the pipeline sets) are encoded here, a tenth of its cost; any other goes through it."""
+    table = []
+    for name, value in headers.items():
+        if type(name) is not str or type(value) is not str:
+            return dumps("ssFoss", (JSON_CONTENT_TYPE, "utf-8", dict(headers), 1, correlation_id, message_id))
+        key, text = name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass")
+        table += (bytes((len(key),)), key, b"S", _LONG.pack(len(text)), text)  # bytes(): > 255 raises, as pack
+    table_bytes = b"".join(table)
+    return b"".join(
+        (_REPLY_TYPE_AND_ENCODING, _LONG.pack(len(table_bytes)), table_bytes, b"\x01", _shortstr(correlation_id),
+         _shortstr(message_id))
+    )  # fmt: skip
+
+
+def _shortstr(value: str | None) -> bytes:
+    data = (value or "").encode("utf-8", "surrogatepass")
+    return bytes((len(data),)) + data
 
 
 class _Arriving:

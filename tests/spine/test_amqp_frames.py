@@ -52,6 +52,26 @@ def test_a_reply_is_framed_as_py_amqp_frames_it(size):
     assert _publish_frames(2, FRAME_MAX, outgoing) == _py_amqp(1, 2, spec.Basic.Publish, args, message)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"kvmworker-msg-id": "m", "x-kvm-signature": "v1:" + "é" * 300}, {"n": 7, "f": 0.5, "t": True, "s": "x"}],
+    ids=["no-headers", "long-non-ascii-text", "numbers-and-flags"],
+)
+def test_a_replys_properties_are_encoded_as_py_amqp_encodes_them_whatever_its_headers_hold(headers):
+    outgoing = Outgoing(b"{}", "amq.gen-kvt", "cid-ü", "mid-2", headers)
+    message = Message(
+        b"{}",
+        content_type=JSON_CONTENT_TYPE,
+        content_encoding="utf-8",
+        application_headers=dict(headers),
+        delivery_mode=1,
+        correlation_id=outgoing.correlation_id,
+        message_id=outgoing.message_id,
+    )
+    args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
+    assert _publish_frames(1, FRAME_MAX, outgoing) == _py_amqp(1, 1, spec.Basic.Publish, args, message)
+
+
 @pytest.mark.parametrize("ack", [True, False], ids=["ack", "reject-requeue"])
 def test_an_ack_and_a_reject_are_framed_as_py_amqp_frames_them(ack):
     method = spec.Basic.Ack if ack else spec.Basic.Reject

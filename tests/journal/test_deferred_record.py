@@ -1,0 +1,120 @@
+"""The AMQP worker writes a pass's replies before the journal builds the records of the read-only commands it
+answered in that pass (dispatch/deferred.py): the dedup guarantees hold all the same. Over real RabbitMQ with a
+plain py-amqp publisher (a foreign orchestrator), and in process, where a pass can be held open to look inside."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import amqp
+import pytest
+from kombu import Connection
+
+from kvmworker.dispatch.deferred import collecting, defer
+from kvmworker.dispatch.port import Outgoing
+from kvmworker.journal.store import JournalStore, journal_path
+from kvmworker.protocol.codes import Code
+from kvmworker.runtime import start_worker
+from kvmworker.settings import Settings
+from kvmworker.transport.names import host_queue_name
+from tests.conftest import AMQP_URL, require_broker, unique
+from tests.journal.conftest import new_id, request
+
+
+def _ping(msg_id: str) -> bytes:
+    return json.dumps({"handler": "SystemHandler", "command": "ping", "data": {}, "msg_id": msg_id}).encode()
+
+
+class _Port:
+    """Publishes nothing: keeps the replies, and what the journal held for the msg_id when each went out."""
+
+    def __init__(self, store: JournalStore, msg_id: str):
+        self._store, self._msg_id = store, msg_id
+        self.replies: list[dict] = []
+        self.recorded_when_published: list[bool] = []
+
+    def publish(self, outgoing: Outgoing, done) -> None:
+        self.replies.append(json.loads(outgoing.body))
+        self.recorded_when_published.append(self._store.find(self._msg_id) is not None)
+        done(None)
+
+    def settle(self, ack: bool) -> None:
+        pass
+
+
+def test_a_duplicate_in_the_same_pass_gets_the_first_reply_from_the_journal_recorded_after_the_publish(wired):
+    msg_id = new_id()
+    port = _Port(wired.journal.store, msg_id)
+    with collecting():
+        wired.pipeline.receive(request("SystemHandler", "ping", {}, msg_id=msg_id, reply_to="r"), port)
+        first_published_unrecorded = port.recorded_when_published == [False]
+        wired.pipeline.receive(request("SystemHandler", "ping", {}, msg_id=msg_id, reply_to="r"), port)
+    assert first_published_unrecorded  # the reply went out before its record was built
+    assert port.replies[0]["code"] == Code.OK
+    assert port.replies[1] == port.replies[0]  # from the journal: the uptime in it would differ had it run again
+    entry = wired.journal.store.find(msg_id)
+    assert entry.state == "answered"
+    assert [d["answered"] for d in entry.deliveries] == ["executed", "journal"]
+
+
+def test_result_asked_in_the_same_pass_finds_the_reply_of_a_read_only_command(wired):
+    msg_id = new_id()
+    port = _Port(wired.journal.store, msg_id)
+    with collecting():
+        wired.pipeline.receive(request("SystemHandler", "ping", {}, msg_id=msg_id, reply_to="r"), port)
+        result = wired.journal.result(msg_id)
+    assert result.model_dump(mode="json") == port.replies[0]
+
+
+def test_work_deferred_in_a_pass_runs_when_it_ends_even_when_the_pass_fails_and_is_refused_outside_one():
+    ran: list[str] = []
+    assert defer(lambda: ran.append("outside")) is False
+    with pytest.raises(RuntimeError), collecting():
+        assert defer(lambda: ran.append("first")) is True
+        defer(lambda: 1 / 0)  # logged; the work after it still runs
+        defer(lambda: ran.append("third"))
+        raise RuntimeError("the connection went")
+    assert ran == ["first", "third"]
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Settings]:
+    url = require_broker("amqp", AMQP_URL)
+    settings = Settings(host=unique("kvt-jdr-"), broker_url=url, state_dir=tmp_path / "state")
+    running = start_worker(settings)
+    try:
+        assert running.worker.connected.wait(15)
+        yield settings
+    finally:
+        running.stop(timeout=10)
+
+
+def test_two_deliveries_of_one_ping_published_back_to_back_are_answered_alike_and_journalled_once(worker):
+    msg_id = str(uuid.uuid4())
+    with Connection(worker.broker_url) as kombu_conn:
+        conn = kombu_conn.connection  # py-amqp's own connection: no kvmworker code on the sending side
+        channel = conn.channel()
+        reply_queue, _, _ = channel.queue_declare("", exclusive=True)
+        replies: dict[str, dict] = {}
+        channel.basic_consume(
+            reply_queue, callback=lambda m: replies.setdefault(m.correlation_id, json.loads(m.body)), no_ack=True
+        )
+        for correlation_id in ("one", "two"):
+            message = amqp.Message(
+                _ping(msg_id), content_type="application/json", correlation_id=correlation_id, reply_to=reply_queue
+            )
+            channel.basic_publish(message, "", host_queue_name(worker.host))
+        while len(replies) < 2:
+            conn.drain_events(timeout=10)
+    assert replies["one"]["code"] == Code.OK
+    assert replies["two"] == replies["one"]
+    store = JournalStore.open_existing(journal_path(worker.state_dir))
+    try:
+        entry = store.find(msg_id)
+    finally:
+        store.close()
+    assert (entry.state, entry.code) == ("answered", 0)
+    assert [d["answered"] for d in entry.deliveries] == ["executed", "journal"]
