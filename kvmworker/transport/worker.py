@@ -680,7 +680,7 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     if len(routing_key) > 255:
         raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
     method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
-    properties = _reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
+    properties = _encoded_reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
     body = outgoing.body
     header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
     parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
@@ -692,7 +692,7 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     return b"".join(parts)
 
 
-def _reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
+def _encoded_reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
     """The reply's properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers whose names and values
     are all text (what the pipeline sets) are encoded here, a tenth of its cost; any other goes through it."""
     table = []
