@@ -32,6 +32,7 @@ from kvmworker.bridge.forwarder import Forwarder
 from kvmworker.bridge.guard import RequestGuard
 from kvmworker.bridge.health import BrokerProbe
 from kvmworker.bridge.hosts import HostDirectory
+from kvmworker.bridge.looplane import LoopLane, usable
 from kvmworker.bridge.metrics import BridgeMetrics
 from kvmworker.bridge.openapi import build_openapi
 from kvmworker.bridge.throttle import Throttle
@@ -201,7 +202,7 @@ def create_app(
         log.warning("--insecure-open: the bridge accepts every caller without a token")
     metrics = BridgeMetrics(lambda: [(c.handler, c.name) for c in commands])
     bridge = Bridge(
-        Forwarder(client, settings.timeout),
+        Forwarder(client, settings.timeout, lane=_lane(settings, client)),
         settings.host_for_bridge,
         settings.max_body,
         auth,
@@ -220,6 +221,11 @@ def create_app(
     app.state.bridge = bridge
     app.state.events = streams
     return BridgeApp(app, settings.server_names)
+
+
+def _lane(settings: Settings, client: Client) -> LoopLane | None:
+    """Plain AMQP: commands and replies on the event loop itself, signed as the client signs; else the client."""
+    return LoopLane(settings.broker, client.signer) if usable(settings.broker) else None
 
 
 class BridgeApp:

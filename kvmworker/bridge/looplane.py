@@ -1,0 +1,525 @@
+"""The bridge's commands and their replies on its own event loop, over one AMQP connection: no thread hops.
+
+Through ``Client`` a request costs two hand-overs between threads (the publisher's thread publishes, the reply
+consumer's thread resolves a future that the loop is told about), each a wake-up and a fight for the GIL with
+the event loop. Here the loop writes the command's frames itself and reads the broker's frames as they come
+(``asyncio.Protocol``): the confirm, then the reply, which resolves the request's own loop future.
+
+The connection is opened by py-amqp in a thread of the loop's executor (failover URLs, login, tuning, the
+channel in confirm mode, the reply queue declared and consumed, as the client does), then its socket is handed
+to the loop; from there on the frames are py-amqp's own frame code (``frame_writer``, ``frame_handler``).
+
+The client's guarantees, the same way (``transport/publisher.py``, ``client.py``):
+
+- a command is published only while the reply queue is consumed (else it waits, ``PARKED``, till its deadline);
+- with publisher confirms: a ``basic.nack`` sends the command again after a pause that doubles, up to
+  ``NACK_RETRIES`` times; a lost connection sends every unconfirmed command again over the next failover URL
+  (at least once: the worker's journal dedupes by msg_id), up to ``LOSS_RETRIES`` losses or failed rounds of
+  reconnecting per command; after that the caller gets -1 at once;
+- a reply is taken only from the host the command went to when the bridge signs (``reply_is_authentic``);
+- heartbeats both ways: a broker silent for two heartbeats is a lost connection.
+
+Only for plain ``amqp://`` (``usable``): TLS and the other brokers go through ``Client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from struct import unpack_from
+from typing import Any
+
+from amqp.basic_message import Message
+from amqp.method_framing import frame_handler, frame_writer
+from amqp.serialization import dumps
+from kombu import Connection
+
+from kvmworker.client import CONFIRMED, PARKED, SENT, new_msg_id, unknown_outcome
+from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.protocol.codes import Code
+from kvmworker.protocol.envelope import Envelope, Reply
+from kvmworker.protocol.urls import mask_secrets
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
+from kvmworker.transport.connection import open_connection, try_every_url
+from kvmworker.transport.names import reply_queue
+from kvmworker.transport.publisher import LOSS_RETRIES, NACK_BACKOFF_MAX_S, NACK_RETRIES, RECONNECT_PAUSES_S
+from kvmworker.trust.keys import KeyFileError
+
+log = logging.getLogger("kvmworker.bridge")
+
+# AMQP 0-9-1 methods this lane reads or writes, as (class, method)
+BASIC_PUBLISH = (60, 40)
+BASIC_DELIVER = (60, 60)
+BASIC_CANCEL = (60, 30)
+BASIC_ACK = (60, 80)
+BASIC_NACK = (60, 120)
+CHANNEL_CLOSE = (20, 40)
+CHANNEL_CLOSE_OK = (20, 41)
+CONNECTION_CLOSE = (10, 50)
+CONNECTION_CLOSE_OK = (10, 51)
+CONNECTION_BLOCKED = (10, 60)
+CONNECTION_UNBLOCKED = (10, 61)
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+FRAME_END = 0xCE
+
+
+class LaneLost(ConnectionError):
+    """The lane's connection went: closed by the broker, by the network, or silent for two heartbeats."""
+
+
+def usable(broker_url: str) -> bool:
+    """Plain AMQP on every failover URL: the lane can take the socket over (TLS cannot be handed to the loop)."""
+    conn = Connection(broker_url)
+    urls = conn.alt or [broker_url]
+    schemes = {str(url).split("://", 1)[0].lower() for url in urls}
+    return schemes <= {"amqp", "pyamqp"} and not conn.ssl
+
+
+@dataclass(eq=False)
+class LaneCall:
+    """One request's command: what ``no_reply_detail`` reads (``stage``) and the loop future of its reply."""
+
+    msg_id: str
+    correlation_id: str
+    host: str
+    body: bytes
+    headers: dict[str, Any]
+    future: asyncio.Future  # a Reply, or None once the deadline passed or the bridge drains
+    stage: str = PARKED
+    nacks: int = 0
+    failures: int = 0
+    retry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class LoopLane:
+    """Commands and replies over one AMQP connection owned by the running event loop. Loop thread only,
+    except ``close`` when the loop has already stopped."""
+
+    def __init__(self, broker_url: str, signer: Any = None, *, persistent: bool = True):
+        self._conn = open_connection(broker_url, confirms=False)  # confirm mode is selected here, per channel
+        self._signer = signer
+        self._delivery_mode = 2 if persistent else 1
+        self._reply_queue = reply_queue().name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[str, LaneCall] = {}  # correlation id → a call waiting for its reply
+        self._parked: deque[LaneCall] = deque()  # to publish once connected
+        self._unconfirmed: OrderedDict[int, LaneCall] = OrderedDict()  # by delivery tag, in the order sent
+        self._tag = 0
+        self._protocol: _AmqpProtocol | None = None
+        self._keeper: asyncio.Task | None = None
+        self._lost_before = False
+        self._closed = False
+        self._id_count = iter(range(1, 1 << 62))
+        self._id_prefix = new_msg_id().hex[:20]
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    def submit(self, host: str, envelope: Envelope, timeout: float) -> LaneCall:
+        """Publish now if connected, else when connected; the call's future resolves to the reply."""
+        loop = asyncio.get_running_loop()
+        self._start(loop)
+        correlation_id = f"{self._id_prefix}{next(self._id_count):x}"
+        call = LaneCall(str(envelope.msg_id), correlation_id, host, b"", {}, loop.create_future())
+        try:
+            self._sign(call, envelope, timeout)
+        except KeyFileError as exc:
+            log.error("[%s] not sent: %s", call.msg_id, exc)
+            reply = Reply.error(Code.UNAUTHENTICATED, f"not sent: the command could not be signed ({exc})")
+            call.future.set_result(reply)
+            return call
+        self._pending[correlation_id] = call
+        if self._protocol is not None:
+            self._send(call)
+        else:
+            self._parked.append(call)
+        return call
+
+    def forget(self, call: LaneCall) -> None:
+        """The caller stopped waiting: its reply, if it comes, is dropped; a nacked command is not sent again."""
+        self._pending.pop(call.correlation_id, None)
+        if call.retry is not None:
+            call.retry.cancel()
+        with contextlib.suppress(ValueError):
+            self._parked.remove(call)
+
+    def _sign(self, call: LaneCall, envelope: Envelope, timeout: float) -> None:
+        # as Client._sign: the same body, the same headers, the same signature
+        call.body = envelope.model_dump_json(exclude_none=True, exclude_defaults=True).encode()
+        issued = time.time()
+        headers = {HEADER_HOST: call.host, HEADER_ISSUED_AT: round(issued, 6)}
+        headers[HEADER_EXPIRES_AT] = round(issued + timeout, 6)
+        if self._signer is not None:
+            headers.update(self._signer.sign(call.body, call.msg_id, call.host, self._reply_queue, headers))
+        call.headers = headers
+
+    def _send(self, call: LaneCall) -> None:
+        call.stage = SENT
+        self._tag += 1
+        self._unconfirmed[self._tag] = call
+        message = Message(
+            call.body,
+            content_type=JSON_CONTENT_TYPE,
+            content_encoding="utf-8",
+            application_headers=call.headers,
+            delivery_mode=self._delivery_mode,
+            message_id=call.msg_id,
+            correlation_id=call.correlation_id,
+            reply_to=self._reply_queue,
+        )
+        self._protocol.publish(host_queue_name(call.host), message)
+
+    # -- what the broker sends ----------------------------------------------------------------------------------
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        for call in self._settled(tag, multiple):
+            call.stage = CONFIRMED
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        for call in self._settled(tag, multiple):
+            call.nacks += 1
+            if call.correlation_id not in self._pending:
+                continue  # nobody waits for it any more
+            if call.nacks > NACK_RETRIES:
+                self._give_up(call, f"the broker nacked the message {call.nacks} times")
+                continue
+            pause = min(0.1 * 2 ** (call.nacks - 1), NACK_BACKOFF_MAX_S)
+            log.warning(
+                "[%s] the broker nacked the publish (a queue electing its leader?); again in %.1f s", call.msg_id, pause
+            )
+            call.retry = self._loop.call_later(pause, self._again, call)
+
+    def _again(self, call: LaneCall) -> None:
+        call.retry = None
+        if call.correlation_id not in self._pending:
+            return
+        if self._protocol is not None:
+            self._send(call)
+        else:
+            self._parked.append(call)
+
+    def _settled(self, tag: int, multiple: bool) -> list[LaneCall]:
+        if not multiple:
+            call = self._unconfirmed.pop(tag, None)
+            return [call] if call is not None else []
+        calls = []
+        while self._unconfirmed and next(iter(self._unconfirmed)) <= tag:
+            calls.append(self._unconfirmed.popitem(last=False)[1])
+        return calls
+
+    def _on_reply(self, message: Message) -> None:
+        properties = message.properties
+        correlation_id = properties.get("correlation_id")
+        call = self._pending.get(correlation_id)
+        if call is None:
+            log.info("reply for an unknown or timed-out call (%s) dropped", correlation_id)
+            return
+        headers = properties.get("application_headers") or {}
+        if self._signer is not None and not self._signer.reply_is_authentic(
+            message.body, correlation_id, properties.get("message_id"), headers, call.host
+        ):
+            log.warning(
+                "reply for %s dropped: its signature does not verify with the keys of the host the command went to"
+                " (forged, or that host's key is not enrolled)",
+                correlation_id,
+            )
+            return
+        del self._pending[correlation_id]
+        if call.future.done():
+            return
+        try:
+            reply = Reply.model_validate_json(message.body)
+        except Exception as exc:
+            reply = Reply.error(Code.INTERNAL_ERROR, f"the worker's reply could not be read: {exc}")
+        call.future.set_result(reply)
+
+    def _give_up(self, call: LaneCall, why: str) -> None:
+        self.forget(call)
+        log.warning("[%s] publish failed: %s", call.msg_id, why)
+        if not call.future.done():
+            detail = (
+                f"the broker did not confirm the command ({why}): it may or may not have reached the worker;"
+                " SystemHandler.result with this msg_id tells"
+            )
+            call.future.set_result(unknown_outcome(call.msg_id, detail))
+
+    # -- the connection -----------------------------------------------------------------------------------------
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._keeper is None and not self._closed:
+            self._loop = loop
+            self._keeper = loop.create_task(self._keep_connected(), name="kvmworker-bridge-lane")
+
+    async def _keep_connected(self) -> None:
+        """Connect, serve until the connection goes, connect again; pausing between failed rounds."""
+        pauses = iter(RECONNECT_PAUSES_S)
+        while not self._closed:
+            try:
+                protocol = await self._connect()
+            except Exception as exc:
+                pause = next(pauses, RECONNECT_PAUSES_S[-1])
+                self._unreachable(exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            pauses = iter(RECONNECT_PAUSES_S)
+            self._up(protocol)
+            exc = await protocol.lost
+            self._down(exc)
+
+    async def _connect(self) -> _AmqpProtocol:
+        sock, opened = await self._loop.run_in_executor(None, self._open)
+        try:
+            _, protocol = await self._loop.create_connection(lambda: _AmqpProtocol(self, opened), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return protocol
+
+    def _open(self) -> tuple[Any, dict[str, Any]]:
+        """In the executor: py-amqp connects, logs in, opens the channel in confirm mode, declares and consumes the
+        reply queue; then lets go of the socket, which the loop takes."""
+        conn = self._conn
+        try:
+            try_every_url(conn)
+            raw = conn.connection
+            channel = raw.channel()
+            channel.confirm_select()
+            channel.queue_declare(self._reply_queue, durable=False, exclusive=True, auto_delete=True)
+            channel.basic_consume(self._reply_queue, no_ack=True)
+            transport = raw.transport
+            leftover = bytes(getattr(transport, "_read_buffer", b""))
+            sock = transport.sock
+            opened = {
+                "channel": channel.channel_id,
+                "frame_max": raw.frame_max,
+                "heartbeat": raw.heartbeat or 0,
+                "leftover": leftover,
+                "uri": conn.as_uri(),
+            }
+            transport.sock = None  # py-amqp lets go of it: collecting the connection below must not shut it down
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.collect()
+            conn.maybe_switch_next()
+            raise
+        conn.collect()
+        sock.settimeout(None)
+        return sock, opened
+
+    def _up(self, protocol: _AmqpProtocol) -> None:
+        self._protocol = protocol
+        self._tag = 0
+        log.log(
+            logging.INFO if self._lost_before else logging.DEBUG, "bridge forwarding over %s", protocol.opened["uri"]
+        )
+        parked, self._parked = self._parked, deque()
+        for call in parked:
+            if call.correlation_id in self._pending:
+                self._send(call)
+
+    def _down(self, exc: BaseException | None) -> None:
+        """What the connection had not confirmed goes out again on the next one, charged one failure each."""
+        self._protocol = None
+        self._lost_before = True
+        in_flight = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        if self._closed:
+            return
+        self._conn.maybe_switch_next()
+        log.warning(
+            "the bridge lost its broker connection (%s); %d unconfirmed command(s) go out again",
+            mask_secrets(str(exc or "closed")),
+            len(in_flight),
+        )
+        again = [call for call in in_flight if self._charge(call, exc)]
+        self._parked.extendleft(reversed(again))
+
+    def _unreachable(self, exc: BaseException, pause: float) -> None:
+        waiting = [call for call in self._parked if self._charge(call, exc)]
+        self._parked = deque(waiting)
+        if waiting:
+            log.warning(
+                "the bridge cannot reach the broker (%s); %d command(s) wait, again in %.1f s",
+                mask_secrets(str(exc)),
+                len(waiting),
+                pause,
+            )
+        else:
+            log.debug("the bridge cannot reach the broker (%s); again in %.1f s", mask_secrets(str(exc)), pause)
+
+    def _charge(self, call: LaneCall, exc: BaseException | None) -> bool:
+        """One more failure for ``call``: False (and -1 to its caller) once it has had its retries."""
+        if call.correlation_id not in self._pending:
+            return False
+        call.failures += 1
+        if call.failures <= LOSS_RETRIES:
+            return True
+        self._give_up(call, mask_secrets(str(exc or "connection lost")))
+        return False
+
+    def close(self) -> None:
+        """Stop: the connection closes (the reply queue goes with it); whoever still waits is answered by the
+        forwarder's drain."""
+        self._closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._close_now()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._close_now)
+
+    def _close_now(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if self._protocol is not None:
+            self._protocol.close()
+            self._protocol = None
+
+
+class _AmqpProtocol(asyncio.Protocol):
+    """The lane's connection on the loop: frames in, through py-amqp's ``frame_handler``; frames out, through its
+    ``frame_writer``, collected over one turn of the loop and written at once."""
+
+    def __init__(self, lane: LoopLane, opened: dict[str, Any]):
+        self.lane = lane
+        self.opened = opened
+        self.channel: int = opened["channel"]
+        self.frame_max: int = opened["frame_max"]
+        self.bytes_recv = self.bytes_sent = 0  # what py-amqp's frame code counts
+        self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._on_frame = frame_handler(self, self._dispatch)
+        self._write_frame = frame_writer(self, self)  # ``write`` below is what it writes through
+        self._heard = time.monotonic()
+        self._ticker: asyncio.TimerHandle | None = None
+        self.blocked = False
+
+    # -- out ----------------------------------------------------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        """Where py-amqp's frame writer writes (its buffer is reused: copied); sent at the end of this turn."""
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
+
+    def publish(self, routing_key: str, message: Message) -> None:
+        self._write_frame(1, self.channel, BASIC_PUBLISH, dumps("Bssbb", (0, "", routing_key, False, False)), message)
+
+    def _method(self, channel: int, method: tuple[int, int], args: bytes = b"") -> None:
+        self._write_frame(1, channel, method, args, None)
+
+    # -- in -----------------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._transport = transport
+        self._heard = time.monotonic()
+        if self.opened["heartbeat"]:
+            self._ticker = self._loop.call_later(self.opened["heartbeat"] / 2, self._tick)
+        if self.opened["leftover"]:
+            self.data_received(self.opened["leftover"])
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = time.monotonic()
+        buffer = self._buffer
+        buffer += data
+        start, size = 0, len(buffer)
+        try:
+            while size - start >= 8:
+                frame_type, channel, length = unpack_from(">BHI", buffer, start)
+                end = start + 7 + length
+                if end >= size:
+                    break
+                if buffer[end] != FRAME_END:
+                    raise LaneLost(f"a frame from the broker did not end with {FRAME_END:#x}")
+                self._on_frame((frame_type, channel, bytes(buffer[start + 7 : end])))
+                start = end + 1
+        except Exception as exc:
+            log.error("the bridge could not read what the broker sent: %s", exc)
+            self._give_up_connection(exc)
+            return
+        finally:
+            del buffer[:start]
+
+    def _dispatch(self, channel: int, method: tuple[int, int], args: bytes, content: Message | None) -> None:
+        lane = self.lane
+        if method == BASIC_DELIVER:
+            lane._on_reply(content)
+        elif method == BASIC_ACK:
+            tag, bits = unpack_from(">QB", args, 0)
+            lane._on_ack(tag, bool(bits & 1))
+        elif method == BASIC_NACK:
+            tag, bits = unpack_from(">QB", args, 0)
+            lane._on_nack(tag, bool(bits & 1))
+        elif method == CONNECTION_CLOSE:
+            self._method(0, CONNECTION_CLOSE_OK)
+            self._give_up_connection(LaneLost(f"the broker closed the connection: {_close_reason(args)}"))
+        elif method == CHANNEL_CLOSE:
+            self._method(channel, CHANNEL_CLOSE_OK)
+            self._give_up_connection(LaneLost(f"the broker closed the channel: {_close_reason(args)}"))
+        elif method == BASIC_CANCEL:
+            self._give_up_connection(LaneLost("the broker cancelled the reply consumer (its queue was deleted?)"))
+        elif method == CONNECTION_BLOCKED:
+            self.blocked = True
+            log.warning("the broker blocks publishing (a memory or disk alarm): commands wait")
+        elif method == CONNECTION_UNBLOCKED:
+            self.blocked = False
+            log.info("the broker publishes again")
+
+    def _tick(self) -> None:
+        """Every half heartbeat: one heartbeat frame out; a broker silent for two heartbeats is gone."""
+        heartbeat = self.opened["heartbeat"]
+        if time.monotonic() - self._heard > 2 * heartbeat:
+            self._give_up_connection(LaneLost(f"no frame from the broker for {2 * heartbeat:g} s"))
+            return
+        self.write(HEARTBEAT_FRAME)
+        self._ticker = self._loop.call_later(heartbeat / 2, self._tick)
+
+    def _give_up_connection(self, exc: BaseException) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        self._finish(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc or LaneLost("the broker closed the connection"))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def close(self) -> None:
+        """A polite close: ``connection.close`` (reply code 200), then the socket; the close-ok is not awaited."""
+        self._method(0, CONNECTION_CLOSE, dumps("BsBB", (200, "bridge stopping", 0, 0)))
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        self._finish(None)
+
+
+def _close_reason(args: bytes) -> str:
+    try:
+        code, length = unpack_from(">HB", args, 0)
+        return f"{code} {args[3 : 3 + length].decode(errors='replace')}"
+    except Exception:
+        return "no reason given"
