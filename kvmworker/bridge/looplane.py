@@ -63,6 +63,7 @@ CONNECTION_CLOSE = (10, 50)
 CONNECTION_CLOSE_OK = (10, 51)
 CONNECTION_BLOCKED = (10, 60)
 CONNECTION_UNBLOCKED = (10, 61)
+METHOD_ARGS = 4  # a method frame's arguments follow its class and method ids
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 FRAME_END = 0xCE
 
@@ -313,7 +314,10 @@ class LoopLane:
         self._protocol = protocol
         self._tag = 0
         log.log(
-            logging.INFO if self._lost_before else logging.DEBUG, "bridge forwarding over %s", protocol.opened["uri"]
+            logging.INFO if self._lost_before else logging.DEBUG,
+            "bridge forwarding over %s from %s",
+            protocol.opened["uri"],
+            protocol.local_address,
         )
         parked, self._parked = self._parked, deque()
         for call in parked:
@@ -427,6 +431,12 @@ class _AmqpProtocol(asyncio.Protocol):
     def _method(self, channel: int, method: tuple[int, int], args: bytes = b"") -> None:
         self._write_frame(1, channel, method, args, None)
 
+    @property
+    def local_address(self) -> str:
+        """``host:port`` of this end of the connection, as RabbitMQ names the connection (``rabbitmqctl``)."""
+        found = self._transport.get_extra_info("sockname") if self._transport is not None else None
+        return f"{found[0]}:{found[1]}" if found else "?"
+
     # -- in -----------------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -464,10 +474,10 @@ class _AmqpProtocol(asyncio.Protocol):
         if method == BASIC_DELIVER:
             lane._on_reply(content)
         elif method == BASIC_ACK:
-            tag, bits = unpack_from(">QB", args, 0)
+            tag, bits = unpack_from(">QB", args, METHOD_ARGS)
             lane._on_ack(tag, bool(bits & 1))
         elif method == BASIC_NACK:
-            tag, bits = unpack_from(">QB", args, 0)
+            tag, bits = unpack_from(">QB", args, METHOD_ARGS)
             lane._on_nack(tag, bool(bits & 1))
         elif method == CONNECTION_CLOSE:
             self._method(0, CONNECTION_CLOSE_OK)
@@ -519,7 +529,8 @@ class _AmqpProtocol(asyncio.Protocol):
 
 def _close_reason(args: bytes) -> str:
     try:
-        code, length = unpack_from(">HB", args, 0)
-        return f"{code} {args[3 : 3 + length].decode(errors='replace')}"
+        code, length = unpack_from(">HB", args, METHOD_ARGS)
+        text = args[METHOD_ARGS + 3 : METHOD_ARGS + 3 + length]
+        return f"{code} {text.decode(errors='replace')}"
     except Exception:
         return "no reason given"

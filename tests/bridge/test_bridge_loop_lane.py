@@ -1,0 +1,152 @@
+"""Over plain AMQP the bridge forwards on its event loop's own connection (``LoopLane``): real RabbitMQ, a real
+worker, uvicorn on a loopback port; the connection closed under it with ``rabbitmqctl``, a queue that refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+from kombu import Connection, Queue
+
+from kvmworker.bridge.app import create_app
+from kvmworker.bridge.auth import LocalToken
+from kvmworker.bridge.server import BridgeServer
+from kvmworker.client import Client
+from kvmworker.protocol.wire import host_queue_name
+from kvmworker.settings import Settings
+from kvmworker.transport.connection import delete_host_queue
+from tests.bridge.conftest import serving
+from tests.conftest import BROKERS, require_broker, unique
+
+pytestmark = pytest.mark.broker
+AMQP_ONLY = pytest.mark.parametrize("broker_url", ["amqp"], indirect=True)
+ECHO = {"handler": "ProbeHandler", "command": "echo", "data": {"text": "x"}}
+CONNECTED = re.compile(r"bridge forwarding over \S+ from (\S+)")
+
+
+@AMQP_ONLY
+def test_over_amqp_the_bridge_publishes_on_its_own_connection_and_the_client_s_publisher_sends_nothing(
+    bridge_settings, running_worker
+):
+    token = "t" * 43
+    with Client(bridge_settings.broker_url, declare_host_queues=False) as client:
+        app = create_app(bridge_settings, client, local=LocalToken(token, "(test)"))
+        server = BridgeServer(app, "127.0.0.1", 0)
+        server.start()
+        try:
+            with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+                replies = [
+                    http.post(server.url + "/", json={**ECHO, "data": {"text": f"n{i}"}}).json() for i in range(20)
+                ]
+        finally:
+            server.stop()
+            app.state.bridge.close()
+        assert [r["data"]["text"] for r in replies] == [f"n{i}" for i in range(20)]
+        assert {r["code"] for r in replies} == {0}
+        assert client.publisher.counts.sent == 0
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _lane_addresses(caplog) -> list[str]:
+    return [found.group(1) for r in caplog.records if (found := CONNECTED.search(r.getMessage()))]
+
+
+@AMQP_ONLY
+def test_the_broker_closing_the_bridge_s_connection_mid_load_leaves_every_post_a_definite_answer_and_it_reconnects(
+    bridge, caplog
+):
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed: the test cannot close one connection of the shared broker")
+    caplog.set_level(logging.DEBUG, logger="kvmworker.bridge")
+    assert bridge.call(**{k: ECHO[k] for k in ("handler", "command")}, data={"text": "first"})["code"] == 0
+    (address,) = _lane_addresses(caplog)
+    name = f"{address} -> 127.0.0.1:5672"  # this test's bridge's own connection, nobody else's
+    listed = _rabbitmqctl("list_connections", "pid", "name", "--no-table-headers").splitlines()
+    (pid,) = [line.split("\t")[0] for line in listed if line.split("\t")[1:] == [name]]
+
+    async def load_and_close() -> list[tuple[str, dict]]:
+        """Eight callers POST one after the other until the connection is closed, then five more each."""
+        answers: list[tuple[str, dict]] = []
+        closing = asyncio.ensure_future(
+            asyncio.to_thread(_rabbitmqctl, "close_connection", pid, "kvt: closed under the bridge")
+        )
+
+        async def caller(http: httpx.AsyncClient, k: int) -> None:
+            after = 0
+            for i in itertools.count():
+                text = f"{k}-{i}"
+                response = await http.post(bridge.url + "/", json={**ECHO, "timeout": 3, "data": {"text": text}})
+                answers.append((text, response.json()))
+                after += closing.done()
+                if after > 5:
+                    return
+
+        async with httpx.AsyncClient(timeout=60, headers=bridge.http.headers) as http:
+            await asyncio.gather(*(caller(http, k) for k in range(8)))
+        await closing
+        return answers
+
+    answers = asyncio.run(load_and_close())
+    assert {a["code"] for _, a in answers} <= {0, -1}, answers
+    assert all(a["data"]["text"] == text for text, a in answers if a["code"] == 0)
+    last = {text.split("-")[0]: a["code"] for text, a in answers}
+    assert set(last.values()) == {0}, "a caller's POSTs after the reconnect were not all answered"
+    for _ in range(100):  # the close may come after the last POST was answered: the reconnect follows it
+        if len(_lane_addresses(caplog)) > 1:
+            break
+        time.sleep(0.1)
+    assert any("lost its broker connection" in r.getMessage() for r in caplog.records)
+    assert len(_lane_addresses(caplog)) == 2 and _lane_addresses(caplog)[1] != address
+    assert bridge.call(**{k: ECHO[k] for k in ("handler", "command")}, data={"text": "after"})["data"]["text"] == (
+        "after"
+    )
+
+
+def test_a_command_the_broker_keeps_refusing_is_sent_again_until_its_deadline_then_answered_minus_one(tmp_path, caplog):
+    """A queue full at length 0 that rejects publishes: RabbitMQ nacks each one, as while a quorum queue elects."""
+    url = require_broker("amqp", BROKERS["amqp"])
+    host = unique("kvt-refusing-")
+    arguments = {"x-max-length": 0, "x-overflow": "reject-publish"}
+    with Connection(url) as conn:
+        Queue(host_queue_name(host), durable=True, queue_arguments=arguments).bind(conn.default_channel).declare()
+    caplog.set_level(logging.INFO, logger="kvmworker.bridge")
+    settings = Settings(host=host, default_host=host, broker_url=url, state_dir=tmp_path, timeout=10.0)
+    try:
+        with serving(settings) as bridge:
+            reply = bridge.post({**ECHO, "timeout": 1.5}).json()
+            nacks = sum("nacked the publish" in r.getMessage() for r in caplog.records)
+            time.sleep(1.0)
+            nacks_later = sum("nacked the publish" in r.getMessage() for r in caplog.records)
+    finally:
+        delete_host_queue(url, host)
+    assert reply["code"] == -1
+    assert reply["data"]["detail"].startswith("the broker did not confirm the command within 1.5 s"), reply
+    assert nacks >= 2, "the refused command was not sent again"
+    assert nacks_later == nacks, "the command was still being sent after its caller had its answer"
+
+
+def test_a_command_the_broker_confirmed_but_nobody_answers_is_answered_minus_one_saying_no_reply_came(tmp_path):
+    """The host's queue exists and takes the command (the broker acks it); no worker reads it."""
+    url = require_broker("amqp", BROKERS["amqp"])
+    host = unique("kvt-silent-")
+    with Connection(url) as conn:
+        Queue(host_queue_name(host), durable=True).bind(conn.default_channel).declare()
+    settings = Settings(host=host, default_host=host, broker_url=url, state_dir=tmp_path, timeout=10.0)
+    try:
+        with serving(settings) as bridge:
+            reply = bridge.post({**ECHO, "timeout": 1.0}).json()
+    finally:
+        delete_host_queue(url, host)
+    assert (reply["code"], reply["data"]["detail"]) == (-1, f"no reply from host {host!r} within 1 s")
