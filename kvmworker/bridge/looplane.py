@@ -7,7 +7,8 @@ the event loop. Here the loop writes the command's frames itself and reads the b
 
 The connection is opened by py-amqp in a thread of the loop's executor (failover URLs, login, tuning, the
 channel in confirm mode, the reply queue declared and consumed, as the client does), then its socket is handed
-to the loop; from there on the frames are py-amqp's own frame code (``frame_writer``, ``frame_handler``).
+to the loop; from there on the frames in are read by py-amqp's own frame code (``frame_handler``), and a
+command's frames out are what py-amqp's ``frame_writer`` writes, encoded with its serialisation (``PublishFrames``).
 
 The client's guarantees, the same way (``transport/publisher.py``, ``client.py``):
 
@@ -30,11 +31,11 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from struct import unpack_from
+from struct import pack, unpack_from
 from typing import Any
 
 from amqp.basic_message import Message
-from amqp.method_framing import frame_handler, frame_writer
+from amqp.method_framing import frame_handler
 from amqp.serialization import dumps
 from kombu import Connection
 
@@ -66,6 +67,61 @@ CONNECTION_UNBLOCKED = (10, 61)
 METHOD_ARGS = 4  # a method frame's arguments follow its class and method ids
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 FRAME_END = 0xCE
+FRAME_END_BYTE = bytes((FRAME_END,))
+
+
+def _shortstr(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        raise ValueError(f"an AMQP short string holds 255 bytes at most: {text[:40]!r}…")
+    return bytes((len(data),)) + data
+
+
+def method_frame(channel: int, method: tuple[int, int], args: bytes = b"") -> bytes:
+    payload = pack(">HH", *method) + args
+    return pack(">BHI", 1, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+class PublishFrames:
+    """A command's ``basic.publish``, content header and body frames, byte for byte what py-amqp's ``frame_writer``
+    writes for ``Message(body, content_type, content_encoding, application_headers, delivery_mode,
+    correlation_id, reply_to, message_id)``, without its generic property walk: the properties every command
+    shares are encoded once, the method frame once per host."""
+
+    FLAGS = 0xF680  # content_type, content_encoding, headers, delivery_mode, correlation_id, reply_to, message_id
+    HOSTS_KEPT = 1024
+
+    def __init__(self, channel: int, frame_max: int, reply_to: str, delivery_mode: int):
+        self._channel = channel
+        self._chunk = frame_max - 8
+        self._shared = pack(">H", self.FLAGS) + _shortstr(JSON_CONTENT_TYPE) + _shortstr("utf-8")
+        self._mode = bytes((delivery_mode,))
+        self._reply_to = _shortstr(reply_to)
+        self._methods: dict[str, bytes] = {}
+
+    def frames(self, routing_key: str, body: bytes, headers: dict[str, Any], correlation_id: str, msg_id: str) -> bytes:
+        method = self._methods.get(routing_key)
+        if method is None:
+            if len(self._methods) >= self.HOSTS_KEPT:
+                self._methods.clear()
+            args = dumps("Bssbb", (0, "", routing_key, False, False))
+            method = self._methods[routing_key] = method_frame(self._channel, BASIC_PUBLISH, args)
+        header = b"".join(
+            (
+                pack(">HHQ", BASIC_PUBLISH[0], 0, len(body)),
+                self._shared,
+                dumps("F", (headers,)),
+                self._mode,
+                _shortstr(correlation_id),
+                self._reply_to,
+                _shortstr(msg_id),
+            )
+        )
+        parts = [method, pack(">BHI", 2, self._channel, len(header)), header, FRAME_END_BYTE]
+        for start in range(0, len(body), self._chunk):
+            piece = body[start : start + self._chunk]
+            parts += (pack(">BHI", 3, self._channel, len(piece)), piece, FRAME_END_BYTE)
+        return b"".join(parts)
 
 
 class LaneLost(ConnectionError):
@@ -103,8 +159,8 @@ class LoopLane:
     def __init__(self, broker_url: str, signer: Any = None, *, persistent: bool = True):
         self._conn = open_connection(broker_url, confirms=False)  # confirm mode is selected here, per channel
         self._signer = signer
-        self._delivery_mode = 2 if persistent else 1
-        self._reply_queue = reply_queue().name
+        self.delivery_mode = 2 if persistent else 1
+        self.reply_queue = reply_queue().name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, LaneCall] = {}  # correlation id → a call waiting for its reply
         self._parked: deque[LaneCall] = deque()  # to publish once connected
@@ -154,24 +210,14 @@ class LoopLane:
         headers = {HEADER_HOST: call.host, HEADER_ISSUED_AT: round(issued, 6)}
         headers[HEADER_EXPIRES_AT] = round(issued + timeout, 6)
         if self._signer is not None:
-            headers.update(self._signer.sign(call.body, call.msg_id, call.host, self._reply_queue, headers))
+            headers.update(self._signer.sign(call.body, call.msg_id, call.host, self.reply_queue, headers))
         call.headers = headers
 
     def _send(self, call: LaneCall) -> None:
         call.stage = SENT
         self._tag += 1
         self._unconfirmed[self._tag] = call
-        message = Message(
-            call.body,
-            content_type=JSON_CONTENT_TYPE,
-            content_encoding="utf-8",
-            application_headers=call.headers,
-            delivery_mode=self._delivery_mode,
-            message_id=call.msg_id,
-            correlation_id=call.correlation_id,
-            reply_to=self._reply_queue,
-        )
-        self._protocol.publish(host_queue_name(call.host), message)
+        self._protocol.publish(host_queue_name(call.host), call.body, call.headers, call.correlation_id, call.msg_id)
 
     # -- what the broker sends ----------------------------------------------------------------------------------
 
@@ -288,8 +334,8 @@ class LoopLane:
             raw = conn.connection
             channel = raw.channel()
             channel.confirm_select()
-            channel.queue_declare(self._reply_queue, durable=False, exclusive=True, auto_delete=True)
-            channel.basic_consume(self._reply_queue, no_ack=True)
+            channel.queue_declare(self.reply_queue, durable=False, exclusive=True, auto_delete=True)
+            channel.basic_consume(self.reply_queue, no_ack=True)
             transport = raw.transport
             leftover = bytes(getattr(transport, "_read_buffer", b""))
             sock = transport.sock
@@ -391,7 +437,7 @@ class LoopLane:
 
 class _AmqpProtocol(asyncio.Protocol):
     """The lane's connection on the loop: frames in, through py-amqp's ``frame_handler``; frames out, through its
-    ``frame_writer``, collected over one turn of the loop and written at once."""
+    ``PublishFrames``, collected over one turn of the loop and written at once."""
 
     def __init__(self, lane: LoopLane, opened: dict[str, Any]):
         self.lane = lane
@@ -405,18 +451,18 @@ class _AmqpProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._on_frame = frame_handler(self, self._dispatch)
-        self._write_frame = frame_writer(self, self)  # ``write`` below is what it writes through
+        self._publishes = PublishFrames(self.channel, self.frame_max, lane.reply_queue, lane.delivery_mode)
         self._heard = time.monotonic()
         self._ticker: asyncio.TimerHandle | None = None
         self.blocked = False
 
     # -- out ----------------------------------------------------------------------------------------------------
 
-    def write(self, data: Any) -> None:
-        """Where py-amqp's frame writer writes (its buffer is reused: copied); sent at the end of this turn."""
+    def write(self, data: bytes) -> None:
+        """Sent at the end of this turn of the loop, with whatever else was written in it."""
         if not self._out:
             self._loop.call_soon(self._flush)
-        self._out.append(bytes(data))
+        self._out.append(data)
 
     def _flush(self) -> None:
         if self._out:
@@ -425,11 +471,11 @@ class _AmqpProtocol(asyncio.Protocol):
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(data)
 
-    def publish(self, routing_key: str, message: Message) -> None:
-        self._write_frame(1, self.channel, BASIC_PUBLISH, dumps("Bssbb", (0, "", routing_key, False, False)), message)
+    def publish(self, routing_key: str, body: bytes, headers: dict[str, Any], correlation_id: str, msg_id: str) -> None:
+        self.write(self._publishes.frames(routing_key, body, headers, correlation_id, msg_id))
 
     def _method(self, channel: int, method: tuple[int, int], args: bytes = b"") -> None:
-        self._write_frame(1, channel, method, args, None)
+        self.write(method_frame(channel, method, args))
 
     @property
     def local_address(self) -> str:

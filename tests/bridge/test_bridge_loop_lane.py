@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -150,3 +151,32 @@ def test_a_command_the_broker_confirmed_but_nobody_answers_is_answered_minus_one
     finally:
         delete_host_queue(url, host)
     assert (reply["code"], reply["data"]["detail"]) == (-1, f"no reply from host {host!r} within 1 s")
+
+
+@pytest.mark.parametrize("size", [10, 200_000], ids=["one body frame", "a body over several frames"])
+def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the_same_message(size):
+    from amqp.basic_message import Message
+    from amqp.method_framing import frame_writer
+    from amqp.serialization import dumps
+
+    from kvmworker.bridge.looplane import BASIC_PUBLISH, PublishFrames
+
+    written: list[bytes] = []
+    connection = SimpleNamespace(frame_max=131072, bytes_sent=0)
+    write_frame = frame_writer(connection, SimpleNamespace(write=lambda data: written.append(bytes(data))))
+    body = b'{"command":"ping","data":{"text":"' + b"x" * size + b'"}}'
+    headers = {"x-kvm-host": "kvm01", "x-kvm-issued-at": 1796062460.227884, "x-kvm-signature": "ed25519:k1:AAAA"}
+    message = Message(
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers=headers,
+        delivery_mode=2,
+        correlation_id="c0ffee1",
+        reply_to="kvmworker.reply.abc",
+        message_id="m-1",
+    )
+    args = dumps("Bssbb", (0, "", "kvmworker.kvm01", False, False))
+    write_frame(1, 7, BASIC_PUBLISH, args, message)
+    ours = PublishFrames(7, 131072, "kvmworker.reply.abc", 2).frames("kvmworker.kvm01", body, headers, "c0ffee1", "m-1")
+    assert ours == b"".join(written)
