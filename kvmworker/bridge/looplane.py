@@ -347,10 +347,9 @@ class LoopLane:
                 "uri": conn.as_uri(),
             }
             transport.sock = None  # py-amqp lets go of it: collecting the connection below must not shut it down
-        except Exception:
+        except Exception:  # try_every_url has moved on to the next URL already: the next round starts there
             with contextlib.suppress(Exception):
                 conn.collect()
-            conn.maybe_switch_next()
             raise
         conn.collect()
         sock.settimeout(None)
