@@ -12,6 +12,7 @@ import re
 
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
+from starlette.types import Scope
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE, decode_body
 from kvmworker.protocol.envelope import Envelope, parse_envelope
@@ -37,8 +38,17 @@ async def read_envelope(request: HttpRequest, max_bytes: int, timeout: float | N
     return parse_envelope(decode_body(body, JSON_CONTENT_TYPE, max_bytes))
 
 
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The first header of that (lower-case) name, as Starlette's ``request.headers.get`` reads it, without
+    building its ``Headers`` and raising a ``KeyError`` inside it for a header the request does not have."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def read_body(request: HttpRequest, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
+    declared = first_header(request.scope, b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise BodyTooLarge(f"Content-Length {declared[:20]} is over the limit of {max_bytes} bytes")
     chunks, size, more = [], 0, True
