@@ -77,6 +77,23 @@ def _shortstr(text: str) -> bytes:
     return bytes((len(data),)) + data
 
 
+def _table(headers: dict[str, Any]) -> bytes:
+    """An AMQP field table as py-amqp writes it; strings (``S``) and floats (``d``), the command's headers, encoded
+    here; a table holding anything else goes to py-amqp's own encoder."""
+    items = []
+    for key, value in headers.items():
+        name = key.encode("utf-8", "surrogatepass")
+        if type(value) is str:
+            data = value.encode("utf-8", "surrogatepass")
+            items += (bytes((len(name),)), name, pack(">cI", b"S", len(data)), data)
+        elif type(value) is float:
+            items += (bytes((len(name),)), name, pack(">cd", b"d", value))
+        else:
+            return dumps("F", (headers,))
+    table = b"".join(items)
+    return pack(">I", len(table)) + table
+
+
 def method_frame(channel: int, method: tuple[int, int], args: bytes = b"") -> bytes:
     payload = pack(">HH", *method) + args
     return pack(">BHI", 1, channel, len(payload)) + payload + FRAME_END_BYTE
@@ -110,7 +127,7 @@ class PublishFrames:
             (
                 pack(">HHQ", BASIC_PUBLISH[0], 0, len(body)),
                 self._shared,
-                dumps("F", (headers,)),
+                _table(headers),
                 self._mode,
                 _shortstr(correlation_id),
                 self._reply_to,

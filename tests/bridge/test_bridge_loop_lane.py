@@ -154,7 +154,8 @@ def test_a_command_the_broker_confirmed_but_nobody_answers_is_answered_minus_one
 
 
 @pytest.mark.parametrize("size", [10, 200_000], ids=["one body frame", "a body over several frames"])
-def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the_same_message(size):
+@pytest.mark.parametrize("extra", [{}, {"x-kvt-count": 3, "x-kvt-nested": {"a": [1, "b"]}}], ids=["str+float", "any"])
+def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the_same_message(size, extra):
     from amqp.basic_message import Message
     from amqp.method_framing import frame_writer
     from amqp.serialization import dumps
@@ -166,6 +167,7 @@ def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the
     write_frame = frame_writer(connection, SimpleNamespace(write=lambda data: written.append(bytes(data))))
     body = b'{"command":"ping","data":{"text":"' + b"x" * size + b'"}}'
     headers = {"x-kvm-host": "kvm01", "x-kvm-issued-at": 1796062460.227884, "x-kvm-signature": "ed25519:k1:AAAA"}
+    headers |= extra
     message = Message(
         body,
         content_type="application/json",
