@@ -30,12 +30,23 @@ class BodyTooSlow(BodyTooLarge):
 
 
 async def read_envelope(request: HttpRequest, max_bytes: int, timeout: float | None = None) -> Envelope:
-    try:
-        async with asyncio.timeout(timeout):
-            body = await read_body(request, max_bytes)
-    except TimeoutError:
-        raise BodyTooSlow(f"the body did not arrive within {timeout:g} s") from None
+    if timeout is None or body_already_in(request):  # nothing to wait for: no deadline to set and cancel
+        body = await read_body(request, max_bytes)
+    else:
+        try:
+            async with asyncio.timeout(timeout):
+                body = await read_body(request, max_bytes)
+        except TimeoutError:
+            raise BodyTooSlow(f"the body did not arrive within {timeout:g} s") from None
     return parse_envelope(decode_body(body, JSON_CONTENT_TYPE, max_bytes))
+
+
+def body_already_in(request: HttpRequest) -> bool:
+    """uvicorn has parsed the whole request (its ``RequestResponseCycle.more_body`` is False once the message is
+    complete), so reading the body cannot wait: the usual case, a small body in the segment of its headers.
+    Under any other server, or while the body still streams in, False: the body's deadline applies."""
+    cycle = getattr(request.receive, "__self__", None)
+    return getattr(cycle, "more_body", True) is False
 
 
 def first_header(scope: Scope, name: bytes) -> str | None:
