@@ -534,7 +534,10 @@ class _AmqpProtocol(asyncio.Protocol):
     def _dispatch(self, channel: int, method: tuple[int, int], args: bytes, content: Message | None) -> None:
         lane = self.lane
         if method == BASIC_DELIVER:
-            lane._on_reply(content)
+            try:
+                lane._on_reply(content)
+            except Exception:  # one reply's trouble (a signature check that raised) must not cost the connection
+                log.exception("a reply could not be handled; dropped")
         elif method == BASIC_ACK:
             tag, bits = unpack_from(">QB", args, METHOD_ARGS)
             lane._on_ack(tag, bool(bits & 1))
