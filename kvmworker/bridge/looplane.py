@@ -231,10 +231,23 @@ class LoopLane:
         call.headers = headers
 
     def _send(self, call: LaneCall) -> None:
+        """The frames first, then the delivery tag: a command that cannot be encoded (never one with a valid
+        envelope) takes no tag, which would set every later confirm one command off."""
+        try:
+            self._protocol.publish(
+                host_queue_name(call.host), call.body, call.headers, call.correlation_id, call.msg_id
+            )
+        except Exception as exc:
+            log.exception("[%s] not sent: the command could not be encoded", call.msg_id)
+            self.forget(call)
+            if not call.future.done():
+                call.future.set_result(
+                    Reply.error(Code.INTERNAL_ERROR, f"not sent: the command could not be encoded ({exc})")
+                )
+            return
         call.stage = SENT
         self._tag += 1
         self._unconfirmed[self._tag] = call
-        self._protocol.publish(host_queue_name(call.host), call.body, call.headers, call.correlation_id, call.msg_id)
 
     # -- what the broker sends ----------------------------------------------------------------------------------
 

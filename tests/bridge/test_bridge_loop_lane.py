@@ -20,6 +20,7 @@ from kvmworker.bridge.app import create_app
 from kvmworker.bridge.auth import LocalToken
 from kvmworker.bridge.server import BridgeServer
 from kvmworker.client import Client
+from kvmworker.protocol.codes import Code
 from kvmworker.protocol.wire import host_queue_name
 from kvmworker.settings import Settings
 from kvmworker.transport.connection import delete_host_queue
@@ -182,3 +183,37 @@ def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the
     write_frame(1, 7, BASIC_PUBLISH, args, message)
     ours = PublishFrames(7, 131072, "kvmworker.reply.abc", 2).frames("kvmworker.kvm01", body, headers, "c0ffee1", "m-1")
     assert ours == b"".join(written)
+
+
+def test_a_command_that_cannot_be_encoded_is_answered_at_once_and_the_next_one_s_confirm_still_settles_it():
+    """A routing key over AMQP's 255 bytes (a valid envelope never makes one): no frame leaves and no delivery
+    tag is taken, so the broker's next confirm settles the next command, not the one before it."""
+    from kvmworker.bridge.looplane import LoopLane
+    from kvmworker.protocol.envelope import Envelope
+
+    url = require_broker("amqp", BROKERS["amqp"])
+    host = unique("kvt-encode-")
+    with Connection(url) as conn:
+        Queue(host_queue_name(host), durable=True).bind(conn.default_channel).declare()
+
+    async def scenario() -> tuple[dict, str]:
+        lane = LoopLane(url)
+        try:
+            ping = Envelope(handler="SystemHandler", command="ping", data={}, timeout=5)
+            bad = lane.submit("x" * 300, ping.ensure_msg_id(), 5)
+            good = lane.submit(host, ping.ensure_msg_id(), 5)
+            reply = await asyncio.wait_for(bad.future, 10)
+            for _ in range(100):
+                if good.stage == "confirmed":
+                    break
+                await asyncio.sleep(0.05)
+            return reply.model_dump(), good.stage
+        finally:
+            lane.close()
+
+    try:
+        reply, stage = asyncio.run(scenario())
+    finally:
+        delete_host_queue(url, host)
+    assert reply["code"] == Code.INTERNAL_ERROR and "could not be encoded" in reply["data"]["detail"], reply
+    assert stage == "confirmed"
