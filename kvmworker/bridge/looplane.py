@@ -342,8 +342,13 @@ class LoopLane:
                 await asyncio.sleep(pause)
                 continue
             pauses = iter(RECONNECT_PAUSES_S)
-            self._up(protocol)
-            exc = await protocol.lost
+            try:
+                self._up(protocol)
+                exc = await protocol.lost
+            except Exception as failure:  # a bug here must not leave the bridge without a connection for good
+                log.exception("the bridge's broker connection failed")
+                protocol.close()
+                exc = failure
             self._down(exc)
 
     async def _connect(self) -> _AmqpProtocol:
