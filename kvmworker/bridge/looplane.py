@@ -326,6 +326,14 @@ class LoopLane:
     # -- the connection -----------------------------------------------------------------------------------------
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop and self._keeper is not None:
+            # the app served again on another event loop: the old loop's connection and calls stay with it (its
+            # reply queue too, while that connection lives: a new one of its own)
+            self.reply_queue = reply_queue().name
+            self._pending.clear()
+            self._parked.clear()
+            self._unconfirmed.clear()
+            self._protocol = self._keeper = None
         if self._keeper is None and not self._closed:
             self._loop = loop
             self._keeper = loop.create_task(self._keep_connected(), name="kvmworker-bridge-lane")

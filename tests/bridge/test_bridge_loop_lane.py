@@ -217,3 +217,30 @@ def test_a_command_that_cannot_be_encoded_is_answered_at_once_and_the_next_one_s
         delete_host_queue(url, host)
     assert reply["code"] == Code.INTERNAL_ERROR and "could not be encoded" in reply["data"]["detail"], reply
     assert stage == "confirmed"
+
+
+def test_the_lane_forwards_again_when_its_app_is_served_on_a_new_event_loop():
+    """The first loop ends with its connection still open (and its exclusive reply queue locked to it)."""
+    from kvmworker.bridge.looplane import LoopLane
+    from kvmworker.protocol.envelope import Envelope
+
+    url = require_broker("amqp", BROKERS["amqp"])
+    host = unique("kvt-twoloops-")
+    with Connection(url) as conn:
+        Queue(host_queue_name(host), durable=True).bind(conn.default_channel).declare()
+    lane = LoopLane(url)
+
+    async def confirmed() -> str:
+        call = lane.submit(host, Envelope(handler="SystemHandler", command="ping", data={}).ensure_msg_id(), 5)
+        for _ in range(40):
+            if call.stage == "confirmed":
+                break
+            await asyncio.sleep(0.05)
+        return call.stage
+
+    try:
+        stages = [asyncio.run(confirmed()), asyncio.run(confirmed())]
+    finally:
+        lane.close()
+        delete_host_queue(url, host)
+    assert stages == ["confirmed", "confirmed"]
