@@ -430,7 +430,9 @@ class LoopLane:
         self._parked.extendleft(reversed(again))
 
     def _unreachable(self, exc: BaseException, pause: float) -> None:
-        waiting = [call for call in self._parked if self._charge(call, exc)]
+        """A failed round of connecting: a command sent before (on a connection since lost) is charged for it, as
+        the publisher charges it; one never sent waits, not sent, until its deadline, as the client parks it."""
+        waiting = [call for call in self._parked if call.stage == PARKED or self._charge(call, exc)]
         self._parked = deque(waiting)
         if waiting:
             log.warning(

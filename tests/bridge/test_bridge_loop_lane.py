@@ -244,3 +244,18 @@ def test_the_lane_forwards_again_when_its_app_is_served_on_a_new_event_loop():
         lane.close()
         delete_host_queue(url, host)
     assert stages == ["confirmed", "confirmed"]
+
+
+def test_with_the_broker_away_a_post_never_sent_waits_out_its_whole_deadline_and_says_it_was_not_sent(tmp_path):
+    """Nothing listens on port 1: rounds of reconnecting fail for longer than the publisher's retries last (about
+    2 s); a command never sent is not charged for them, as the client parks it until its deadline."""
+    host = unique("kvt-nobroker-")
+    settings = Settings(
+        host=host, default_host=host, broker_url="amqp://guest:guest@127.0.0.1:1//", state_dir=tmp_path, timeout=10.0
+    )
+    with serving(settings) as bridge:
+        reply = bridge.post({**ECHO, "timeout": 4}).json()
+    assert (reply["code"], reply["data"]["detail"]) == (
+        -1,
+        "the broker could not be reached within 4 s: the command was not sent",
+    )
