@@ -259,3 +259,23 @@ def test_with_the_broker_away_a_post_never_sent_waits_out_its_whole_deadline_and
         -1,
         "the broker could not be reached within 4 s: the command was not sent",
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "on_the_loop"),
+    [
+        ("amqp://guest:guest@h1//", True),
+        ("amqp://h1//;amqp://h2//", True),
+        ("amqps://h1//", False),
+        ("amqp://h1//;amqps://h2//", False),
+        ("amqp://h1//?ssl=1", False),
+        ("redis://localhost:6379/0", False),
+        ("memory://", False),
+    ],
+)
+def test_only_plain_amqp_on_every_failover_url_is_forwarded_on_the_event_loop_tls_and_others_through_the_client(
+    url, on_the_loop
+):
+    from kvmworker.bridge.looplane import usable
+
+    assert usable(url) is on_the_loop
