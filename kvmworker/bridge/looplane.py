@@ -7,7 +7,7 @@ the event loop. Here the loop writes the command's frames itself and reads the b
 
 The connection is opened by py-amqp in a thread of the loop's executor (failover URLs, login, tuning, the
 channel in confirm mode, the reply queue declared and consumed, as the client does), then its socket is handed
-to the loop; from there on the frames in are read by py-amqp's own frame code (``frame_handler``), and a
+to the loop; from there on a reply's properties are decoded by py-amqp's own ``decode_properties_basic``, and a
 command's frames out are what py-amqp's ``frame_writer`` writes, encoded with its serialisation (``PublishFrames``).
 
 The client's guarantees, the same way (``transport/publisher.py``, ``client.py``):
@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from struct import pack, unpack_from
 from typing import Any
 
-from amqp.basic_message import Message
-from amqp.method_framing import frame_handler
-from amqp.serialization import dumps
+from amqp.serialization import decode_properties_basic, dumps
 from kombu import Connection
 
 from kvmworker.client import CONFIRMED, PARKED, SENT, new_msg_id, unknown_outcome
@@ -287,8 +285,7 @@ class LoopLane:
             calls.append(self._unconfirmed.popitem(last=False)[1])
         return calls
 
-    def _on_reply(self, message: Message) -> None:
-        properties = message.properties
+    def _on_reply(self, body: bytes, properties: dict[str, Any]) -> None:
         correlation_id = properties.get("correlation_id")
         call = self._pending.get(correlation_id)
         if call is None:
@@ -296,7 +293,7 @@ class LoopLane:
             return
         headers = properties.get("application_headers") or {}
         if self._signer is not None and not self._signer.reply_is_authentic(
-            message.body, correlation_id, properties.get("message_id"), headers, call.host
+            body, correlation_id, properties.get("message_id"), headers, call.host
         ):
             log.warning(
                 "reply for %s dropped: its signature does not verify with the keys of the host the command went to"
@@ -308,7 +305,7 @@ class LoopLane:
         if call.future.done():
             return
         try:
-            reply = Reply.model_validate_json(message.body)
+            reply = Reply.model_validate_json(body)
         except Exception as exc:
             reply = Reply.error(Code.INTERNAL_ERROR, f"the worker's reply could not be read: {exc}")
         call.future.set_result(reply)
@@ -479,22 +476,33 @@ class LoopLane:
             self._protocol = None
 
 
+class _IncomingReply:
+    """A ``basic.deliver`` whose content header and body frames are being read."""
+
+    __slots__ = ("chunks", "properties", "received", "size")
+
+    def __init__(self) -> None:
+        self.properties: dict[str, Any] | None = None
+        self.size = self.received = 0
+        self.chunks: list[bytes] = []
+
+
 class _AmqpProtocol(asyncio.Protocol):
-    """The lane's connection on the loop: frames in, through py-amqp's ``frame_handler``; frames out, through its
-    ``PublishFrames``, collected over one turn of the loop and written at once."""
+    """The lane's connection on the loop: frames in, a reply assembled from its ``basic.deliver``, content header
+    and body frames (``_frame``); frames out, through ``PublishFrames``, collected over one turn of the loop and
+    written at once."""
 
     def __init__(self, lane: LoopLane, opened: dict[str, Any]):
         self.lane = lane
         self.opened = opened
         self.channel: int = opened["channel"]
         self.frame_max: int = opened["frame_max"]
-        self.bytes_recv = self.bytes_sent = 0  # what py-amqp's frame code counts
         self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out: list[bytes] = []
-        self._on_frame = frame_handler(self, self._dispatch)
+        self._reply: _IncomingReply | None = None  # a reply whose header or body frames are still to come
         self._publishes = PublishFrames(self.channel, self.frame_max, lane.reply_queue, lane.delivery_mode)
         self._heard = time.monotonic()
         self._ticker: asyncio.TimerHandle | None = None
@@ -550,7 +558,7 @@ class _AmqpProtocol(asyncio.Protocol):
                     break
                 if buffer[end] != FRAME_END:
                     raise LaneLost(f"a frame from the broker did not end with {FRAME_END:#x}")
-                self._on_frame((frame_type, channel, bytes(buffer[start + 7 : end])))
+                self._frame(frame_type, channel, bytes(buffer[start + 7 : end]))
                 start = end + 1
         except Exception as exc:
             log.error("the bridge could not read what the broker sent: %s", exc)
@@ -559,14 +567,49 @@ class _AmqpProtocol(asyncio.Protocol):
         finally:
             del buffer[:start]
 
-    def _dispatch(self, channel: int, method: tuple[int, int], args: bytes, content: Message | None) -> None:
+    def _frame(self, frame_type: int, channel: int, payload: bytes) -> None:
+        """One frame: a method, or the next part of the reply being delivered (AMQP sends a message's frames
+        together on its channel: another method frame of that channel in between is a broken connection)."""
+        reply = self._reply
+        if frame_type == 1:
+            method = unpack_from(">HH", payload, 0)
+            if channel != self.channel:  # the connection's own (channel 0) may come between a message's frames
+                self._dispatch(channel, method, payload)
+                return
+            if reply is not None:
+                raise LaneLost("a method frame before the end of the message being delivered")
+            if method == BASIC_DELIVER:
+                self._reply = _IncomingReply()
+            else:
+                self._dispatch(channel, method, payload)
+        elif frame_type == 2:
+            if reply is None or reply.properties is not None:
+                raise LaneLost("a content header frame outside a delivery")
+            reply.size = unpack_from(">Q", payload, 4)[0]
+            reply.properties = decode_properties_basic(payload, 12)[0]
+            if reply.size == 0:
+                self._delivered(reply)
+        elif frame_type == 3:
+            if reply is None or reply.properties is None:
+                raise LaneLost("a content body frame outside a delivery")
+            reply.chunks.append(payload)
+            reply.received += len(payload)
+            if reply.received >= reply.size:
+                self._delivered(reply)
+        elif frame_type != 8:  # 8: a heartbeat, which only had to arrive
+            raise LaneLost(f"a frame of unknown type {frame_type} from the broker")
+
+    def _delivered(self, reply: _IncomingReply) -> None:
+        self._reply = None
+        body = reply.chunks[0] if len(reply.chunks) == 1 else b"".join(reply.chunks)
+        try:
+            self.lane._on_reply(body, reply.properties)
+        except Exception:  # one reply's trouble (a signature check that raised) must not cost the connection
+            log.exception("a reply could not be handled; dropped")
+
+    def _dispatch(self, channel: int, method: tuple[int, int], args: bytes) -> None:
         lane = self.lane
-        if method == BASIC_DELIVER:
-            try:
-                lane._on_reply(content)
-            except Exception:  # one reply's trouble (a signature check that raised) must not cost the connection
-                log.exception("a reply could not be handled; dropped")
-        elif method == BASIC_ACK:
+        if method == BASIC_ACK:
             tag, bits = unpack_from(">QB", args, METHOD_ARGS)
             lane._on_ack(tag, bool(bits & 1))
         elif method == BASIC_NACK:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
 import shutil
@@ -279,3 +280,45 @@ def test_only_plain_amqp_on_every_failover_url_is_forwarded_on_the_event_loop_tl
     from kvmworker.bridge.looplane import usable
 
     assert usable(url) is on_the_loop
+
+
+def test_a_reply_split_over_frames_and_reads_with_heartbeats_between_is_read_whole_as_py_amqp_wrote_it():
+    """The broker's bytes as py-amqp writes a delivery (a body over several frames of a small frame_max), with a
+    heartbeat and a channel-0 method among them, fed to the lane's connection a few bytes at a time."""
+    from amqp.basic_message import Message
+    from amqp.method_framing import frame_writer
+    from amqp.serialization import dumps
+
+    from kvmworker.bridge.looplane import BASIC_DELIVER, HEARTBEAT_FRAME, LoopLane, _AmqpProtocol, method_frame
+    from kvmworker.protocol.envelope import Envelope
+
+    text = "你好" * 3000  # 18 kB of UTF-8: five body frames of 4 kB
+
+    async def scenario() -> dict:
+        lane = LoopLane("amqp://guest:guest@127.0.0.1:1//")  # nothing listens: the call waits, parked
+        try:
+            call = lane.submit(
+                "kvt-frames", Envelope(handler="SystemHandler", command="ping", data={}).ensure_msg_id(), 30
+            )
+            written: list[bytes] = []
+            write_frame = frame_writer(
+                SimpleNamespace(frame_max=4096, bytes_sent=0), SimpleNamespace(write=lambda d: written.append(bytes(d)))
+            )
+            body = json.dumps({"code": 0, "msg": "成功", "data": {"text": text}}, ensure_ascii=False).encode()
+            reply = Message(body, correlation_id=call.correlation_id, message_id=call.msg_id)
+            args = dumps("sLbss", ("ctag", 1, False, "", lane.reply_queue))
+            write_frame(1, 1, BASIC_DELIVER, args, reply)
+            assert len(written) > 4, "py-amqp wrote the delivery in one piece: no frame boundary to put others at"
+            blocked = method_frame(0, (10, 60), dumps("s", ("kvt",)))  # connection.blocked, on channel 0
+            stream = b"".join([*written[:3], HEARTBEAT_FRAME, blocked, *written[3:]])  # after the first body frame
+            opened = {"channel": 1, "frame_max": 4096, "heartbeat": 0, "leftover": b"", "uri": ""}
+            protocol = _AmqpProtocol(lane, opened)
+            for start in range(0, len(stream), 1000):
+                protocol.data_received(stream[start : start + 1000])
+            answered = await asyncio.wait_for(call.future, 5)
+            assert protocol.blocked
+            return answered.model_dump()
+        finally:
+            lane.close()
+
+    assert asyncio.run(scenario())["data"] == {"text": text}
