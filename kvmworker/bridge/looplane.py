@@ -392,6 +392,9 @@ class LoopLane:
                 conn.collect()
             raise
         conn.collect()
+        if self._closed:  # closed while this thread connected: nobody will take the socket
+            sock.close()
+            raise LaneLost("the bridge closed while it connected")
         sock.settimeout(None)
         return sock, opened
 
