@@ -27,11 +27,12 @@ from starlette.types import Receive, Scope, Send
 from kvmworker.api.catalogue import bridge_commands, worker_commands
 from kvmworker.api.user import LoginData, UserApi
 from kvmworker.bridge.auth import Authenticator, LocalToken, Principal, bearer_token
-from kvmworker.bridge.body import BodyTooLarge, read_envelope
+from kvmworker.bridge.body import BodyTooLarge, first_header, read_envelope
 from kvmworker.bridge.forwarder import Forwarder
 from kvmworker.bridge.guard import RequestGuard
 from kvmworker.bridge.health import BrokerProbe
 from kvmworker.bridge.hosts import HostDirectory
+from kvmworker.bridge.looplane import LoopLane, usable
 from kvmworker.bridge.metrics import BridgeMetrics
 from kvmworker.bridge.openapi import build_openapi
 from kvmworker.bridge.throttle import Throttle
@@ -84,13 +85,13 @@ class Bridge:
 
     # -- POST ------------------------------------------------------------------
 
-    async def post_default(self, request: HttpRequest) -> Response:
-        return await self.post(request, request.headers.get("x-kvm-host") or self._default_host)
+    async def post_default(self, request: HttpRequest) -> JsonReply:
+        return await self.post(request, first_header(request.scope, b"x-kvm-host") or self._default_host)
 
-    async def post_host(self, request: HttpRequest) -> Response:
+    async def post_host(self, request: HttpRequest) -> JsonReply:
         return await self.post(request, request.path_params["host"])
 
-    async def post(self, request: HttpRequest, host: str) -> Response:
+    async def post(self, request: HttpRequest, host: str) -> JsonReply:
         """The one place where any failure of a POST becomes a ``{code, msg, data}`` reply."""
         started = time.perf_counter()
         envelope: Envelope | None = None
@@ -142,10 +143,9 @@ class Bridge:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._login_pool, self._auth.login, data.username, data.password, address)
 
-    def _respond(self, reply: Reply, envelope: Envelope | None, started: float, close: bool) -> Response:
+    def _respond(self, reply: Reply, envelope: Envelope | None, started: float, close: bool) -> JsonReply:
         self._metrics.observe(envelope, reply, time.perf_counter() - started)
-        headers = {"connection": "close"} if close else None
-        return Response(encode_reply(reply), media_type=JSON_UTF8, headers=headers)
+        return JsonReply(encode_reply(reply), close)
 
     # -- probes, metrics, schema -------------------------------------------------
 
@@ -180,7 +180,25 @@ def _address(request: HttpRequest) -> str:
 
 
 def _token(request: HttpRequest, envelope: Envelope) -> str | None:
-    return bearer_token(request.headers.get("authorization")) or envelope.token
+    return bearer_token(first_header(request.scope, b"authorization")) or envelope.token
+
+
+class JsonReply:
+    """A POST's answer as two ASGI messages, the headers Starlette's ``Response`` would send (``connection:
+    close`` first when asked, then length and type), without building a ``Response`` for each request."""
+
+    __slots__ = ("body", "close")
+    TYPE = (b"content-type", JSON_UTF8.encode())
+    CLOSE = (b"connection", b"close")
+
+    def __init__(self, body: bytes, close: bool = False):
+        self.body, self.close = body, close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = (b"content-length", str(len(self.body)).encode())
+        headers = [self.CLOSE, length, self.TYPE] if self.close else [length, self.TYPE]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def create_app(
@@ -201,7 +219,7 @@ def create_app(
         log.warning("--insecure-open: the bridge accepts every caller without a token")
     metrics = BridgeMetrics(lambda: [(c.handler, c.name) for c in commands])
     bridge = Bridge(
-        Forwarder(client, settings.timeout),
+        Forwarder(client, settings.timeout, lane=_lane(settings, client)),
         settings.host_for_bridge,
         settings.max_body,
         auth,
@@ -220,6 +238,11 @@ def create_app(
     app.state.bridge = bridge
     app.state.events = streams
     return BridgeApp(app, settings.server_names)
+
+
+def _lane(settings: Settings, client: Client) -> LoopLane | None:
+    """Plain AMQP: commands and replies on the event loop itself, signed as the client signs; else the client."""
+    return LoopLane(settings.broker, client.signer) if usable(settings.broker) else None
 
 
 class BridgeApp:

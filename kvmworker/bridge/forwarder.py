@@ -1,9 +1,11 @@
 """Envelope → the host's worker → reply, without ever blocking the event loop on the broker.
 
-The client has one reply queue and one consumer thread for every request in flight; here a request
-is an event-loop future awaited with its deadline, which that thread resolves in batches (``_arrive``).
-``Client.submit`` returns at once (the publisher's own thread publishes and waits for the confirm; a
-command waits there while the broker is away), so it is called right on the event loop.
+Over plain AMQP the commands and replies go through ``LoopLane`` on the event loop itself (no thread hops;
+see ``looplane.py``). Otherwise (Redis, ``memory://``, TLS) through the ``Client``: it has one reply queue and
+one consumer thread for every request in flight; here a request is an event-loop future awaited with its
+deadline, which that thread resolves in batches (``_arrive``). ``Client.submit`` returns at once (the
+publisher's own thread publishes and waits for the confirm; a command waits there while the broker is away),
+so it is called right on the event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import deque
 from concurrent.futures import Future
 from functools import partial
 
+from kvmworker.bridge.looplane import LaneCall, LoopLane
 from kvmworker.client import Client, PendingCall, new_msg_id, no_reply_detail, unknown_outcome
 from kvmworker.protocol.envelope import Envelope, Reply
 
@@ -22,8 +25,9 @@ log = logging.getLogger("kvmworker.bridge")
 
 
 class Forwarder:
-    def __init__(self, client: Client, default_timeout: float):
+    def __init__(self, client: Client, default_timeout: float, lane: LoopLane | None = None):
         self._client = client
+        self._lane = lane
         self.default_timeout = default_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False  # the server is stopping: nothing waits for a reply any more
@@ -58,14 +62,34 @@ class Forwarder:
         if self._loop is not loop:
             self._loop, self._draining, self._handing_over = loop, False, False
             self._arrived.clear()
-        pending = self._client.submit(host, envelope, timeout=timeout)
-        reply = await self._await_reply(pending, timeout)
+        if self._lane is not None:
+            pending = self._lane.submit(host, envelope, timeout)
+            reply = await self._await_lane(pending, timeout)
+        else:
+            pending = self._client.submit(host, envelope, timeout=timeout)
+            reply = await self._await_reply(pending, timeout)
         if reply is not None:
             return reply
         detail = no_reply_detail(pending, timeout, host)
         if self._draining:
             detail = "the bridge is stopping and could not wait for the reply; the command may still run"
         return timed_out(host, envelope, detail)
+
+    async def _await_lane(self, call: LaneCall, remaining: float) -> Reply | None:
+        """The lane's reply, or None once ``remaining`` seconds have passed without one (or the bridge drains)."""
+        future = call.future
+        if not future.done() and not self._draining:
+            deadline = self._loop.call_later(max(remaining, 0), _wake, future)
+            self._waiting.add(future)
+            try:
+                await future
+            finally:
+                deadline.cancel()
+                self._waiting.discard(future)
+        reply = future.result() if future.done() else None
+        if reply is None:
+            self._lane.forget(call)
+        return reply
 
     async def _await_reply(self, pending: PendingCall, remaining: float) -> Reply | None:
         """The worker's reply, or None once ``remaining`` seconds have passed without one (or the bridge drains).
@@ -111,6 +135,8 @@ class Forwarder:
         """The bridge is closing: a request still waiting (there should be none by now) is answered -1."""
         with contextlib.suppress(RuntimeError):  # its event loop is already closed: nothing waits any more
             self.drain()
+        if self._lane is not None:
+            self._lane.close()
 
 
 def _wake(waiter: asyncio.Future) -> None:

@@ -215,6 +215,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self.waiting_since: float | None = self.loop.time()  # None once the headers are in
         self._header_bytes = 0
+        self._begun = False  # a kept-alive connection's next request has begun, its headers not complete
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)
         if len(self.connections) > self.max_connections:
             self._make_room()
@@ -223,12 +224,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._stop_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.waiting_since is not None and self._header_timer is None and self._begun:
+            # a request begun in this data still lacks headers: its deadline runs from its first byte (a request
+            # whose headers came whole, the usual case, never needed a timer)
+            left = self.waiting_since + self.header_timeout - self.loop.time()
+            self._header_timer = self.loop.call_later(max(left, 0), self._too_slow)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        if self._header_timer is None:  # the next request on a kept-alive connection
+        if self._header_timer is None:  # the next request on a kept-alive connection: timed in data_received
             self.waiting_since = self.loop.time()
-            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+            self._begun = True
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -241,6 +250,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         self.waiting_since = None
+        self._begun = False
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:

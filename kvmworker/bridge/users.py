@@ -40,10 +40,13 @@ class Grants:
 
     def refusal(self, host: str, handler: str, command: str) -> str | None:
         """None when allowed, else what is refused (for the reply's detail)."""
-        if not any(fnmatch.fnmatchcase(host, p) for p in self.hosts):
+        # ``*`` matches every name (fnmatch gives ``/`` no meaning): full access skips the pattern matching
+        if self.hosts != EVERYTHING and not any(fnmatch.fnmatchcase(host, p) for p in self.hosts):
             return f"host {host[:64]!r} (this user may reach: {_listed(self.hosts)})"
         name = f"{handler}.{command}"
-        if not any(fnmatch.fnmatchcase(name, _command_pattern(p)) for p in self.commands):
+        if self.commands != EVERYTHING and not any(
+            fnmatch.fnmatchcase(name, _command_pattern(p)) for p in self.commands
+        ):
             return f"command {name} (this user may run: {_listed(self.commands)})"
         return None
 

@@ -319,6 +319,22 @@ def test_headers_over_64_kib_are_refused_with_431_and_the_connection_closed(brid
     assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
 
 
+def test_a_kept_alive_connection_whose_next_request_never_completes_its_headers_is_closed_after_the_header_timeout(
+    make_bridge, bridge_settings, running_worker
+):
+    limits = Limits(header_timeout=1.0)
+    with make_bridge(bridge_settings, None, running_worker.pipeline.registry, limits) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = sock.recv(65536)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            time.sleep(limits.header_timeout + 1.5)  # well before the 5 s idle keep-alive limit would close it
+            closed = not _still_open(sock)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert closed, "the second request's missing headers kept the connection open past the header timeout"
+
+
 def _still_open(sock: socket.socket) -> bool:
     sock.settimeout(0.5)
     try:
