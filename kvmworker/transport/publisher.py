@@ -723,6 +723,7 @@ class _PlainLane:
         self._queued = 0  # put and not yet published (or failed) by the thread: an inline publish waits its turn
         self._heartbeat = HEARTBEAT_S / 6 if connection.transport.driver_type == "amqp" else None
         self._redis = connection.transport.driver_type == "redis"
+        self._amqp = connection.transport.driver_type == "amqp"
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
         self._thread.start()
 
@@ -742,7 +743,7 @@ class _PlainLane:
             if self._queued or self._stopped or not self._producer.connection.connected:
                 return False
             try:
-                if not (self._redis and self._lpush(item)):
+                if not (self._lpush(item) if self._redis else self._amqp and self._frame(item)):
                     self._producer.publish(item.body, **self._options(item), retry=False)
             except Exception as exc:
                 log.debug("[%s] inline publish failed (%s); the publishing thread retries", item.msg_id, exc)
@@ -795,6 +796,18 @@ class _PlainLane:
             self._fail(item, exc)
             return
         self._published(item)
+
+    def _frame(self, item: _Pending) -> bool:
+        """AMQP without confirms: the publish's frames written at once (``publish_frames``), as with confirms;
+        False for what py-amqp frames (then kombu publishes)."""
+        channel = self._producer.channel
+        raw = channel.connection
+        frames = publish_frames(channel.channel_id, raw.frame_max, item)
+        if frames is None:
+            return False
+        raw.transport.write(frames)
+        raw.bytes_sent += 1
+        return True
 
     def _lpush(self, item: _Pending) -> bool:
         """Redis, to a queue by name (the default exchange): kombu's message written with one LPUSH, as kombu's
