@@ -383,9 +383,11 @@ class _Turns:
             try:
                 if self._thread:
                     self._wake()  # out of its wait on the socket; it lets go at once
-                    while self._thread and self.live:
-                        self._cond.wait()
-                if not self.live or self._leader:
+                    end = time.monotonic() + LEAD_SLICE_S  # else (stuck on a broken socket?) it reads for us
+                    while self._thread and self.live and (left := end - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                if self._thread or not self.live or self._leader:
+                    self._cond.notify_all()  # a resting consumer thread reads for this caller after all
                     return False
                 self._leader = True
                 return True
@@ -581,11 +583,12 @@ class _AmqpReplies:
         if not self._buffered() and not _readable(self._sock.fileno(), wake_fd, timeout):
             return
         raw = self._raw
-        while True:
-            try:
+        try:
+            raw.drain_events(timeout=0)  # what one receive brought (read_ahead): every whole frame
+            while whole_frame_buffered(raw):
                 raw.drain_events(timeout=0)
-            except TimeoutError:
-                return
+        except TimeoutError:  # nothing more on the socket: the next pass waits for it
+            return
 
     def _buffered(self) -> bool:
         """A whole frame received but not yet read (a declare's or consume's wait may have read ahead)."""
