@@ -378,6 +378,8 @@ class _Turns:
         call is in flight."""
         with self._cond:
             if not alone or not self.live or self._leader:
+                if self._resting:
+                    self._cond.notify_all()  # this caller's reply is expected: a resting consumer thread reads
                 return False
             self._wanted += 1
             try:
