@@ -4,15 +4,22 @@ One reply queue per client (never one per call), consumed by one background thre
 matched to callers by correlation id. ``submit`` never waits for the broker: the publisher's thread
 publishes, and its confirm (or its failure) arrives later. No reply in time → a ``-1`` reply carrying
 the ``msg_id``, so that the caller can ask ``SystemHandler.result`` later. Thread-safe: share one client.
+
+``call`` with no other call in flight skips both thread hops: the calling thread writes its command itself
+(``Publisher.publish_async(inline=True)``; the publisher's thread still matches the confirm) and reads the
+reply connection itself until its reply is in (``_Turns``). With others in flight it hands both to the threads,
+which serve many callers per wake-up.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
 import os
+import select
 import threading
 import time
 import uuid
@@ -32,7 +39,7 @@ from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUE
 from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
-from kvmworker.transport.publisher import Publisher, read_ahead
+from kvmworker.transport.publisher import Publisher, read_ahead, whole_frame_buffered
 from kvmworker.trust.keys import KeyFileError
 
 if TYPE_CHECKING:
@@ -96,7 +103,10 @@ class Client:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closing = threading.Event()
-        consumer = _ReplyConsumer(self._reply_queue, self._on_reply, self._consuming, self._ready.clear)
+        consumer = _ReplyConsumer(
+            self._reply_queue, self._on_reply, self._consuming, self._ready.clear, lambda: bool(self._pending)
+        )
+        self._replies = consumer
         replies = ConsumeLoop(open_connection(broker_url), consumer, log=log, stopping=self._closing)
         self._thread = threading.Thread(target=replies.run, name="kvmworker-replies", daemon=True)
         self._thread.start()
@@ -117,7 +127,7 @@ class Client:
         envelope = Envelope(
             handler=handler, command=command, data=data or {}, dry_run=dry_run, timeout=timeout, msg_id=msg_id
         )
-        return self.wait(self.submit(host, envelope, timeout=timeout), timeout)
+        return self.wait(self._submit(host, envelope, timeout, inline=True), timeout)
 
     def submit(
         self, host: str, envelope: Envelope | dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_S
@@ -128,6 +138,13 @@ class Client:
         included); whichever comes first. A command submitted while the reply consumer is not connected
         waits (parked) until it is: its reply would have nowhere to go.
         """
+        pending = self._submit(host, envelope, timeout, inline=False)
+        self._replies.expecting()  # the consumer thread reads for it (it may be resting while nothing is due)
+        return pending
+
+    def _submit(self, host: str, envelope: Envelope | dict[str, Any], timeout: float, *, inline: bool) -> PendingCall:
+        """``inline`` (``call``, which waits right after): this thread publishes, instead of the publisher's,
+        when no other call is in flight (with others, the publishing thread writes theirs and this one at once)."""
         envelope = envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)
         update: dict[str, Any] = {} if envelope.msg_id else {"msg_id": new_msg_id()}
         if envelope.timeout is None:
@@ -147,10 +164,11 @@ class Client:
             self._pending[call.correlation_id] = call.future
             self._hosts[call.correlation_id] = host
             ready = self._ready.is_set()
+            inline = inline and len(self._pending) == 1
             if not ready:
                 self._parked[call.correlation_id] = command
         if ready:
-            self._send(command)
+            self._send(command, inline=inline)
         return call
 
     def _correlation_id(self) -> str:
@@ -158,8 +176,13 @@ class Client:
         return f"{self._id_prefix}{next(self._id_count):x}"
 
     def wait(self, pending: PendingCall, timeout: float) -> Reply:
+        """The reply, or -1 after ``timeout``. While no other thread is reading replies for this call, this
+        thread reads them itself (the consumer thread's wake-up and hand-over saved): see ``_Turns``."""
+        deadline = time.monotonic() + timeout
+        if not pending.future.done():
+            self._replies.read_until(pending.future, deadline, alone=len(self._pending) <= 1)
         try:
-            return pending.future.result(timeout)
+            return pending.future.result(max(deadline - time.monotonic(), 0))
         except FutureTimeout:
             if not self.forget(pending.correlation_id) and pending.future.done():
                 return pending.future.result()  # answered at the very last moment
@@ -196,7 +219,7 @@ class Client:
             headers.update(self._signer.sign(body, call.msg_id, host, self._reply_queue.name, headers))
         return _Command(call, host, body, headers)
 
-    def _send(self, command: _Command) -> None:
+    def _send(self, command: _Command, *, inline: bool = False) -> None:
         call = command.call
         call.stage = SENT
         # Straight to the host's queue through the default exchange: the same queue the ``kvmworker``
@@ -211,6 +234,7 @@ class Client:
             correlation_id=call.correlation_id,
             reply_to=self._reply_queue.name,
             done=partial(self._published, command),
+            inline=inline,
         )
 
     def _published(self, command: _Command, exc: BaseException | None) -> None:
@@ -314,6 +338,8 @@ class Client:
     def close(self) -> None:
         self._closing.set()
         self._thread.join(timeout=2)
+        if not self._thread.is_alive():
+            self._replies.close()
         self._publisher.close()
 
     def __enter__(self) -> Client:
@@ -323,54 +349,263 @@ class Client:
         self.close()
 
 
+class _Turns:
+    """Who reads the reply connection: the consumer thread, or one caller waiting for its own reply.
+
+    A caller waiting for its reply while no other caller reads (``lead``) reads the connection itself until
+    its reply is in, handing the other replies it reads to their futures: no wake-up of the consumer thread
+    and no hand-over from it per call. The consumer thread reads whenever no caller does and a reply is
+    expected (the bridge's, a waiting caller's); while none is, it rests and reads once per ``drain_timeout``
+    (stray replies, heartbeats, a lost connection), so that the next caller takes the connection without
+    having to wake it. A caller with others in flight leaves the reading to the consumer thread (one wake-up of
+    it serves many replies).
+    """
+
+    def __init__(self, wake: Callable[[], None], expected: Callable[[], bool]):
+        self._cond = threading.Condition(threading.Lock())
+        self._wake, self._expected = wake, expected
+        self.live = False  # a consumer is up: there is a connection to read
+        self.failure: BaseException | None = None  # what a caller's read ran into: the connection is lost
+        self._leader = False  # a caller reads
+        self._thread = False  # the consumer thread reads
+        self._wanted = 0  # callers waiting for the consumer thread to let go
+        self._resting = False
+
+    # -- callers -------------------------------------------------------------------------------------------
+
+    def lead(self, alone: bool) -> bool:
+        """Take the connection (True), or leave the reading to the consumer thread (False). ``alone``: no other
+        call is in flight."""
+        with self._cond:
+            if not alone or not self.live or self._leader:
+                if self._resting:
+                    self._cond.notify_all()  # this caller's reply is expected: a resting consumer thread reads
+                return False
+            self._wanted += 1
+            try:
+                if self._thread:
+                    self._wake()  # out of its wait on the socket; it lets go at once
+                    end = time.monotonic() + LEAD_SLICE_S  # else (stuck on a broken socket?) it reads for us
+                    while self._thread and self.live and (left := end - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                if self._thread or not self.live or self._leader:
+                    self._cond.notify_all()  # a resting consumer thread reads for this caller after all
+                    return False
+                self._leader = True
+                return True
+            finally:
+                self._wanted -= 1
+
+    def step_down(self, failure: BaseException | None) -> None:
+        with self._cond:
+            self._leader = False
+            if failure is not None and self.failure is None:
+                self.failure = failure
+            if failure is not None or not self.live or self._wanted or self._expected():
+                self._cond.notify_all()  # the consumer thread reads on (or learns of the loss)
+
+    def expecting(self) -> None:
+        """A reply is now expected that no caller will read: a resting consumer thread reads from now on."""
+        with self._cond:
+            if self._resting:
+                self._cond.notify_all()
+
+    # -- the consumer thread -------------------------------------------------------------------------------
+
+    def take(self, timeout: float) -> bool:
+        """Hold the connection for one pass; False if a caller has it (or wants it) after ``timeout``."""
+        with self._cond:
+            if self._leader or self._wanted or not self._expected():
+                self._resting = True
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._resting = False
+                if self._leader or self._wanted:
+                    return False
+            self._thread = True
+            return True
+
+    def give_back(self) -> None:
+        with self._cond:
+            self._thread = False
+            if self._wanted:
+                self._cond.notify_all()
+
+    def expected(self) -> bool:
+        return self._expected()
+
+    def open(self) -> None:
+        with self._cond:
+            self.live, self.failure = True, None
+
+    def close(self) -> None:
+        """No caller reads from now on: once the one reading (if any) has let go, the connection is the
+        consumer thread's alone (to cancel, or to give up)."""
+        with self._cond:
+            self.live = False
+            self._cond.notify_all()
+            while self._leader:
+                self._cond.wait()
+
+
+LEAD_SLICE_S = 0.1  # a caller reading checks this often whether the consumer thread needs the connection back
+
+
 class _ReplyConsumer(Consuming):
-    """A client's reply queue on ``ConsumeLoop``."""
+    """A client's reply queue on ``ConsumeLoop``; its callers may read the connection themselves (``_Turns``)."""
 
     what = "reply consumer"
 
     def __init__(
-        self, queue: Queue, on_reply: Callable[[Message], None], on_up: Callable[[], None], on_down: Callable[[], None]
+        self,
+        queue: Queue,
+        on_reply: Callable[[Message], None],
+        on_up: Callable[[], None],
+        on_down: Callable[[], None],
+        expected: Callable[[], bool],
     ):
         self._queue, self._on_reply, self._on_up, self._on_down = queue, on_reply, on_up, on_down
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._turns = _Turns(self._wake, expected)
 
-    _redis: _RedisReplies | None = None
+    _reader: _AmqpReplies | _RedisReplies | None = None  # None: kombu's consumer (memory://), no caller reads
 
     def start(self, conn: Connection, channel: Any) -> Consumer | _RawConsumer | _RedisReplies:
-        self._redis = None
+        self._reader = None
         driver = conn.transport.driver_type
         if driver == "amqp":
-            return self._start_raw(conn.connection, channel)
+            return self._start_raw(conn, channel)
         if driver == "redis":
             self._queue.bind(channel).declare()
-            self._redis = _RedisReplies(channel, self._queue, self._on_reply)
-            return self._redis
+            self._reader = _RedisReplies(channel, self._queue, self._on_reply, self._stop_reading)
+            return self._reader
         consumer = Consumer(channel, queues=[self._queue], on_message=self._on_reply, no_ack=True)
         consumer.consume()
         return consumer
 
     def drain(self, conn: Connection, raw: Any) -> None:
-        if self._redis is not None:
-            self._redis.drain(self.drain_timeout())
+        reader, turns = self._reader, self._turns
+        if reader is None:
+            super().drain(conn, raw)
             return
-        super().drain(conn, raw)
+        if not turns.take(self.drain_timeout()):
+            return
+        try:
+            if turns.failure is not None:
+                raise ConnectionLost(f"the reply connection was lost ({turns.failure})") from turns.failure
+            reader.read(self.drain_timeout() if turns.expected() else 0, self._wake_r)
+            reader.check()
+        finally:
+            turns.give_back()
 
-    def _start_raw(self, raw: Any, channel: Any) -> _RawConsumer:
+    def read_until(self, future: Future, deadline: float, *, alone: bool) -> None:
+        """On a caller's thread: read replies until ``future`` has its own, ``deadline``, or the consumer
+        thread needs the connection back; at once if another thread reads (then it reads for this caller)."""
+        reader, turns = self._reader, self._turns
+        if reader is None or not turns.lead(alone):
+            return
+        failure = None
+        try:
+            while not future.done() and turns.live and (left := deadline - time.monotonic()) > 0:
+                reader.read(min(left, LEAD_SLICE_S), None)
+            reader.check()
+        except Exception as exc:  # the connection is lost: the consumer thread connects again
+            failure = exc
+        finally:
+            turns.step_down(failure)
+
+    def expecting(self) -> None:
+        self._turns.expecting()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe wakes it just the same
+            os.write(self._wake_w, b"\0")
+
+    def close(self) -> None:
+        """The loop's thread has ended: its wake-up pipe goes."""
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _start_raw(self, conn: Connection, channel: Any) -> _RawConsumer:
         """AMQP: py-amqp's own consumer, its messages handed over as they are (kombu would wrap each reply in a
         message object of its own, decoded and checked for what a reply never uses)."""
+        raw = conn.connection
         read_ahead(raw)
         self._queue.bind(channel).declare()
-        consumer = _RawConsumer(channel, channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply))
-        # py-amqp sets the drain's timeout on the socket and back for every frame read (two system calls a
-        # frame) unless the socket already has it; set once the declare and consume have had their answers
-        raw.sock.settimeout(self.drain_timeout())
-        return consumer
+        tag = channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply)
+        self._reader = _AmqpReplies(conn, raw, self.drain_timeout())
+        return _RawConsumer(channel, tag, self._stop_reading)
 
     def up(self, conn: Connection, again: bool) -> None:
         log.log(logging.INFO if again else logging.DEBUG, "reply consumer on %s", conn.as_uri())
+        self._turns.open()
         self._on_up()
 
     def down(self) -> None:
+        self._stop_reading()
         self._on_down()
+
+    def _stop_reading(self) -> None:
+        """No caller reads from now on (the consumer is cancelled, or its connection is gone)."""
+        self._turns.close()
+        if self._reader is not None:
+            self._reader.stop()
+
+
+def _readable(fd: int, wake_fd: int | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``fd`` (or ``wake_fd``, which is then emptied); True if ``fd`` is readable."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if wake_fd is not None:
+        poller.register(wake_fd, select.POLLIN)
+    readable = False
+    for ready, _ in poller.poll(timeout * 1000):
+        if ready == wake_fd:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_fd, 4096)
+        else:
+            readable = True
+    return readable
+
+
+class _AmqpReplies:
+    """AMQP: the reply connection's socket, read by whoever holds the turn. Non-blocking while consuming, so
+    that one pass reads every frame there is without switching the socket there and back (two system calls a
+    frame, each letting go of the GIL); blocking again (``stop``) for the cancel and the close."""
+
+    def __init__(self, conn: Connection, raw: Any, timeout: float):
+        self._conn, self._raw, self._timeout = conn, raw, timeout
+        self._sock = raw.sock
+        self._sock.settimeout(0)
+
+    def read(self, timeout: float, wake_fd: int | None) -> None:
+        if not self._buffered() and not _readable(self._sock.fileno(), wake_fd, timeout):
+            return
+        raw = self._raw
+        try:
+            raw.drain_events(timeout=0)  # what one receive brought (read_ahead): every whole frame
+            while whole_frame_buffered(raw):
+                raw.drain_events(timeout=0)
+        except TimeoutError:  # nothing more on the socket: the next pass waits for it
+            return
+
+    def _buffered(self) -> bool:
+        """A whole frame received but not yet read (a declare's or consume's wait may have read ahead)."""
+        return whole_frame_buffered(self._raw)
+
+    def check(self) -> None:
+        """The connection is still there; heartbeats go out when due."""
+        conn, raw = self._conn, self._raw
+        if not conn.transport.verify_connection(raw):
+            raise ConnectionLost(f"the connection to {conn.as_uri()} was lost")
+        conn.transport.heartbeat_check(raw, rate=2)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.settimeout(self._timeout)
 
 
 class _RedisReply:
@@ -386,12 +621,12 @@ class _RedisReplies:
     """Redis: the reply queue read with BRPOP on a connection of its own, its messages decoded as kombu's
     Redis channel decodes them (kombu's poller, its per-message objects and its per-command client cost more
     than the rest of a client's reply path). The replies are not acked (``no_ack``, as before): nothing to
-    record. The queue is declared by kombu, as for kombu's consumer."""
+    record. The queue is declared by kombu, as for kombu's consumer. Read by whoever holds the turn."""
 
     BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
 
-    def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None]):
-        self._on_reply = on_reply
+    def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None], stop: Callable[[], None]):
+        self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
         self._brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
@@ -403,20 +638,22 @@ class _RedisReplies:
         # (a half-open socket never becomes readable), as kombu's poller judges it
         self._overdue_s = self.BRPOP_TIMEOUT_S + (channel.health_check_interval or 25)
 
-    def drain(self, timeout: float) -> None:
+    def read(self, timeout: float, wake_fd: int | None) -> None:
         conn = self._conn
         if not self._waiting:
             conn.send_command(*self._brpop, check_health=False)
             self._waiting, self._sent_at = True, time.monotonic()
-        if not conn.can_read(timeout=timeout):
-            if time.monotonic() - self._sent_at > self._overdue_s:
-                conn.disconnect()
-                raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
+        if not _readable(conn._sock.fileno(), wake_fd, timeout):
             return
-        answer = conn.read_response()
+        answer = conn.read_response()  # one command in flight: what is readable is (the start of) its answer
         self._waiting = False
         if answer:
             self._deliver(answer[1])
+
+    def check(self) -> None:
+        if self._waiting and time.monotonic() - self._sent_at > self._overdue_s:
+            self._conn.disconnect()
+            raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
 
     def _deliver(self, payload: bytes) -> None:
         message = json.loads(payload)
@@ -428,7 +665,11 @@ class _RedisReplies:
             data = body.encode() if isinstance(body, str) else bytes(body)
         self._on_reply(_RedisReply(data, message.get("headers") or {}, properties))
 
+    def stop(self) -> None:
+        """No caller reads any more (the consumer is going down): nothing to restore."""
+
     def cancel(self) -> None:
+        self._stop()
         self._conn.disconnect()  # an unanswered BRPOP may be on it
         self._pool.release(self._conn)
 
@@ -456,12 +697,13 @@ new_msg_id = RandomIds()
 
 
 class _RawConsumer:
-    """What ``ConsumeLoop`` cancels when it stops: a py-amqp consumer by its tag."""
+    """What ``ConsumeLoop`` cancels when it stops: a py-amqp consumer by its tag, once no caller reads."""
 
-    def __init__(self, channel: Any, tag: str):
-        self._channel, self._tag = channel, tag
+    def __init__(self, channel: Any, tag: str, stop_reading: Callable[[], None]):
+        self._channel, self._tag, self._stop_reading = channel, tag, stop_reading
 
     def cancel(self) -> None:
+        self._stop_reading()
         self._channel.basic_cancel(self._tag)
 
 

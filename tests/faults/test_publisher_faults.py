@@ -38,8 +38,9 @@ def close_every_connection(rabbit: PrivateRabbit) -> int:
     return len(pids)
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["written-by-the-publishing-thread", "written-by-the-caller"])
 def test_a_connection_closed_with_messages_unconfirmed_sends_them_again_over_the_next_url_and_each_arrives(
-    rabbit, caplog
+    rabbit, caplog, inline
 ):
     # two URLs for the same node: the log shows the publisher moving on to the second one
     first, second = rabbit.url, rabbit.url.replace("127.0.0.1", "127.0.0.2")
@@ -54,9 +55,15 @@ def test_a_connection_closed_with_messages_unconfirmed_sends_them_again_over_the
             try:
                 for i in range(n):
                     publisher.publish_async(
-                        b"{}", routing_key=queue.name, persistent=True, message_id=str(i), done=outcomes.done_for(i)
+                        b"{}",
+                        routing_key=queue.name,
+                        persistent=True,
+                        message_id=str(i),
+                        done=outcomes.done_for(i),
+                        inline=inline,
                     )
                 assert not outcomes.wait(2), "the broker confirmed messages while it was told to take none"
+                assert publisher.counts.inline == (n if inline else 0)
                 assert close_every_connection(rabbit) >= 1
                 assert wait_for(lambda: publisher.counts.resent >= n, 20), publisher.counts
             finally:

@@ -9,6 +9,7 @@ and nacks (a queue of length 0 that rejects publishes). Messages are read back w
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import uuid
@@ -203,3 +204,42 @@ def test_bursts_from_many_threads_with_declares_among_them_are_each_confirmed_on
                 assert sorted(found[queue.name]) == sorted(expected)
         finally:
             publisher.close()
+
+
+@pytest.mark.parametrize("broker", ["amqp", "amqp-without-confirms", "redis", "memory"])
+def test_a_message_the_caller_writes_inline_reads_in_plain_kombu_as_the_publishing_threads_own(broker):
+    """Inline, the caller writes the frames (AMQP) or the LPUSH (Redis) itself: a foreign consumer sees the same
+    message, body, headers and properties, as when the publishing thread publishes through kombu."""
+    scheme = broker.split("-")[0]
+    url = BROKERS[scheme] if scheme == "memory" else require_broker(scheme, BROKERS[scheme])
+    queue = Queue(name("inline"), durable=True, auto_delete=False)
+    headers = {"x-kvm-host": "kvt-é", "x-kvm-expires-at": 1.5, "n": 7}
+    properties = {"correlation_id": "cid-1", "reply_to": "kvt-reply"}
+    with queues(url, queue):
+        publisher = Publisher(open_connection(url, confirms=not broker.endswith("without-confirms")))
+        try:
+            for i, inline in enumerate((False, True)):
+                publisher.publish(
+                    b'{"a":"\xc3\xa9"}',
+                    routing_key=queue.name,
+                    declare=(queue,) if i == 0 else (),
+                    persistent=True,
+                    headers=headers,
+                    message_id=f"m{i}",
+                    inline=inline,
+                    **properties,
+                )
+            counts = publisher.counts
+        finally:
+            publisher.close()
+        with Connection(url) as conn:
+            channel = conn.channel()
+            seen = [queue.bind(channel).get(no_ack=True) for _ in range(2)]
+    assert counts.inline == 1, counts
+    assert [m.properties["message_id"] for m in seen] == ["m0", "m1"]
+    thread_made, inline_made = seen
+    assert inline_made.body == thread_made.body and json.loads(inline_made.body) == {"a": "é"}
+    assert inline_made.headers == thread_made.headers == headers
+    assert (inline_made.content_type, inline_made.content_encoding) == ("application/json", "utf-8")
+    for key in ("correlation_id", "reply_to", "delivery_mode"):
+        assert inline_made.properties.get(key) == thread_made.properties.get(key), key
