@@ -62,6 +62,15 @@ from kvmworker.dispatch.pipeline import Pipeline
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.observability.sdnotify import Notifier
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+from kvmworker.transport.amqp_frames import (
+    FRAME_END,
+    FRAME_HEADER,
+    publish_frames,
+    publish_method,
+    settle_frame,
+    shortstr,
+    table,
+)
 from kvmworker.transport.amqp_properties import decode_properties
 from kvmworker.transport.connection import HEARTBEAT_S, ConnectionLost, drain_this_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
@@ -82,8 +91,6 @@ BUSY_DRAIN_S = 0.001
 NACK_RETRIES = 12
 NACK_BACKOFF_MAX_S = 2.0
 RECV_CHUNK = 65536  # the broker's socket is read this much at a time, its frames cut out of what came
-_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size; the payload and the frame-end octet follow
-_FRAME_END = 0xCE
 # The methods the loop reads itself, by their class and method ids (a method frame's first four octets), and
 # what follows: basic.deliver's delivery tag and redelivered bit (after its consumer tag), basic.ack's tag and
 # multiple bit; a content header's body size (after its class id and weight).
@@ -91,17 +98,13 @@ _DELIVER = struct.pack(">HH", *spec.Basic.Deliver)
 _ACK = struct.pack(">HH", *spec.Basic.Ack)
 _TAG_AND_BIT = struct.Struct(">QB")
 _BODY_SIZE = struct.Struct(">Q")
-# Written: basic.ack / basic.reject (delivery tag, one bit: multiple / requeue) as one whole frame; a publish's
-# frames (method, content header, body) around their payloads.
-_ACK_METHOD, _REJECT_METHOD = spec.Basic.Ack, spec.Basic.Reject
-_SETTLE_FRAME = struct.Struct(">BHIHHQBB")
-_PUBLISH_ARGS = struct.pack(">HHHB", *spec.Basic.Publish, 0, 0)  # reserved short, the default exchange ("")
-_CONTENT_HEADER = struct.Struct(">HHQ")
-# the reply's properties: content_type, content_encoding, application_headers, delivery_mode, correlation_id,
-# message_id (their bits in the property flags, in the order the format lists them)
-_REPLY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7)
-_REPLY_TYPE_AND_ENCODING = dumps("ss", (JSON_CONTENT_TYPE, "utf-8"))  # the properties' first two, always these
-_LONG = struct.Struct(">I")
+# Written (transport/amqp_frames.py): the reply's properties are content_type, content_encoding,
+# application_headers, delivery_mode, correlation_id, message_id (their bits in the property flags, in the order
+# the format lists them); the flags and the first two are always these.
+_REPLY_FLAGS_TYPE_AND_ENCODING = struct.pack(">H", 1 << 15 | 1 << 14 | 1 << 13 | 1 << 12 | 1 << 10 | 1 << 7) + dumps(
+    "ss", (JSON_CONTENT_TYPE, "utf-8")
+)
+_TRANSIENT = b"\x01"  # delivery_mode
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
 # Redis: kombu's restore of what was left unacked past the visibility timeout runs this often (a quarter of the
@@ -528,13 +531,13 @@ class _AmqpSession:
     def _frames(self) -> list[tuple[int, int, bytes]]:
         """The whole frames at the start of the read buffer, taken out of it."""
         buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
-        unpack = _FRAME_HEADER.unpack_from
+        unpack = FRAME_HEADER.unpack_from
         while size - start >= 8:
             frame_type, channel, length = unpack(buf, start)
             end = start + 7 + length
             if end >= size:
                 break
-            if buf[end] != _FRAME_END:
+            if buf[end] != FRAME_END:
                 raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
             frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
             start = end + 1
@@ -639,9 +642,8 @@ class _AmqpSession:
         delivers it again once the connection is gone."""
         if self._broken is not None:
             return
-        method = _ACK_METHOD if ack else _REJECT_METHOD  # reject: requeue
         try:
-            self._out.append(_SETTLE_FRAME.pack(1, self._consuming_id, 13, *method, tag, 0 if ack else 1, _FRAME_END))
+            self._out.append(settle_frame(self._consuming_id, tag, ack))
             self._raw.bytes_sent += 1
         except Exception as exc:
             self._broken = exc
@@ -676,41 +678,17 @@ class _AmqpSession:
 
 def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     """basic.publish of a reply, transient, to the default exchange: its frames as py-amqp frames them."""
-    routing_key = outgoing.routing_key.encode()
-    if len(routing_key) > 255:
-        raise ValueError(f"a routing key of {len(routing_key)} bytes is longer than a short string")
-    method = b"".join((_PUBLISH_ARGS, bytes((len(routing_key),)), routing_key, b"\0"))  # mandatory, immediate: 0
+    method = publish_method(channel, "", outgoing.routing_key)
     properties = _encoded_reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
-    body = outgoing.body
-    header = b"".join((_CONTENT_HEADER.pack(60, 0, len(body)), _REPLY_FLAGS, properties))
-    parts = [_FRAME_HEADER.pack(1, channel, len(method)), method, b"\xce"]
-    parts += [_FRAME_HEADER.pack(2, channel, len(header)), header, b"\xce"]
-    chunk = frame_max - 8
-    for start in range(0, len(body), chunk):
-        piece = body[start : start + chunk]
-        parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, b"\xce"]
-    return b"".join(parts)
+    return publish_frames(channel, frame_max, method, properties, outgoing.body)
 
 
 def _encoded_reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
-    """The reply's properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers whose names and values
-    are all text (what the pipeline sets) are encoded here, a tenth of its cost; any other goes through it."""
-    table = []
-    for name, value in headers.items():
-        if type(name) is not str or type(value) is not str:
-            return dumps("ssFoss", (JSON_CONTENT_TYPE, "utf-8", dict(headers), 1, correlation_id, message_id))
-        key, text = name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass")
-        table += (bytes((len(key),)), key, b"S", _LONG.pack(len(text)), text)  # bytes(): > 255 raises, as pack
-    table_bytes = b"".join(table)
+    """The reply's property flags and properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers of
+    text (what the pipeline sets) are encoded by ``table``, a tenth of py-amqp's cost."""
     return b"".join(
-        (_REPLY_TYPE_AND_ENCODING, _LONG.pack(len(table_bytes)), table_bytes, b"\x01", _shortstr(correlation_id),
-         _shortstr(message_id))
-    )  # fmt: skip
-
-
-def _shortstr(value: str | None) -> bytes:
-    data = (value or "").encode("utf-8", "surrogatepass")
-    return bytes((len(data),)) + data
+        (_REPLY_FLAGS_TYPE_AND_ENCODING, table(headers), _TRANSIENT, shortstr(correlation_id), shortstr(message_id))
+    )
 
 
 class _Arriving:

@@ -1,39 +1,19 @@
-"""The worker writes its replies' and settlings' AMQP frames itself (transport/worker.py): byte for byte what
-py-amqp's own frame writer writes for the same publish, ack and reject. End to end the fault suites and
-tests/spine/test_end_to_end.py prove the broker takes them; this pins the cases those rarely reach (a body
-split over several frames, an empty body, non-ASCII headers)."""
+"""The worker writes its replies' and settlings' AMQP frames itself (transport/worker.py, with
+transport/amqp_frames.py): byte for byte what py-amqp's own frame writer writes for the same publish, ack and
+reject. End to end the fault suites and tests/spine/test_end_to_end.py prove the broker takes them; this pins the
+cases those rarely reach (a body split over several frames, an empty body, non-ASCII headers)."""
 
 from __future__ import annotations
 
 import pytest
 from amqp import Message, spec
-from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
 from kvmworker.dispatch.port import Outgoing
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
-from kvmworker.transport.worker import _FRAME_END, _SETTLE_FRAME, _publish_frames
-
-FRAME_MAX = 131072
-
-
-class _Connection:
-    frame_max = FRAME_MAX
-    bytes_sent = 0
-
-
-class _Keep:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def write(self, frame) -> None:
-        self.frames.append(bytes(frame))
-
-
-def _py_amqp(type_: int, channel: int, method, args: bytes, content) -> bytes:
-    kept = _Keep()
-    frame_writer(_Connection(), kept)(type_, channel, method, args, content)
-    return b"".join(kept.frames)
+from kvmworker.transport.amqp_frames import settle_frame
+from kvmworker.transport.worker import _publish_frames
+from tests.support.py_amqp import FRAME_MAX, py_amqp_frames
 
 
 @pytest.mark.parametrize("size", [0, 10, FRAME_MAX - 8, 300_000], ids=["empty", "small", "one-frame-max", "3-frames"])
@@ -49,7 +29,7 @@ def test_a_reply_is_framed_as_py_amqp_frames_it(size):
         message_id=outgoing.message_id,
     )
     args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
-    assert _publish_frames(2, FRAME_MAX, outgoing) == _py_amqp(1, 2, spec.Basic.Publish, args, message)
+    assert _publish_frames(2, FRAME_MAX, outgoing) == py_amqp_frames(2, spec.Basic.Publish, args, message)
 
 
 @pytest.mark.parametrize(
@@ -69,11 +49,10 @@ def test_a_replys_properties_are_encoded_as_py_amqp_encodes_them_whatever_its_he
         message_id=outgoing.message_id,
     )
     args = dumps("Bssbb", (0, "", outgoing.routing_key, False, False))
-    assert _publish_frames(1, FRAME_MAX, outgoing) == _py_amqp(1, 1, spec.Basic.Publish, args, message)
+    assert _publish_frames(1, FRAME_MAX, outgoing) == py_amqp_frames(1, spec.Basic.Publish, args, message)
 
 
 @pytest.mark.parametrize("ack", [True, False], ids=["ack", "reject-requeue"])
 def test_an_ack_and_a_reject_are_framed_as_py_amqp_frames_them(ack):
     method = spec.Basic.Ack if ack else spec.Basic.Reject
-    ours = _SETTLE_FRAME.pack(1, 1, 13, *method, 2**40 + 7, 0 if ack else 1, _FRAME_END)
-    assert ours == _py_amqp(1, 1, method, dumps("Lb", (2**40 + 7, not ack)), None)
+    assert settle_frame(1, 2**40 + 7, ack) == py_amqp_frames(1, method, dumps("Lb", (2**40 + 7, not ack)))

@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import pytest
 from amqp import Message, spec
-from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.publisher import _Pending, publish_frames
-
-FRAME_MAX = 131072
-
-
-class _Connection:
-    frame_max = FRAME_MAX
-    bytes_sent = 0
-
-
-class _Keep:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def write(self, frame) -> None:
-        self.frames.append(bytes(frame))
+from tests.support.py_amqp import FRAME_MAX, py_amqp_frames
 
 
 def _pending(body: bytes, exchange: str = "", **properties) -> _Pending:
@@ -44,10 +29,8 @@ def _py_amqp(channel: int, item: _Pending) -> bytes:
         application_headers=item.headers,
         **item.properties,
     )
-    kept = _Keep()
     args = dumps("Bssbb", (0, item.exchange, item.routing_key, False, False))
-    frame_writer(_Connection(), kept)(1, channel, spec.Basic.Publish, args, message)
-    return b"".join(kept.frames)
+    return py_amqp_frames(channel, spec.Basic.Publish, args, message)
 
 
 COMMAND = {"delivery_mode": 2, "message_id": "mid-1", "correlation_id": "cid-2", "reply_to": "kvmworker.reply.x"}
