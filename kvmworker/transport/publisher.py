@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import selectors
-import struct
 import threading
 import time
 import uuid
@@ -40,15 +39,13 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from amqp import Message as AmqpMessage
-from amqp import spec
 from amqp.exceptions import MessageNacked
-from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
+from kvmworker.transport import amqp_frames
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
@@ -225,47 +222,25 @@ def _recv_ahead(recv: Callable[[int], bytes], size: int) -> bytes:
     return recv(max(size, READ_AHEAD_BYTES))
 
 
-_FRAME = struct.Struct(">BHI")  # type, channel, payload size
-_PUBLISH_METHOD = struct.pack(">HHH", *spec.Basic.Publish, 0)  # class, method, the reserved short
-_CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags (14 properties: one short)
-_PROPERTIES = tuple((1 << (15 - index), name, kind) for index, (name, kind) in enumerate(AmqpMessage.PROPERTIES))
-_FRAMED = frozenset(name for _, name, kind in _PROPERTIES if kind != "L")  # a timestamp: py-amqp converts it
-
-
 def publish_frames(channel: int, frame_max: int, item: _Pending) -> bytes | None:
     """basic.publish of ``item``: its frames byte for byte as py-amqp's frame writer writes them (its Python
     costs a caller's publish more than the write does); None for what this does not frame (a timestamp, a
     property py-amqp does not know, a name longer than a short string): py-amqp frames those."""
-    properties = {
-        "content_type": JSON_CONTENT_TYPE,
-        "content_encoding": "utf-8",
-        "application_headers": item.headers,
-        **item.properties,
-    }
-    if not properties.keys() <= _FRAMED:
-        return None
-    flags, kinds, values = 0, [], []
-    for bit, name, kind in _PROPERTIES:
-        value = properties.get(name)
-        if value is not None:
-            flags |= bit
-            kinds.append(kind)
-            values.append(value)
-    exchange, routing_key = item.exchange.encode(), item.routing_key.encode()
-    if len(exchange) > 255 or len(routing_key) > 255:
-        return None
-    method = b"".join(
-        (_PUBLISH_METHOD, bytes((len(exchange),)), exchange, bytes((len(routing_key),)), routing_key, b"\0")
+    properties = amqp_frames.encoded_properties(
+        {
+            "content_type": JSON_CONTENT_TYPE,
+            "content_encoding": "utf-8",
+            "application_headers": item.headers,
+            **item.properties,
+        }
     )
-    body = item.body
-    header = _CONTENT_HEADER.pack(spec.Basic.Publish[0], 0, len(body), flags) + dumps("".join(kinds), values)
-    parts = [_FRAME.pack(1, channel, len(method)), method, b"\xce", _FRAME.pack(2, channel, len(header)), header]
-    parts.append(b"\xce")
-    chunk = frame_max - 8
-    for start in range(0, len(body), chunk):
-        piece = body[start : start + chunk]
-        parts += [_FRAME.pack(3, channel, len(piece)), piece, b"\xce"]
-    return b"".join(parts)
+    if properties is None:
+        return None
+    try:
+        method = amqp_frames.publish_method(channel, item.exchange, item.routing_key)
+    except ValueError:  # a name over 255 bytes
+        return None
+    return amqp_frames.publish_frames(channel, frame_max, method, properties, item.body)
 
 
 def _finish(item: _Pending, exc: BaseException | None) -> None:
