@@ -7,8 +7,9 @@ the event loop. Here the loop writes the command's frames itself and reads the b
 
 The connection is opened by py-amqp in a thread of the loop's executor (failover URLs, login, tuning, the
 channel in confirm mode, the reply queue declared and consumed, as the client does), then its socket is handed
-to the loop; from there on a reply's properties are decoded by py-amqp's own ``decode_properties_basic``, and a
-command's frames out are what py-amqp's ``frame_writer`` writes, encoded with its serialisation (``PublishFrames``).
+to the loop; from there on a reply's properties are decoded as py-amqp's ``decode_properties_basic`` decodes them
+(transport/amqp_properties.py), and a command's frames out are what py-amqp's ``frame_writer`` writes
+(``PublishFrames``, transport/amqp_frames.py).
 
 The client's guarantees, the same way (``transport/publisher.py``, ``client.py``):
 
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 from struct import pack, unpack_from
 from typing import Any
 
-from amqp.serialization import decode_properties_basic, dumps
+from amqp import spec
+from amqp.serialization import dumps
 from kombu import Connection
 
 from kvmworker.client import CONFIRMED, PARKED, SENT, new_msg_id, unknown_outcome
@@ -43,6 +45,16 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
+from kvmworker.transport.amqp_frames import (
+    FRAME_END,
+    FRAME_HEADER,
+    method_frame,
+    publish_frames,
+    publish_method,
+    shortstr,
+    table,
+)
+from kvmworker.transport.amqp_properties import decode_properties
 from kvmworker.transport.connection import open_connection, try_every_url
 from kvmworker.transport.names import reply_queue
 from kvmworker.transport.publisher import LOSS_RETRIES, NACK_BACKOFF_MAX_S, NACK_RETRIES, RECONNECT_PAUSES_S
@@ -51,67 +63,36 @@ from kvmworker.trust.keys import KeyFileError
 log = logging.getLogger("kvmworker.bridge")
 
 # AMQP 0-9-1 methods this lane reads or writes, as (class, method)
-BASIC_PUBLISH = (60, 40)
-BASIC_DELIVER = (60, 60)
-BASIC_CANCEL = (60, 30)
-BASIC_ACK = (60, 80)
-BASIC_NACK = (60, 120)
-CHANNEL_CLOSE = (20, 40)
-CHANNEL_CLOSE_OK = (20, 41)
-CONNECTION_CLOSE = (10, 50)
-CONNECTION_CLOSE_OK = (10, 51)
-CONNECTION_BLOCKED = (10, 60)
-CONNECTION_UNBLOCKED = (10, 61)
+BASIC_PUBLISH = spec.Basic.Publish
+BASIC_DELIVER = spec.Basic.Deliver
+BASIC_CANCEL = spec.Basic.Cancel
+BASIC_ACK = spec.Basic.Ack
+BASIC_NACK = spec.Basic.Nack
+CHANNEL_CLOSE = spec.Channel.Close
+CHANNEL_CLOSE_OK = spec.Channel.CloseOk
+CONNECTION_CLOSE = spec.Connection.Close
+CONNECTION_CLOSE_OK = spec.Connection.CloseOk
+CONNECTION_BLOCKED = spec.Connection.Blocked
+CONNECTION_UNBLOCKED = spec.Connection.Unblocked
 METHOD_ARGS = 4  # a method frame's arguments follow its class and method ids
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
-FRAME_END = 0xCE
-FRAME_END_BYTE = bytes((FRAME_END,))
-
-
-def _shortstr(text: str) -> bytes:
-    data = text.encode()
-    if len(data) > 255:
-        raise ValueError(f"an AMQP short string holds 255 bytes at most: {text[:40]!r}…")
-    return bytes((len(data),)) + data
-
-
-def _table(headers: dict[str, Any]) -> bytes:
-    """An AMQP field table as py-amqp writes it; strings (``S``) and floats (``d``), the command's headers, encoded
-    here; a table holding anything else goes to py-amqp's own encoder."""
-    items = []
-    for key, value in headers.items():
-        name = key.encode("utf-8", "surrogatepass")
-        if type(value) is str:
-            data = value.encode("utf-8", "surrogatepass")
-            items += (bytes((len(name),)), name, pack(">cI", b"S", len(data)), data)
-        elif type(value) is float:
-            items += (bytes((len(name),)), name, pack(">cd", b"d", value))
-        else:
-            return dumps("F", (headers,))
-    table = b"".join(items)
-    return pack(">I", len(table)) + table
-
-
-def method_frame(channel: int, method: tuple[int, int], args: bytes = b"") -> bytes:
-    payload = pack(">HH", *method) + args
-    return pack(">BHI", 1, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
 class PublishFrames:
     """A command's ``basic.publish``, content header and body frames, byte for byte what py-amqp's ``frame_writer``
     writes for ``Message(body, content_type, content_encoding, application_headers, delivery_mode,
-    correlation_id, reply_to, message_id)``, without its generic property walk: the properties every command
-    shares are encoded once, the method frame once per host."""
+    correlation_id, reply_to, message_id)`` (transport/amqp_frames.py), without its generic property walk: the
+    properties every command shares are encoded once, the method frame once per host."""
 
     FLAGS = 0xF680  # content_type, content_encoding, headers, delivery_mode, correlation_id, reply_to, message_id
     HOSTS_KEPT = 1024
 
     def __init__(self, channel: int, frame_max: int, reply_to: str, delivery_mode: int):
         self._channel = channel
-        self._chunk = frame_max - 8
-        self._shared = pack(">H", self.FLAGS) + _shortstr(JSON_CONTENT_TYPE) + _shortstr("utf-8")
+        self._frame_max = frame_max
+        self._shared = pack(">H", self.FLAGS) + shortstr(JSON_CONTENT_TYPE) + shortstr("utf-8")
         self._mode = bytes((delivery_mode,))
-        self._reply_to = _shortstr(reply_to)
+        self._reply_to = shortstr(reply_to)
         self._methods: dict[str, bytes] = {}
 
     def frames(self, routing_key: str, body: bytes, headers: dict[str, Any], correlation_id: str, msg_id: str) -> bytes:
@@ -119,24 +100,11 @@ class PublishFrames:
         if method is None:
             if len(self._methods) >= self.HOSTS_KEPT:
                 self._methods.clear()
-            args = dumps("Bssbb", (0, "", routing_key, False, False))
-            method = self._methods[routing_key] = method_frame(self._channel, BASIC_PUBLISH, args)
-        header = b"".join(
-            (
-                pack(">HHQ", BASIC_PUBLISH[0], 0, len(body)),
-                self._shared,
-                _table(headers),
-                self._mode,
-                _shortstr(correlation_id),
-                self._reply_to,
-                _shortstr(msg_id),
-            )
+            method = self._methods[routing_key] = publish_method(self._channel, "", routing_key)
+        properties = b"".join(
+            (self._shared, table(headers), self._mode, shortstr(correlation_id), self._reply_to, shortstr(msg_id))
         )
-        parts = [method, pack(">BHI", 2, self._channel, len(header)), header, FRAME_END_BYTE]
-        for start in range(0, len(body), self._chunk):
-            piece = body[start : start + self._chunk]
-            parts += (pack(">BHI", 3, self._channel, len(piece)), piece, FRAME_END_BYTE)
-        return b"".join(parts)
+        return publish_frames(self._channel, self._frame_max, method, properties, body)
 
 
 class LaneLost(ConnectionError):
@@ -555,7 +523,7 @@ class _AmqpProtocol(asyncio.Protocol):
         start, size = 0, len(buffer)
         try:
             while size - start >= 8:
-                frame_type, channel, length = unpack_from(">BHI", buffer, start)
+                frame_type, channel, length = FRAME_HEADER.unpack_from(buffer, start)
                 end = start + 7 + length
                 if end >= size:
                     break
@@ -589,7 +557,7 @@ class _AmqpProtocol(asyncio.Protocol):
             if reply is None or reply.properties is not None:
                 raise LaneLost("a content header frame outside a delivery")
             reply.size = unpack_from(">Q", payload, 4)[0]
-            reply.properties = decode_properties_basic(payload, 12)[0]
+            reply.properties = decode_properties(payload, 12)
             if reply.size == 0:
                 self._delivered(reply)
         elif frame_type == 3:

@@ -159,14 +159,11 @@ def test_a_command_the_broker_confirmed_but_nobody_answers_is_answered_minus_one
 @pytest.mark.parametrize("extra", [{}, {"x-kvt-count": 3, "x-kvt-nested": {"a": [1, "b"]}}], ids=["str+float", "any"])
 def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the_same_message(size, extra):
     from amqp.basic_message import Message
-    from amqp.method_framing import frame_writer
     from amqp.serialization import dumps
 
     from kvmworker.bridge.looplane import BASIC_PUBLISH, PublishFrames
+    from tests.support.py_amqp import py_amqp_frames
 
-    written: list[bytes] = []
-    connection = SimpleNamespace(frame_max=131072, bytes_sent=0)
-    write_frame = frame_writer(connection, SimpleNamespace(write=lambda data: written.append(bytes(data))))
     body = b'{"command":"ping","data":{"text":"' + b"x" * size + b'"}}'
     headers = {"x-kvm-host": "kvm01", "x-kvm-issued-at": 1796062460.227884, "x-kvm-signature": "ed25519:k1:AAAA"}
     headers |= extra
@@ -181,9 +178,8 @@ def test_the_lane_s_command_frames_are_byte_for_byte_what_py_amqp_writes_for_the
         message_id="m-1",
     )
     args = dumps("Bssbb", (0, "", "kvmworker.kvm01", False, False))
-    write_frame(1, 7, BASIC_PUBLISH, args, message)
     ours = PublishFrames(7, 131072, "kvmworker.reply.abc", 2).frames("kvmworker.kvm01", body, headers, "c0ffee1", "m-1")
-    assert ours == b"".join(written)
+    assert ours == py_amqp_frames(7, BASIC_PUBLISH, args, message, frame_max=131072)
 
 
 def test_a_command_that_cannot_be_encoded_is_answered_at_once_and_the_next_one_s_confirm_still_settles_it():
