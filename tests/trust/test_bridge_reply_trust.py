@@ -15,6 +15,7 @@ from kvmworker.bridge.server import BridgeServer
 from kvmworker.client import Client
 from kvmworker.settings import Settings
 from kvmworker.transport.names import host_queue
+from tests.trust.wire import unsigned_answerer
 
 pytestmark = pytest.mark.broker
 
@@ -31,15 +32,7 @@ def test_a_forged_reply_to_the_bridge_is_dropped_and_the_caller_is_answered_minu
     with Connection(real_broker) as conn:
         queue = host_queue(host)
         producer = Producer(conn.channel())
-
-        def forge(body, message):
-            producer.publish(
-                {"code": 0, "msg": "成功", "data": {"forged": True}},
-                routing_key=message.properties["reply_to"],
-                correlation_id=message.properties["correlation_id"],
-            )
-            forged.append(message.properties["correlation_id"])
-            message.ack()
+        forge = unsigned_answerer(producer, forged)
 
         def fake_worker() -> None:
             while not stop.is_set():

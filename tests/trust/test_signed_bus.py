@@ -19,6 +19,7 @@ from kvmworker.client import Client
 from kvmworker.trust.keys import load_private_keys
 from tests.support.handlers import count_of
 from tests.trust.conftest import signer_of, write_private, write_trusted
+from tests.trust.wire import unsigned_answerer
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,15 +108,7 @@ def test_a_forged_reply_is_dropped_by_the_client_which_answers_minus_one(real_br
 
     with Client(real_broker, signer=signer) as client, Connection(real_broker) as conn:
         producer = Producer(conn.channel())
-
-        def forge(body, message):
-            producer.publish(
-                {"code": 0, "msg": "成功", "data": {"forged": True}},
-                routing_key=message.properties["reply_to"],
-                correlation_id=message.properties["correlation_id"],
-            )
-            message.ack()
-
+        forge = unsigned_answerer(producer)
         queue = host_queue(host)
         with Consumer(conn.channel(), [queue], callbacks=[forge]):
             pending = client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {}}, timeout=3)

@@ -92,3 +92,20 @@ class RawPublisher:
 
     def close(self) -> None:
         self.conn.release()
+
+
+def unsigned_answerer(producer: Producer, answered: list[str] | None = None) -> Any:
+    """A fake worker's consumer callback: answers every command at once with an unsigned success (a forged
+    reply) to its reply_to, notes its correlation id in ``answered``, acks it."""
+
+    def forge(body, message) -> None:
+        producer.publish(
+            {"code": 0, "msg": "成功", "data": {"forged": True}},
+            routing_key=message.properties["reply_to"],
+            correlation_id=message.properties["correlation_id"],
+        )
+        if answered is not None:
+            answered.append(message.properties["correlation_id"])
+        message.ack()
+
+    return forge
