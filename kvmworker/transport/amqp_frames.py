@@ -71,7 +71,8 @@ def method_frame(channel: int, method: tuple[int, int], args: bytes = b"") -> by
 
 def publish_method(channel: int, exchange: str, routing_key: str) -> bytes:
     """basic.publish's method frame (mandatory and immediate off); a name over 255 bytes raises ValueError."""
-    args = b"".join((_PUBLISH_ARGS, shortstr(exchange), shortstr(routing_key), b"\0"))
+    exchange_field = shortstr(exchange) if exchange else b"\0"  # most go to the default exchange
+    args = b"".join((_PUBLISH_ARGS, exchange_field, shortstr(routing_key), b"\0"))
     return FRAME_HEADER.pack(METHOD, channel, len(args)) + args + FRAME_END_BYTE
 
 

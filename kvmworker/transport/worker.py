@@ -678,17 +678,19 @@ class _AmqpSession:
 
 def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     """basic.publish of a reply, transient, to the default exchange: its frames as py-amqp frames them."""
-    method = publish_method(channel, "", outgoing.routing_key)
-    properties = _encoded_reply_properties(outgoing.headers, outgoing.correlation_id, outgoing.message_id)
-    return publish_frames(channel, frame_max, method, properties, outgoing.body)
-
-
-def _encoded_reply_properties(headers: Any, correlation_id: str | None, message_id: str | None) -> bytes:
-    """The reply's property flags and properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers of
-    text (what the pipeline sets) are encoded by ``table``, a tenth of py-amqp's cost."""
-    return b"".join(
-        (_REPLY_FLAGS_TYPE_AND_ENCODING, table(headers), _TRANSIENT, shortstr(correlation_id), shortstr(message_id))
+    # the property flags and properties as py-amqp's ``dumps("ssFoss", …)`` encodes them; headers of text (what
+    # the pipeline sets) are encoded by ``table``, a tenth of py-amqp's cost
+    properties = b"".join(
+        (
+            _REPLY_FLAGS_TYPE_AND_ENCODING,
+            table(outgoing.headers),
+            _TRANSIENT,
+            shortstr(outgoing.correlation_id),
+            shortstr(outgoing.message_id),
+        )
     )
+    method = publish_method(channel, "", outgoing.routing_key)
+    return publish_frames(channel, frame_max, method, properties, outgoing.body)
 
 
 class _Arriving:
