@@ -1,5 +1,5 @@
 """AMQP 0-9-1 frames written by hand, byte for byte what py-amqp's ``frame_writer`` writes, at a fraction of its
-Python cost: the worker's replies and settlings (transport/worker.py), the publisher's commands
+Python cost: the worker's replies and settlings (transport/amqp_session.py), the publisher's commands
 (transport/publisher.py) and the bridge lane's commands (bridge/looplane.py) are framed here.
 
 A frame: type, channel, payload size (``FRAME_HEADER``), the payload, the frame-end octet. A publish: the

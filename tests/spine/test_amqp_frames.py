@@ -1,4 +1,4 @@
-"""The worker writes its replies' and settlings' AMQP frames itself (transport/worker.py, with
+"""The worker writes its replies' and settlings' AMQP frames itself (transport/amqp_session.py, with
 transport/amqp_frames.py): byte for byte what py-amqp's own frame writer writes for the same publish, ack and
 reject. End to end the fault suites and tests/spine/test_end_to_end.py prove the broker takes them; this pins the
 cases those rarely reach (a body split over several frames, an empty body, non-ASCII headers)."""
@@ -12,7 +12,7 @@ from amqp.serialization import dumps
 from kvmworker.dispatch.port import Outgoing
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.amqp_frames import settle_frame
-from kvmworker.transport.worker import _publish_frames
+from kvmworker.transport.amqp_session import _publish_frames
 from tests.support.py_amqp import FRAME_MAX, py_amqp_frames
 
 
