@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import socket
 import time
@@ -22,6 +23,7 @@ FeatureProbe = Callable[[], Any]
 ResultLookup = Callable[[str], Reply]
 LAST_ERRORS = 5
 ERROR_SCAN = 500  # the newest entries searched for errors
+HOSTNAME_TTL_S = 1.0
 
 
 class SystemHandler(SystemApi):
@@ -44,13 +46,14 @@ class SystemHandler(SystemApi):
         self._features = dict(features or {})
         self._clock = clock
         self._started = clock()
+        self._hostname = _Hostname()
         # set by kvmworker.events.wiring: the event sequence, buffer and last events, for ``status``
         self.events_summary: Callable[[], dict[str, Any]] | None = None
 
     def ping(self, data: Any, ctx: Context) -> dict[str, Any]:
         return {
             "host": self._host,
-            "hostname": socket.gethostname(),
+            "hostname": self._hostname(),
             "version": __version__,
             "uptime": round(self._clock() - self._started, 3),
         }
@@ -92,6 +95,24 @@ class SystemHandler(SystemApi):
 
     def plan_cancel(self, data: CancelQuery, ctx: Context) -> Plan:
         return Plan(self._operations.plan_cancel(str(data.msg_id)))
+
+
+class _Hostname:
+    """``socket.gethostname()`` read again at most once a second. Not for the syscall itself: CPython lets go of the
+    GIL around it, and on a busy worker (the journal's writer thread waiting for the GIL) every ping then paid for
+    two thread switches. A renamed host shows its new name within a second."""
+
+    __slots__ = ("_name", "_until")
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._until = -math.inf
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now >= self._until:
+            self._name, self._until = socket.gethostname(), now + HOSTNAME_TTL_S
+        return self._name
 
 
 def _not_yet(op: dict[str, Any]) -> Reply:
