@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from prometheus_client.metrics import Counter, Gauge, Histogram
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.metrics import Counter, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import INF, floatToGoString
 
 from kvmworker.dispatch.inflight import InFlight
 from kvmworker.dispatch.middleware import Middleware
@@ -27,15 +32,9 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.commands = Counter(
-            "kvmworker_commands", "Commands answered, by handler, command and reply code.",
-            ["handler", "command", "code"], registry=r,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "kvmworker_command_duration_seconds", "From receipt to reply, by handler and command.",
-            ["handler", "command"], buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.in_flight = Gauge("kvmworker_commands_in_flight", "Messages received and not yet answered.", registry=r)
+        # kvmworker_commands, kvmworker_command_duration_seconds, kvmworker_commands_in_flight
+        self.commands = CommandTally()
+        r.register(self.commands)
         self.redelivered = Counter("kvmworker_redelivered", "Messages the broker delivered again.", registry=r)
         self.duplicates = Counter(
             "kvmworker_duplicates", "Duplicate msg_ids answered without running again, by how.", ["how"], registry=r
@@ -83,34 +82,96 @@ class BoundedProbe:
         pending.set_result(self._probe())
 
 
+class CommandTally(Collector):
+    """The per-message metrics, counted in plain numbers under one lock per message and turned into Prometheus
+    families at each scrape: as prometheus_client's Counter, Histogram and Gauge expose them (same names, labels,
+    ``le`` buckets, ``_created``), at a fifth of their cost (they take a lock per number: six per message)."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS):
+        self._bounds = tuple(float(b) for b in buckets)
+        self._lock = threading.Lock()
+        self._received = 0
+        self._answered = 0
+        self._counts: dict[tuple[str, str, int], list[float]] = {}  # [count, created]
+        self._timed: dict[tuple[str, str], _Timed] = {}
+
+    def received(self) -> None:
+        with self._lock:
+            self._received += 1
+
+    def answered(self, handler: str, command: str, code: int, duration: float) -> None:
+        bucket = bisect_left(self._bounds, duration)  # the first bound ≥ duration (``le``); past the last: +Inf
+        with self._lock:
+            self._answered += 1
+            counted = self._counts.get((handler, command, code))
+            if counted is None:
+                counted = self._counts[handler, command, code] = [0, time.time()]
+            counted[0] += 1
+            timed = self._timed.get((handler, command))
+            if timed is None:
+                timed = self._timed[handler, command] = _Timed(len(self._bounds) + 1)
+            timed.buckets[bucket] += 1
+            timed.sum += duration
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._received - self._answered
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts = {key: tuple(value) for key, value in self._counts.items()}
+            timed = {key: (list(t.buckets), t.sum, t.created) for key, t in self._timed.items()}
+            in_flight = self._received - self._answered
+        commands = CounterMetricFamily(
+            "kvmworker_commands", "Commands answered, by handler, command and reply code.",
+            labels=["handler", "command", "code"],
+        )  # fmt: skip
+        for (handler, command, code), (count, created) in counts.items():
+            commands.add_metric([handler, command, str(code)], count, created=created)
+        yield commands
+        duration = HistogramMetricFamily(
+            "kvmworker_command_duration_seconds", "From receipt to reply, by handler and command.",
+            labels=["handler", "command"],
+        )  # fmt: skip
+        names = [floatToGoString(b) for b in (*self._bounds, INF)]
+        for (handler, command), (buckets, total, created) in timed.items():
+            cumulative, running = [], 0
+            for name, n in zip(names, buckets, strict=True):
+                running += n
+                cumulative.append((name, running))
+            duration.add_metric([handler, command], cumulative, total)
+            duration.samples.append(
+                Sample(duration.name + "_created", {"handler": handler, "command": command}, created)
+            )
+        yield duration
+        yield GaugeMetricFamily("kvmworker_commands_in_flight", "Messages received and not yet answered.", in_flight)
+
+
+class _Timed:
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self, size: int):
+        self.buckets = [0] * size
+        self.sum = 0.0
+        self.created = time.time()
+
+
 class MetricsMiddleware(Middleware[None]):
     """First in the chain, so every received message is counted in and out exactly once."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
-        # Each series' child, found once: ``labels()`` costs more than the count itself. Bounded like the series.
-        self._counted: dict[tuple[str, str, int], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
+        self._tally = metrics.commands
 
     def on_receive(self, msg: InFlight) -> None:
-        self.metrics.in_flight.inc()
+        self._tally.received()
         if msg.delivery.redelivered:
             self.metrics.redelivered.inc()
         return None
 
     def after_reply(self, msg: InFlight, reply: Reply, duration: float) -> None:
-        self.metrics.in_flight.dec()
         handler, command = command_labels(msg, reply)
-        counted = self._counted.get((handler, command, reply.code))
-        if counted is None:
-            counted = self._counted[handler, command, reply.code] = self.metrics.commands.labels(
-                handler, command, str(reply.code)
-            )
-        counted.inc()
-        timed = self._timed.get((handler, command))
-        if timed is None:
-            timed = self._timed[handler, command] = self.metrics.duration.labels(handler, command)
-        timed.observe(duration)
+        self._tally.answered(handler, command, reply.code, duration)
 
 
 def command_labels(msg: InFlight, reply: Reply) -> tuple[str, str]:
