@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("worker for host %s on %s", settings.host, mask_url(settings.broker))
+    # Everything built so far lives as long as the process: out of the collector's sight, a full collection
+    # walks only what messages leave behind (it walked the whole start-up heap, ~5 µs per message amortised).
+    gc.freeze()
     worker.run()
     assembly.close()
     return 0
