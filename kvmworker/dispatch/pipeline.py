@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Protocol
@@ -128,14 +129,16 @@ class Pipeline:
             refused = self._on_receive(msg)
             if refused is not None:
                 return refused
-            msg.envelope = envelope = parse_envelope(decode_body(delivery.body, delivery.content_type, self.max_body))
+            payload = decode_body(delivery.body, delivery.content_type, self.max_body)
+            msg.envelope = envelope = parse_envelope(payload)
             if envelope.msg_id is not None:
-                msg.msg_id = str(envelope.msg_id)
+                msg.msg_id = _msg_id_text(payload["msg_id"], envelope.msg_id)
             bound = self.registry.lookup(envelope.handler, envelope.command)
         except Exception as exc:
             return reply_for_exception(exc, context=msg.label, expected_level=EXPECTED_LEVEL)
         try:
-            data = bound.spec.model.model_validate(envelope.data)
+            # = model_validate, without its wrapper (the class's validator: built by now, even with defer_build)
+            data = bound.spec.model.__pydantic_validator__.validate_python(envelope.data)
             resource = bound.spec.resource(data) if bound.spec.resource else None
         except Exception as exc:
             return reply_for_exception(
@@ -221,7 +224,12 @@ class Pipeline:
 
     def _on_receive(self, msg: InFlight) -> Reply | None:
         for mw, hook in self._receiving:
-            decision = _call(mw, hook, msg)
+            try:  # not a helper per call: a hook costs little, a call around each as much again
+                decision = hook(msg)
+            except Exception:
+                if _failed(mw, hook):
+                    raise
+                continue
             if isinstance(decision, Vouched):
                 msg.verified_until = decision.until
             elif decision is not None:
@@ -232,7 +240,12 @@ class Pipeline:
 
     def _before_execute(self, msg: InFlight) -> Reply | None:
         for mw, hook in self._executing:
-            answer = _call(mw, hook, msg)
+            try:
+                answer = hook(msg)
+            except Exception:
+                if _failed(mw, hook):
+                    raise
+                continue
             if answer is not None:
                 return answer
         return None
@@ -251,15 +264,11 @@ def _implementing(middleware: tuple[Middleware[Any], ...], hook: str) -> tuple[t
     return tuple((mw, getattr(mw, hook)) for mw in middleware if getattr(type(mw), hook) is not base)
 
 
-def _call(mw: Middleware[Any], hook: Callable[..., Any], msg: InFlight) -> Any:
-    """A hook that fails is logged and skipped, unless it is a guard's: then the message is refused."""
-    try:
-        return hook(msg)
-    except Exception:
-        log.exception("middleware %s.%s failed", type(mw).__name__, hook.__name__)
-        if mw.guard:
-            raise
-        return None
+def _failed(mw: Middleware[Any], hook: Callable[..., Any]) -> bool:
+    """In the ``except`` of a hook that raised: logged; True (raise it: the message is refused) for a guard's,
+    else it is skipped."""
+    log.exception("middleware %s.%s failed", type(mw).__name__, hook.__name__)
+    return mw.guard
 
 
 def _published(msg: InFlight, port: Port, error: BaseException | None) -> None:
@@ -277,6 +286,13 @@ def _serialised(msg: InFlight, reply: Reply) -> tuple[Reply, bytes]:
     except Exception as exc:
         error = reply_for_exception(exc, context=f"[{msg.msg_id}] reply not serialisable: ")
         return error, encode_reply(error)
+
+
+def _msg_id_text(sent: object, parsed: uuid.UUID) -> str:
+    """``str(parsed)``: the text the caller sent when it is that already (a valid msg_id in lower case)."""
+    if type(sent) is str and sent.islower() and len(sent) == 36:
+        return sent
+    return str(parsed)
 
 
 def _plain(result: object) -> object:

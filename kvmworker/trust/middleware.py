@@ -81,7 +81,10 @@ class TrustMiddleware(Middleware[None]):
         return vouched
 
     def before_execute(self, msg: InFlight) -> Reply | None:
-        """Again just before the handler: a message may expire while it waits behind its resource."""
+        """Again just before the handler: a message may expire while it waits behind its resource (an inline one
+        waits for nothing: on_receive has just checked it, on this thread)."""
+        if msg.inline:
+            return None
         try:
             self._check_deadline(msg.delivery)
         except Expired as exc:
