@@ -180,7 +180,7 @@ def _uuid_text(value: object) -> object:
     if isinstance(value, uuid.UUID):
         return value
     if isinstance(value, str) and _UUID.fullmatch(value):
-        return uuid.UUID(value)
+        return value  # only the canonical text gets here; pydantic's own (compiled) UUID validation makes the UUID
     raise PydanticCustomError("uuid_parsing", "must be a UUID, e.g. 5b0503ba-1af4-11ea-baa2-000c2902e179")
 
 
