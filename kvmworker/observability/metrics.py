@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -126,8 +127,9 @@ class CommandTally(Collector):
             "kvmworker_commands", "Commands answered, by handler, command and reply code.",
             labels=["handler", "command", "code"],
         )  # fmt: skip
+        with_created = getattr(prometheus_metrics, "_use_created", True)  # PROMETHEUS_DISABLE_CREATED_SERIES
         for (handler, command, code), (count, created) in counts.items():
-            commands.add_metric([handler, command, str(code)], count, created=created)
+            commands.add_metric([handler, command, str(code)], count, created=created if with_created else None)
         yield commands
         duration = HistogramMetricFamily(
             "kvmworker_command_duration_seconds", "From receipt to reply, by handler and command.",
@@ -140,9 +142,9 @@ class CommandTally(Collector):
                 running += n
                 cumulative.append((name, running))
             duration.add_metric([handler, command], cumulative, total)
-            duration.samples.append(
-                Sample(duration.name + "_created", {"handler": handler, "command": command}, created)
-            )
+            if with_created:
+                labels = {"handler": handler, "command": command}
+                duration.samples.append(Sample(duration.name + "_created", labels, created))
         yield duration
         yield GaugeMetricFamily("kvmworker_commands_in_flight", "Messages received and not yet answered.", in_flight)
 

@@ -102,3 +102,19 @@ def test_answers_counted_from_many_threads_at_once_are_all_counted():
     assert samples[("kvmworker_command_duration_seconds_count", timed)] == threads * per_thread
     assert samples[("kvmworker_command_duration_seconds_bucket", (*timed, ("le", "0.0025")))] == (threads * per_thread)
     assert samples[("kvmworker_commands_in_flight", ())] == 0
+
+
+def test_with_created_series_turned_off_the_tally_shows_none_either_as_prometheus_client_does():
+    from prometheus_client import disable_created_metrics, enable_created_metrics
+
+    disable_created_metrics()
+    try:
+        registry, tally = CollectorRegistry(), CommandTally()
+        registry.register(tally)
+        tally.received()
+        tally.answered(*ANSWERS[0])
+        reference = prometheus_reference(1)
+        assert created_series(registry) == created_series(reference) == set()
+    finally:
+        enable_created_metrics()
+    assert created_series(registry) != set()  # turned on again: as the process started
