@@ -22,6 +22,7 @@ NOT_AT_START = {
     "pyroute2.iproute": "IPRoute: tuntap, routes, addresses and the network inventory open it when they run",
     "unittest": "pyroute2.iproute's mock engine brings it",
     "psutil": "the services section reads the process table with it",
+    "pydantic_settings": "Settings reads its variables and config file itself (kvmworker.settings)",
 }
 """Modules a worker that has started, watched links, answered a ping and idled must not have loaded."""
 
