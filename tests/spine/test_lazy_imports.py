@@ -21,6 +21,7 @@ from tests.support.processes import stop_process
 NOT_AT_START = {
     "pyroute2.iproute": "IPRoute: tuntap, routes, addresses and the network inventory open it when they run",
     "unittest": "pyroute2.iproute's mock engine brings it",
+    "asyncio": "only the bridge awaits events (events/fanout.py) and IPRoute runs on it",
     "psutil": "the services section reads the process table with it",
     "pydantic_settings": "Settings reads its variables and config file itself (kvmworker.settings)",
 }
