@@ -52,6 +52,7 @@ class Subscription:
     async def aget(self, timeout: float) -> Event | None:
         """As ``get``, on an asyncio loop, without a thread per subscriber."""
         import asyncio  # here: a worker never awaits, and asyncio with its ssl parts is ~1 MB of its memory
+
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         with self._cond:
