@@ -15,7 +15,6 @@ every worker ~2 MB of its memory.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import socket
@@ -186,6 +185,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def _did_you_mean(name: str) -> str:
+    import difflib  # here: only a misspelt key needs it, not every worker's memory
+
     close = difflib.get_close_matches(name, [n for n in OPTIONS if n != "config"], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
