@@ -28,6 +28,7 @@ from kvmworker.handlers.system import SystemHandler
 from kvmworker.handlers.vm import VmHandler, create_vm_handler
 from kvmworker.inventory.cpu import CpuInventory
 from kvmworker.journal.middleware import JournalMiddleware, create_journal
+from kvmworker.memory import HeapTrimmer, limit_sqlite_heap, start_trimming
 from kvmworker.netplane.plane import Netplane
 from kvmworker.netplane.watch import start_network_watch
 from kvmworker.observability.logs import CommandLogMiddleware
@@ -63,6 +64,8 @@ class Assembly:
     """Its events, once attached (``runtime.build_worker``): ``offline`` and flushed first in ``close``."""
     health: HealthServer | None = None
     """The health port, when one is configured: closed with the rest."""
+    trimmer: HeapTrimmer | None = None
+    """Gives the heap's free pages back after each burst (kvmworker.memory), from ``start()`` on."""
 
     @property
     def signer(self) -> WorkerKeys | None:
@@ -74,7 +77,10 @@ class Assembly:
         return self.libvirt.version()
 
     def start(self) -> None:
-        """Before consuming: put back the networks the kernel lost (after a reboot)."""
+        """Before consuming: put back the networks the kernel lost (after a reboot); from now on SQLite's caches
+        share one bound and the heap is trimmed after each burst (kvmworker.memory)."""
+        limit_sqlite_heap()
+        self.trimmer = self.trimmer or start_trimming()
         try:
             self.network.on_start()
         except Exception:
@@ -88,7 +94,7 @@ class Assembly:
         """Once the worker has stopped: its events (``offline``, then what is buffered goes out) and the health
         port, then what the handlers borrowed, then the journal."""
         first = [part.close for part in (self.events,) if part is not None]
-        first += [part.stop for part in (self.health,) if part is not None]
+        first += [part.stop for part in (self.health, self.trimmer) if part is not None]
         for close in (*first, self.vm.close, self.netplane.close, self.libvirt.close, self.journal.store.close):
             try:
                 close()

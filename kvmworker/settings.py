@@ -7,11 +7,14 @@ The older spellings ``broker_url``/``users_file``/``config_file`` (and their var
 Two ways in: ``Settings(...)`` reads every source and validates every field (the library, the tests);
 ``load_settings(given, used)`` (the command line) validates only the fields a sub-command uses, so that a bad
 worker-only variable does not break ``journal list``, and names the flag, variable or file key that is wrong.
+
+Both read the sources here (``environment_values``, ``load_config_file``), on a plain pydantic model: not
+pydantic-settings, whose sources (CLI, dotenv, cloud secret stores) the worker never used and whose import cost
+every worker ~2 MB of its memory.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import socket
@@ -20,8 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kvmworker.options import ENV_PREFIX, OLD_NAMES, OPTIONS, flag_of, variable_of
 
@@ -34,8 +36,14 @@ class SettingsError(ValueError):
     """A setting that cannot be used, said with the name the operator wrote (flag, variable or file key)."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+class Settings(BaseModel):
+    """``Settings(**given)``: ``given`` over the ``KVMWORKER_*`` variables (the old spellings after the new) over
+    the config file (``config``/``config_file`` given, else ``KVMWORKER_CONFIG``) over the defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    def __init__(self, **given: Any):
+        super().__init__(**every_source(given))
 
     # the worker
     host: str = Field(default_factory=socket.gethostname, description=_help("host"))
@@ -114,22 +122,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"only {{host}} may stand in it ({exc!r})") from None
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            _OldVariables(settings_cls),
-            _ConfigFileSource(settings_cls, init_settings, env_settings),
-        )
-
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
         """As pydantic's, with the old names in ``update`` renamed (else they would be set beside the field)."""
         renamed = {OLD_NAMES.get(k, k): v for k, v in update.items()} if update else update
@@ -156,39 +148,16 @@ class Settings(BaseSettings):
 class _Given(Settings):
     """Exactly the values given, validated: no variable or file is read behind the caller's back."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **others: Any
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    def __init__(self, **given: Any):
+        BaseModel.__init__(self, **given)
 
 
-class _OldVariables(PydanticBaseSettingsSource):
-    """``KVMWORKER_BROKER_URL`` and the other old spellings, under the new names (the new variable wins)."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        environ = {k.upper(): v for k, v in os.environ.items()}
-        return {new: environ[variable_of(old)] for old, new in OLD_NAMES.items() if variable_of(old) in environ}
-
-
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], *earlier: PydanticBaseSettingsSource):
-        super().__init__(settings_cls)
-        self._earlier = earlier
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = None
-        for source in self._earlier:
-            values = source()
-            path = path or values.get("config") or values.get("config_file")
-        path = path or os.environ.get(variable_of("config")) or os.environ.get(variable_of("config_file"))
-        return load_config_file(Path(path)) if path else {}
+def every_source(given: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``Settings(**given)`` validates: ``given`` (old names renamed) over the environment over the file."""
+    given = {OLD_NAMES.get(k, k): v for k, v in given.items()}
+    env = {name: value for name, (value, _) in environment_values(OPTIONS).items()}
+    path = given.get("config") or env.get("config")
+    return (load_config_file(Path(path)) if path else {}) | env | given
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -216,6 +185,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def _did_you_mean(name: str) -> str:
+    import difflib  # here: only a misspelt key needs it, not every worker's memory
+
     close = difflib.get_close_matches(name, [n for n in OPTIONS if n != "config"], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

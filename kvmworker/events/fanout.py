@@ -8,7 +8,6 @@ up loses its oldest events, never holds up the others; it sees the loss as a gap
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +51,8 @@ class Subscription:
 
     async def aget(self, timeout: float) -> Event | None:
         """As ``get``, on an asyncio loop, without a thread per subscriber."""
+        import asyncio  # here: a worker never awaits, and asyncio with its ssl parts is ~1 MB of its memory
+
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         with self._cond:

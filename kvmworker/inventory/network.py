@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
-
-from pyroute2.iproute import IPRoute
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.inventory.files import read_int, read_text
 from kvmworker.inventory.section import failing_as
 from kvmworker.netplane.naming import is_owned
 from kvmworker.netplane.pool import NetlinkPool
 from kvmworker.protocol.errors import NetworkInfoFailed
+
+if TYPE_CHECKING:  # loaded by the first ``read()``: pyroute2.iproute brings asyncio and unittest (~3 MB)
+    from pyroute2.iproute import IPRoute
 
 ARPHRD_LOOPBACK = 772
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
@@ -59,6 +60,8 @@ class NetworkInventory:
         return f"network namespace {self._netns!r}" if self._netns else "network interfaces"
 
     def _open(self) -> IPRoute:
+        from pyroute2.iproute import IPRoute
+
         if self._netns is None:
             return IPRoute()
         # flags=0: pyroute2 would otherwise create a namespace that is not there

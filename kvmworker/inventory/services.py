@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from kvmworker.inventory.section import failing_as
 from kvmworker.inventory.systemd import SystemdUnits
 from kvmworker.protocol.errors import ServiceInfoFailed
 
+if TYPE_CHECKING:  # loaded by the first read of the process table, not at start
+    import psutil
+
 DEFAULT_SERVICES = ("libvirtd", "virtlogd", "kvmworker")
 UNIT_TYPES = {"service", "socket", "target", "timer", "mount", "path", "slice", "scope", "device", "swap", "automount"}
 NO_SYSTEMD = "systemd is not running on this host ({path} is absent): unit state cannot be read"
-ProcessLister = Callable[[], Iterable[psutil.Process]]
+ProcessLister = Callable[[], Iterable["psutil.Process"]]
 
 
 class ServiceInventory:
@@ -35,8 +36,7 @@ class ServiceInventory:
         self._booted_marker = Path(run) / "systemd" / "system"
         self._systemd = systemd or SystemdUnits()
         self._defaults = defaults
-        # the command line alone: asking psutil for "name" too triples the cost (another file per process)
-        self._processes = processes or (lambda: psutil.process_iter(["cmdline"]))
+        self._processes = processes or _command_lines
 
     def read(self, names: list[str] | None = None) -> dict[str, Any]:
         units = unit_names([*self._defaults, *(names or [])])
@@ -73,6 +73,8 @@ class ServiceInventory:
 
     def _running_processes(self) -> dict[str, list[int]]:
         """Program name → pids, under every name a service could be matched by."""
+        import psutil
+
         running: dict[str, list[int]] = {}
         for proc in self._processes():
             try:
@@ -82,6 +84,13 @@ class ServiceInventory:
             for name in names:
                 running.setdefault(name, []).append(proc.pid)
         return running
+
+
+def _command_lines() -> Iterable[psutil.Process]:
+    import psutil
+
+    # the command line alone: asking psutil for "name" too triples the cost (another file per process)
+    return psutil.process_iter(["cmdline"])
 
 
 def unit_names(names: list[str]) -> list[str]:

@@ -15,12 +15,10 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
-from pyroute2.iproute import IPRoute
-from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
@@ -35,6 +33,9 @@ from kvmworker.protocol.errors import (
     OperationNotAllowed,
 )
 
+if TYPE_CHECKING:  # pyroute2.iproute brings asyncio and unittest (~3 MB): loaded by the first command needing it
+    from pyroute2.iproute import IPRoute
+
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 11, 12
 NETNS_RUN_DIR = "/run/netns"
@@ -45,17 +46,21 @@ busy host or under emulation, and then the namespace cannot be used at all)."""
 
 
 class Netlink:
-    """One namespace's netlink sockets. ``namespace`` None is the worker's own namespace."""
+    """One namespace's netlink sockets. ``namespace`` None is the worker's own namespace.
+
+    ``ipr`` is an ``IPRoute``, or what opens one when a request first needs it (tuntap, routes, addresses):
+    reading links does not, so a worker that only watches and lists them never loads pyroute2.iproute."""
 
     def __init__(
         self,
-        ipr: IPRoute,
+        ipr: IPRoute | Callable[[], IPRoute],
         reader_socket: NetlinkSocket,
         namespace: str | None = None,
         identity: Callable[[], object] | None = None,
     ):
         self.namespace = namespace
-        self._ipr = ipr
+        self._ipr_opened: IPRoute | None = None if callable(ipr) else ipr
+        self._open_ipr: Callable[[], IPRoute] | None = ipr if callable(ipr) else None
         self._socket = reader_socket
         self._reader = LinkReader(reader_socket)
         self._lock = threading.RLock()
@@ -127,9 +132,19 @@ class Netlink:
         with self._kernel(f"removing {cidr}"):
             self._ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
+    @property
+    def _ipr(self) -> IPRoute:
+        """Opened on first use, under the lock (every caller holds it: ``_kernel``)."""
+        with self._lock:
+            if self._ipr_opened is None:
+                assert self._open_ipr is not None
+                self._ipr_opened = self._open_ipr()
+            return self._ipr_opened
+
     def close(self) -> None:
         with self._lock:
-            self._ipr.close()
+            if self._ipr_opened is not None:
+                self._ipr_opened.close()
             self._socket.close()
 
     @contextmanager
@@ -163,6 +178,8 @@ def link_message(command: str, **kwargs: Any) -> tuple[ifinfmsg, int]:
     Sent on the namespace's own socket rather than through ``IPRoute``, whose per-call event loop cost
     as much again as the kernel's work (a flat network create: 1.6 ms through IPRoute, 0.8 ms so).
     """
+    from pyroute2.iproute.linux import get_arguments_processor  # the first link change pays the import
+
     msg_type, flags = _LINK_COMMANDS[command]
     request = get_arguments_processor("link", command, kwargs)
     msg = ifinfmsg()
@@ -195,20 +212,24 @@ def open_netlink(namespace: str | None) -> Netlink:
     """Open the sockets of a namespace (None: the worker's own). A named namespace must exist."""
     if namespace is not None and not namespace_exists(namespace):
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace")
+    try:
+        sock = _reader_socket(namespace)
+    except FileNotFoundError:  # deleted meanwhile
+        raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace") from None
+    identity = (lambda: namespace_identity(namespace)) if namespace is not None else None
+    return Netlink(lambda: _open_iproute(namespace), sock, namespace, identity)
+
+
+def _open_iproute(namespace: str | None) -> IPRoute:
+    from pyroute2.iproute import IPRoute
+
     if namespace is not None:
         timeout = max(pyroute2_config.default_communicate_timeout, NETNS_HELPER_TIMEOUT)
         pyroute2_config.default_communicate_timeout = timeout
     try:
-        ipr = IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
-        try:
-            sock = _reader_socket(namespace)
-        except BaseException:
-            ipr.close()
-            raise
-    except FileNotFoundError:  # deleted meanwhile
+        return IPRoute(netns=namespace, flags=0, groups=0, ext_ack=True)
+    except FileNotFoundError:  # deleted since its sockets were opened
         raise NamespaceNotFound(f"network namespace {namespace!r} does not exist", field="namespace") from None
-    identity = (lambda: namespace_identity(namespace)) if namespace is not None else None
-    return Netlink(ipr, sock, namespace, identity)
 
 
 def _reader_socket(namespace: str | None) -> socket.socket:

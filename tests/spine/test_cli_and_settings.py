@@ -35,6 +35,37 @@ def test_the_config_file_may_be_json_and_named_by_the_environment(tmp_path, monk
     assert Settings().host == "from-json"
 
 
+def test_settings_made_in_code_take_arguments_over_variables_over_old_variables_over_the_config_file(
+    tmp_path, monkeypatch
+):
+    config = tmp_path / "worker.toml"
+    config.write_text('prefetch = 3\nworkers = 5\nmax_migrations = 4\nstorage_pool = "from-file"\n')
+    monkeypatch.setenv("KVMWORKER_CONFIG", str(config))
+    monkeypatch.setenv("KVMWORKER_PREFETCH", "7")
+    monkeypatch.setenv("KVMWORKER_WORKERS", "9")
+    monkeypatch.setenv("KVMWORKER_BROKER_URL", "redis://old-variable/0")
+    monkeypatch.setenv("KVMWORKER_PHYSICAL_INTERFACES", '["eth0", "eth1"]')
+    monkeypatch.setenv("KVMWORKER_PUBLISH_CONFIRMS", "false")
+    settings = Settings(prefetch=11, state_dir=tmp_path)
+    assert (settings.prefetch, settings.workers, settings.max_migrations, settings.storage_pool) == (
+        11,
+        9,
+        4,
+        "from-file",
+    )
+    assert (settings.broker, settings.physical_interfaces, settings.publish_confirms) == (
+        "redis://old-variable/0",
+        ["eth0", "eth1"],
+        False,
+    )
+    monkeypatch.setenv("KVMWORKER_BROKER", "redis://new-variable/0")
+    assert Settings().broker == "redis://new-variable/0", "the new variable wins over the old one"
+    assert Settings(broker_url="redis://argument/0").broker == "redis://argument/0", "an argument wins, old name too"
+    monkeypatch.setenv("KVMWORKER_WORKERS", "0")
+    with pytest.raises(ValueError, match="workers"):
+        Settings()
+
+
 def test_a_misspelt_setting_in_the_config_file_is_an_error_not_ignored(tmp_path):
     config = tmp_path / "worker.toml"
     config.write_text("prefecth = 3\n")

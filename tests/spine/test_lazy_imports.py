@@ -1,4 +1,5 @@
-"""The worker loads the parts of pyroute2 and prometheus_client it uses, and their packages still work whole."""
+"""The worker loads the parts of pyroute2 and prometheus_client it uses, and their packages still work whole;
+what only some commands need is loaded by the first of them, not at start."""
 
 from __future__ import annotations
 
@@ -11,7 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from kvmworker.client import Client
 from kvmworker.lazyimport import parts_only
+from kvmworker.transport.connection import delete_host_queue
+from tests.conftest import AMQP_URL, require_broker, unique
+from tests.support.processes import stop_process
+
+NOT_AT_START = {
+    "pyroute2.iproute": "IPRoute: tuntap, routes, addresses and the network inventory open it when they run",
+    "unittest": "pyroute2.iproute's mock engine brings it",
+    "asyncio": "only the bridge awaits events (events/fanout.py) and IPRoute runs on it",
+    "psutil": "the services section reads the process table with it",
+    "pydantic_settings": "Settings reads its variables and config file itself (kvmworker.settings)",
+}
+"""Modules a worker that has started, watched links, answered a ping and idled must not have loaded."""
 
 PROBE = textwrap.dedent(
     """
@@ -97,3 +111,29 @@ def test_a_package_that_is_not_installed_is_left_to_the_import_that_needs_it():
     assert "kvt_not_installed_anywhere" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
         import kvt_not_installed_anywhere  # noqa: F401
+
+
+def imported_by(importtime: str) -> set[str]:
+    """The modules ``python -X importtime`` reported loading."""
+    lines = (line.split("|", 2) for line in importtime.splitlines() if line.startswith("import time:"))
+    return {parts[2].strip() for parts in lines if len(parts) == 3 and parts[2].strip() != "package"}
+
+
+def test_a_worker_that_started_and_answered_a_ping_has_not_loaded_what_only_other_commands_need(tmp_path):
+    url = require_broker("amqp", AMQP_URL)
+    host = unique("kvt-lazy-")
+    cmd = [sys.executable, "-X", "importtime", "-m", "kvmworker", "worker", "--host", host, "--broker", url]
+    cmd += ["--state-dir", str(tmp_path / "state"), "--log-level", "WARNING"]
+    with (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=stderr)
+    try:
+        with Client(url) as client:
+            reply = client.call(host, "SystemHandler", "ping", timeout=60)
+        assert reply.code == 0, reply
+    finally:
+        stop_process(proc)
+        delete_host_queue(url, host)
+    loaded = imported_by((tmp_path / "stderr").read_text())
+    assert "kvmworker.netplane.watch" in loaded and "pyroute2.netlink.rtnl.ifinfmsg" in loaded, "what it does use"
+    early = {name: why for name, why in NOT_AT_START.items() if name in loaded}
+    assert not early, early
