@@ -2,7 +2,7 @@
 
 One word per setting: the flag ``--state-dir``, the variable ``KVMWORKER_STATE_DIR`` and the config file key
 ``state_dir`` are the same name. The command line is built from this table alone, so that ``--help`` does not
-pay for importing pydantic-settings; ``Settings`` (kvmworker.settings) takes its descriptions from it, and a
+pay for importing pydantic; ``Settings`` (kvmworker.settings) takes its descriptions from it, and a
 test keeps the two in step.
 """
 
