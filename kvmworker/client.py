@@ -134,8 +134,13 @@ class Client:
         dry_run: bool = False,
         msg_id: str | None = None,
     ) -> Reply:
-        envelope = Envelope(
-            handler=handler, command=command, data=data or {}, dry_run=dry_run, timeout=timeout, msg_id=msg_id
+        envelope = Envelope(  # its msg_id made here: no copy of the envelope to add it (``_submit``)
+            handler=handler,
+            command=command,
+            data=data or {},
+            dry_run=dry_run,
+            timeout=timeout,
+            msg_id=new_msg_id() if msg_id is None else msg_id,
         )
         return self.wait(self._submit(host, envelope, timeout, inline=True), timeout)
 
@@ -603,6 +608,7 @@ class _AmqpReplies:
         self._arriving: _ArrivingReply | None = None
         self._stopped = False
         self._polls: dict[int | None, Any] = {}  # by the wake-up fd watched with the socket
+        self._next_check = 0.0
         if self._plain:  # what py-amqp read ahead (while it waited for consume-ok) is read here from now on
             transport = raw.transport
             self._rbuf += transport._read_buffer
@@ -706,8 +712,15 @@ class _AmqpReplies:
         except TimeoutError:  # nothing more on the socket: the next pass waits for it
             return
 
+    CHECK_EVERY_S = 0.5  # the heartbeats are due every 15 s (HEARTBEAT_S / rate): a caller's call need not look
+
     def check(self) -> None:
-        """The connection is still there; heartbeats go out when due."""
+        """The connection is still there; heartbeats go out when due. (A connection the broker closed is seen at
+        once by the next read.)"""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.CHECK_EVERY_S
         conn, raw = self._conn, self._raw
         if not conn.transport.verify_connection(raw):
             raise ConnectionLost(f"the connection to {conn.as_uri()} was lost")
