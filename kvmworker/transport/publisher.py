@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import selectors
+import struct
 import threading
 import time
 import uuid
@@ -39,7 +40,8 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from amqp.exceptions import MessageNacked
+from amqp import spec
+from amqp.exceptions import MessageNacked, UnexpectedFrame
 from amqp.transport import TCPTransport
 from kombu import Connection, Exchange, Producer
 
@@ -290,6 +292,44 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
     return amqp_frames.publish_frames(channel, frame_max, method, encoded, item.body)
 
 
+_ACK = struct.pack(">HH", *spec.Basic.Ack)  # a method frame's first four octets: class and method ids
+_TAG_AND_BIT = struct.Struct(">QB")  # basic.ack's delivery tag and its multiple bit
+
+
+def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
+    """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
+    what is left of a frame stays in that buffer. (Non-blocking for the reads: with a timeout set, Python would
+    wait for the socket before each receive, ``MSG_DONTWAIT`` or not.)"""
+    buf = bytearray(transport._read_buffer)
+    sock.settimeout(0)
+    try:
+        while True:
+            try:
+                chunk = sock.recv(READ_AHEAD_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                raise ConnectionResetError("the broker closed the connection")
+            buf += chunk
+            if len(chunk) < READ_AHEAD_BYTES:
+                break
+    finally:
+        sock.settimeout(SOCKET_TIMEOUT_S)
+    frames, start, size = [], 0, len(buf)
+    unpack = amqp_frames.FRAME_HEADER.unpack_from
+    while size - start >= 8:
+        frame_type, channel, length = unpack(buf, start)
+        end = start + 7 + length
+        if end >= size:
+            break
+        if buf[end] != amqp_frames.FRAME_END:
+            raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+        frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
+        start = end + 1
+    transport._read_buffer = bytes(buf[start:])
+    return frames
+
+
 def _finish(item: _Pending, exc: BaseException | None) -> None:
     try:
         item.done(exc)
@@ -524,15 +564,31 @@ class _ConfirmingLane:
     def _read(self) -> None:
         """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read.
 
-        The socket is switched to non-blocking once for all the frames (py-amqp would switch it there and back
-        for each frame: two system calls a frame, each letting go of the GIL).
+        Plain TCP: the socket is read in chunks without blocking (``MSG_DONTWAIT``) and its whole frames cut out
+        here; a ``basic.ack`` goes straight to ``_on_ack`` (py-amqp's frame handler and channel dispatch cost
+        more than the rest of a confirm), every other frame to py-amqp as it reads it. A frame's part read
+        ahead stays in py-amqp's read buffer, where its own next read (a declare's wait) carries on from.
+        Otherwise (TLS) py-amqp reads, the socket switched to non-blocking once for all the frames (py-amqp would
+        switch it there and back for each frame: two system calls a frame, each letting go of the GIL).
         """
+        raw = self._raw
+        transport = raw.transport
+        if isinstance(transport, TCPTransport):
+            for frame in _frames_received(transport, self._sock):
+                frame_type, channel, payload = frame
+                if frame_type == 1 and payload[:4] == _ACK and channel == self._channel.channel_id:
+                    raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
+                    tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                    self._on_ack(tag, bool(multiple & 1))
+                else:
+                    raw.on_inbound_frame(frame)
+            return
         sock = self._sock
         sock.settimeout(0)
         try:
             while True:
                 try:
-                    self._raw.drain_events(timeout=0)
+                    raw.drain_events(timeout=0)
                 except TimeoutError:
                     return
         finally:
