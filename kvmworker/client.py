@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import select
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -30,16 +32,21 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from amqp import spec
+from amqp.exceptions import UnexpectedFrame
+from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message, Queue
 
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
+from kvmworker.transport.amqp_frames import FRAME_END, FRAME_END_BYTE, FRAME_HEADER
+from kvmworker.transport.amqp_properties import decode_properties
 from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
-from kvmworker.transport.publisher import Publisher, read_ahead, whole_frame_buffered
+from kvmworker.transport.publisher import FRAME_HEADER_BYTES, Publisher, read_ahead, whole_frame_buffered
 from kvmworker.trust.keys import KeyFileError
 
 if TYPE_CHECKING:
@@ -51,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvmworker.client")
 
 DEFAULT_TIMEOUT_S = 30.0
+RECV_CHUNK = 64 * 1024  # one receive of the reply connection's socket, at most
+_DELIVER = struct.pack(">HH", *spec.Basic.Deliver)  # a method frame's first four octets: class and method ids
+_BODY_SIZE = struct.Struct(">Q")  # in a content header, after its class id and weight
 
 
 # How far a call's command got, as far as the client knows (``PendingCall.stage``).
@@ -124,8 +134,13 @@ class Client:
         dry_run: bool = False,
         msg_id: str | None = None,
     ) -> Reply:
-        envelope = Envelope(
-            handler=handler, command=command, data=data or {}, dry_run=dry_run, timeout=timeout, msg_id=msg_id
+        envelope = Envelope(  # its msg_id made here: no copy of the envelope to add it (``_submit``)
+            handler=handler,
+            command=command,
+            data=data or {},
+            dry_run=dry_run,
+            timeout=timeout,
+            msg_id=new_msg_id() if msg_id is None else msg_id,
         )
         return self.wait(self._submit(host, envelope, timeout, inline=True), timeout)
 
@@ -536,7 +551,7 @@ class _ReplyConsumer(Consuming):
         read_ahead(raw)
         self._queue.bind(channel).declare()
         tag = channel.basic_consume(self._queue.name, no_ack=True, callback=self._on_reply)
-        self._reader = _AmqpReplies(conn, raw, self.drain_timeout())
+        self._reader = _AmqpReplies(conn, raw, channel.channel_id, self._on_reply, self.drain_timeout())
         return _RawConsumer(channel, tag, self._stop_reading)
 
     def up(self, conn: Connection, again: bool) -> None:
@@ -572,19 +587,124 @@ def _readable(fd: int, wake_fd: int | None, timeout: float) -> bool:
 
 
 class _AmqpReplies:
-    """AMQP: the reply connection's socket, read by whoever holds the turn. Non-blocking while consuming, so
-    that one pass reads every frame there is without switching the socket there and back (two system calls a
-    frame, each letting go of the GIL); blocking again (``stop``) for the cancel and the close."""
+    """AMQP: the reply connection's socket, read by whoever holds the turn.
 
-    def __init__(self, conn: Connection, raw: Any, timeout: float):
+    Plain TCP: the socket is read in chunks without blocking (``MSG_DONTWAIT``) and its whole frames cut out
+    here; a reply's frames (basic.deliver, its content header, its body) are assembled here and its properties
+    decoded as py-amqp decodes them (transport/amqp_properties.py), without py-amqp's frame handler, channel
+    dispatch and Message (they cost a caller more than the rest of its reply's path). Every other frame
+    (heartbeats, a channel or connection closing, a cancel) goes to py-amqp as it reads it. ``stop`` hands
+    back to py-amqp what it has read and not yet used (a reply's first frames too), before py-amqp reads the
+    socket itself again (the cancel, the close). TLS: py-amqp reads, the socket non-blocking while consuming.
+    """
+
+    def __init__(self, conn: Connection, raw: Any, channel_id: int, on_reply: Callable[[Any], None], timeout: float):
         self._conn, self._raw, self._timeout = conn, raw, timeout
+        self._channel_id, self._on_reply = channel_id, on_reply
         self._sock = raw.sock
         self._sock.settimeout(0)
+        self._plain = isinstance(raw.transport, TCPTransport)
+        self._rbuf = bytearray()
+        self._arriving: _ArrivingReply | None = None
+        self._stopped = False
+        self._polls: dict[int | None, Any] = {}  # by the wake-up fd watched with the socket
+        self._next_check = 0.0
+        if self._plain:  # what py-amqp read ahead (while it waited for consume-ok) is read here from now on
+            transport = raw.transport
+            self._rbuf += transport._read_buffer
+            transport._read_buffer = b""
 
     def read(self, timeout: float, wake_fd: int | None) -> None:
-        if not self._buffered() and not _readable(self._sock.fileno(), wake_fd, timeout):
+        if self._stopped:
             return
+        if not self._plain:
+            self._read_tls(timeout, wake_fd)
+            return
+        if not self._whole_frame() and not self._readable(wake_fd, timeout):
+            return
+        buf, recv = self._rbuf, self._sock.recv
+        while True:
+            try:
+                chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                raise ConnectionLost("the broker closed the reply connection")
+            buf += chunk
+            if len(chunk) < RECV_CHUNK:
+                break
+        channel_id, on_frame = self._channel_id, self._raw.on_inbound_frame
+        for frame in self._frames():
+            frame_type, channel, payload = frame
+            if channel == channel_id and (frame_type != 1 or payload[:4] == _DELIVER):
+                self._on_content(frame_type, payload)
+            else:  # heartbeats, the broker closing the channel or cancelling the consumer …: as py-amqp reads them
+                on_frame(frame)
+
+    def _readable(self, wake_fd: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the socket (or ``wake_fd``, which is then emptied)."""
+        poller = self._polls.get(wake_fd)
+        if poller is None:
+            poller = self._polls[wake_fd] = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+            if wake_fd is not None:
+                poller.register(wake_fd, select.POLLIN)
+        readable = False
+        for ready, _ in poller.poll(timeout * 1000):
+            if ready == wake_fd:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_fd, 4096)
+            else:
+                readable = True
+        return readable
+
+    def _whole_frame(self) -> bool:
+        buf = self._rbuf
+        return len(buf) > FRAME_HEADER_BYTES and len(buf) > FRAME_HEADER_BYTES + int.from_bytes(buf[3:7], "big")
+
+    def _frames(self) -> list[tuple[int, int, bytes]]:
+        """The whole frames at the start of the read buffer, taken out of it."""
+        buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
+        unpack = FRAME_HEADER.unpack_from
+        while size - start >= 8:
+            frame_type, channel, length = unpack(buf, start)
+            end = start + 7 + length
+            if end >= size:
+                break
+            if buf[end] != FRAME_END:
+                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+            frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
+            start = end + 1
+        del buf[:start]
+        return frames
+
+    def _on_content(self, frame_type: int, payload: bytes) -> None:
+        self._raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
+        arriving = self._arriving
+        if frame_type == 1:
+            if arriving is not None:
+                raise UnexpectedFrame("basic.deliver while a reply's content was expected")
+            self._arriving = _ArrivingReply(payload)
+            return
+        if arriving is None or frame_type != (2 if arriving.properties is None else 3):
+            raise UnexpectedFrame(f"frame type {frame_type} on the reply channel out of order")
+        if frame_type == 2:
+            arriving.header = payload
+            (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
+            arriving.properties = decode_properties(payload, 12)
+        else:
+            arriving.parts.append(payload)
+            arriving.received += len(payload)
+        if arriving.received >= arriving.size:
+            self._arriving = None
+            parts = arriving.parts
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._on_reply(_AmqpReply(body, arriving.properties))
+
+    def _read_tls(self, timeout: float, wake_fd: int | None) -> None:
         raw = self._raw
+        if not whole_frame_buffered(raw) and not self._readable(wake_fd, timeout):
+            return
         try:
             raw.drain_events(timeout=0)  # what one receive brought (read_ahead): every whole frame
             while whole_frame_buffered(raw):
@@ -592,20 +712,67 @@ class _AmqpReplies:
         except TimeoutError:  # nothing more on the socket: the next pass waits for it
             return
 
-    def _buffered(self) -> bool:
-        """A whole frame received but not yet read (a declare's or consume's wait may have read ahead)."""
-        return whole_frame_buffered(self._raw)
+    CHECK_EVERY_S = 0.5  # the heartbeats are due every 15 s (HEARTBEAT_S / rate): a caller's call need not look
 
     def check(self) -> None:
-        """The connection is still there; heartbeats go out when due."""
+        """The connection is still there; heartbeats go out when due. (A connection the broker closed is seen at
+        once by the next read.)"""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.CHECK_EVERY_S
         conn, raw = self._conn, self._raw
         if not conn.transport.verify_connection(raw):
             raise ConnectionLost(f"the connection to {conn.as_uri()} was lost")
         conn.transport.heartbeat_check(raw, rate=2)
 
     def stop(self) -> None:
+        """py-amqp reads the socket from now on: what was read here and not used is its, a reply's frames
+        begun too (framed again as they came), and the socket blocks again (with its timeout)."""
+        if not self._stopped and self._plain:
+            self._stopped = True
+            unused = self._arriving.frames(self._channel_id) if self._arriving is not None else b""
+            self._arriving = None
+            transport = self._raw.transport
+            transport._read_buffer = unused + bytes(self._rbuf) + transport._read_buffer
+            self._rbuf.clear()
+        self._stopped = True
         with contextlib.suppress(OSError):
             self._sock.settimeout(self._timeout)
+
+
+class _ArrivingReply:
+    """A reply's frames as they come: basic.deliver, then its content header, then its body's frames."""
+
+    __slots__ = ("deliver", "header", "parts", "properties", "received", "size")
+
+    def __init__(self, deliver: bytes):
+        self.deliver, self.header = deliver, b""
+        self.properties: dict[str, Any] | None = None
+        self.parts: list[bytes] = []
+        self.size = self.received = 0
+
+    def frames(self, channel: int) -> bytes:
+        """The frames received so far, byte for byte as they came."""
+        types = (1, 2, *(3 for _ in self.parts)) if self.properties is not None else (1,)
+        payloads = (self.deliver, self.header, *self.parts)
+        return b"".join(
+            FRAME_HEADER.pack(kind, channel, len(payload)) + payload + FRAME_END_BYTE
+            for kind, payload in zip(types, payloads, strict=False)
+        )
+
+
+class _AmqpReply:
+    """A reply as ``Client._on_reply`` reads it: what py-amqp's message would have given, and nothing else."""
+
+    __slots__ = ("body", "properties")
+
+    def __init__(self, body: bytes, properties: dict[str, Any]):
+        self.body, self.properties = body, properties
+
+    @property
+    def headers(self) -> dict[str, Any] | None:
+        return self.properties.get("application_headers")
 
 
 class _RedisReply:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import selectors
+import struct
 import threading
 import time
 import uuid
@@ -39,7 +40,8 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from amqp.exceptions import MessageNacked
+from amqp import spec
+from amqp.exceptions import MessageNacked, UnexpectedFrame
 from amqp.transport import TCPTransport
 from kombu import Connection, Exchange, Producer
 
@@ -226,6 +228,9 @@ def publish_frames(channel: int, frame_max: int, item: _Pending) -> bytes | None
     """basic.publish of ``item``: its frames byte for byte as py-amqp's frame writer writes them (its Python
     costs a caller's publish more than the write does); None for what this does not frame (a timestamp, a
     property py-amqp does not know, a name longer than a short string): py-amqp frames those."""
+    command = _command_frames(channel, frame_max, item)
+    if command is not None:
+        return command
     properties = amqp_frames.encoded_properties(
         {
             "content_type": JSON_CONTENT_TYPE,
@@ -241,6 +246,88 @@ def publish_frames(channel: int, frame_max: int, item: _Pending) -> bytes | None
     except ValueError:  # a name over 255 bytes
         return None
     return amqp_frames.publish_frames(channel, frame_max, method, properties, item.body)
+
+
+# A command (the client's): to a queue by name, with exactly these properties besides the content type and
+# encoding and the headers; their property flags and what every command shares are encoded once.
+_COMMAND_PROPERTIES = frozenset({"delivery_mode", "message_id", "correlation_id", "reply_to"})
+_COMMAND_FLAGS = 0xF680  # content_type, content_encoding, headers, delivery_mode, correlation_id, reply_to, message_id
+_COMMAND_SHARED = (
+    _COMMAND_FLAGS.to_bytes(2, "big") + amqp_frames.shortstr(JSON_CONTENT_TYPE) + amqp_frames.shortstr("utf-8")
+)
+_DELIVERY_MODES = {1: b"\x01", 2: b"\x02"}
+_METHODS: dict[tuple[int, str], bytes] = {}  # (channel, routing key) → basic.publish's method frame
+METHODS_KEPT = 1024
+
+
+def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | None:
+    """``publish_frames`` of a command (see ``_COMMAND_PROPERTIES``) without the generic property walk: the same
+    bytes; None for anything else."""
+    properties = item.properties
+    if item.exchange or properties.keys() != _COMMAND_PROPERTIES:
+        return None
+    mode = _DELIVERY_MODES.get(properties["delivery_mode"])
+    ids = (properties["correlation_id"], properties["reply_to"], properties["message_id"])
+    if mode is None or any(type(value) is not str for value in ids):
+        return None
+    method = _METHODS.get((channel, item.routing_key))
+    try:
+        if method is None:
+            if len(_METHODS) >= METHODS_KEPT:
+                _METHODS.clear()
+            method = _METHODS[(channel, item.routing_key)] = amqp_frames.publish_method(channel, "", item.routing_key)
+        shortstr = amqp_frames.shortstr
+        encoded = b"".join(
+            (
+                _COMMAND_SHARED,
+                amqp_frames.table(item.headers),
+                mode,
+                shortstr(ids[0]),
+                shortstr(ids[1]),
+                shortstr(ids[2]),
+            )
+        )
+    except ValueError:  # a name or an id over 255 bytes
+        return None
+    return amqp_frames.publish_frames(channel, frame_max, method, encoded, item.body)
+
+
+_ACK = struct.pack(">HH", *spec.Basic.Ack)  # a method frame's first four octets: class and method ids
+_TAG_AND_BIT = struct.Struct(">QB")  # basic.ack's delivery tag and its multiple bit
+
+
+def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
+    """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
+    what is left of a frame stays in that buffer. (Non-blocking for the reads: with a timeout set, Python would
+    wait for the socket before each receive, ``MSG_DONTWAIT`` or not.)"""
+    buf = bytearray(transport._read_buffer)
+    sock.settimeout(0)
+    try:
+        while True:
+            try:
+                chunk = sock.recv(READ_AHEAD_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                raise ConnectionResetError("the broker closed the connection")
+            buf += chunk
+            if len(chunk) < READ_AHEAD_BYTES:
+                break
+    finally:
+        sock.settimeout(SOCKET_TIMEOUT_S)
+    frames, start, size = [], 0, len(buf)
+    unpack = amqp_frames.FRAME_HEADER.unpack_from
+    while size - start >= 8:
+        frame_type, channel, length = unpack(buf, start)
+        end = start + 7 + length
+        if end >= size:
+            break
+        if buf[end] != amqp_frames.FRAME_END:
+            raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+        frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
+        start = end + 1
+    transport._read_buffer = bytes(buf[start:])
+    return frames
 
 
 def _finish(item: _Pending, exc: BaseException | None) -> None:
@@ -477,15 +564,31 @@ class _ConfirmingLane:
     def _read(self) -> None:
         """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read.
 
-        The socket is switched to non-blocking once for all the frames (py-amqp would switch it there and back
-        for each frame: two system calls a frame, each letting go of the GIL).
+        Plain TCP: the socket is read in chunks without blocking (``MSG_DONTWAIT``) and its whole frames cut out
+        here; a ``basic.ack`` goes straight to ``_on_ack`` (py-amqp's frame handler and channel dispatch cost
+        more than the rest of a confirm), every other frame to py-amqp as it reads it. A frame's part read
+        ahead stays in py-amqp's read buffer, where its own next read (a declare's wait) carries on from.
+        Otherwise (TLS) py-amqp reads, the socket switched to non-blocking once for all the frames (py-amqp would
+        switch it there and back for each frame: two system calls a frame, each letting go of the GIL).
         """
+        raw = self._raw
+        transport = raw.transport
+        if isinstance(transport, TCPTransport):
+            for frame in _frames_received(transport, self._sock):
+                frame_type, channel, payload = frame
+                if frame_type == 1 and payload[:4] == _ACK and channel == self._channel.channel_id:
+                    raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
+                    tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                    self._on_ack(tag, bool(multiple & 1))
+                else:
+                    raw.on_inbound_frame(frame)
+            return
         sock = self._sock
         sock.settimeout(0)
         try:
             while True:
                 try:
-                    self._raw.drain_events(timeout=0)
+                    raw.drain_events(timeout=0)
                 except TimeoutError:
                     return
         finally:

@@ -4,12 +4,22 @@ the consumer thread. Whoever reads, each caller gets its own reply, over every b
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import threading
+import time
+from collections.abc import Iterator
 
+import amqp
 import pytest
+from kombu import Connection
 
-from kvmworker.client import Client
+from kvmworker.client import Client, _AmqpReplies
 from kvmworker.protocol.codes import Code
+from kvmworker.protocol.wire import host_queue_name
+from kvmworker.transport.connection import delete_host_queue
+from tests.conftest import AMQP_URL, require_broker, unique
 
 
 def test_calls_one_after_another_mixed_with_bursts_of_concurrent_callers_each_get_their_own_reply(
@@ -60,3 +70,130 @@ def test_a_caller_waiting_alone_reads_its_reply_on_its_own_thread(running_worker
     me = threading.current_thread().name
     # the consumer thread may read one now and then (it looks once per 0.2 s, and a reply may be in then)
     assert len(readers) == 20 and readers.count(me) >= 10, readers
+
+
+# -- AMQP: the reply connection's frames read by the client itself (``_AmqpReplies``) --------------------------
+
+AMQP_HOST_PORT = "localhost:5672"
+BIG = "x" * 700_000  # body frames of frame_max (128 KiB) each, over several receives of 64 KiB
+HEADERS = {"text": "t", "number": 7, "flag": True, "nested": {"a": [1, "b"]}, "float": 1.5}
+ANSWERS = {  # the command's data["kind"] → the reply's body and headers
+    "big": (json.dumps({"code": 0, "msg": "ok", "data": {"text": BIG}}).encode(), {}),
+    "empty": (b"", {}),
+    "headers": (b'{"code":0,"msg":"ok","data":{"n":1}}', HEADERS),
+}
+
+
+class _RawResponder:
+    """A foreign worker in plain py-amqp on a thread of its own: each command on the host's queue is answered
+    as its data's ``kind`` says (``ANSWERS``), to its ``reply_to``."""
+
+    def __init__(self, queue: str):
+        self._conn = amqp.Connection(AMQP_HOST_PORT)
+        self._conn.connect()
+        self._channel = self._conn.channel()
+        self._channel.queue_declare(queue, durable=True, auto_delete=False)
+        self._channel.basic_consume(queue, callback=self._on_command)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _on_command(self, message: amqp.Message) -> None:
+        body, headers = ANSWERS[json.loads(message.body)["data"]["kind"]]
+        reply = amqp.Message(body, correlation_id=message.correlation_id, application_headers=headers)
+        self._channel.basic_publish(reply, exchange="", routing_key=message.reply_to)
+        self._channel.basic_ack(message.delivery_tag)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self._conn.drain_events(timeout=0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return require_broker("amqp", AMQP_URL)
+
+
+@pytest.fixture
+def raw_host(amqp_url: str) -> Iterator[str]:
+    name = unique("kvt-host-")
+    yield name
+    delete_host_queue(amqp_url, name)
+
+
+def _expect(kind: str, reply) -> None:
+    if kind == "big":
+        assert reply.code == Code.OK and reply.data == {"text": BIG}
+    elif kind == "empty":
+        assert reply.code == Code.INTERNAL_ERROR and "could not be read" in reply.data["detail"], reply
+    else:
+        assert reply.code == Code.OK and reply.data == {"n": 1}, reply
+
+
+def test_replies_of_many_frames_of_no_body_and_with_every_kind_of_header_reach_their_callers_as_sent(
+    amqp_url, raw_host, monkeypatch
+):
+    headers_seen: dict[str, object] = {}
+    on_reply = Client._on_reply
+
+    def noting_the_headers(self, message) -> None:
+        headers_seen[message.properties.get("correlation_id")] = message.headers
+        on_reply(self, message)
+
+    monkeypatch.setattr(Client, "_on_reply", noting_the_headers)
+    responder = _RawResponder(host_queue_name(raw_host))
+    try:
+        with Client(amqp_url) as client:
+            for kind in ["big", "empty", "headers", "big", "headers", "empty"]:
+                # submit: the consumer thread reads the reply; call: the calling thread reads it
+                command = {"handler": "SystemHandler", "command": "ping", "data": {"kind": kind}}
+                pending = client.submit(raw_host, command)
+                _expect(kind, client.wait(pending, 15))
+                assert headers_seen.pop(pending.correlation_id) == (HEADERS if kind == "headers" else {})
+                _expect(kind, client.call(raw_host, "SystemHandler", "ping", {"kind": kind}, timeout=15))
+                assert list(headers_seen.values()) == [HEADERS if kind == "headers" else {}]
+                headers_seen.clear()
+    finally:
+        responder.close()
+
+
+class _Trickle:
+    """The reply connection's socket, each receive cut to ``size`` octets: a reply arrives over many reads."""
+
+    def __init__(self, sock: socket.socket, size: int):
+        self._sock, self._size = sock, size
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        return self._sock.recv(min(size, self._size), flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def test_a_reply_half_read_when_the_reading_stops_is_read_whole_by_py_amqp_afterwards(amqp_url):
+    queue = unique("kvt.reading.")
+    with Connection(amqp_url) as conn, Connection(amqp_url) as sender:
+        raw = conn.connection
+        channel = conn.channel()
+        channel.queue_declare(queue, exclusive=True, auto_delete=True)
+        arrived: list[amqp.Message] = []
+        channel.basic_consume(queue, no_ack=True, callback=arrived.append)
+        replies: list = []
+        reader = _AmqpReplies(conn, raw, channel.channel_id, replies.append, 2.0)
+        reader._sock = _Trickle(reader._sock, 10_000)
+        sender.default_channel.basic_publish(amqp.Message(b"small", correlation_id="1"), "", queue)
+        sender.default_channel.basic_publish(amqp.Message(BIG.encode(), correlation_id="2"), "", queue)
+        deadline = time.monotonic() + 10
+        while not (replies and reader._arriving is not None and reader._arriving.parts) and time.monotonic() < deadline:
+            reader.read(0.5, None)
+        assert [r.body for r in replies] == [b"small"] and reader._arriving.parts, "the big one is half read"
+        reader.stop()  # py-amqp reads from here on: it is given the big reply's frames read so far
+        while not arrived and time.monotonic() < deadline:
+            raw.drain_events(timeout=1)
+        assert [(m.correlation_id, m.body) for m in arrived] == [("2", BIG.encode())]

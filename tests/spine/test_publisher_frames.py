@@ -56,3 +56,16 @@ def test_a_routing_key_longer_than_a_short_string_is_left_to_py_amqp():
     item = _pending(b"{}")
     item.routing_key = "k" * 256
     assert publish_frames(1, FRAME_MAX, item) is None
+
+
+def test_a_transient_command_with_no_headers_to_the_same_queue_on_two_channels_is_framed_as_py_amqp_frames_it():
+    for channel in (1, 2, 1):  # the method frame is kept per channel and queue: each channel's own
+        item = _pending(b"{}", **{**COMMAND, "delivery_mode": 1})
+        item.headers = {}
+        assert publish_frames(channel, FRAME_MAX, item) == _py_amqp(channel, item)
+
+
+def test_a_command_to_a_queue_named_longer_than_a_short_string_is_left_to_py_amqp():
+    item = _pending(b"{}", **COMMAND)
+    item.routing_key = "k" * 256
+    assert publish_frames(1, FRAME_MAX, item) is None
