@@ -75,15 +75,25 @@ class _Layer:
         self.count += 1
 
     def has(self, h: int) -> bool:
-        bits = self.bits
-        for i in _positions(h, self.size):  # noqa: SIM110 (as above)
-            if not bits[i >> 3] & (1 << (i & 7)):
-                return False  # most absent msg_ids at the first bit
-        return True
+        """Whether the bits of ``_positions`` are all set, unrolled: most absent msg_ids fail at the first."""
+        bits, size = self.bits, self.size
+        h &= 0xFFFFFFFFFFFFFFFF
+        h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+        i = h1 % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + h2) % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + 2 * h2) % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + 3 * h2) % size
+        return bool(bits[i >> 3] & (1 << (i & 7)))
 
 
 def _positions(h: int, size: int) -> tuple[int, ...]:
-    """``HASHES`` bit positions from one 64-bit hash (double hashing: h1 + i·h2); ``_Layer.add`` unrolls them."""
+    """``HASHES`` bit positions from one 64-bit hash (double hashing: h1 + i·h2); ``_Layer`` unrolls them."""
     h &= 0xFFFFFFFFFFFFFFFF
     h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
     return ((h1) % size, (h1 + h2) % size, (h1 + 2 * h2) % size, (h1 + 3 * h2) % size)
