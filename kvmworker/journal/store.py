@@ -215,17 +215,20 @@ class JournalStore:
         """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
         row, reply_text = _row(received), _dumps(reply)
         self._check_open()
-        self._writer.submit_statement(
-            _record_sql(state, on_conflict),
-            (
-                *row,
-                _code_of(reply),
-                reply_text,
-                round(duration * 1000, 3),
-                self._clock(),
-                received.expires_at,
-                sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
-                row[9],
+        self._writer.submit(
+            partial(
+                _execute,
+                _record_sql(state, on_conflict),
+                (
+                    *row,
+                    _code_of(reply),
+                    reply_text,
+                    round(duration * 1000, 3),
+                    self._clock(),
+                    received.expires_at,
+                    sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
+                    row[9],
+                ),
             ),
             key=received.msg_id,
             inserts=True,

@@ -39,17 +39,16 @@ MAX_GROUP = 512
 """Writes per transaction at most: the write lock is not held for long, whatever piles up."""
 LINGER_S = 0.02
 """After writing, the thread lets what comes next gather this long: one commit and one wake-up for them.
-A commit costs ~30-50 µs (its pages in the WAL, the wake-up); 5 ms left groups of 2-10 records at the rates a
-worker sees (500-2,000/s), ~40 µs of CPU per record more than 20 ms does (``bench/journal.py``, paced). It is how
-long a record nobody waits for (read-only, refused: safe to lose) may sit in memory before it is committed."""
+Each commit costs its WAL pages and a wake-up: at the rates a worker sees, 5 ms made groups of a few records and
+cost ~21 µs more CPU per record than 20 ms at 1,000 records/s, ~8 µs at 2,500/s (paced, both in one process in
+turns). It is how long a record nobody waits for (read-only, refused: safe to lose) may wait to be committed."""
 MAX_QUEUED = 4096
 """Writes nobody waits for, at most, before ``submit`` waits too: the queue cannot outgrow a slow disk."""
 
 
 @dataclass(eq=False, slots=True)  # one per record: made fast, kept small
 class _Queued:
-    write: Write | None
-    """None for a statement (``sql`` with ``params``): a run of those with the same ``sql`` is one ``executemany``."""
+    write: Write
     seq: int
     key: str | None
     in_transaction: bool
@@ -59,8 +58,6 @@ class _Queued:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
-    sql: str | None = None
-    params: Any = ()
 
 
 class GroupWriter:
@@ -172,22 +169,13 @@ class GroupWriter:
     ) -> None:
         """Write soon, in order, without waiting (a failure is logged). ``inserts``: as for ``run``."""
         with self._lock:
-            self._submitted_locked(self._enqueue(write, key, in_transaction, waited=False, inserts=inserts))
-
-    def submit_statement(self, sql: str, params: Any, *, key: str | None = None, inserts: bool = False) -> None:
-        """``submit`` of one statement: written with the statements of the same ``sql`` next to it in its group
-        by one ``executemany`` (one call for the run, not one per record), each still in order."""
-        with self._lock:
-            self._submitted_locked(self._enqueue(None, key, True, False, inserts, sql, params))
-
-    def _submitted_locked(self, queued: _Queued) -> None:
-        """After a write nobody waits for is queued: wait if too many are, else see that the thread writes it."""
-        if len(self._queue) >= MAX_QUEUED:
-            self._wait_locked(queued.seq)
-        elif self._thread is None:
-            self._start_thread()
-        elif self._asleep or len(self._queue) >= MAX_GROUP:
-            self._queued.notify()
+            queued = self._enqueue(write, key, in_transaction, waited=False, inserts=inserts)
+            if len(self._queue) >= MAX_QUEUED:
+                self._wait_locked(queued.seq)
+            elif self._thread is None:
+                self._start_thread()
+            elif self._asleep or len(self._queue) >= MAX_GROUP:
+                self._queued.notify()
 
     def flush(self, key: str | None = None) -> None:
         """Wait until what is queued now (only the writes of ``key``, if given) is written."""
@@ -195,22 +183,13 @@ class GroupWriter:
             seq = self._last_seq if key is None else self._pending_keys.get(key, 0)
             self._wait_locked(seq)
 
-    def _enqueue(
-        self,
-        write: Write | None,
-        key: str | None,
-        in_transaction: bool,
-        waited: bool,
-        inserts: bool,
-        sql: str | None = None,
-        params: Any = (),
-    ) -> _Queued:
+    def _enqueue(self, write: Write, key: str | None, in_transaction: bool, waited: bool, inserts: bool) -> _Queued:
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if inserts and key is not None and self.seen is not None:  # under the lock: in order with ``remember_ids``
             self.seen.add(key)
         self._last_seq += 1
-        queued = _Queued(write, self._last_seq, key, in_transaction, waited, sql=sql, params=params)
+        queued = _Queued(write, self._last_seq, key, in_transaction, waited)
         self._queue.append(queued)
         if key is not None:
             self._pending_keys[key] = queued.seq
@@ -308,10 +287,7 @@ class GroupWriter:
 
     def _alone(self, queued: _Queued) -> None:
         try:
-            if queued.sql is None:
-                queued.result = queued.write(self._db)
-            else:
-                queued.result = self._db.execute(queued.sql, queued.params).rowcount
+            queued.result = queued.write(self._db)
         except Exception as exc:
             queued.error = exc
         queued.done = True
@@ -328,7 +304,8 @@ class GroupWriter:
             _fail(run, exc)
             return
         try:
-            self._write_run(run)
+            for queued in run:
+                queued.result = queued.write(self._db)
         except Exception:
             self._rollback()
             for queued in run:  # one bad write must not take the others with it: each again, alone
@@ -343,25 +320,6 @@ class GroupWriter:
             return
         for queued in run:
             queued.done = True
-
-    def _write_run(self, run: list[_Queued]) -> None:
-        """Each write of ``run`` in order, inside the transaction; consecutive statements of one ``sql`` at once."""
-        db, i, end = self._db, 0, len(run)
-        while i < end:
-            queued = run[i]
-            sql = queued.sql
-            if sql is None:
-                queued.result = queued.write(db)
-                i += 1
-                continue
-            j = i + 1
-            while j < end and run[j].sql is sql:  # the same text object: one cached SQL per kind of record
-                j += 1
-            if j - i == 1:
-                queued.result = db.execute(sql, queued.params).rowcount
-            else:
-                db.executemany(sql, [each.params for each in run[i:j]])  # submitted: nobody reads their results
-            i = j
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
