@@ -103,7 +103,7 @@ class JournalMiddleware(Middleware[Claim]):
     # -- hooks -----------------------------------------------------------------
 
     def before_execute(self, msg: InFlight) -> Reply | None:
-        if self._unrecorded:  # a duplicate of one answered in this pass finds it recorded, as any other
+        if msg.msg_id in self._unrecorded:  # a duplicate of one answered in this pass finds it recorded, as any other
             self._record_deferred(msg.msg_id)
         with self._lock:
             pending, entry = self._pending(msg.msg_id), None

@@ -39,6 +39,7 @@ _SECRET_MARKS = (
 )  # fmt: skip
 # Letters that the patterns' IGNORECASE takes for an ASCII letter of those words, though ``lower()`` does not.
 _FOLDED_TO_ASCII = ("\u0130", "\u0131", "\u017f", "\u212a")  # İ ı ſ K(elvin)
+_FOLDED_SEARCH = re.compile("[" + "".join(_FOLDED_TO_ASCII) + "]").search
 
 
 def may_hold_secret(json_text: str) -> bool:
@@ -50,7 +51,8 @@ def may_hold_secret(json_text: str) -> bool:
     for mark in _SECRET_MARKS:
         if mark in lowered:
             return True
-    return not json_text.isascii() and any(letter in json_text for letter in _FOLDED_TO_ASCII)
+    # Not ASCII is common (the reply's own ``msg`` is not): one search for the four letters, no generator.
+    return not json_text.isascii() and _FOLDED_SEARCH(json_text) is not None
 
 
 @functools.lru_cache(maxsize=4096)  # the same few dozen key names come by on every message

@@ -26,11 +26,12 @@ class SeenIds:
         self._grow()
 
     def add(self, msg_id: str) -> None:
+        h = hash(msg_id)
         with self._lock:
             layer = self._layers[-1]
             if layer.count >= layer.capacity:
                 layer = self._grow()
-            layer.add(hash(msg_id))
+            layer.add(h)
 
     def may_hold(self, msg_id: str) -> bool:
         h = hash(msg_id)
@@ -59,21 +60,40 @@ class _Layer:
         self.bits = bytearray((self.size + 7) // 8)
 
     def add(self, h: int) -> None:
+        """Sets the ``HASHES`` bits of ``_positions``, unrolled (it runs per message)."""
         bits, size = self.bits, self.size
-        for i in _positions(h, size):
-            bits[i >> 3] |= 1 << (i & 7)
+        h &= 0xFFFFFFFFFFFFFFFF
+        h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+        i = h1 % size
+        bits[i >> 3] |= 1 << (i & 7)
+        i = (h1 + h2) % size
+        bits[i >> 3] |= 1 << (i & 7)
+        i = (h1 + 2 * h2) % size
+        bits[i >> 3] |= 1 << (i & 7)
+        i = (h1 + 3 * h2) % size
+        bits[i >> 3] |= 1 << (i & 7)
         self.count += 1
 
     def has(self, h: int) -> bool:
-        bits = self.bits
-        for i in _positions(h, self.size):  # noqa: SIM110 (as above)
-            if not bits[i >> 3] & (1 << (i & 7)):
-                return False  # most absent msg_ids at the first bit
-        return True
+        """Whether the bits of ``_positions`` are all set, unrolled: most absent msg_ids fail at the first."""
+        bits, size = self.bits, self.size
+        h &= 0xFFFFFFFFFFFFFFFF
+        h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+        i = h1 % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + h2) % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + 2 * h2) % size
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h1 + 3 * h2) % size
+        return bool(bits[i >> 3] & (1 << (i & 7)))
 
 
 def _positions(h: int, size: int) -> tuple[int, ...]:
-    """``HASHES`` bit positions from one 64-bit hash (double hashing: h1 + i·h2)."""
+    """``HASHES`` bit positions from one 64-bit hash (double hashing: h1 + i·h2); ``_Layer`` unrolls them."""
     h &= 0xFFFFFFFFFFFFFFFF
     h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
     return ((h1) % size, (h1 + h2) % size, (h1 + 2 * h2) % size, (h1 + 3 * h2) % size)

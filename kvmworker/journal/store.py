@@ -2,15 +2,18 @@
 
 Written by the worker on its command threads, read at the same time by ``kvmworker journal``
 (WAL lets readers and the one writer proceed side by side). ``synchronous=NORMAL`` is durable
-against a crash of the worker process (the case exactly-once has to survive) though not against
-a power cut; a full fsync per command would cost more than the command itself.
+against a crash of the worker process (the case exactly-once has to survive): a commit has written its
+WAL frames to the kernel before it returns. Not against a power cut or a kernel crash: the WAL is only
+fsynced at checkpoints, so those may roll back the commits since the last one (the file stays consistent,
+never half a transaction); a full fsync per command would cost more than the command itself.
 
 Records are committed in groups (``GroupWriter``), in the order they were handed over:
 
 - ``begin`` (a mutating command's claim), ``finish`` (its reply, recorded before it is published),
   ``add_delivery`` and ``close_abandoned`` return once committed: a crash after them finds them;
 - ``answered`` (a read-only command) and ``refused`` return at once and are committed soon after by
-  the writer's thread: a crash may lose the last of them, and such a command is safe to run again;
+  the writer's thread (within ``writer.LINGER_S``, 20 ms, or so): a crash may lose the last of them, and
+  such a command is safe to run again;
 - every read (``find``, ``query``…) first waits for what this process has handed over (``find``: for
   that msg_id only), so a record is readable as soon as the call that made it returned.
 

@@ -208,6 +208,28 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_others_of_its_group_a
     store.close()
 
 
+def test_records_piled_up_into_one_group_are_written_as_one_after_another_even_for_the_same_msg_id(tmp_path):
+    path = tmp_path / "j.sqlite"
+    store = JournalStore(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer waits for the file: what follows piles up into one group
+    store.answered(received("a"), OK, 0.001)
+    store.answered(received("b"), OK, 0.001)
+    store.answered(received("a", at=1_800_000_001.0), OK, 0.002)  # its second arrival, in the same run
+    store.refused(received("c"), {"code": 20004, "msg": "m", "data": {}}, 0.0)
+    store.answered(received("d"), OK, 0.001)
+    blocker.execute("COMMIT")
+    blocker.close()
+    store.close()
+    assert rows(path) == [("a", ANSWERED), ("b", ANSWERED), ("c", REFUSED), ("d", ANSWERED)]
+    reader = JournalStore.open_existing(path)
+    first = reader.find("a")
+    assert first.delivery_count == 2
+    assert [d["received_at"] for d in first.deliveries] == [1_800_000_000.0, 1_800_000_001.0]
+    assert first.duration_ms == 2.0
+    reader.close()
+
+
 def test_records_older_than_the_age_limit_are_pruned_by_the_writer_while_records_come_in(tmp_path):
     now = [1_800_000_000.0]
     store = JournalStore(tmp_path / "j.sqlite", max_age_days=1, clock=lambda: now[0])
