@@ -11,7 +11,7 @@ import logging
 import selectors
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection
@@ -29,6 +29,8 @@ log = logging.getLogger("kvmworker.worker")
 
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
+# Redis: a take pops at most this many messages (within the prefetch): one round trip for a backlog's worth
+TAKE_MAX = 16
 # Redis: kombu's restore of what was left unacked past the visibility timeout runs this often (a quarter of the
 # timeout, within these bounds), busy or idle; kombu's own consumer ran it on every tenth empty poll
 RESTORE_MIN_S, RESTORE_MAX_S = 0.5, 10.0
@@ -100,7 +102,7 @@ class RedisSession:
             self._client_id: int | None = self._conn.read_response()
         except ResponseError:  # refused (ACL): a stop waits for the BRPOP's timeout instead
             self._client_id = None
-        self._take_now, self._take_waiting = self._takes(keys, wait)
+        self._take = self._takes(keys, wait)
         self._sock = self._conn._sock  # from here on written and read here alone
         self._tls = hasattr(self._sock, "pending")
         self._rbuf = bytearray()  # what was read past the last whole answer
@@ -117,6 +119,7 @@ class RedisSession:
         self.waiting = False  # a take (BRPOP, or BLMOVE and TAKE) was sent and its answer not read
         self._skip = False  # the BLMOVE's answer (a wake-up, nothing taken) is read first
         self._more = False  # the last TAKE left messages in the queue: the next takes at once, without a BLMOVE
+        self._arriving = 0  # taken by the last TAKE, not yet handed over
         self._sent_at = 0.0
         self._next_restore = 0.0  # at once: what an earlier worker left
         self._unsettled = 0
@@ -130,10 +133,10 @@ class RedisSession:
         self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
         worker._session = self
 
-    def _takes(self, keys: list[str], wait: float) -> tuple[bytes, bytes]:
-        """What takes a message at once, and what waits for one: ``TAKE`` (pop and record in one script) and
-        ``BLMOVE`` in front of it (Redis >= 6.2, scripts allowed); else BRPOP for both (its record written by
-        the worker)."""
+    def _takes(self, keys: list[str], wait: float) -> Callable[[int, bool], bytes]:
+        """What takes up to so many messages, at once or waiting for one: ``TAKE`` (pop and record in one
+        script), with ``BLMOVE`` in front of it to wait (Redis >= 6.2, scripts allowed); else BRPOP, one
+        message (its record written by the worker)."""
         from redis.exceptions import ResponseError
 
         conn = self._conn
@@ -148,12 +151,16 @@ class RedisSession:
         if not blmove or blmove[0] is None or not sha:  # Redis < 6.2 has no BLMOVE
             self._scripted = False
             brpop = _resp((("BRPOP", *keys, wait),))
-            return brpop, brpop
+            return lambda count, waits: brpop
         self._scripted = True
         sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-        take = _resp((("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table),))
+        takes = [
+            _resp((("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table, n),)) for n in range(TAKE_MAX + 1)
+        ]
         # the highest priority's list (kombu's first key) moved onto itself: a wait that takes nothing
-        return take, _resp((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),)) + take
+        blmove = _resp((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),))
+        waiting = [blmove + take for take in takes]
+        return lambda count, waits: (waiting if waits else takes)[count]
 
     # -- the loop --------------------------------------------------------------
 
@@ -197,7 +204,8 @@ class RedisSession:
         """What the pass wrote, in one write: on this connection with the next take in front of it; while a
         take waits, on the book's, once every record this one carried is in (its answers read)."""
         out = self._out
-        ask = not self.waiting and not self._cancelled and self._unsettled < self._worker._prefetch
+        room = self._worker._prefetch - self._unsettled - self._arriving
+        ask = not self.waiting and not self._cancelled and room > 0
         if self.waiting:
             if out:
                 self._read_owed()
@@ -208,7 +216,7 @@ class RedisSession:
         if not out and not ask:
             return
         if ask:
-            out.append(self._take_now if self._more else self._take_waiting)
+            out.append(self._take(min(room, TAKE_MAX), not self._more))
         data = b"".join(out)
         out.clear()
         self._send(data)
@@ -257,9 +265,12 @@ class RedisSession:
                     if answer is None:  # nothing (timed out, or cut short): idle, the book's answers are read
                         self._more = False
                         self._book.flush()
-                    elif self._scripted:  # [message, more left, recorded]
-                        self._more = answer[1] == b"1"
-                        self._deliver(answer[0], recorded=answer[2] == b"1")
+                    elif self._scripted:  # [more left, message, recorded, message, recorded …]
+                        self._more = answer[0] == b"1"
+                        self._arriving = len(answer) // 2
+                        for at in range(1, len(answer), 2):
+                            self._arriving -= 1
+                            self._deliver(answer[at], recorded=answer[at + 1] == b"1")
                     else:  # BRPOP's [key, message]
                         self._deliver(answer[1], recorded=False)
                 else:
@@ -421,15 +432,18 @@ class RedisSession:
         self._qos.reject(tag, requeue=True)
 
 
-# TAKE: the first message of the queue's lists (kombu's keys, highest priority first) popped and recorded as kombu's
-# QoS.append records a delivery (KEYS: the lists, then kombu's unacked index and table), in one step: from then on
-# Redis gives it back after the visibility timeout, whatever becomes of the worker. Answers nil (nothing), or
-# [message, 1 if any list has more, 1 if recorded]; a message whose record it cannot make (not kombu's JSON) comes
-# unrecorded, for the worker to judge. The score is Redis's clock (the worker's clock, for a record it writes).
+# TAKE: up to ARGV[1] messages popped from the queue's lists (kombu's keys, highest priority first, as BRPOP takes
+# them) and each recorded as kombu's QoS.append records a delivery (KEYS: the lists, then kombu's unacked index and
+# table), in one step: from then on Redis gives them back after the visibility timeout, whatever becomes of the
+# worker. Answers nil (nothing), or [1 if any list has more, message, 1 if recorded, message, …]; a message whose
+# record it cannot make (not kombu's JSON) comes unrecorded, for the worker to judge. The score is Redis's clock
+# (the worker's own, for a record it writes itself).
 _TAKE = """
 if redis.replicate_commands then redis.replicate_commands() end
-local lists = #KEYS - 2
-for i = 1, lists do
+local lists, count = #KEYS - 2, tonumber(ARGV[1])
+local taken, now = {0}, nil
+local i = 1
+while i <= lists and #taken <= 2 * count do
   local message = redis.call('RPOP', KEYS[i])
   if message then
     local ok, tag, record = pcall(function()
@@ -440,18 +454,24 @@ for i = 1, lists do
         .. cjson.encode(info['routing_key']) .. ']'
     end)
     if ok then
-      local now = redis.call('TIME')
-      redis.call('ZADD', KEYS[lists + 1], tonumber(now[1]) + tonumber(now[2]) / 1000000, tag)
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+      end
+      redis.call('ZADD', KEYS[lists + 1], now, tag)
       redis.call('HSET', KEYS[lists + 2], tag, record)
     end
-    local more = 0
-    for j = i, lists do
-      if redis.call('LLEN', KEYS[j]) > 0 then more = 1 break end
-    end
-    return {message, more, ok and 1 or 0}
+    taken[#taken + 1] = message
+    taken[#taken + 1] = ok and 1 or 0
+  else
+    i = i + 1
   end
 end
-return false
+if #taken == 1 then return false end
+for j = i, lists do
+  if redis.call('LLEN', KEYS[j]) > 0 then taken[1] = 1 break end
+end
+return taken
 """
 
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"

@@ -291,3 +291,67 @@ def test_a_worker_whose_redis_user_may_not_run_scripts_takes_with_brpop_and_stil
     finally:
         w.stop_all()
         subprocess.run([*acl, "ACL", "DELUSER", user], check=True)
+
+
+def _script_calls(redis: PrivateRedis) -> int:
+    """How many EVALSHA Redis has run since its statistics were reset (the worker's takes among them)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        return int(db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_backlog_is_taken_several_messages_a_round_trip_each_recorded_and_run_once(redis, worker):
+    stop_process(worker.current)
+    names = [f"backlog{i}" for i in range(48)]
+    with Client(redis.url) as client:
+        pending = [
+            client.submit(
+                worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": name}}, timeout=60
+            )
+            for name in names
+        ]
+        assert wait_for(lambda: _queued(redis, worker.host) == len(names), 10)
+        subprocess.run(["redis-cli", "-p", str(redis.port), "CONFIG", "RESETSTAT"], check=True, capture_output=True)
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+        takes = _script_calls(redis)
+    assert [r.code for r in replies] == [Code.OK] * len(names), worker.log()
+    assert [count_of(worker.effects, name) for name in names] == [1] * len(names)
+    assert all(_unacked_records(redis, p.msg_id) == [] for p in pending)
+    assert takes <= len(names) // 2, f"{takes} scripts run for a backlog of {len(names)}: one take a message"
+    print(f"\nbacklog of {len(names)}: {takes} scripts run")
+
+
+def test_a_worker_killed_holding_a_batch_it_took_has_each_message_back_and_none_runs_twice(redis, worker):
+    """The messages one take brought in are recorded together: killed while they run or wait in the worker,
+    each comes back after the visibility timeout and is answered once (run on the next worker, or, if it had
+    started, answered from the journal as interrupted)."""
+    stop_process(worker.current)
+    names = [f"held{i}" for i in range(28)]  # more than the pool runs at once (16), within the prefetch (32)
+    with Client(redis.url) as client:
+        pending = [
+            client.submit(
+                worker.host,
+                {"handler": "ProbeHandler", "command": "count", "data": {"name": name, "sleep": 2}},
+                timeout=90,
+            )
+            for name in names
+        ]
+        assert wait_for(lambda: _queued(redis, worker.host) == len(names), 10)
+        worker.start()
+        assert wait_for(lambda: any(count_of(worker.effects, name) for name in names), 15), worker.log()
+        assert wait_for(lambda: _queued(redis, worker.host) == 0, 5), "the worker did not take the backlog"
+        worker.kill()
+        started = [name for name in names if count_of(worker.effects, name)]
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+    assert started != names, "every command had started before the kill: none came back to run"
+    for name, reply in zip(names, replies, strict=True):
+        if name in started:
+            state = (reply.data or {}).get("state")
+            assert (reply.code, state) == (Code.UNKNOWN_OUTCOME, "interrupted"), (name, reply)
+        else:
+            assert reply.code == Code.OK, (name, reply, worker.log())
+        assert count_of(worker.effects, name) == 1, f"{name} ran {count_of(worker.effects, name)} times"
+    assert all(_unacked_records(redis, p.msg_id) == [] for p in pending)
