@@ -48,9 +48,9 @@ class RedisSession:
     client and its transaction waited for per delivery cost more than the rest of the path).
 
     One connection (``_sock``, set up by redis-py, then written and read here) carries the take and, in front
-    of it, what the worker writes. The take: ``TAKE`` (``_TAKE``, a script) pops the first message of the
-    queue's lists and writes its record (kombu's ZADD + HSET, as kombu's ``QoS.append`` writes them) in one
-    step in Redis; when nothing is left, a ``BLMOVE`` of the default priority's list onto itself (it takes
+    of it, what the worker writes. The take: ``TAKE`` (``_TAKE``, a script) pops the first messages of the
+    queue's lists (up to ``TAKE_MAX``, within the prefetch) and writes each one's record (kombu's ZADD + HSET,
+    in kombu's keys and format, restored by kombu to this queue) in one step in Redis; when nothing is left, a ``BLMOVE`` of the default priority's list onto itself (it takes
     nothing) waits in front of it, in the same write. So a message is recorded the moment it is popped, with no
     round trip of the worker's in between: a worker killed (or frozen) at any point has it back after the
     visibility timeout, once (kombu's restore moves the record back to the queue and deletes it). A message
@@ -154,13 +154,22 @@ class RedisSession:
             return lambda count, waits: brpop
         self._scripted = True
         sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-        takes = [
-            _resp((("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table, n),)) for n in range(TAKE_MAX + 1)
+        # EVALSHA sha, the keys, then ARGV: how many, the records' tag (one per take), the queue (its JSON)
+        args = ("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table)
+        heads = [
+            b"".join((b"*%d\r\n" % (len(args) + 3), *(_bulk(str(arg).encode()) for arg in (*args, n))))
+            for n in range(TAKE_MAX + 1)
         ]
+        queue = _bulk(json.dumps(self._worker._queue.name).encode())
         # the highest priority's list (kombu's first key) moved onto itself: a wait that takes nothing
         blmove = _resp((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),))
-        waiting = [blmove + take for take in takes]
-        return lambda count, waits: (waiting if waits else takes)[count]
+        base, tags = self._tag_base, self._tags
+
+        def take(count: int, waits: bool) -> bytes:
+            tag = _bulk(b"%s%012x." % (base.encode(), next(tags)))
+            return b"".join((blmove if waits else b"", heads[count], tag, queue))
+
+        return take
 
     # -- the loop --------------------------------------------------------------
 
@@ -265,14 +274,14 @@ class RedisSession:
                     if answer is None:  # nothing (timed out, or cut short): idle, the book's answers are read
                         self._more = False
                         self._book.flush()
-                    elif self._scripted:  # [more left, message, recorded, message, recorded …]
+                    elif self._scripted:  # [more left, message, its record's tag, message, tag …]
                         self._more = answer[0] == b"1"
                         self._arriving = len(answer) // 2
                         for at in range(1, len(answer), 2):
                             self._arriving -= 1
-                            self._deliver(answer[at], recorded=answer[at + 1] == b"1")
+                            self._deliver(answer[at], answer[at + 1].decode())
                     else:  # BRPOP's [key, message]
-                        self._deliver(answer[1], recorded=False)
+                        self._deliver(answer[1], None)
                 else:
                     raise ConnectionLost(f"Redis answered nothing that was asked: {answer!r:.100}")
         except _Incomplete:
@@ -301,18 +310,18 @@ class RedisSession:
             raise ConnectionLost(f"Redis did not answer within {self._overdue_s:g} s")
         self._recv()
 
-    def _deliver(self, payload: bytes, recorded: bool) -> None:
+    def _deliver(self, payload: bytes, recorded: str | None) -> None:
         """kombu's message (its JSON) as kombu's channel decodes it, recorded as kombu records it (by ``TAKE``
-        already, or here), handed over."""
-        tag = None
+        already, under the tag ``recorded``; or here, under the message's delivery tag), handed over."""
+        tag = recorded
         try:
             message = json.loads(payload)
             props = message["properties"]
             info = props["delivery_info"]
-            tag = str(props["delivery_tag"])
             headers = message.get("headers") or {}
             body = _kombu_body(self._channel, message, props, headers)
-            if not recorded:  # kombu's record, [message, exchange, routing key] in JSON, the message as it came
+            if recorded is None:  # kombu's record, [message, exchange, routing key] in JSON, the message as it came
+                tag = str(props["delivery_tag"])
                 record = b"[%s,%s,%s]" % (
                     payload,
                     json.dumps(info["exchange"]).encode(),
@@ -322,12 +331,13 @@ class RedisSession:
             log.error(
                 "a message on %s that is not kombu's was dropped (%s): %r", self._worker._queue.name, exc, payload[:200]
             )
-            if recorded and tag is not None:  # its record goes too: restored, it would be dropped again and again
+            if recorded is not None:  # its record goes too: restored, it would be dropped again and again
                 btag = _bulk(tag.encode())
                 self._out += (_MULTI, self._zrem, btag, self._hdel, btag, _EXEC)
                 self._out_count += 4
             return
-        if not recorded:
+        assert tag is not None
+        if recorded is None:
             btag = _bulk(tag.encode())
             stamp = _bulk(repr(time.time()).encode())
             self._send(b"".join((_MULTI, self._zadd, stamp, btag, self._hset, btag, _bulk(record), _EXEC)))
@@ -435,39 +445,32 @@ class RedisSession:
 # TAKE: up to ARGV[1] messages popped from the queue's lists (kombu's keys, highest priority first, as BRPOP takes
 # them) and each recorded as kombu's QoS.append records a delivery (KEYS: the lists, then kombu's unacked index and
 # table), in one step: from then on Redis gives them back after the visibility timeout, whatever becomes of the
-# worker. Answers nil (nothing), or [1 if any list has more, message, 1 if recorded, message, …]; a message whose
-# record it cannot make (not kombu's JSON) comes unrecorded, for the worker to judge. The score is Redis's clock
-# (the worker's own, for a record it writes itself).
+# worker. The record: [message as it came, "", the queue's name (ARGV[3], in JSON)]: kombu's restore puts it back
+# on that queue (the default exchange's routing), at its priority. Its tag: ARGV[2] and the message's place in the
+# take (the message is not decoded here: that costs Redis more than the rest). Answers nil (nothing), or [1 if any
+# list has more, message, tag, message, tag …]. The score is Redis's clock.
 _TAKE = """
-if redis.replicate_commands then redis.replicate_commands() end
-local lists, count = #KEYS - 2, tonumber(ARGV[1])
-local taken, now = {0}, nil
-local i = 1
-while i <= lists and #taken <= 2 * count do
+local lists, count, base = #KEYS - 2, tonumber(ARGV[1]), ARGV[2]
+local tail = ',"",' .. ARGV[3] .. ']'
+local taken, now, k, i = {0}, nil, 0, 1
+while i <= lists and k < count do
   local message = redis.call('RPOP', KEYS[i])
   if message then
-    local ok, tag, record = pcall(function()
-      local props = cjson.decode(message)['properties']
-      local info, tag = props['delivery_info'], props['delivery_tag']
-      if type(tag) ~= 'string' and type(tag) ~= 'number' then error('no delivery tag') end
-      return tostring(tag), '[' .. message .. ',' .. cjson.encode(info['exchange']) .. ','
-        .. cjson.encode(info['routing_key']) .. ']'
-    end)
-    if ok then
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-      end
-      redis.call('ZADD', KEYS[lists + 1], now, tag)
-      redis.call('HSET', KEYS[lists + 2], tag, record)
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) + tonumber(t[2]) / 1000000
     end
-    taken[#taken + 1] = message
-    taken[#taken + 1] = ok and 1 or 0
+    k = k + 1
+    local tag = base .. k
+    redis.call('ZADD', KEYS[lists + 1], now, tag)
+    redis.call('HSET', KEYS[lists + 2], tag, '[' .. message .. tail)
+    taken[2 * k] = message
+    taken[2 * k + 1] = tag
   else
     i = i + 1
   end
 end
-if #taken == 1 then return false end
+if k == 0 then return false end
 for j = i, lists do
   if redis.call('LLEN', KEYS[j]) > 0 then taken[1] = 1 break end
 end

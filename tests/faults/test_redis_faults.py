@@ -355,3 +355,20 @@ def test_a_worker_killed_holding_a_batch_it_took_has_each_message_back_and_none_
             assert reply.code == Code.OK, (name, reply, worker.log())
         assert count_of(worker.effects, name) == 1, f"{name} ran {count_of(worker.effects, name)} times"
     assert all(_unacked_records(redis, p.msg_id) == [] for p in pending)
+
+
+def test_a_message_that_is_not_kombus_is_dropped_with_its_record_and_the_worker_serves_on(redis, worker):
+    """The take records whatever it pops; what the worker then cannot read as kombu's message is logged and
+    dropped, its record with it (restored, it would come back every visibility timeout)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        db.lpush(host_queue_name(worker.host), b"kvt: not kombu's JSON")
+    with Client(redis.url) as client:
+        assert wait_for(lambda: "that is not kombu's was dropped" in worker.log(), 15), worker.log()
+        assert client.call(worker.host, "SystemHandler", "ping", timeout=10).code == Code.OK
+        with redis_py.Redis.from_url(redis.url) as db:
+            records = db.hvals("unacked")
+        assert not [r for r in records if b"not kombu's JSON" in r], "the dropped message's record is left"
+        time.sleep(VISIBILITY_S * 2)  # a record left would have brought it back by now
+    assert worker.log().count("that is not kombu's was dropped") == 1, worker.log()
