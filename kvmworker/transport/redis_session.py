@@ -50,10 +50,11 @@ class RedisSession:
     One connection (``_sock``, set up by redis-py, then written and read here) carries the take and, in front
     of it, what the worker writes. The take: ``TAKE`` (``_TAKE``, a script) pops the first messages of the
     queue's lists (up to ``TAKE_MAX``, within the prefetch) and writes each one's record (kombu's ZADD + HSET,
-    in kombu's keys and format, restored by kombu to this queue) in one step in Redis; when nothing is left, a ``BLMOVE`` of the default priority's list onto itself (it takes
-    nothing) waits in front of it, in the same write. So a message is recorded the moment it is popped, with no
-    round trip of the worker's in between: a worker killed (or frozen) at any point has it back after the
-    visibility timeout, once (kombu's restore moves the record back to the queue and deletes it). A message
+    in kombu's keys and format, restored by kombu to this queue) in one step in Redis; when nothing is left,
+    a ``BLMOVE`` of the default priority's list onto itself (it takes nothing) waits in front of it, in the
+    same write. So a message is recorded the moment it is popped, with no round trip of the worker's in
+    between: a worker killed (or frozen) at any point has it back after the visibility timeout, once (kombu's
+    restore moves the record back to the queue and deletes it, in one transaction that watches it). A message
     with a kombu priority (its own list) that comes while the worker waits is taken when the wait times out
     (``brpop_timeout``, 1 s). Without scripts or BLMOVE (an ACL, Redis < 6.2) the take is a BRPOP and the
     record is written by the worker before the message is handed over, as kombu does (a process killed between
