@@ -796,7 +796,8 @@ class _RedisReplies:
         self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
-        self._brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
+        brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
+        self._brpop = [b"".join([b"*%d\r\n" % len(brpop), *(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in brpop)])]
         self._pool = channel.pool
         self._conn = self._pool.get_connection()
         self._waiting = False  # a BRPOP was sent and its answer not read
@@ -808,7 +809,7 @@ class _RedisReplies:
     def read(self, timeout: float, wake_fd: int | None) -> None:
         conn = self._conn
         if not self._waiting:
-            conn.send_command(*self._brpop, check_health=False)
+            conn.send_packed_command(self._brpop, check_health=False)  # packed once
             self._waiting, self._sent_at = True, time.monotonic()
         if not _readable(conn._sock.fileno(), wake_fd, timeout):
             return

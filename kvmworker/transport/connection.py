@@ -14,6 +14,11 @@ from kvmworker.protocol.urls import mask_secrets
 from kvmworker.transport.names import host_queue
 
 HEARTBEAT_S = 30
+# kombu's lock on its restore of unacked messages (``QoS.restore_visible``) expires after this many seconds: a
+# worker killed while holding it (kombu's default 300 s) would stop every restore, its own messages' too, for five
+# minutes. The lock only spares concurrent restores the work: each restore is a transaction that watches the
+# records (one restorer moves a message back, any other finds its record gone), so a short one is safe.
+RESTORE_LOCK_S = 10
 # The memory transport polls; 2 ms keeps the embedded default responsive without spinning.
 MEMORY_POLL_S = 0.002
 
@@ -29,6 +34,7 @@ def open_connection(url: str, *, confirms: bool = True, visibility_timeout: floa
     elif scheme in ("redis", "rediss"):
         if visibility_timeout:
             options["visibility_timeout"] = visibility_timeout
+        options["unacked_mutex_expire"] = RESTORE_LOCK_S
         # No polling_interval: kombu would make it BRPOP's timeout (a BRPOP every 50 ms, idle) and sleep that
         # long whenever a BRPOP timed out before a message came. Without it, one BRPOP a second (kombu's
         # ``brpop_timeout``) waits for the next message, and nothing sleeps.

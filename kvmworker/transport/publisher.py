@@ -908,7 +908,23 @@ class _PlainLane:
             "headers": item.headers,
             "properties": properties,
         }
-        channel.client.lpush(channel._q_for_pri(item.routing_key, 0), json.dumps(message))
+        key = ((channel.global_keyprefix or "") + channel._q_for_pri(item.routing_key, 0)).encode()
+        text = json.dumps(message).encode()
+        # packed and read here: redis-py's lpush (its packer, its per-command retry and callbacks) costs four
+        # times the write and the read of its answer
+        pool = channel.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(
+                [b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(text), text)],
+                check_health=False,
+            )
+            conn.read_response()  # the list's length; an error answer raises
+        except BaseException:
+            conn.disconnect()  # its state is unknown: the next command connects again
+            raise
+        finally:
+            pool.release(conn)
         return True
 
     @staticmethod

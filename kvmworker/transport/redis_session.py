@@ -1,5 +1,5 @@
-"""The worker's Redis session (see ``transport/worker.py``): its own BRPOP, kombu's unacked bookkeeping, and the
-reply with its ack in one write."""
+"""The worker's Redis session (see ``transport/worker.py``): its own take (a message popped and recorded in one
+script), kombu's unacked bookkeeping, and the reply with its ack in one write."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import selectors
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection
@@ -29,14 +29,16 @@ log = logging.getLogger("kvmworker.worker")
 
 # Redis: the worker reads the answers to its bookkeeping and replies once this many are owed (about 20 messages)
 UNREAD_MAX = 200
+# Redis: a take pops at most this many messages (within the prefetch): one round trip for a backlog's worth
+TAKE_MAX = 16
 # Redis: kombu's restore of what was left unacked past the visibility timeout runs this often (a quarter of the
 # timeout, within these bounds), busy or idle; kombu's own consumer ran it on every tenth empty poll
 RESTORE_MIN_S, RESTORE_MAX_S = 0.5, 10.0
 
 
 class RedisSession:
-    """Redis: the host queue read with the session's own BRPOP; kombu's unacked bookkeeping, the replies and
-    the acks written by the session itself; used by the consumer thread alone.
+    """Redis: the host queue read by the session itself; kombu's unacked bookkeeping, the replies and the acks
+    written by the session itself; used by the consumer thread alone.
 
     kombu's channel keeps its part: it declares the queue and its binding (what a kombu orchestrator's publish
     looks up); its QoS holds the deliveries not yet settled, so that when the channel closes (a lost connection,
@@ -45,18 +47,24 @@ class RedisSession:
     or idle). What is not kombu's: the reading and writing (kombu's poller, its Message objects, its redis-py
     client and its transaction waited for per delivery cost more than the rest of the path).
 
-    One connection (``_sock``, set up by redis-py, then written and read here) carries the BRPOP and, in front
-    of each next BRPOP, what the worker writes: a delivery's record (kombu's ZADD + HSET, as kombu's
-    ``QoS.append`` writes them, in one MULTI/EXEC), sent before the message is handed over as kombu does (from
-    then on Redis gives it back after the visibility timeout whatever becomes of this process: a worker killed
-    mid-command); then the reply and the ack in one MULTI/EXEC, with the next BRPOP in the same write. An inline
-    command costs two writes and the reads of their answers: the answers are not waited for, they are read
-    when they come, in order, in front of the BRPOP's. While a BRPOP waits, a reply from the pool goes out on
-    the ``RedisBook``'s connection, once the answers owed on this one are read: then every record it acks is
-    in. The loop waits on this socket and the inbox's wake-up pipe together: no polling.
+    One connection (``_sock``, set up by redis-py, then written and read here) carries the take and, in front
+    of it, what the worker writes. The take: ``TAKE`` (``_TAKE``, a script) pops the first messages of the
+    queue's lists (up to ``TAKE_MAX``, within the prefetch) and writes each one's record (kombu's ZADD + HSET,
+    in kombu's keys and format, restored by kombu to this queue) in one step in Redis; when nothing is left,
+    a ``BLMOVE`` of the default priority's list onto itself (it takes nothing) waits in front of it, in the
+    same write. So a message is recorded the moment it is popped, with no round trip of the worker's in
+    between: a worker killed (or frozen) at any point has it back after the visibility timeout, once (kombu's
+    restore moves the record back to the queue and deletes it, in one transaction that watches it). A message
+    with a kombu priority (its own list) that comes while the worker waits is taken when the wait times out
+    (``brpop_timeout``, 1 s). Without scripts or BLMOVE (an ACL, Redis < 6.2) the take is a BRPOP and the
+    record is written by the worker before the message is handed over, as kombu does (a process killed between
+    the two loses it, as with kombu's consumer). Then the reply and the ack go in one MULTI/EXEC, with the next
+    take in the same write: an inline command costs one write and the read of its answers, read when they come,
+    in order, in front of the take's. While a take waits, a reply from the pool goes out on the ``RedisBook``'s
+    connection, once the answers owed on this one are read: then every record it acks is in. The loop waits on
+    this socket and the inbox's wake-up pipe together: no polling.
 
-    Between Redis popping a message and its record, a process killed loses it, as with kombu's consumer;
-    stopping (``cancel``) cuts the BRPOP short and reads its answer, so that nothing popped is dropped.
+    Stopping (``cancel``) cuts the wait short and reads the take's answer, so that nothing popped is dropped.
     """
 
     def __init__(self, worker: Worker, conn: Connection, channel: Any):
@@ -82,13 +90,12 @@ class RedisSession:
         self._index, self._table = prefix + qos.unacked_index_key, prefix + qos.unacked_key
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
         wait = channel.brpop_timeout or 1
-        self._brpop = _resp((("BRPOP", *keys, wait),))
-        # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
+        # a live Redis answers a take within its timeout: one unanswered this much longer is a dead connection
         # (a half-open socket never becomes readable), as kombu's poller judges it
         self._overdue_s = wait + (channel.health_check_interval or 25)
         self._restore_every = min(RESTORE_MAX_S, max(channel.visibility_timeout / 4, RESTORE_MIN_S))
         self._restore_limit = channel.unacked_restore_limit
-        self._book = RedisBook(channel)  # the second connection: replies while a BRPOP waits
+        self._book = RedisBook(channel)  # the second connection: replies while a take waits
         self._pool = channel.pool
         self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
         self._conn.send_command("CLIENT", "ID")
@@ -96,13 +103,13 @@ class RedisSession:
             self._client_id: int | None = self._conn.read_response()
         except ResponseError:  # refused (ACL): a stop waits for the BRPOP's timeout instead
             self._client_id = None
+        self._take = self._takes(keys, wait)
         self._sock = self._conn._sock  # from here on written and read here alone
         self._tls = hasattr(self._sock, "pending")
         self._rbuf = bytearray()  # what was read past the last whole answer
-        self._unparsed = (
-            False  # what ``_read_owed`` read past the answers owed (the BRPOP's, maybe): not seen by select
-        )
-        self._owed = 0  # answers Redis owes in front of the BRPOP's
+        # what ``_read_owed`` read past the answers owed (the take's, maybe): not seen by select
+        self._unparsed = False
+        self._owed = 0  # answers Redis owes in front of the take's
         self._out: list[bytes] = []  # commands written at the end of the pass (in RESP), and how many
         self._out_count = 0
         # what every record and ack repeats, packed once
@@ -110,7 +117,10 @@ class RedisSession:
         self._hset = b"".join((b"*4\r\n", _bulk(b"HSET"), _bulk(self._table.encode())))
         self._zrem = b"".join((b"*3\r\n", _bulk(b"ZREM"), _bulk(self._index.encode())))
         self._hdel = b"".join((b"*3\r\n", _bulk(b"HDEL"), _bulk(self._table.encode())))
-        self.waiting = False  # a BRPOP was sent and its answer not read
+        self.waiting = False  # a take (BRPOP, or BLMOVE and TAKE) was sent and its answer not read
+        self._skip = False  # the BLMOVE's answer (a wake-up, nothing taken) is read first
+        self._more = False  # the last TAKE left messages in the queue: the next takes at once, without a BLMOVE
+        self._arriving = 0  # taken by the last TAKE, not yet handed over
         self._sent_at = 0.0
         self._next_restore = 0.0  # at once: what an earlier worker left
         self._unsettled = 0
@@ -124,11 +134,49 @@ class RedisSession:
         self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
         worker._session = self
 
+    def _takes(self, keys: list[str], wait: float) -> Callable[[int, bool], bytes]:
+        """What takes up to so many messages, at once or waiting for one: ``TAKE`` (pop and record in one
+        script), with ``BLMOVE`` in front of it to wait (Redis >= 6.2, scripts allowed); else BRPOP, one
+        message (its record written by the worker)."""
+        from redis.exceptions import ResponseError
+
+        conn = self._conn
+        try:
+            conn.send_command("COMMAND", "INFO", "BLMOVE")
+            blmove = conn.read_response()
+            conn.send_command("SCRIPT", "LOAD", _TAKE)
+            sha = conn.read_response()
+        except ResponseError as exc:  # refused (ACL): BRPOP
+            log.info("Redis takes messages with BRPOP (%s)", exc)
+            blmove, sha = [None], None
+        if not blmove or blmove[0] is None or not sha:  # Redis < 6.2 has no BLMOVE
+            self._scripted = False
+            brpop = _resp((("BRPOP", *keys, wait),))
+            return lambda count, waits: brpop
+        self._scripted = True
+        sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        # EVALSHA sha, the keys, then ARGV: how many, the records' tag (one per take), the queue (its JSON)
+        args = ("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table)
+        heads = [
+            b"".join((b"*%d\r\n" % (len(args) + 3), *(_bulk(str(arg).encode()) for arg in (*args, n))))
+            for n in range(TAKE_MAX + 1)
+        ]
+        queue = _bulk(json.dumps(self._worker._queue.name).encode())
+        # the highest priority's list (kombu's first key) moved onto itself: a wait that takes nothing
+        blmove = _resp((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),))
+        base, tags = self._tag_base, self._tags
+
+        def take(count: int, waits: bool) -> bytes:
+            tag = _bulk(b"%s%012x." % (base.encode(), next(tags)))
+            return b"".join((blmove if waits else b"", heads[count], tag, queue))
+
+        return take
+
     # -- the loop --------------------------------------------------------------
 
     def drain(self, conn: Connection, raw: Any) -> None:
         """Wait for the socket or the inbox; read the answers and the message that came; take the inbox; write
-        what the pass wrote (with the next BRPOP, within the prefetch)."""
+        what the pass wrote (with the next take, within the prefetch)."""
         worker = self._worker
         now = time.monotonic()
         if now >= self._next_restore:
@@ -157,16 +205,17 @@ class RedisSession:
                 self._recv()
             self._answers()
         elif self.waiting and time.monotonic() - self._sent_at > self._overdue_s:
-            raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
+            raise ConnectionLost(f"Redis did not answer a take within {self._overdue_s:g} s")
         if inbox:
             worker._take_inbox()
         self._write()
 
     def _write(self) -> None:
-        """What the pass wrote, in one write: on this connection with the next BRPOP in front of it; while a
-        BRPOP waits, on the book's, once every record this one carried is in (its answers read)."""
+        """What the pass wrote, in one write: on this connection with the next take in front of it; while a
+        take waits, on the book's, once every record this one carried is in (its answers read)."""
         out = self._out
-        ask = not self.waiting and not self._cancelled and self._unsettled < self._worker._prefetch
+        room = self._worker._prefetch - self._unsettled - self._arriving
+        ask = not self.waiting and not self._cancelled and room > 0
         if self.waiting:
             if out:
                 self._read_owed()
@@ -177,7 +226,7 @@ class RedisSession:
         if not out and not ask:
             return
         if ask:
-            out.append(self._brpop)
+            out.append(self._take(min(room, TAKE_MAX), not self._more))
         data = b"".join(out)
         out.clear()
         self._send(data)
@@ -185,6 +234,7 @@ class RedisSession:
         self._out_count = 0
         if ask:
             self.waiting, self._sent_at = True, time.monotonic()
+            self._skip = self._scripted and not self._more
 
     def _send(self, data: bytes) -> None:
         try:
@@ -204,7 +254,7 @@ class RedisSession:
         self._rbuf += chunk
 
     def _answers(self) -> None:
-        """Every whole answer read: those owed (an error fails the connection), then the BRPOP's."""
+        """Every whole answer read: those owed (an error fails the connection), then the take's."""
         buf = self._rbuf
         pos = 0
         try:
@@ -215,21 +265,32 @@ class RedisSession:
                     continue
                 answer, pos = _resp_answer(buf, pos)
                 if self.waiting:
+                    _raise_error(answer)  # NOSCRIPT (the scripts flushed) among them: the session starts again
+                    if self._skip:  # the BLMOVE's: something came, or it timed out; the TAKE's is next
+                        self._skip = False
+                        continue
                     self.waiting = False
                     del buf[:pos]  # before the message is handed over (its record is read after it)
                     pos = 0
-                    if answer is None:  # timed out (or cut short): idle, the book's answers are read
+                    if answer is None:  # nothing (timed out, or cut short): idle, the book's answers are read
+                        self._more = False
                         self._book.flush()
-                    else:
-                        self._deliver(answer[1])
+                    elif self._scripted:  # [more left, message, its record's tag, message, tag …]
+                        self._more = answer[0] == b"1"
+                        self._arriving = len(answer) // 2
+                        for at in range(1, len(answer), 2):
+                            self._arriving -= 1
+                            self._deliver(answer[at], answer[at + 1].decode())
+                    else:  # BRPOP's [key, message]
+                        self._deliver(answer[1], None)
                 else:
                     raise ConnectionLost(f"Redis answered nothing that was asked: {answer!r:.100}")
         except _Incomplete:
             del buf[:pos]
 
     def _read_owed(self) -> None:
-        """Read until every answer owed is in (Redis sent them before it began the BRPOP: they come at once);
-        the BRPOP's answer, should it come along, is left for the next pass."""
+        """Read until every answer owed is in (Redis sent them before it began the take: they come at once);
+        the take's answer, should it come along, is left for the next pass."""
         buf = self._rbuf
         pos = 0
         while self._owed:
@@ -250,33 +311,38 @@ class RedisSession:
             raise ConnectionLost(f"Redis did not answer within {self._overdue_s:g} s")
         self._recv()
 
-    def _deliver(self, payload: bytes) -> None:
-        """kombu's message (its JSON) as kombu's channel decodes it, recorded as kombu records it, handed over."""
+    def _deliver(self, payload: bytes, recorded: str | None) -> None:
+        """kombu's message (its JSON) as kombu's channel decodes it, recorded as kombu records it (by ``TAKE``
+        already, under the tag ``recorded``; or here, under the message's delivery tag), handed over."""
+        tag = recorded
         try:
             message = json.loads(payload)
             props = message["properties"]
             info = props["delivery_info"]
-            tag = str(props["delivery_tag"])
-            # kombu's record, [message, exchange, routing key] in JSON, with the message as it came
-            record = b"[%s,%s,%s]" % (
-                payload,
-                json.dumps(info["exchange"]).encode(),
-                json.dumps(info["routing_key"]).encode(),
-            )
             headers = message.get("headers") or {}
             body = _kombu_body(self._channel, message, props, headers)
+            if recorded is None:  # kombu's record, [message, exchange, routing key] in JSON, the message as it came
+                tag = str(props["delivery_tag"])
+                record = b"[%s,%s,%s]" % (
+                    payload,
+                    json.dumps(info["exchange"]).encode(),
+                    json.dumps(info["routing_key"]).encode(),
+                )
         except Exception as exc:  # popped, and nothing can restore it: kombu's consumer would have lost it too
             log.error(
                 "a message on %s that is not kombu's was dropped (%s): %r", self._worker._queue.name, exc, payload[:200]
             )
+            if recorded is not None:  # its record goes too: restored, it would be dropped again and again
+                btag = _bulk(tag.encode())
+                self._out += (_MULTI, self._zrem, btag, self._hdel, btag, _EXEC)
+                self._out_count += 4
             return
-        btag = _bulk(tag.encode())
-        self._send(
-            b"".join(
-                (_MULTI, self._zadd, _bulk(repr(time.time()).encode()), btag, self._hset, btag, _bulk(record), _EXEC)
-            )
-        )
-        self._owed += 4
+        assert tag is not None
+        if recorded is None:
+            btag = _bulk(tag.encode())
+            stamp = _bulk(repr(time.time()).encode())
+            self._send(b"".join((_MULTI, self._zadd, stamp, btag, self._hset, btag, _bulk(record), _EXEC)))
+            self._owed += 4
         self._remember(self._qos, tag, tag)
         self._unsettled += 1
         delivery = Delivery(
@@ -291,7 +357,7 @@ class RedisSession:
         self._worker._receive(delivery, Port(self._worker, self, tag, props.get("message_id")))
 
     def cancel(self) -> None:
-        """No BRPOP from now on; one waiting is cut short (``CLIENT UNBLOCK``: it answers as if timed out, or
+        """No take from now on; one waiting is cut short (``CLIENT UNBLOCK``: it answers as if timed out, or
         with the message Redis had popped for it, which the pipeline, stopping, gives back). The loop reads its
         answer before it lets the connection go (``_Consumer.busy``)."""
         self._cancelled = True
@@ -376,6 +442,41 @@ class RedisSession:
         self._book.flush()
         self._qos.reject(tag, requeue=True)
 
+
+# TAKE: up to ARGV[1] messages popped from the queue's lists (kombu's keys, highest priority first, as BRPOP takes
+# them) and each recorded as kombu's QoS.append records a delivery (KEYS: the lists, then kombu's unacked index and
+# table), in one step: from then on Redis gives them back after the visibility timeout, whatever becomes of the
+# worker. The record: [message as it came, "", the queue's name (ARGV[3], in JSON)]: kombu's restore puts it back
+# on that queue (the default exchange's routing), at its priority. Its tag: ARGV[2] and the message's place in the
+# take (the message is not decoded here: that costs Redis more than the rest). Answers nil (nothing), or [1 if any
+# list has more, message, tag, message, tag …]. The score is Redis's clock.
+_TAKE = """
+local lists, count, base = #KEYS - 2, tonumber(ARGV[1]), ARGV[2]
+local tail = ',"",' .. ARGV[3] .. ']'
+local taken, now, k, i = {0}, nil, 0, 1
+while i <= lists and k < count do
+  local message = redis.call('RPOP', KEYS[i])
+  if message then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    end
+    k = k + 1
+    local tag = base .. k
+    redis.call('ZADD', KEYS[lists + 1], now, tag)
+    redis.call('HSET', KEYS[lists + 2], tag, '[' .. message .. tail)
+    taken[2 * k] = message
+    taken[2 * k + 1] = tag
+  else
+    i = i + 1
+  end
+end
+if k == 0 then return false end
+for j = i, lists do
+  if redis.call('LLEN', KEYS[j]) > 0 then taken[1] = 1 break end
+end
+return taken
+"""
 
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 
@@ -490,7 +591,7 @@ def _kombu_body(channel: Any, message: dict[str, Any], props: dict[str, Any], he
 
 
 class RedisBook:
-    """The Redis session's second connection: what the worker writes while its BRPOP waits on the first.
+    """The Redis session's second connection: what the worker writes while its take waits on the first.
 
     Nothing is waited for: Redis has the commands and runs them in order (a transaction that failed leaves
     its message unacked, and Redis hands it out again after the visibility timeout, as after a crash: the

@@ -6,9 +6,12 @@ the first delivery still runs: the journal must keep it from running twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -175,3 +178,197 @@ def test_a_worker_stopped_in_a_stream_of_commands_drops_none_each_runs_once_on_i
     ran = [(worker.tmp / f"worker{n}.log").read_text().count("ProbeHandler.count") for n in (0, 1)]
     assert all(ran), f"the stop did not fall in the stream: each worker ran {ran}"
     print(f"\nstopped in a stream: {ran} ran on each worker, {worker.log().count('(redelivered)')} given back")
+
+
+def test_a_message_is_recorded_by_redis_as_it_is_popped_even_for_a_worker_frozen_in_its_wait(redis, worker):
+    """The pop and kombu's record are one step in Redis (the worker's TAKE script, queued behind its BLMOVE):
+    a worker that never runs again after the pop (frozen, then killed) still has the message come back, once."""
+    with Client(redis.url) as client:
+        # the reply goes out in the same write as the worker's next wait: once it is read, that wait is in Redis
+        assert client.call(worker.host, "SystemHandler", "ping", timeout=10).code == Code.OK
+        frozen = worker.current
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            pending = client.submit(
+                worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": "frozen"}}, timeout=60
+            )
+            assert wait_for(lambda: len(_unacked_records(redis, pending.msg_id)) == 1, 10), (
+                "Redis popped the message for a frozen worker without kombu's record of it"
+            )
+            assert _queued(redis, worker.host) == 0, "the message is still in the queue: nothing was popped"
+        finally:
+            worker.kill(frozen)  # SIGKILL: it never read what Redis popped for it
+        assert count_of(worker.effects, "frozen") == 0
+        worker.start()
+        assert client.wait(pending, 40).code == Code.OK, worker.log()
+        time.sleep(VISIBILITY_S * 2)  # a second copy would have been handed out by now
+    assert count_of(worker.effects, "frozen") == 1, "the message came back more than once"
+    assert _unacked_records(redis, pending.msg_id) == []
+
+
+def _queued(redis: PrivateRedis, host: str) -> int:
+    """Messages in a host queue's lists (kombu's keys, each priority's)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        return sum(db.llen(key) for key in db.keys(f"{host_queue_name(host)}*") if db.type(key) == b"list")
+
+
+def test_a_kombu_orchestrators_message_with_a_priority_is_taken_and_answered(redis, worker):
+    """kombu's Redis transport keeps each priority in a list of its own: the worker takes from all of them (the
+    one it waits on is the default priority's; the others are looked at each time it takes, at the latest when
+    its wait times out: within a second)."""
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    with Client(redis.url) as client:  # the worker is up and consuming
+        assert client.call(worker.host, "SystemHandler", "ping", timeout=10).code == Code.OK
+    replies: dict[str, dict] = {}
+    with Connection(redis.url) as conn:
+        channel = conn.channel()
+        reply_queue = Queue("kvt.prio." + worker.host, auto_delete=True)
+        consumer = Consumer(channel, [reply_queue], no_ack=True)
+        consumer.register_callback(lambda body, message: replies.update({message.properties["correlation_id"]: body}))
+        consumer.consume()
+        producer = Producer(conn.channel())
+        queue = host_queue_name(worker.host)
+        assert channel._q_for_pri(queue, 5) != queue != channel._q_for_pri(queue, 9), "one list for all priorities"
+        sent = []
+        for priority in (0, 5, 9):
+            msg_id = str(uuid.uuid4())
+            body = {
+                "handler": "ProbeHandler",
+                "command": "count",
+                "data": {"name": f"prio{priority}"},
+                "msg_id": msg_id,
+            }
+            producer.publish(
+                json.dumps(body),
+                exchange=Exchange("kvmworker", "direct", durable=True),
+                routing_key=worker.host,
+                content_type="application/json",
+                content_encoding="utf-8",
+                correlation_id=msg_id,
+                message_id=msg_id,
+                reply_to=reply_queue.name,
+                priority=priority,
+            )
+            sent.append(msg_id)
+        deadline = time.monotonic() + 30
+        while len(replies) < len(sent) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.2)
+    assert sorted(replies) == sorted(sent), worker.log()
+    codes = [(r if isinstance(r, dict) else json.loads(r))["code"] for r in replies.values()]
+    assert codes == [Code.OK] * len(sent), (replies, worker.log())
+    assert [count_of(worker.effects, f"prio{p}") for p in (0, 5, 9)] == [1, 1, 1]
+    assert all(_unacked_records(redis, msg_id) == [] for msg_id in sent)
+
+
+def test_a_worker_whose_redis_user_may_not_run_scripts_takes_with_brpop_and_still_records_each_delivery(
+    redis, tmp_path
+):
+    """Without scripts (an ACL that refuses them; Redis < 6.2 has no BLMOVE): the worker takes with BRPOP and
+    writes kombu's record itself, before the command runs."""
+    user, password = "kvtnoscript", "kvt-pw"
+    acl = ["redis-cli", "-p", str(redis.port)]
+    subprocess.run([*acl, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-@scripting"], check=True)
+    w = WorkerProcess(
+        f"redis://{user}:{password}@127.0.0.1:{redis.port}/0",
+        tmp_path,
+        env={"KVMWORKER_REDIS_VISIBILITY_TIMEOUT": str(VISIBILITY_S)},
+    )
+    try:
+        w.start()
+        with Client(redis.url) as client:
+            running = client.submit(
+                w.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": "brpop", "sleep": 1}}
+            )
+            assert wait_for(lambda: count_of(w.effects, "brpop") == 1, 15), w.log()
+            assert len(_unacked_records(redis, running.msg_id)) == 1, "the running command has no record"
+            assert client.wait(running, 30).code == Code.OK, w.log()
+            assert _unacked_records(redis, running.msg_id) == []
+        assert "takes messages with BRPOP" in w.log()
+    finally:
+        w.stop_all()
+        subprocess.run([*acl, "ACL", "DELUSER", user], check=True)
+
+
+def _script_calls(redis: PrivateRedis) -> int:
+    """How many EVALSHA Redis has run since its statistics were reset (the worker's takes among them)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        return int(db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_backlog_is_taken_several_messages_a_round_trip_each_recorded_and_run_once(redis, worker):
+    stop_process(worker.current)
+    names = [f"backlog{i}" for i in range(48)]
+    with Client(redis.url) as client:
+        pending = [
+            client.submit(
+                worker.host, {"handler": "ProbeHandler", "command": "count", "data": {"name": name}}, timeout=60
+            )
+            for name in names
+        ]
+        assert wait_for(lambda: _queued(redis, worker.host) == len(names), 10)
+        subprocess.run(["redis-cli", "-p", str(redis.port), "CONFIG", "RESETSTAT"], check=True, capture_output=True)
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+        takes = _script_calls(redis)
+    assert [r.code for r in replies] == [Code.OK] * len(names), worker.log()
+    assert [count_of(worker.effects, name) for name in names] == [1] * len(names)
+    assert all(_unacked_records(redis, p.msg_id) == [] for p in pending)
+    assert takes <= len(names) // 2, f"{takes} scripts run for a backlog of {len(names)}: one take a message"
+    print(f"\nbacklog of {len(names)}: {takes} scripts run")
+
+
+def test_a_worker_killed_holding_a_batch_it_took_has_each_message_back_and_none_runs_twice(redis, worker):
+    """The messages one take brought in are recorded together: killed while they run or wait in the worker,
+    each comes back after the visibility timeout and is answered once (run on the next worker, or, if it had
+    started, answered from the journal as interrupted)."""
+    stop_process(worker.current)
+    names = [f"held{i}" for i in range(28)]  # more than the pool runs at once (16), within the prefetch (32)
+    with Client(redis.url) as client:
+        pending = [
+            client.submit(
+                worker.host,
+                {"handler": "ProbeHandler", "command": "count", "data": {"name": name, "sleep": 2}},
+                timeout=90,
+            )
+            for name in names
+        ]
+        assert wait_for(lambda: _queued(redis, worker.host) == len(names), 10)
+        worker.start()
+        assert wait_for(lambda: any(count_of(worker.effects, name) for name in names), 15), worker.log()
+        assert wait_for(lambda: _queued(redis, worker.host) == 0, 5), "the worker did not take the backlog"
+        worker.kill()
+        started = [name for name in names if count_of(worker.effects, name)]
+        worker.start()
+        replies = [client.wait(p, 60) for p in pending]
+    assert started != names, "every command had started before the kill: none came back to run"
+    for name, reply in zip(names, replies, strict=True):
+        if name in started:
+            state = (reply.data or {}).get("state")
+            assert (reply.code, state) == (Code.UNKNOWN_OUTCOME, "interrupted"), (name, reply)
+        else:
+            assert reply.code == Code.OK, (name, reply, worker.log())
+        assert count_of(worker.effects, name) == 1, f"{name} ran {count_of(worker.effects, name)} times"
+    assert all(_unacked_records(redis, p.msg_id) == [] for p in pending)
+
+
+def test_a_message_that_is_not_kombus_is_dropped_with_its_record_and_the_worker_serves_on(redis, worker):
+    """The take records whatever it pops; what the worker then cannot read as kombu's message is logged and
+    dropped, its record with it (restored, it would come back every visibility timeout)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as db:
+        db.lpush(host_queue_name(worker.host), b"kvt: not kombu's JSON")
+    with Client(redis.url) as client:
+        assert wait_for(lambda: "that is not kombu's was dropped" in worker.log(), 15), worker.log()
+        assert client.call(worker.host, "SystemHandler", "ping", timeout=10).code == Code.OK
+        with redis_py.Redis.from_url(redis.url) as db:
+            records = db.hvals("unacked")
+        assert not [r for r in records if b"not kombu's JSON" in r], "the dropped message's record is left"
+        time.sleep(VISIBILITY_S * 2)  # a record left would have brought it back by now
+    assert worker.log().count("that is not kombu's was dropped") == 1, worker.log()
