@@ -46,7 +46,7 @@ def require_broker(name: str, url: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a kernel without 8021q, ``scripts/test.sh`` runs the VLAN tests in a guest afterwards
+    """On a kernel without 8021q, ``scripts/test.sh`` runs the VLAN tests in a guest beside this run
     (KVT_GUEST_STAGE=later): here they are deselected rather than skipped, and that stage must pass."""
     if os.environ.get("KVT_GUEST_STAGE") != "later":
         return

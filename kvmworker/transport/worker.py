@@ -53,9 +53,10 @@ from kvmworker.transport.session import Inbox, Port, reply_properties
 
 log = logging.getLogger("kvmworker.worker")
 
-# kombu's poller (Redis, memory://) cannot wait on the wake-up pipe: idle it waits for the broker this long
-# (stop() is noticed within it), and every millisecond while pool commands run, so that their replies go out.
-IDLE_DRAIN_S = 0.2
+# kombu's poller (memory://) cannot wait on the wake-up pipe: idle it waits for the broker this long (stop() is
+# noticed within it), and every millisecond while pool commands run, so that their replies go out. memory://
+# polls every 2 ms inside a drain anyway (MEMORY_POLL_S): a short pass costs nothing more and a stop is prompt.
+IDLE_DRAIN_S = 0.02
 BUSY_DRAIN_S = 0.001
 
 

@@ -24,7 +24,7 @@ def test_call_with_url_reaches_the_worker_inside_a_running_serve(tmp_path):
         assert json.loads(done.stdout)["data"]["host"] == host
         anonymous = kvmworker("call", "--url", url, "--token-file", "/dev/null", host, "SystemHandler", "ping")
         assert anonymous.returncode == 1 and json.loads(anonymous.stdout)["code"] == 20004
-        auth = ("--token", token_file.read_text().strip())
+        auth = (f"--token={token_file.read_text().strip()}",)  # a token may start with "-"
         refused = kvmworker("call", "--url", url, *auth, host, "SystemHandler", "nope")
         assert refused.returncode == 1 and json.loads(refused.stdout)["code"] == 20003
         dry = kvmworker("call", "--url", url, *auth, host, "SystemHandler", "ping", "--dry-run", "--data", "{}")
@@ -46,7 +46,7 @@ def test_call_with_url_logs_in_with_a_token_when_the_bridge_has_users(tmp_path):
         login = {"username": "alice", "password": "pw-kvt"}
         logged_in = kvmworker("call", "--url", url, host, "UserHandler", "login", "--data", json.dumps(login))
         token = json.loads(logged_in.stdout)["data"]["token"]
-        with_flag = kvmworker("call", "--url", url, "--token", token, host, "SystemHandler", "ping")
+        with_flag = kvmworker("call", "--url", url, f"--token={token}", host, "SystemHandler", "ping")
         assert with_flag.returncode == 0, with_flag.stdout
         with_env = kvmworker("call", "--url", url, host, "SystemHandler", "ping", env=clean_env(KVMWORKER_TOKEN=token))
         assert with_env.returncode == 0, with_env.stdout

@@ -25,7 +25,7 @@ from kvmworker.transport.connection import delete_host_queue
 from kvmworker.virt import migration
 from tests.conftest import AMQP_URL, require_broker
 from tests.support.processes import wait_for
-from tests.vm.guest import CACHE_DIR, GuestImage, guest_image
+from tests.vm.guest import CACHE_DIR, READY_LINE, GuestImage, guest_image
 from tests.vm.private_libvirtd import missing_tools
 from tests.vm.two_libvirtd import POWEROFF_LINE, Host, Orchestrator, TwoHosts, two_hosts
 
@@ -71,10 +71,19 @@ class Lab:
         assert running.worker.connected.wait(30), f"the worker of {host.name} did not connect"
         self.workers[host.name] = running
 
-    def guest(self, host: Host | None = None) -> str:
-        name = f"kvt-{uuid.uuid4().hex[:8]}"
-        self.hosts.run_guest(host or self.a, name, self.image)
-        return name
+    def guest(self, host: Host | None = None, *, ready: bool = True) -> str:
+        return self.guests(1, host, ready=ready)[0]
+
+    def guests(self, count: int, host: Host | None = None, *, ready: bool = True) -> list[str]:
+        """``count`` test guests on ``host`` (A), booted side by side; ``ready``: each has said so (its acpid runs),
+        else they are running, still booting."""
+        names = [f"kvt-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        for name in names:
+            self.hosts.start_guest(host or self.a, name, self.image)
+        for name in names:
+            if ready:
+                self.hosts.wait_for_line(name, READY_LINE)
+        return names
 
     def call(self, host: Host, command: str, handler: str = "VmHandler", **data: Any) -> dict:
         return self.orchestrator.call(host.name, command, handler=handler, **data)
@@ -232,7 +241,7 @@ def with_pid_gone_or_continued(pid: int) -> None:
 
 def test_three_migrations_at_once_with_max_migrations_2_the_third_waits_its_turn(lab: Lab) -> None:
     lab.start(lab.a, max_migrations=2)
-    names = [lab.guest() for _ in range(3)]
+    names = lab.guests(3)
     sent = [
         lab.orchestrator.send(lab.a.name, "migrate", {"name": n, "destination": lab.b.name, "bandwidth_mib": 1})
         for n in names
@@ -314,7 +323,7 @@ def test_settling_a_failed_migration_removes_what_is_left_of_the_guest_on_b(lab:
     """The invariant's enforcement on its own, on both real daemons: B holds a copy of A's guest (the paused
     incoming domain a job can leave, or — never silently — one that runs) and libvirt reported a failure: the
     source is authoritative, B's copy is destroyed and undefined, and the reply would say so."""
-    name = lab.guest()
+    name = lab.guest(ready=False)  # libvirt's states are what counts here, not what the guest runs
     source, dest = lab.a.connect(), lab.b.connect()
     try:
         dom = source.lookupByName(name)

@@ -122,12 +122,16 @@ class TwoHosts:
 
     def run_guest(self, host: Host, name: str, image: GuestImage, interface: str = "") -> None:
         """Define and start the test guest on ``host``, waiting until it says it is ready."""
+        self.start_guest(host, name, image, interface)
+        self.wait_for_line(name, READY_LINE)
+
+    def start_guest(self, host: Host, name: str, image: GuestImage, interface: str = "") -> None:
+        """Define and start the test guest on ``host``; it boots meanwhile (``wait_for_line(name, READY_LINE)``)."""
         conn = host.connect()
         try:
             conn.defineXML(self.guest_xml(name, image, interface)).create()
         finally:
             conn.close()
-        self.wait_for_line(name, READY_LINE)
 
     def wait_for_line(self, name: str, line: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
