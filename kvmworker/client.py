@@ -20,8 +20,6 @@ import json
 import logging
 import os
 import select
-import socket
-import struct
 import threading
 import time
 import uuid
@@ -32,8 +30,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from amqp import spec
-from amqp.exceptions import UnexpectedFrame
 from amqp.transport import TCPTransport
 from kombu import Connection, Consumer, Message, Queue
 
@@ -41,8 +37,7 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
-from kvmworker.transport.amqp_frames import FRAME_END, FRAME_END_BYTE, FRAME_HEADER
-from kvmworker.transport.amqp_properties import decode_properties
+from kvmworker.transport.amqp_reading import Deliveries, cut_frames, receive, takes
 from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
@@ -58,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvmworker.client")
 
 DEFAULT_TIMEOUT_S = 30.0
-RECV_CHUNK = 64 * 1024  # one receive of the reply connection's socket, at most
-_DELIVER = struct.pack(">HH", *spec.Basic.Deliver)  # a method frame's first four octets: class and method ids
-_BODY_SIZE = struct.Struct(">Q")  # in a content header, after its class id and weight
 
 
 # How far a call's command got, as far as the client knows (``PendingCall.stage``).
@@ -586,20 +578,29 @@ class _ReplyConsumer(Consuming):
             self._reader.stop()
 
 
-def _readable(fd: int, wake_fd: int | None, timeout: float) -> bool:
-    """Wait up to ``timeout`` for ``fd`` (or ``wake_fd``, which is then emptied); True if ``fd`` is readable."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
-    readable = False
-    for ready, _ in poller.poll(timeout * 1000):
-        if ready == wake_fd:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_fd, 4096)
-        else:
-            readable = True
-    return readable
+class _Readable:
+    """Waits up to a timeout for a socket (or a wake-up pipe, which is then emptied); True if the socket is
+    readable. One poll object per wake-up pipe watched with the socket, made once."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._polls: dict[int | None, Any] = {}
+
+    def __call__(self, wake_fd: int | None, timeout: float) -> bool:
+        poller = self._polls.get(wake_fd)
+        if poller is None:
+            poller = self._polls[wake_fd] = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            if wake_fd is not None:
+                poller.register(wake_fd, select.POLLIN)
+        readable = False
+        for ready, _ in poller.poll(timeout * 1000):
+            if ready == wake_fd:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_fd, 4096)
+            else:
+                readable = True
+        return readable
 
 
 class _AmqpReplies:
@@ -621,9 +622,9 @@ class _AmqpReplies:
         self._sock.settimeout(0)
         self._plain = isinstance(raw.transport, TCPTransport)
         self._rbuf = bytearray()
-        self._arriving: _ArrivingReply | None = None
+        self._deliveries = Deliveries("reply")
         self._stopped = False
-        self._polls: dict[int | None, Any] = {}  # by the wake-up fd watched with the socket
+        self._readable = _Readable(self._sock.fileno())
         self._next_check = 0.0
         if self._plain:  # what py-amqp read ahead (while it waited for consume-ok) is read here from now on
             transport = raw.transport
@@ -638,84 +639,21 @@ class _AmqpReplies:
             return
         if not self._whole_frame() and not self._readable(wake_fd, timeout):
             return
-        buf, recv = self._rbuf, self._sock.recv
-        while True:
-            try:
-                chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not chunk:
-                raise ConnectionLost("the broker closed the reply connection")
-            buf += chunk
-            if len(chunk) < RECV_CHUNK:
-                break
-        channel_id, on_frame = self._channel_id, self._raw.on_inbound_frame
-        for frame in self._frames():
+        if not receive(self._sock, self._rbuf):
+            raise ConnectionLost("the broker closed the reply connection")
+        channel_id, on_frame, deliveries = self._channel_id, self._raw.on_inbound_frame, self._deliveries
+        for frame in cut_frames(self._rbuf):
             frame_type, channel, payload = frame
-            if channel == channel_id and (frame_type != 1 or payload[:4] == _DELIVER):
-                self._on_content(frame_type, payload)
+            if channel == channel_id and takes(frame_type, payload):
+                self._raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
+                if (reply := deliveries.feed(frame_type, payload)) is not None:
+                    self._on_reply(_AmqpReply(reply.body(), reply.properties))
             else:  # heartbeats, the broker closing the channel or cancelling the consumer …: as py-amqp reads them
                 on_frame(frame)
-
-    def _readable(self, wake_fd: int | None, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the socket (or ``wake_fd``, which is then emptied)."""
-        poller = self._polls.get(wake_fd)
-        if poller is None:
-            poller = self._polls[wake_fd] = select.poll()
-            poller.register(self._sock.fileno(), select.POLLIN)
-            if wake_fd is not None:
-                poller.register(wake_fd, select.POLLIN)
-        readable = False
-        for ready, _ in poller.poll(timeout * 1000):
-            if ready == wake_fd:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_fd, 4096)
-            else:
-                readable = True
-        return readable
 
     def _whole_frame(self) -> bool:
         buf = self._rbuf
         return len(buf) > FRAME_HEADER_BYTES and len(buf) > FRAME_HEADER_BYTES + int.from_bytes(buf[3:7], "big")
-
-    def _frames(self) -> list[tuple[int, int, bytes]]:
-        """The whole frames at the start of the read buffer, taken out of it."""
-        buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
-        unpack = FRAME_HEADER.unpack_from
-        while size - start >= 8:
-            frame_type, channel, length = unpack(buf, start)
-            end = start + 7 + length
-            if end >= size:
-                break
-            if buf[end] != FRAME_END:
-                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
-            frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
-            start = end + 1
-        del buf[:start]
-        return frames
-
-    def _on_content(self, frame_type: int, payload: bytes) -> None:
-        self._raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
-        arriving = self._arriving
-        if frame_type == 1:
-            if arriving is not None:
-                raise UnexpectedFrame("basic.deliver while a reply's content was expected")
-            self._arriving = _ArrivingReply(payload)
-            return
-        if arriving is None or frame_type != (2 if arriving.properties is None else 3):
-            raise UnexpectedFrame(f"frame type {frame_type} on the reply channel out of order")
-        if frame_type == 2:
-            arriving.header = payload
-            (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
-            arriving.properties = decode_properties(payload, 12)
-        else:
-            arriving.parts.append(payload)
-            arriving.received += len(payload)
-        if arriving.received >= arriving.size:
-            self._arriving = None
-            parts = arriving.parts
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._on_reply(_AmqpReply(body, arriving.properties))
 
     def _read_tls(self, timeout: float, wake_fd: int | None) -> None:
         raw = self._raw
@@ -747,35 +685,14 @@ class _AmqpReplies:
         begun too (framed again as they came), and the socket blocks again (with its timeout)."""
         if not self._stopped and self._plain:
             self._stopped = True
-            unused = self._arriving.frames(self._channel_id) if self._arriving is not None else b""
-            self._arriving = None
+            arriving, self._deliveries.arriving = self._deliveries.arriving, None
+            unused = arriving.frames(self._channel_id) if arriving is not None else b""
             transport = self._raw.transport
             transport._read_buffer = unused + bytes(self._rbuf) + transport._read_buffer
             self._rbuf.clear()
         self._stopped = True
         with contextlib.suppress(OSError):
             self._sock.settimeout(self._timeout)
-
-
-class _ArrivingReply:
-    """A reply's frames as they come: basic.deliver, then its content header, then its body's frames."""
-
-    __slots__ = ("deliver", "header", "parts", "properties", "received", "size")
-
-    def __init__(self, deliver: bytes):
-        self.deliver, self.header = deliver, b""
-        self.properties: dict[str, Any] | None = None
-        self.parts: list[bytes] = []
-        self.size = self.received = 0
-
-    def frames(self, channel: int) -> bytes:
-        """The frames received so far, byte for byte as they came."""
-        types = (1, 2, *(3 for _ in self.parts)) if self.properties is not None else (1,)
-        payloads = (self.deliver, self.header, *self.parts)
-        return b"".join(
-            FRAME_HEADER.pack(kind, channel, len(payload)) + payload + FRAME_END_BYTE
-            for kind, payload in zip(types, payloads, strict=False)
-        )
 
 
 class _AmqpReply:
@@ -827,7 +744,7 @@ class _RedisReplies:
         if not self._waiting:
             conn.send_packed_command(self._brpop, check_health=False)  # packed once
             self._waiting, self._sent_at = True, time.monotonic()
-        if not _readable(conn._sock.fileno(), wake_fd, timeout):
+        if not _Readable(conn._sock.fileno())(wake_fd, timeout):  # the socket of the moment: a new poll
             return
         answer = conn.read_response()  # one command in flight: what is readable is (the start of) its answer
         self._waiting = False

@@ -9,15 +9,13 @@ import itertools
 import logging
 import select
 import selectors
-import socket
 import struct
 import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from amqp import Message as AmqpMessage
-from amqp import spec
-from amqp.exceptions import MessageNacked, UnexpectedFrame
+from amqp.exceptions import MessageNacked
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from kombu import Connection
@@ -27,17 +25,15 @@ from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.amqp_frames import (
-    FRAME_END,
-    FRAME_HEADER,
     publish_frames,
     publish_method,
     settle_frame,
     shortstr,
     table,
 )
-from kvmworker.transport.amqp_properties import decode_properties
+from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, Deliveries, cut_frames, receive, takes
 from kvmworker.transport.connection import ConnectionLost
-from kvmworker.transport.session import IDLE_WAIT_S, RECV_CHUNK, Port
+from kvmworker.transport.session import IDLE_WAIT_S, Port
 
 if TYPE_CHECKING:
     from kvmworker.transport.worker import Worker
@@ -48,13 +44,6 @@ HEARTBEAT_TICK_S = 1.0  # busy, the heartbeats are looked at once a second at mo
 # A nacked reply (its queue electing a leader): again after 0.1, 0.2, 0.4 … s (at most 2 s), 12 times (~17 s).
 NACK_RETRIES = 12
 NACK_BACKOFF_MAX_S = 2.0
-# The methods the loop reads itself, by their class and method ids (a method frame's first four octets), and
-# what follows: basic.deliver's delivery tag and redelivered bit (after its consumer tag), basic.ack's tag and
-# multiple bit; a content header's body size (after its class id and weight).
-_DELIVER = struct.pack(">HH", *spec.Basic.Deliver)
-_ACK = struct.pack(">HH", *spec.Basic.Ack)
-_TAG_AND_BIT = struct.Struct(">QB")
-_BODY_SIZE = struct.Struct(">Q")
 # Written (transport/amqp_frames.py): the reply's properties are content_type, content_encoding,
 # application_headers, delivery_mode, correlation_id, message_id (their bits in the property flags, in the order
 # the format lists them); the flags and the first two are always these.
@@ -94,7 +83,7 @@ class AmqpSession:
         self._out: list[bytes] = []
         self._written: list[Done] = []  # no confirms: replies in ``_out``, done once the write returned
         self._rbuf = bytearray()  # what was read of the socket past the last whole frame
-        self._assembling: _Arriving | None = None  # a delivery whose header or body frames are still to come
+        self._deliveries = Deliveries("delivery")  # a delivery whose header or body frames are still to come
         self._consuming_id, self._replies_id = channel.channel_id, self._replies.channel_id
         self._poll = select.epoll()  # not ``selectors``: its wrapper costs as much again per pass (a KVM host: Linux)
         self._poll.register(self._sock.fileno(), select.EPOLLIN)
@@ -181,68 +170,24 @@ class AmqpSession:
                     raw.drain_events(timeout=0)
                 except TimeoutError:
                     return
-        buf, recv = self._rbuf, self._sock.recv
-        while True:
-            try:
-                chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not chunk:
-                raise ConnectionLost("the broker closed the connection")
-            buf += chunk
-            if len(chunk) < RECV_CHUNK:
-                break
+        if not receive(self._sock, self._rbuf):
+            raise ConnectionLost("the broker closed the connection")
         on_frame, consuming, replies = raw.on_inbound_frame, self._consuming_id, self._replies_id
-        for frame in self._frames():
+        deliveries = self._deliveries
+        for frame in cut_frames(self._rbuf):
             frame_type, channel, payload = frame
-            if channel == consuming and (frame_type != 1 or payload[:4] == _DELIVER):
-                self._on_content(frame_type, payload)
-            elif channel == replies and frame_type == 1 and payload[:4] == _ACK:
+            if channel == consuming and takes(frame_type, payload):
+                # a delivery read without py-amqp's channel dispatch, promises and Message (amqp_reading.py)
                 raw.bytes_recv += 1  # what py-amqp counts for the heartbeats
-                tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                if (done := deliveries.feed(frame_type, payload)) is not None:
+                    tag, redelivered = done.tag_and_redelivered()
+                    self._deliver(tag, redelivered, done.properties, done.body())
+            elif channel == replies and frame_type == 1 and payload[:4] == ACK:
+                raw.bytes_recv += 1
+                tag, multiple = TAG_AND_BIT.unpack_from(payload, 4)
                 self._on_ack(tag, bool(multiple & 1))
             else:  # everything else (heartbeats, nacks, the broker closing a channel …) as py-amqp reads it
                 on_frame(frame)
-
-    def _on_content(self, frame_type: int, payload: bytes) -> None:
-        """A delivery's frames (basic.deliver, its content header, its body) read without py-amqp's channel
-        dispatch, promises and Message; its properties decoded as py-amqp decodes them (``amqp_properties``)."""
-        self._raw.bytes_recv += 1
-        arriving = self._assembling
-        if frame_type == 1:
-            if arriving is not None:
-                raise UnexpectedFrame("basic.deliver while a delivery's content was expected")
-            tag, redelivered = _TAG_AND_BIT.unpack_from(payload, 5 + payload[4])  # past the consumer tag
-            self._assembling = _Arriving(tag, bool(redelivered & 1))
-            return
-        if arriving is None or frame_type != (2 if arriving.properties is None else 3):
-            raise UnexpectedFrame(f"frame type {frame_type} on the consuming channel out of order")
-        if frame_type == 2:
-            (arriving.size,) = _BODY_SIZE.unpack_from(payload, 4)
-            arriving.properties = decode_properties(payload, 12)
-        else:
-            arriving.parts.append(payload)
-            arriving.received += len(payload)
-        if arriving.received >= arriving.size:
-            self._assembling = None
-            body = arriving.parts[0] if len(arriving.parts) == 1 else b"".join(arriving.parts)
-            self._deliver(arriving.tag, arriving.redelivered, arriving.properties, body)
-
-    def _frames(self) -> list[tuple[int, int, bytes]]:
-        """The whole frames at the start of the read buffer, taken out of it."""
-        buf, frames, start, size = self._rbuf, [], 0, len(self._rbuf)
-        unpack = FRAME_HEADER.unpack_from
-        while size - start >= 8:
-            frame_type, channel, length = unpack(buf, start)
-            end = start + 7 + length
-            if end >= size:
-                break
-            if buf[end] != FRAME_END:
-                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
-            frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
-            start = end + 1
-        del buf[:start]
-        return frames
 
     def _sock_readable(self, timeout: float) -> None:
         selector = selectors.DefaultSelector()
@@ -267,7 +212,7 @@ class AmqpSession:
     def cancel(self) -> None:
         """Stopping: no more deliveries; the loop goes on until those in flight are settled."""
         for _ in range(50):  # a delivery half-read is read to its end first: py-amqp could not make sense of it
-            if self._assembling is None:
+            if self._deliveries.arriving is None:
                 break
             self._sock_readable(0.1)
             self._read()
@@ -391,16 +336,3 @@ def _publish_frames(channel: int, frame_max: int, outgoing: Outgoing) -> bytes:
     )
     method = publish_method(channel, "", outgoing.routing_key)
     return publish_frames(channel, frame_max, method, properties, outgoing.body)
-
-
-class _Arriving:
-    """A delivery being read: its tag and redelivered bit, then its properties and body size, then its body."""
-
-    __slots__ = ("parts", "properties", "received", "redelivered", "size", "tag")
-
-    def __init__(self, tag: int, redelivered: bool):
-        self.tag, self.redelivered = tag, redelivered
-        self.properties: dict[str, Any] | None = None
-        self.size = 0
-        self.received = 0
-        self.parts: list[bytes] = []

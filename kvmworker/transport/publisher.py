@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import selectors
-import struct
 import threading
 import time
 import uuid
@@ -40,14 +39,14 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from amqp import spec
-from amqp.exceptions import MessageNacked, UnexpectedFrame
+from amqp.exceptions import MessageNacked
 from amqp.transport import TCPTransport
 from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.transport import amqp_frames
+from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, cut_frames, receive
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
@@ -292,10 +291,6 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
     return amqp_frames.publish_frames(channel, frame_max, method, encoded, item.body)
 
 
-_ACK = struct.pack(">HH", *spec.Basic.Ack)  # a method frame's first four octets: class and method ids
-_TAG_AND_BIT = struct.Struct(">QB")  # basic.ack's delivery tag and its multiple bit
-
-
 def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
     """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
     what is left of a frame stays in that buffer. (Non-blocking for the reads: with a timeout set, Python would
@@ -303,30 +298,12 @@ def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int,
     buf = bytearray(transport._read_buffer)
     sock.settimeout(0)
     try:
-        while True:
-            try:
-                chunk = sock.recv(READ_AHEAD_BYTES)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not chunk:
-                raise ConnectionResetError("the broker closed the connection")
-            buf += chunk
-            if len(chunk) < READ_AHEAD_BYTES:
-                break
+        if not receive(sock, buf):
+            raise ConnectionResetError("the broker closed the connection")
     finally:
         sock.settimeout(SOCKET_TIMEOUT_S)
-    frames, start, size = [], 0, len(buf)
-    unpack = amqp_frames.FRAME_HEADER.unpack_from
-    while size - start >= 8:
-        frame_type, channel, length = unpack(buf, start)
-        end = start + 7 + length
-        if end >= size:
-            break
-        if buf[end] != amqp_frames.FRAME_END:
-            raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
-        frames.append((frame_type, channel, bytes(buf[start + 7 : end])))
-        start = end + 1
-    transport._read_buffer = bytes(buf[start:])
+    frames = cut_frames(buf)
+    transport._read_buffer = bytes(buf)
     return frames
 
 
@@ -576,9 +553,9 @@ class _ConfirmingLane:
         if isinstance(transport, TCPTransport):
             for frame in _frames_received(transport, self._sock):
                 frame_type, channel, payload = frame
-                if frame_type == 1 and payload[:4] == _ACK and channel == self._channel.channel_id:
+                if frame_type == 1 and payload[:4] == ACK and channel == self._channel.channel_id:
                     raw.bytes_recv += 1  # as py-amqp counts a frame read: the heartbeats see the connection busy
-                    tag, multiple = _TAG_AND_BIT.unpack_from(payload, 4)
+                    tag, multiple = TAG_AND_BIT.unpack_from(payload, 4)
                     self._on_ack(tag, bool(multiple & 1))
                 else:
                     raw.on_inbound_frame(frame)
