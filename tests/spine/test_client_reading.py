@@ -190,9 +190,12 @@ def test_a_reply_half_read_when_the_reading_stops_is_read_whole_by_py_amqp_after
         sender.default_channel.basic_publish(amqp.Message(b"small", correlation_id="1"), "", queue)
         sender.default_channel.basic_publish(amqp.Message(BIG.encode(), correlation_id="2"), "", queue)
         deadline = time.monotonic() + 10
-        while not (replies and reader._arriving is not None and reader._arriving.parts) and time.monotonic() < deadline:
+        while (
+            not (replies and reader._deliveries.arriving is not None and reader._deliveries.arriving.parts)
+            and time.monotonic() < deadline
+        ):
             reader.read(0.5, None)
-        assert [r.body for r in replies] == [b"small"] and reader._arriving.parts, "the big one is half read"
+        assert [r.body for r in replies] == [b"small"] and reader._deliveries.arriving.parts, "the big one is half read"
         reader.stop()  # py-amqp reads from here on: it is given the big reply's frames read so far
         while not arrived and time.monotonic() < deadline:
             raw.drain_events(timeout=1)
