@@ -15,8 +15,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
@@ -46,6 +47,7 @@ from kvmworker.observability.health import health_answer
 from kvmworker.protocol.codec import encode_reply
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.errors import UnknownCommand
+from kvmworker.protocol.urls import mask_url
 from kvmworker.settings import Settings
 
 log = logging.getLogger("kvmworker.bridge")
@@ -203,23 +205,30 @@ class JsonReply:
 
 def create_app(
     settings: Settings,
-    client: Client,
+    client: Client | None,
     users: Authenticator | None = None,
     commands: Sequence[Declared] | None = None,
     local: LocalToken | None = None,
+    signer: Any = None,
 ) -> BridgeApp:
     """The bridge over ``client``. ``users`` defaults to the settings' users file; ``local`` is the token file's token.
 
     With neither, the bridge refuses to be built unless ``settings.insecure_open`` says so. ``commands`` (for
     ``/openapi.json`` and the metrics' labels) defaults to the worker's, as declared: no handler is built.
+    Over plain ``amqp://`` the commands go through the event loop's own lane and ``client`` may be None (see
+    ``bridge_client``), with ``signer`` then the one that signs them; any other broker needs the client.
     """
+    signer = client.signer if client is not None else signer
+    lane = LoopLane(settings.broker, signer) if usable(settings.broker) else None
+    if lane is None and client is None:
+        raise ValueError(f"the bridge over {mask_url(settings.broker)} forwards through a client, and none was given")
     commands = [*(worker_commands() if commands is None else commands), *bridge_commands()]
     auth = users or authenticator_from(settings, local)
     if auth is None:
         log.warning("--insecure-open: the bridge accepts every caller without a token")
     metrics = BridgeMetrics(lambda: [(c.handler, c.name) for c in commands])
     bridge = Bridge(
-        Forwarder(client, settings.timeout, lane=_lane(settings, client)),
+        Forwarder(client, settings.timeout, lane=lane),
         settings.host_for_bridge,
         settings.max_body,
         auth,
@@ -231,7 +240,7 @@ def create_app(
         ),
         settings.body_timeout,
     )
-    streams = event_streams(settings.broker, client.signer, auth, metrics.registry)  # GET /events (§7)
+    streams = event_streams(settings.broker, signer, auth, metrics.registry)  # GET /events (§7)
     app = Starlette(
         routes=[*_routes(bridge), Route("/events", streams.get, methods=["GET"])], lifespan=_closing(bridge, streams)
     )
@@ -240,9 +249,16 @@ def create_app(
     return BridgeApp(app, settings.server_names)
 
 
-def _lane(settings: Settings, client: Client) -> LoopLane | None:
-    """Plain AMQP: commands and replies on the event loop itself, signed as the client signs; else the client."""
-    return LoopLane(settings.broker, client.signer) if usable(settings.broker) else None
+@contextlib.contextmanager
+def bridge_client(settings: Settings, signer: Any) -> Iterator[Client | None]:
+    """What the bridge's CLIs forward through: None over plain ``amqp://``, where the event loop's lane publishes
+    and reads the replies itself (a client would hold two connections, a reply queue and a thread unused);
+    otherwise (Redis, ``memory://``, TLS) a client, closed on leaving."""
+    if usable(settings.broker):
+        yield None
+        return
+    with Client(settings.broker, signer=signer, declare_host_queues=False) as client:
+        yield client
 
 
 class BridgeApp:

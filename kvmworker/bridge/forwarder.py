@@ -25,7 +25,8 @@ log = logging.getLogger("kvmworker.bridge")
 
 
 class Forwarder:
-    def __init__(self, client: Client, default_timeout: float, lane: LoopLane | None = None):
+    def __init__(self, client: Client | None, default_timeout: float, lane: LoopLane | None = None):
+        """``client`` forwards when there is no ``lane`` (one of the two is given)."""
         self._client = client
         self._lane = lane
         self.default_timeout = default_timeout

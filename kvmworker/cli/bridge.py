@@ -53,9 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvmworker.bridge.app import NoAuthentication, create_app
+    from kvmworker.bridge.app import NoAuthentication, bridge_client, create_app
     from kvmworker.bridge.tokenfile import TokenFileError, create_token_file, remove_token_file
-    from kvmworker.client import Client
     from kvmworker.trust.signing import load_signer
 
     settings = settings_from(args)
@@ -66,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, TokenFileError) as exc:
         raise CliError(f"cannot write the token file: {exc}", EXIT_OS) from None
     try:
-        with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
+        signer = load_signer(settings)
+        with bridge_client(settings, signer) as client:
             try:
-                app = create_app(settings, client, local=local)
+                app = create_app(settings, client, local=local, signer=signer)
             except NoAuthentication as exc:
                 raise CliError(str(exc), EXIT_USAGE) from None
             server = http_server(app, settings)

@@ -29,9 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvmworker.bridge.app import create_app
+    from kvmworker.bridge.app import bridge_client, create_app
     from kvmworker.bridge.tokenfile import DEFAULT_TOKEN_FILE, TokenFileError, create_token_file, remove_token_file
-    from kvmworker.client import Client
     from kvmworker.observability.attach import libvirt_problem
     from kvmworker.runtime import start_worker
     from kvmworker.trust.signing import load_signer
@@ -53,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         if libvirt:
             log.warning("%s", libvirt)
         try:
-            with Client(settings.broker, signer=load_signer(settings), declare_host_queues=False) as client:
-                app = create_app(settings, client, local=local)
+            signer = load_signer(settings)
+            with bridge_client(settings, signer) as client:
+                app = create_app(settings, client, local=local, signer=signer)
                 server = http_server(app, settings)
                 token = str(local.path) if local is not None else None
                 announce(settings, banner(server.url, settings, local, libvirt), url=server.url, token_file=token)

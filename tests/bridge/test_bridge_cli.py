@@ -10,8 +10,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import unique
@@ -116,3 +118,33 @@ def test_a_post_still_waiting_when_the_bridge_is_stopped_gets_minus_one_not_an_h
         assert reply["code"] == -1 and reply["data"]["msg_id"] and "stopping" in reply["data"]["detail"]
     finally:
         delete_host_queue(broker, host)
+
+
+def test_the_bridge_process_over_plain_amqp_holds_no_client_of_its_own(running_worker, broker_url, host, tmp_path):
+    """Over plain AMQP the event loop's lane forwards: a client beside it (its reply connection and queue, its
+    publishing thread) would sit unused. After answering, the process holds two connections to the broker: the
+    lane's and the host directory's (which looks up the hosts' queues)."""
+    if not broker_url.startswith("amqp://"):
+        pytest.skip("only plain amqp:// is forwarded by the loop lane; other brokers go through a client")
+    token_file = tmp_path / "token"
+    argv = ("bridge", "--broker", broker_url, "--port", "0", "--default-host", host, "--token-file", str(token_file))
+    with process(*argv) as (proc, url):
+        bearer = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        for _ in range(3):
+            reply = httpx.post(url + "/", json=PING, headers=bearer, timeout=10).json()
+            assert reply["code"] == 0 and reply["data"]["host"] == host
+        port = urlsplit(broker_url).port or 5672
+        held = psutil.Process(proc.pid).net_connections(kind="tcp")
+        to_broker = [c for c in held if c.raddr and c.raddr.port == port]
+        assert len(to_broker) == 2, f"connections to the broker: {to_broker}"
+    assert proc.returncode == 0
+
+
+def test_a_bridge_over_any_other_broker_is_not_built_without_a_client_and_says_so_without_the_password():
+    from kvmworker.bridge.app import create_app
+    from kvmworker.settings import Settings
+
+    settings = Settings(broker="redis://:kvt-secret@127.0.0.1:6379/0", insecure_open=True)
+    with pytest.raises(ValueError, match="forwards through a client") as raised:
+        create_app(settings, None)
+    assert "kvt-secret" not in str(raised.value)
