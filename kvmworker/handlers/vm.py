@@ -89,7 +89,7 @@ class VmHandler(VmApi):
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
         self._causes = Causes()  # nobody asks it until the worker's events are given (use_events)
-        self.stats_reader = StatsReader()
+        self.stats_reader = StatsReader(None if connection.local else connection.open_extra)
         self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def use_events(self, events: Events) -> None:
@@ -102,6 +102,7 @@ class VmHandler(VmApi):
             events.emitter.emit(*OPERATION_DONE, done["msg_id"], state, msg_id=done["msg_id"], data=data)
 
     def close(self) -> None:
+        self.stats_reader.close()
         self._records.close()
         if self._owns_connection:
             self.connection.close()

@@ -147,6 +147,20 @@ class LibvirtConnection:
                 raise HypervisorUnavailable(f"lost the connection to {mask_url(self.uri)}: {_message(exc)}") from None
             raise
 
+    @property
+    def local(self) -> bool:
+        """A driver inside this process (``test://``): nothing there hangs, and a second connection is another host."""
+        return self.uri.startswith("test:")
+
+    def open_extra(self) -> libvirt.virConnect:
+        """Another connection to the same daemon, for calls that may hang (kept off the worker's own, see
+        ``virt/stats.py``); bounded and kept alive as the worker's, without events or watchers. The caller closes it."""
+        ensure_event_loop()
+        conn = _open_within(self.uri, self._open_timeout)
+        with suppress(libvirt.libvirtError):
+            conn.setKeepAlive(*self._keepalive)
+        return conn
+
     def version(self) -> dict[str, Any]:
         with self.session() as conn:
             return {
