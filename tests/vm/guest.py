@@ -7,6 +7,7 @@ Built once into ``CACHE_DIR`` and reused by later runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -36,6 +37,9 @@ n=0
 until [ -n "$(power_button)" ] && [ -e /dev/input/$(power_button) ] || [ $n -ge 100 ]; do sleep 0.1; n=$((n+1)); done
 # -f: busybox acpid as a daemon logs to /var/log/acpid.log, which does not exist here, and exits.
 acpid -f -c /etc/acpi -l /dev/console &
+# READY once acpid has the button open: a press before that (a shutdown right after READY, under TCG) is lost.
+n=0
+until ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event || [ $n -ge 100 ]; do sleep 0.1; n=$((n+1)); done
 echo {READY_LINE} > /dev/console
 while true; do sleep 3600; done
 """
@@ -52,7 +56,8 @@ class GuestImage:
 def guest_image() -> GuestImage:
     """The cached guest, building it first when this kernel version has none yet."""
     package = kernel_package()
-    target = CACHE_DIR / package
+    recipe = hashlib.sha256((INIT + POWER_BUTTON + repr(MODULES)).encode()).hexdigest()[:8]
+    target = CACHE_DIR / f"{package}-{recipe}"  # a changed init is a new guest, not the cached old one
     image = GuestImage(target / "vmlinuz", target / "initrd.img")
     if image.kernel.exists() and image.initrd.exists():
         return image
