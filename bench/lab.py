@@ -57,6 +57,7 @@ class Lab:
         builders: dict[str, Callable[[], object]] = {
             "amqp-raw": lambda: AmqpPeer(p.amqp_host_port),
             "amqp-raw-confirm": lambda: AmqpConfirmPeer(p.amqp_host_port),
+            "amqp-raw-guarantees": lambda: AmqpConfirmPeer(p.amqp_host_port, confirmed=True),
             "redis-raw": lambda: RedisPeer(p.redis),
             "amqp-default": lambda: KvmSubject(p.amqp, worker_args=p.worker_args),
             "amqp-fast": lambda: KvmSubject(p.amqp, confirms=False, persistent=False, worker_args=p.worker_args),
@@ -160,6 +161,11 @@ ROWS = [
         "amqp-raw-confirm",
         latency_row("amqp-raw-confirm"),
         "raw py-amqp, persistent both ways, reply confirmed before the ack, 1 caller",
+    ),
+    Row(
+        "amqp-raw-guarantees",
+        latency_row("amqp-raw-guarantees"),
+        "raw py-amqp, as amqp-raw-confirm and each request's confirm awaited: the default path's guarantees, 1 caller",
     ),
     Row("bridge-1", bridge_over_client, "bridge (wrk), 1 connection; the client around it"),
     Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),

@@ -175,14 +175,24 @@ class PersistentCaller(AmqpCaller):
         return cid
 
 
+class ConfirmingCaller(PersistentCaller):
+    """The persistent raw caller, each request confirmed by the broker (as the client's are by default): py-amqp's
+    confirm mode waits for a publish's ack, delivering whatever else arrives meanwhile (the reply) to its callback."""
+
+    def __init__(self, host_port: str, queue: str):
+        super().__init__(host_port, queue)
+        self._ch.confirm_select()
+
+
 class AmqpConfirmPeer:
     """The floor for the worker's guarantees: a py-amqp responder that publishes its reply persistent with
-    confirms on and acks the request only after that confirm; a raw caller sending persistent requests."""
+    confirms on and acks the request only after that confirm; a raw caller sending persistent requests (and,
+    ``confirmed``, waiting for each one's confirm: every guarantee of the default path, nothing else)."""
 
-    def __init__(self, host_port: str):
+    def __init__(self, host_port: str, confirmed: bool = False):
         queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
         self.process = responder(AMQP_CONFIRM_RESPONDER, host_port, queue)
-        self.caller = PersistentCaller(host_port, queue)
+        self.caller = (ConfirmingCaller if confirmed else PersistentCaller)(host_port, queue)
         self.pid = self.process.pid
 
     def close(self) -> None:

@@ -94,6 +94,14 @@ TARGETS = [
         lambda s, i: _ms(s, "amqp-default"),
     ),
     Target(
+        "default p50 / raw with the same guarantees (the broker's floor for them)",
+        "×",
+        None,
+        True,
+        lambda s, i: ratio(s, "amqp-default", "amqp-raw-guarantees"),
+        lambda s, i: _ms(s, "amqp-raw-guarantees"),
+    ),
+    Target(
         "no confirms, transient p50 / raw",
         "×",
         1.3,
