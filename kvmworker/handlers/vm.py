@@ -89,7 +89,9 @@ class VmHandler(VmApi):
         self._owns_connection = owns_connection
         self._records = records or VolumeRecords(None)
         self._causes = Causes()  # nobody asks it until the worker's events are given (use_events)
-        self.stats_reader = StatsReader(None if connection.local else connection.open_extra)
+        # Calls that can last (a stats call a hung QEMU holds, a migration) go over connections of their own.
+        self._long_calls = None if connection.local else connection.open_extra
+        self.stats_reader = StatsReader(self._long_calls)
         self.freeze_timeout = snapshots.FREEZE_TIMEOUT_S
 
     def use_events(self, events: Events) -> None:
@@ -375,7 +377,7 @@ class VmHandler(VmApi):
             dom = domains.lookup(conn, data)
             # The source's own events of this migration (stopped/undefined, or resumed after a failure) carry msg_id.
             with self._acting(dom.name(), ctx, "stopped", "undefined", "suspended", "resumed"):
-                return self.migrations.migrate(dom, data, ctx)
+                return self.migrations.migrate(dom, data, ctx, self._long_calls)
 
     def recover_migrations(self, journal: JournalStore) -> list[dict[str, Any]]:
         """At start: each ``migrate`` a killed worker left (journalled ``interrupted``) is settled and answered.

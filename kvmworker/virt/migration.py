@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,7 +168,15 @@ class Migrations:
             "undefine it here once it runs there" if data.persistent else "keep its definition here",
         ]
 
-    def migrate(self, dom: libvirt.virDomain, data: MigrateData, ctx: Any) -> dict[str, Any]:
+    def migrate(
+        self,
+        dom: libvirt.virDomain,
+        data: MigrateData,
+        ctx: Any,
+        opener: Callable[[], libvirt.virConnect] | None = None,
+    ) -> dict[str, Any]:
+        """``opener``: a connection of the job's own to this host's libvirt (see ``Job``); None: the job runs on
+        ``dom``'s connection (a local driver)."""
         name, uuid = dom.name(), dom.UUIDString()
         self.check(dom, data)
         with self.turn(ctx, name):
@@ -180,7 +188,7 @@ class Migrations:
                         f"{data.destination} already has a VM {name} ({uuid}); nothing was done",
                         extra={"reason": "exists on destination", "cleaned": []},
                     )
-                return self._run(dom, dest, data, ctx)
+                return self._run(dom, dest, data, ctx, opener)
             finally:
                 with suppress(libvirt.libvirtError):
                     dest.close()
@@ -195,10 +203,19 @@ class Migrations:
                 extra={"reason": "destination unreachable", "cleaned": []},
             ) from None
 
-    def _run(self, dom: libvirt.virDomain, dest: libvirt.virConnect, data: MigrateData, ctx: Any) -> dict[str, Any]:
+    def _run(
+        self,
+        dom: libvirt.virDomain,
+        dest: libvirt.virConnect,
+        data: MigrateData,
+        ctx: Any,
+        opener: Callable[[], libvirt.virConnect] | None,
+    ) -> dict[str, Any]:
         name = dom.name()
         timeout = data.timeout or default_timeout(dom.maxMemory())
         job = Job(dom, self.templates.destination(data.destination), self.templates.params(data.destination, data))
+        if opener is not None:
+            job.own_connection(opener())  # before anything started: an unreachable libvirt is 30009, nothing done
         ctx.progress(0.0, f"setup: migrating {name} to {data.destination}")
         job.start(flags_of(data))
         watch = self._follow(job, dom, data, ctx, timeout)
@@ -267,23 +284,36 @@ class Migrations:
 
 
 class Job:
-    """``migrateToURI3`` on a thread of its own; ``done`` once it returned, ``error`` what it raised."""
+    """``migrateToURI3`` on a thread of its own; ``done`` once it returned, ``error`` what it raised.
+
+    Given a connection of its own, the job runs over it (and closes it once the call returned): the call lasts
+    the whole migration, and libvirt 9.0's client can lose the wake-up of another call made meanwhile on the same
+    connection (it then waits for the next keepalive, 5 s), so the monitor's ``jobStats``/``abortJob`` and every
+    other command stay on the worker's connection, which never carries a long call."""
 
     def __init__(self, dom: libvirt.virDomain, uri: str, params: dict[str, Any]):
         self.dom, self.uri, self.params = dom, uri, params
         self.done = threading.Event()
         self.woken = threading.Event()
         self.error: libvirt.libvirtError | None = None
+        self._conn: libvirt.virConnect | None = None
+
+    def own_connection(self, conn: libvirt.virConnect) -> None:
+        self._conn = conn
 
     def start(self, flags: int) -> None:
         threading.Thread(target=self._run, args=(flags,), name=f"migrate-{self.dom.name()}", daemon=True).start()
 
     def _run(self, flags: int) -> None:
         try:
-            self.dom.migrateToURI3(self.uri, self.params, flags)
+            dom = self.dom if self._conn is None else self._conn.lookupByUUIDString(self.dom.UUIDString())
+            dom.migrateToURI3(self.uri, self.params, flags)
         except libvirt.libvirtError as exc:
             self.error = exc
         finally:
+            if self._conn is not None:
+                with suppress(libvirt.libvirtError):
+                    self._conn.close()
             self.done.set()
             self.woken.set()
 
