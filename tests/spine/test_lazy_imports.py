@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,3 +235,50 @@ def test_our_domain_metadata_keeps_its_prefix_when_elementtree_loads_after_the_w
     assert seen["at_start"] is False
     assert "<kvmworker:worker" in seen["text"], seen["text"]
     assert seen["refused"] == 30006, "a DOCTYPE is still refused"
+
+
+def test_the_command_models_build_their_validators_with_their_first_use_not_at_start():
+    seen = run_python(
+        """
+        import json
+        import kvmworker.runtime
+        from pydantic import BaseModel
+        from kvmworker.api.catalogue import worker_commands  # every command, as the bridge and `schema` read them
+        from kvmworker.api.vm import MigrateData
+
+        def models(cls):
+            for sub in cls.__subclasses__():
+                yield sub
+                yield from models(sub)
+
+        assert worker_commands()
+        built = sorted({m.__qualname__ for m in models(BaseModel) if m.__module__.startswith("kvmworker.api.")
+                        and m.__pydantic_complete__})
+        data = MigrateData.model_validate({"name": "kvt", "destination": "kvt-host"})
+        try:
+            MigrateData.model_validate({"name": "kvt"})  # no destination
+            refused = None
+        except Exception as exc:
+            refused = type(exc).__name__
+        print(json.dumps({"built": built, "name": data.name, "refused": refused}))
+        """
+    )
+    assert seen["built"] == [], "no command's model is built before its first use"
+    assert (seen["name"], seen["refused"]) == ("kvt", "ValidationError")
+
+
+def test_a_worker_validates_a_commands_data_through_a_model_it_builds_on_that_first_command(tmp_path):
+    url = require_broker("amqp", AMQP_URL)
+    host = unique("kvt-lazy-")
+    cmd = [sys.executable, "-m", "kvmworker", "worker", "--host", host, "--broker", url]
+    cmd += ["--state-dir", str(tmp_path / "state"), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        with Client(url) as client:
+            wrong = client.call(host, "SystemHandler", "result", {"msg_id": "not-a-uuid"}, timeout=60)
+            never = client.call(host, "SystemHandler", "result", {"msg_id": str(uuid.uuid4())}, timeout=30)
+    finally:
+        stop_process(proc)
+        delete_host_queue(url, host)
+    assert wrong.code == 30006 and "msg_id" in json.dumps(wrong.data) + wrong.msg, wrong
+    assert never.code == -1 and never.data["state"] == "never_seen", never
