@@ -29,6 +29,7 @@ NOT_AT_START = {
     "importlib.metadata": "pydantic's and kombu's entry-point groups are read from entry_points.txt (lazyimport)",
     "email.message": "importlib.metadata brings it",
     "yaml": "kombu's YAML serializer imports PyYAML with the first YAML message",
+    "tomllib": "only a worker given a TOML config file parses one",
     "xml.etree.ElementTree": "the VM, storage and inventory commands that read or write XML load it",
 }
 """Modules a worker that has started, watched links, answered a ping and idled must not have loaded."""
