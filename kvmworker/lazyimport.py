@@ -6,6 +6,10 @@ the worker uses its netlink sockets and messages only. After ``parts_only("pyrou
 pyroute2.netlink.rtnl`` and ``from pyroute2 import netns`` (a submodule) load just those modules; the first
 access to anything else on the package (``pyroute2.IPRoute``, ``from pyroute2 import NDB``) runs the real
 ``__init__`` then, so nothing that uses the package as documented breaks, it only pays later.
+
+``on_demand(name, answers)`` goes one step further for a module a library imports at start but seldom uses: a
+stand-in in ``sys.modules`` answers a few names itself (``importlib.metadata.entry_points`` for a group nobody
+declares, PyYAML's ``safe_dump``/``safe_load`` forwarded) and imports the real module on any other name.
 """
 
 from __future__ import annotations
