@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -168,8 +167,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
     try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            import tomllib  # only a worker given a TOML file needs the parser
+
+            raw = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError included
         kind = "JSON" if path.suffix == ".json" else "TOML"
         raise SettingsError(f"config file {path} is not valid {kind}: {exc}") from None
     if not isinstance(raw, dict):

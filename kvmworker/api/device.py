@@ -73,7 +73,7 @@ def _with_prefix(address: object) -> object:
 
 
 class _OnDevice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: IfName
     namespace: NamespaceName | None = Field(default=None, description="default: the worker's namespace")
@@ -125,7 +125,7 @@ class AddressChange(_OnDevice):
 
 
 class DeviceList(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     namespace: NamespaceName | None = None
 

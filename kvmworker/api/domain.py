@@ -68,7 +68,7 @@ DISK_RULE = {
 class InterfaceSpec(BaseModel):
     """A NIC on a network created by NetworkHandler (``network_id``) or on any bridge."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(INTERFACE_RULE))
+    model_config = ConfigDict(defer_build=True, extra="forbid", json_schema_extra=schema_rules(INTERFACE_RULE))
 
     network_id: Uuid | None = None
     bridge: IfName | None = None
@@ -86,7 +86,7 @@ class DiskSpec(BaseModel):
     """``image`` (an existing file), ``volume`` (an existing pool volume), ``size_gib`` (a new qcow2 volume) or
     ``clone_of`` (a new linked clone of a pool volume or a storage-directory image, named ``volume`` if given)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_rules(DISK_RULE))
+    model_config = ConfigDict(defer_build=True, extra="forbid", json_schema_extra=schema_rules(DISK_RULE))
 
     image: str | None = Field(default=None, max_length=4096)
     volume: PlainName | None = None
@@ -113,7 +113,7 @@ class DiskSpec(BaseModel):
 
 
 class DomainSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: VmName
     vcpus: loose_int(1, 512) = 1

@@ -28,7 +28,7 @@ UnitName = Annotated[
 
 
 class ServicesData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     names: list[UnitName] | None = Field(
         default=None, max_length=64, description="Units to report besides libvirtd, virtlogd and kvmworker."

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class NamespaceRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: NamespaceName
 

@@ -89,7 +89,7 @@ _VLAN_OR_BLANK = {"anyOf": [TypeAdapter(VlanId).json_schema(), {"type": "null"},
 
 
 class NetworkCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_network_schema)
+    model_config = ConfigDict(defer_build=True, extra="ignore", json_schema_extra=_network_schema)
 
     network_id: NetworkId
     network_type: NetworkType = Field(default=None, validate_default=True, description="flat or vlan, in any case")
@@ -111,7 +111,7 @@ class NetworkCreate(BaseModel):
 
 
 class NetworkRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     network_id: NetworkId
 

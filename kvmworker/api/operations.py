@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from kvmworker.protocol.types import Uuid
 
 
 class OperationsQuery(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     state: Literal["running", "recent"] = Field(
         default="running",
         description="running: the commands queued or running now; recent: the last 100 answered, newest first",
@@ -20,4 +21,5 @@ class OperationsQuery(BaseModel):
 
 
 class CancelQuery(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     msg_id: Uuid = Field(description="the command to cancel: dropped if still queued, told to stop if running")

@@ -24,7 +24,7 @@ SizeGib = number(gt=0, le=65536)
 
 
 class PoolRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     pool: PlainName | None = Field(default=None, description="a libvirt storage pool; default: --storage-pool")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from kvmworker.api.operations import CancelQuery, OperationsQuery
 from kvmworker.dispatch.commands import command
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 class ResultQuery(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     msg_id: Uuid
 
 

@@ -21,14 +21,14 @@ def _text_or_number(min_length: int, max_length: int) -> dict:
 
 class LoginData(BaseModel):
     # legacy callers send numeric passwords as numbers now and then
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", coerce_numbers_to_str=True)
 
     username: Annotated[str, Field(min_length=1, max_length=256), WithJsonSchema(_text_or_number(1, 256))]
     password: Annotated[str, Field(max_length=1024), WithJsonSchema(_text_or_number(0, 1024))]
 
 
 class LogoutData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
 
 class UserApi(ABC):

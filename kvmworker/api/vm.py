@@ -56,7 +56,7 @@ VM_REF_RULE = {"anyOf": [given("name"), given("uuid")]}
 class VmRef(BaseModel):
     """A VM addressed by ``name`` or ``uuid`` (the uuid wins when both are given and they must agree)."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra=schema_rules(VM_REF_RULE))
+    model_config = ConfigDict(defer_build=True, extra="ignore", json_schema_extra=schema_rules(VM_REF_RULE))
 
     name: LookupName | None = None
     uuid: Uuid | None = None
@@ -77,7 +77,7 @@ class VmRef(BaseModel):
 
 
 class ListData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
     state: StateFilter | None = None
 
 
@@ -201,7 +201,7 @@ class MigrateData(VmRef):
 
 
 class StatsData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
     names: list[LookupName] | None = Field(default=None, max_length=1000)
 
 

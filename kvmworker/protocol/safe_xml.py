@@ -6,19 +6,27 @@ libvirt reads exactly what the checker saw (no entity, encoding or comment trick
 
 from __future__ import annotations
 
+import functools
 from xml.etree import ElementTree as ET
 
 from kvmworker.protocol.errors import InvalidParameter
 
 
-class _NoDoctype(ET.TreeBuilder):
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
-        raise InvalidParameter("xml must not carry a DOCTYPE (no DTD, no entities)", field="xml")
+@functools.cache
+def _no_doctype() -> type[ET.TreeBuilder]:
+    """The tree builder that refuses a DOCTYPE; made by the first parse, so that ElementTree loads with the
+    first command that reads XML, not with the worker (kvmworker.lazyimport)."""
+
+    class NoDoctype(ET.TreeBuilder):
+        def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+            raise InvalidParameter("xml must not carry a DOCTYPE (no DTD, no entities)", field="xml")
+
+    return NoDoctype
 
 
 def parse(text: str) -> ET.Element:
     """The element tree of ``text``; a DTD, an entity or a malformed document is 30006."""
-    parser = ET.XMLParser(target=_NoDoctype())
+    parser = ET.XMLParser(target=_no_doctype()())
     try:
         parser.feed(text)
         return parser.close()

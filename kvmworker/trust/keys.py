@@ -24,7 +24,6 @@ import re
 import stat
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -250,7 +249,11 @@ def _check_public_mode(path: Path) -> None:
 
 def _parse(path: Path) -> object:
     text = path.read_text()
-    return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    if path.suffix == ".json":
+        return json.loads(text)
+    import tomllib  # only a worker given a TOML key file needs the parser
+
+    return tomllib.loads(text)
 
 
 def _reason(exc: Exception) -> str:

@@ -6,11 +6,14 @@ from collections.abc import Sequence
 from xml.etree import ElementTree as ET
 
 from kvmworker.api.domain import DomainSpec, InterfaceSpec
+from kvmworker.lazyimport import when_imported
 from kvmworker.netplane.naming import bridge_name
 from kvmworker.virt.policy import METADATA_NS
 from kvmworker.virt.storage import Disk
 
-ET.register_namespace("kvmworker", METADATA_NS)
+# Our metadata serializes with its own prefix wherever ElementTree writes it (a process-wide table), from the
+# moment ElementTree loads: with the first command that reads or writes XML (kvmworker.lazyimport).
+when_imported("xml.etree.ElementTree", lambda et: et.register_namespace("kvmworker", METADATA_NS))
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 

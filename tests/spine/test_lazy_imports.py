@@ -4,9 +4,11 @@ what only some commands need is loaded by the first of them, not at start."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,11 @@ NOT_AT_START = {
     "asyncio": "only the bridge awaits events (events/fanout.py) and IPRoute runs on it",
     "psutil": "the services section reads the process table with it",
     "pydantic_settings": "Settings reads its variables and config file itself (kvmworker.settings)",
+    "importlib.metadata": "pydantic's and kombu's entry-point groups are read from entry_points.txt (lazyimport)",
+    "email.message": "importlib.metadata brings it",
+    "yaml": "kombu's YAML serializer imports PyYAML with the first YAML message",
+    "tomllib": "only a worker given a TOML config file parses one",
+    "xml.etree.ElementTree": "the VM, storage and inventory commands that read or write XML load it",
 }
 """Modules a worker that has started, watched links, answered a ping and idled must not have loaded."""
 
@@ -137,3 +144,142 @@ def test_a_worker_that_started_and_answered_a_ping_has_not_loaded_what_only_othe
     assert "kvmworker.netplane.watch" in loaded and "pyroute2.netlink.rtnl.ifinfmsg" in loaded, "what it does use"
     early = {name: why for name, why in NOT_AT_START.items() if name in loaded}
     assert not early, early
+
+
+def run_python(code: str, path: Path | None = None) -> dict:
+    """``code`` in a fresh interpreter (``path`` first on its PYTHONPATH); what it printed, as JSON."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path or ""), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_entry_points_of_a_group_nobody_declares_are_answered_without_importing_importlib_metadata():
+    seen = run_python(
+        """
+        import json, sys
+        import kvmworker.runtime, importlib.metadata
+        none = importlib.metadata.entry_points(group="kvt-nobody-declares-this")
+        before = "email.message" in sys.modules
+        version = importlib.metadata.version("kombu")  # any other use imports the module
+        scripts = importlib.metadata.entry_points(group="console_scripts")
+        print(json.dumps({"none": [len(none), sorted(none.names), len(none.select(name="x"))], "before": before,
+                          "version": version, "ours": [e.value for e in scripts if e.name == "kvmworker"],
+                          "after": "email.message" in sys.modules}))
+        """
+    )
+    assert seen["none"] == [0, [], 0] and seen["before"] is False
+    assert seen["version"][0].isdigit() and seen["after"] is True
+    assert seen["ours"] == ["kvmworker.cli:main"], "a declared group is read by importlib.metadata itself"
+
+
+def test_a_pydantic_plugin_installed_as_a_distribution_still_sees_the_workers_models(tmp_path):
+    info = tmp_path / "kvtplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvtplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pydantic]\nkvtplug = kvtplug:plugin\n")
+    (tmp_path / "kvtplug.py").write_text(
+        "class Plugin:\n"
+        "    seen = []\n"
+        "    def new_schema_validator(self, schema, schema_type, path, kind, config, settings):\n"
+        "        self.seen.append(getattr(schema_type, '__name__', str(schema_type)))\n"
+        "        return None, None, None\n"
+        "plugin = Plugin()\n"
+    )
+    seen = run_python(
+        """
+        import json
+        import kvmworker.runtime
+        from kvmworker.protocol.envelope import Envelope
+        import kvtplug
+        print(json.dumps({"seen": kvtplug.plugin.seen}))
+        """,
+        tmp_path,
+    )
+    assert "Envelope" in seen["seen"], seen
+
+
+def test_kombu_still_writes_and_reads_yaml_though_the_worker_did_not_import_pyyaml_at_start():
+    seen = run_python(
+        """
+        import json, sys
+        import kvmworker.runtime
+        from kombu import serialization
+        at_start = "yaml.loader" in sys.modules
+        kind, encoding, body = serialization.dumps({"a": [1, 2]}, serializer="yaml")
+        back = serialization.loads(body, kind, encoding, accept={kind})
+        print(json.dumps({"at_start": at_start, "kind": kind, "body": body, "back": back}))
+        """
+    )
+    assert seen["at_start"] is False
+    assert (seen["kind"], seen["back"]) == ("application/x-yaml", {"a": [1, 2]})
+    assert "a:" in seen["body"]
+
+
+def test_our_domain_metadata_keeps_its_prefix_when_elementtree_loads_after_the_worker_started():
+    seen = run_python(
+        """
+        import json, sys
+        import kvmworker.runtime
+        at_start = "xml.etree.ElementPath" in sys.modules
+        from kvmworker.protocol import safe_xml
+        ns = "https://kvmworker.invalid/xmlns/domain/1"
+        text = safe_xml.serialize(safe_xml.parse(f'<domain><metadata><w:worker xmlns:w="{ns}"/></metadata></domain>'))
+        try:
+            safe_xml.parse('<!DOCTYPE d [<!ENTITY e "x">]><d>&e;</d>')
+            refused = None
+        except Exception as exc:
+            refused = getattr(exc, "code", repr(exc))
+        print(json.dumps({"at_start": at_start, "text": text, "refused": refused}))
+        """
+    )
+    assert seen["at_start"] is False
+    assert "<kvmworker:worker" in seen["text"], seen["text"]
+    assert seen["refused"] == 30006, "a DOCTYPE is still refused"
+
+
+def test_the_command_models_build_their_validators_with_their_first_use_not_at_start():
+    seen = run_python(
+        """
+        import json
+        import kvmworker.runtime
+        from pydantic import BaseModel
+        from kvmworker.api.catalogue import worker_commands  # every command, as the bridge and `schema` read them
+        from kvmworker.api.vm import MigrateData
+
+        def models(cls):
+            for sub in cls.__subclasses__():
+                yield sub
+                yield from models(sub)
+
+        assert worker_commands()
+        built = sorted({m.__qualname__ for m in models(BaseModel) if m.__module__.startswith("kvmworker.api.")
+                        and m.__pydantic_complete__})
+        data = MigrateData.model_validate({"name": "kvt", "destination": "kvt-host"})
+        try:
+            MigrateData.model_validate({"name": "kvt"})  # no destination
+            refused = None
+        except Exception as exc:
+            refused = type(exc).__name__
+        print(json.dumps({"built": built, "name": data.name, "refused": refused}))
+        """
+    )
+    assert seen["built"] == [], "no command's model is built before its first use"
+    assert (seen["name"], seen["refused"]) == ("kvt", "ValidationError")
+
+
+def test_a_worker_validates_a_commands_data_through_a_model_it_builds_on_that_first_command(tmp_path):
+    url = require_broker("amqp", AMQP_URL)
+    host = unique("kvt-lazy-")
+    cmd = [sys.executable, "-m", "kvmworker", "worker", "--host", host, "--broker", url]
+    cmd += ["--state-dir", str(tmp_path / "state"), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        with Client(url) as client:
+            wrong = client.call(host, "SystemHandler", "result", {"msg_id": "not-a-uuid"}, timeout=60)
+            never = client.call(host, "SystemHandler", "result", {"msg_id": str(uuid.uuid4())}, timeout=30)
+    finally:
+        stop_process(proc)
+        delete_host_queue(url, host)
+    assert wrong.code == 30006 and "msg_id" in json.dumps(wrong.data) + wrong.msg, wrong
+    assert never.code == -1 and never.data["state"] == "never_seen", never
