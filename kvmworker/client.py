@@ -721,18 +721,27 @@ class _RedisReplies:
     """Redis: the reply queue read with BRPOP on a connection of its own, its messages decoded as kombu's
     Redis channel decodes them (kombu's poller, its per-message objects and its per-command client cost more
     than the rest of a client's reply path). The replies are not acked (``no_ack``, as before): nothing to
-    record. The queue is declared by kombu, as for kombu's consumer. Read by whoever holds the turn."""
+    record. The queue is declared by kombu, as for kombu's consumer. Read by whoever holds the turn: the
+    socket itself (redis-py set it up), its answer cut out here (redis-py's parser costs a reply more than
+    the rest of its read)."""
 
     BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
 
     def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None], stop: Callable[[], None]):
+        from kvmworker.transport.redis_session import RECV_CHUNK, _Incomplete, _resp_answer
+
         self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
         brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
-        self._brpop = [b"".join([b"*%d\r\n" % len(brpop), *(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in brpop)])]
+        self._brpop = b"".join([b"*%d\r\n" % len(brpop), *(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in brpop)])
+        self._parse, self._incomplete, self._chunk = _resp_answer, _Incomplete, RECV_CHUNK
         self._pool = channel.pool
-        self._conn = self._pool.get_connection()
+        self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
+        self._sock = self._conn._sock  # from here on written and read here alone
+        self._tls = hasattr(self._sock, "pending")
+        self._readable = _Readable(self._sock.fileno())
+        self._buf = bytearray()  # what was read of the BRPOP's answer
         self._waiting = False  # a BRPOP was sent and its answer not read
         self._sent_at = 0.0
         # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
@@ -740,21 +749,45 @@ class _RedisReplies:
         self._overdue_s = self.BRPOP_TIMEOUT_S + (channel.health_check_interval or 25)
 
     def read(self, timeout: float, wake_fd: int | None) -> None:
-        conn = self._conn
+        sock = self._sock
         if not self._waiting:
-            conn.send_packed_command(self._brpop, check_health=False)  # packed once
+            try:
+                sock.sendall(self._brpop)  # packed once
+            except OSError as exc:
+                raise self._lost(f"writing to Redis failed: {exc}") from exc
             self._waiting, self._sent_at = True, time.monotonic()
-        if not _Readable(conn._sock.fileno())(wake_fd, timeout):  # the socket of the moment: a new poll
+        if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
             return
-        answer = conn.read_response()  # one command in flight: what is readable is (the start of) its answer
+        try:
+            chunk = sock.recv(self._chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise self._lost(f"reading from Redis failed: {exc}") from exc
+        if not chunk:
+            raise self._lost("Redis closed the connection")
+        buf = self._buf
+        buf += chunk
+        try:
+            answer, end = self._parse(buf, 0)  # one command in flight: what came is (a part of) its answer
+        except self._incomplete:
+            return  # the rest comes: the next read waits for it
+        if end != len(buf) or isinstance(answer, bytes):  # more than one answer, or an error
+            raise self._lost(f"Redis answered a BRPOP with {bytes(buf[:200])!r}")
+        buf.clear()
         self._waiting = False
         if answer:
             self._deliver(answer[1])
 
     def check(self) -> None:
         if self._waiting and time.monotonic() - self._sent_at > self._overdue_s:
-            self._conn.disconnect()
-            raise ConnectionLost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
+            raise self._lost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
+
+    def _lost(self, why: str) -> ConnectionLost:
+        """The connection is out of step (or gone): redis-py connects it again should it be used again."""
+        self._conn.disconnect()
+        self._buf.clear()
+        return ConnectionLost(why)
 
     def _deliver(self, payload: bytes) -> None:
         message = json.loads(payload)

@@ -778,6 +778,9 @@ class _PlainLane:
         self._queued = 0  # put and not yet published (or failed) by the thread: an inline publish waits its turn
         self._heartbeat = HEARTBEAT_S / 6 if connection.transport.driver_type == "amqp" else None
         self._redis = connection.transport.driver_type == "redis"
+        self._lpushing: tuple[Any, Any] | None = None  # Redis: (pool, the connection taken from it for _lpush)
+        # Redis: the delivery tags of what _lpush writes (kombu's are uuid4s): random, then a count
+        self._tag_base, self._tags = str(uuid.uuid4())[:24], itertools.count()
         self._amqp = connection.transport.driver_type == "amqp"
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
         self._thread.start()
@@ -876,7 +879,9 @@ class _PlainLane:
             "delivery_info": {"exchange": "", "routing_key": item.routing_key},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),  # kombu's unacked bookkeeping is keyed by it
+            # kombu's unacked bookkeeping is keyed by it: kombu's are uuid4s, these look the same (unique
+            # without a uuid4, a system call, per message)
+            "delivery_tag": f"{self._tag_base}{next(self._tags):012x}",
         }
         message = {
             "body": base64.b64encode(item.body).decode(),
@@ -887,22 +892,39 @@ class _PlainLane:
         }
         key = ((channel.global_keyprefix or "") + channel._q_for_pri(item.routing_key, 0)).encode()
         text = json.dumps(message).encode()
-        # packed and read here: redis-py's lpush (its packer, its per-command retry and callbacks) costs four
-        # times the write and the read of its answer
-        pool = channel.client.connection_pool
-        conn = pool.get_connection()
+        # packed, written and read here, on a connection of the channel's pool kept for it (only under _io):
+        # redis-py's lpush (its packer, its per-command retry and callbacks) and the pool's checkout and
+        # checkin per message cost several times the write and the read of its answer
+        conn = self._lpush_connection(channel.client.connection_pool)
         try:
-            conn.send_packed_command(
-                [b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(text), text)],
-                check_health=False,
-            )
-            conn.read_response()  # the list's length; an error answer raises
+            if conn._sock is None:  # lost before: connected again, as redis-py's next command would
+                conn.connect()
+            sock = conn._sock
+            sock.sendall(b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(text), text))
+            answer = sock.recv(1024)
+            while not answer.endswith(b"\r\n"):  # the list's length, ":N", or an error
+                more = sock.recv(1024)
+                if not more:
+                    raise ConnectionError("Redis closed the connection")
+                answer += more
+            if answer[:1] != b":":
+                raise RuntimeError(f"Redis refused the LPUSH: {answer[:200]!r}")
         except BaseException:
             conn.disconnect()  # its state is unknown: the next command connects again
             raise
-        finally:
-            pool.release(conn)
         return True
+
+    def _lpush_connection(self, pool: Any) -> Any:
+        """The connection ``_lpush`` writes on: taken from the channel's pool once (the pool of the moment: a
+        new one after the producer connected again), given back when the pool changes; kombu's channel closes
+        it with the pool's others."""
+        held = self._lpushing
+        if held is None or held[0] is not pool:
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    held[0].release(held[1])
+            held = self._lpushing = (pool, pool.get_connection())
+        return held[1]
 
     @staticmethod
     def _options(item: _Pending) -> dict[str, Any]:

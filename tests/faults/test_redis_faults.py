@@ -372,3 +372,29 @@ def test_a_message_that_is_not_kombus_is_dropped_with_its_record_and_the_worker_
         assert not [r for r in records if b"not kombu's JSON" in r], "the dropped message's record is left"
         time.sleep(VISIBILITY_S * 2)  # a record left would have brought it back by now
     assert worker.log().count("that is not kombu's was dropped") == 1, worker.log()
+
+
+def test_calls_are_written_inline_again_once_redis_has_dropped_every_connection_of_the_client_and_the_worker(
+    redis, worker
+):
+    """The caller's LPUSH goes out on a connection of the channel's pool kept for it: one Redis dropped is
+    connected again (the first call after may go by the publishing thread), and calls are inline again after."""
+    import redis as redis_py
+
+    with Client(redis.url) as client:
+        for _ in range(2):  # the first declares the queue: the publishing thread's; the second inline
+            assert client.call(worker.host, "ProbeHandler", "count", {"name": "before"}, timeout=10).code == Code.OK
+        assert client.publisher.counts.inline >= 1, client.publisher.counts
+        with redis_py.Redis.from_url(redis.url) as db:
+            assert db.execute_command("CLIENT", "KILL", "TYPE", "normal") >= 2  # every one but this
+        assert wait_for(
+            lambda: client.call(worker.host, "ProbeHandler", "count", {"name": "after"}, timeout=5).code == Code.OK,
+            45,
+            interval=0.5,
+        ), worker.log()
+        inline = client.publisher.counts.inline
+        for _ in range(5):
+            assert client.call(worker.host, "ProbeHandler", "count", {"name": "again"}, timeout=10).code == Code.OK
+        assert client.publisher.counts.inline == inline + 5, client.publisher.counts
+    assert count_of(worker.effects, "before") == 2
+    assert count_of(worker.effects, "again") == 5

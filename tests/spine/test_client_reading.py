@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import amqp
 import pytest
-from kombu import Connection
+from kombu import Connection, Consumer, Producer, Queue
 
 from kvmworker.client import Client, _AmqpReplies
 from kvmworker.protocol.codes import Code
 from kvmworker.protocol.wire import host_queue_name
 from kvmworker.transport.connection import delete_host_queue
-from tests.conftest import AMQP_URL, require_broker, unique
+from tests.conftest import AMQP_URL, REDIS_URL, require_broker, unique
 
 
 def test_calls_one_after_another_mixed_with_bursts_of_concurrent_callers_each_get_their_own_reply(
@@ -200,3 +200,76 @@ def test_a_reply_half_read_when_the_reading_stops_is_read_whole_by_py_amqp_after
         while not arrived and time.monotonic() < deadline:
             raw.drain_events(timeout=1)
         assert [(m.correlation_id, m.body) for m in arrived] == [("2", BIG.encode())]
+
+
+# -- Redis: the reply list's BRPOP answers read by the client itself (``_RedisReplies``) ------------------------
+
+
+class _KombuRedisResponder:
+    """A foreign worker in plain kombu over Redis on a thread of its own: each command on the host's queue is
+    answered as its data's ``kind`` says (``ANSWERS``), to its ``reply_to``, by kombu's own Producer."""
+
+    def __init__(self, url: str, queue: str):
+        self._conn = Connection(url)
+        self._queue = Queue(queue, durable=True, auto_delete=False)
+        self._producer = Producer(self._conn.channel())
+        self._consumer = Consumer(self._conn.channel(), queues=[self._queue], on_message=self._on_command)
+        self._consumer.consume()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _on_command(self, message) -> None:
+        body, headers = ANSWERS[json.loads(message.body)["data"]["kind"]]
+        props = message.properties
+        self._producer.publish(
+            body, routing_key=props["reply_to"], correlation_id=props["correlation_id"], headers=headers
+        )
+        message.ack()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                self._conn.drain_events(timeout=0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.cancel()
+        self._conn.close()
+
+
+@pytest.fixture
+def redis_host() -> Iterator[tuple[str, str]]:
+    url = require_broker("redis", REDIS_URL)
+    name = unique("kvt-host-")
+    yield url, name
+    delete_host_queue(url, name)
+
+
+def test_over_redis_replies_of_many_reads_of_no_body_and_with_every_kind_of_header_from_plain_kombu_reach_their_callers(
+    redis_host, monkeypatch
+):
+    url, host = redis_host
+    headers_seen: dict[str, object] = {}
+    on_reply = Client._on_reply
+
+    def noting_the_headers(self, message) -> None:
+        headers_seen[message.properties.get("correlation_id")] = message.headers
+        on_reply(self, message)
+
+    monkeypatch.setattr(Client, "_on_reply", noting_the_headers)
+    responder = _KombuRedisResponder(url, host_queue_name(host))
+    try:
+        with Client(url) as client:
+            for kind in ["big", "empty", "headers", "big", "headers", "empty"]:
+                # submit: the consumer thread reads the reply; call: the calling thread reads it
+                command = {"handler": "SystemHandler", "command": "ping", "data": {"kind": kind}}
+                pending = client.submit(host, command)
+                _expect(kind, client.wait(pending, 15))
+                assert headers_seen.pop(pending.correlation_id) == (HEADERS if kind == "headers" else {})
+                _expect(kind, client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15))
+                assert list(headers_seen.values()) == [HEADERS if kind == "headers" else {}]
+                headers_seen.clear()
+    finally:
+        responder.close()
