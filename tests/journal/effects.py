@@ -39,7 +39,8 @@ class LoginData(BaseModel):
 
 
 class EffectsHandler:
-    """``bump`` appends a line (count the runs), then sleeps; ``touch`` creates a file; ``login`` returns a token."""
+    """``bump`` appends a line (count the runs), then sleeps; ``touch`` creates a file; ``login`` returns a token;
+    ``issue`` (read-only) too."""
 
     name = "EffectsHandler"
 
@@ -73,6 +74,11 @@ class EffectsHandler:
 
     def plan_login(self, data: LoginData, ctx: Context) -> Plan:
         return Plan([f"a token for {data.username}"])
+
+    @command(mutates=False)
+    def issue(self, data: object, ctx: Context) -> dict:
+        """Read-only, with a secret in its reply only."""
+        return {"token": "tok-kvt-read-only-secret"}
 
     @command(mutates=False)
     def fail(self, data: object, ctx: Context) -> dict:

@@ -112,6 +112,32 @@ def test_an_envelope_with_nothing_to_mask_is_recorded_as_the_json_it_came_as(wir
     assert entry.reply == reply.model_dump(mode="json")
 
 
+def test_a_read_only_reply_holding_a_secret_is_masked_while_its_clean_envelope_is_kept_as_it_came(wired):
+    msg_id = new_id()
+    body = f'{{"handler": "EffectsHandler", "command": "issue", "data": {{}}, "msg_id": "{msg_id}", "note": 1}}'
+    reply = wired.pipeline.handle(Delivery(body=body.encode(), content_type="application/json", reply_to="kvt-r"))
+    assert reply.code == Code.OK and reply.data["token"] == "tok-kvt-read-only-secret"
+    entry = wired.journal.store.find(msg_id)
+    assert entry.state == "answered"
+    assert entry.reply["data"]["token"] == MASK
+    assert entry.envelope == json.loads(body)
+    assert entry.properties["reply_to"] == "kvt-r"
+    assert b"tok-kvt-read-only-secret" not in journal_bytes(wired.settings.state_dir)
+
+
+def test_a_secret_header_on_a_read_only_command_is_masked_and_its_clean_reply_kept_as_sent(wired):
+    msg_id = new_id()
+    body = f'{{"handler": "SystemHandler", "command": "ping", "data": {{}}, "msg_id": "{msg_id}"}}'
+    headers = {"Authorization": f"Bearer {SECRET}", "x-kvt-note": "kept"}
+    reply = wired.pipeline.handle(Delivery(body=body.encode(), content_type="application/json", headers=headers))
+    assert reply.code == Code.OK
+    entry = wired.journal.store.find(msg_id)
+    assert entry.properties["headers"] == {"Authorization": MASK, "x-kvt-note": "kept"}
+    assert entry.envelope == json.loads(body)
+    assert entry.reply == reply.model_dump(mode="json")
+    assert SECRET.encode() not in journal_bytes(wired.settings.state_dir)
+
+
 def test_may_hold_secret_says_yes_for_everything_redact_would_change():
     for text in ('{"Password": 1}', '{"x": "Bearer abc"}', '{"x": "<g passwd=\'a\'/>"}', '{"API-KEY": 1}',
                  '{"pa\\u0073s": 1}', '{"x": "ba\u017fic abc"}', '{"\u212aey": 1}', '{"cookie": 1}'):  # fmt: skip
