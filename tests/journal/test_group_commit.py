@@ -230,6 +230,31 @@ def test_records_piled_up_into_one_group_are_written_as_one_after_another_even_f
     reader.close()
 
 
+def test_a_long_run_of_piled_up_records_is_written_whole_in_order_with_each_repeat_added_to_its_first(tmp_path):
+    path = tmp_path / "j.sqlite"
+    store = JournalStore(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer waits for the file: what follows piles up into one group
+    names = [f"r-{i:03d}" for i in range(100)]
+    for i, name in enumerate(names):
+        store.answered(received(name, at=1_800_000_000.0 + i), OK, 0.001)
+    for i in (0, 31, 32, 33, 99):  # again, far from their first arrival and across where a statement may end
+        store.answered(received(names[i], at=1_800_000_500.0 + i), OK, 0.002 + i / 1000)
+    blocker.execute("COMMIT")
+    blocker.close()
+    store.close()
+    assert rows(path) == [(name, ANSWERED) for name in names]
+    reader = JournalStore.open_existing(path)
+    for i, name in enumerate(names):
+        entry = reader.find(name)
+        again = i in (0, 31, 32, 33, 99)
+        assert entry.delivery_count == (2 if again else 1), name
+        first = 1_800_000_000.0 + i
+        assert [d["received_at"] for d in entry.deliveries] == ([first, 1_800_000_500.0 + i] if again else [first])
+        assert entry.duration_ms == (round((0.002 + i / 1000) * 1000, 3) if again else 1.0), name
+    reader.close()
+
+
 def test_records_older_than_the_age_limit_are_pruned_by_the_writer_while_records_come_in(tmp_path):
     now = [1_800_000_000.0]
     store = JournalStore(tmp_path / "j.sqlite", max_age_days=1, clock=lambda: now[0])
