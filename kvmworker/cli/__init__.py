@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 
+import kvmworker.cli._lean  # noqa: F401  (first: the stand-ins of kvmworker.lazyimport, for the CLI's processes)
 from kvmworker import __version__
 from kvmworker.cli.common import (
     EXIT_BROKEN_PIPE,

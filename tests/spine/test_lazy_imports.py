@@ -37,7 +37,7 @@ NOT_AT_START = {
 PROBE = textwrap.dedent(
     """
     import json, sys
-    import kvmworker.runtime  # everything `kvmworker worker` imports before it consumes
+    import kvmworker.cli, kvmworker.runtime  # everything `kvmworker worker` imports before it consumes
     before = sorted(sys.modules)
     import pyroute2, prometheus_client
     from pyroute2 import IPRoute, NDB  # the package's own names: its __init__ runs now
@@ -158,7 +158,7 @@ def test_entry_points_of_a_group_nobody_declares_are_answered_without_importing_
     seen = run_python(
         """
         import json, sys
-        import kvmworker.runtime, importlib.metadata
+        import kvmworker.cli, kvmworker.runtime, importlib.metadata
         none = importlib.metadata.entry_points(group="kvt-nobody-declares-this")
         before = "email.message" in sys.modules
         version = importlib.metadata.version("kombu")  # any other use imports the module
@@ -171,6 +171,19 @@ def test_entry_points_of_a_group_nobody_declares_are_answered_without_importing_
     assert seen["none"] == [0, [], 0] and seen["before"] is False
     assert seen["version"][0].isdigit() and seen["after"] is True
     assert seen["ours"] == ["kvmworker.cli:main"], "a declared group is read by importlib.metadata itself"
+
+
+def test_a_program_using_kvmworker_as_a_library_keeps_its_own_modules_no_stand_in_is_put_there():
+    seen = run_python(
+        """
+        import json, sys
+        import kvmworker.client, kvmworker.runtime  # an orchestrator's process: the client, even a worker in it
+        from kvmworker.lazyimport import _OnDemand
+        print(json.dumps({name: isinstance(sys.modules.get(name), _OnDemand)
+                          for name in ("importlib.metadata", "yaml", "xml.etree.ElementTree")}))
+        """
+    )
+    assert seen == {"importlib.metadata": False, "yaml": False, "xml.etree.ElementTree": False}
 
 
 def test_a_pydantic_plugin_installed_as_a_distribution_still_sees_the_workers_models(tmp_path):
@@ -189,7 +202,7 @@ def test_a_pydantic_plugin_installed_as_a_distribution_still_sees_the_workers_mo
     seen = run_python(
         """
         import json
-        import kvmworker.runtime
+        import kvmworker.cli, kvmworker.runtime  # the CLI's process, as `kvmworker worker` runs
         from kvmworker.protocol.envelope import Envelope
         import kvtplug
         print(json.dumps({"seen": kvtplug.plugin.seen}))
@@ -203,7 +216,7 @@ def test_kombu_still_writes_and_reads_yaml_though_the_worker_did_not_import_pyya
     seen = run_python(
         """
         import json, sys
-        import kvmworker.runtime
+        import kvmworker.cli, kvmworker.runtime  # the CLI's process, as `kvmworker worker` runs
         from kombu import serialization
         at_start = "yaml.loader" in sys.modules
         kind, encoding, body = serialization.dumps({"a": [1, 2]}, serializer="yaml")
@@ -220,7 +233,7 @@ def test_our_domain_metadata_keeps_its_prefix_when_elementtree_loads_after_the_w
     seen = run_python(
         """
         import json, sys
-        import kvmworker.runtime
+        import kvmworker.cli, kvmworker.runtime  # the CLI's process, as `kvmworker worker` runs
         at_start = "xml.etree.ElementPath" in sys.modules
         from kvmworker.protocol import safe_xml
         ns = "https://kvmworker.invalid/xmlns/domain/1"
@@ -242,7 +255,7 @@ def test_the_command_models_build_their_validators_with_their_first_use_not_at_s
     seen = run_python(
         """
         import json
-        import kvmworker.runtime
+        import kvmworker.cli, kvmworker.runtime  # the CLI's process, as `kvmworker worker` runs
         from pydantic import BaseModel
         from kvmworker.api.catalogue import worker_commands  # every command, as the bridge and `schema` read them
         from kvmworker.api.vm import MigrateData
