@@ -139,6 +139,12 @@ def _expect(kind: str, reply) -> None:
 def test_replies_of_many_frames_of_no_body_and_with_every_kind_of_header_reach_their_callers_as_sent(
     amqp_url, raw_host, monkeypatch
 ):
+    _every_kind_by_submit_and_by_call(amqp_url, raw_host, _RawResponder(host_queue_name(raw_host)), monkeypatch)
+
+
+def _every_kind_by_submit_and_by_call(url: str, host: str, responder, monkeypatch) -> None:
+    """Each kind of reply, read by the consumer thread (``submit``) and by the calling thread (``call``), its
+    headers as sent; ``responder`` is closed at the end."""
     headers_seen: dict[str, object] = {}
     on_reply = Client._on_reply
 
@@ -147,16 +153,14 @@ def test_replies_of_many_frames_of_no_body_and_with_every_kind_of_header_reach_t
         on_reply(self, message)
 
     monkeypatch.setattr(Client, "_on_reply", noting_the_headers)
-    responder = _RawResponder(host_queue_name(raw_host))
     try:
-        with Client(amqp_url) as client:
+        with Client(url) as client:
             for kind in ["big", "empty", "headers", "big", "headers", "empty"]:
-                # submit: the consumer thread reads the reply; call: the calling thread reads it
                 command = {"handler": "SystemHandler", "command": "ping", "data": {"kind": kind}}
-                pending = client.submit(raw_host, command)
+                pending = client.submit(host, command)
                 _expect(kind, client.wait(pending, 15))
                 assert headers_seen.pop(pending.correlation_id) == (HEADERS if kind == "headers" else {})
-                _expect(kind, client.call(raw_host, "SystemHandler", "ping", {"kind": kind}, timeout=15))
+                _expect(kind, client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15))
                 assert list(headers_seen.values()) == [HEADERS if kind == "headers" else {}]
                 headers_seen.clear()
     finally:
@@ -251,25 +255,4 @@ def test_over_redis_replies_of_many_reads_of_no_body_and_with_every_kind_of_head
     redis_host, monkeypatch
 ):
     url, host = redis_host
-    headers_seen: dict[str, object] = {}
-    on_reply = Client._on_reply
-
-    def noting_the_headers(self, message) -> None:
-        headers_seen[message.properties.get("correlation_id")] = message.headers
-        on_reply(self, message)
-
-    monkeypatch.setattr(Client, "_on_reply", noting_the_headers)
-    responder = _KombuRedisResponder(url, host_queue_name(host))
-    try:
-        with Client(url) as client:
-            for kind in ["big", "empty", "headers", "big", "headers", "empty"]:
-                # submit: the consumer thread reads the reply; call: the calling thread reads it
-                command = {"handler": "SystemHandler", "command": "ping", "data": {"kind": kind}}
-                pending = client.submit(host, command)
-                _expect(kind, client.wait(pending, 15))
-                assert headers_seen.pop(pending.correlation_id) == (HEADERS if kind == "headers" else {})
-                _expect(kind, client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15))
-                assert list(headers_seen.values()) == [HEADERS if kind == "headers" else {}]
-                headers_seen.clear()
-    finally:
-        responder.close()
+    _every_kind_by_submit_and_by_call(url, host, _KombuRedisResponder(url, host_queue_name(host)), monkeypatch)
