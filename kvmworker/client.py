@@ -37,7 +37,8 @@ from kvmworker.protocol.codes import Code
 from kvmworker.protocol.envelope import Envelope, Reply
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT, host_queue_name
-from kvmworker.transport.amqp_reading import Deliveries, cut_frames, receive, takes
+from kvmworker.transport import resp
+from kvmworker.transport.amqp_reading import RECV_CHUNK, Deliveries, cut_frames, receive, takes
 from kvmworker.transport.connection import ConnectionLost, open_connection
 from kvmworker.transport.consuming import ConsumeLoop, Consuming
 from kvmworker.transport.names import host_queue, reply_queue
@@ -728,14 +729,10 @@ class _RedisReplies:
     BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
 
     def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None], stop: Callable[[], None]):
-        from kvmworker.transport.redis_session import RECV_CHUNK, _Incomplete, _resp_answer
-
         self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
-        brpop = [b"BRPOP", *(key.encode() for key in keys), str(self.BRPOP_TIMEOUT_S).encode()]
-        self._brpop = b"".join([b"*%d\r\n" % len(brpop), *(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in brpop)])
-        self._parse, self._incomplete, self._chunk = _resp_answer, _Incomplete, RECV_CHUNK
+        self._brpop = resp.pack([("BRPOP", *keys, self.BRPOP_TIMEOUT_S)])
         self._pool = channel.pool
         self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
         self._sock = self._conn._sock  # from here on written and read here alone
@@ -759,7 +756,7 @@ class _RedisReplies:
         if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
             return
         try:
-            chunk = sock.recv(self._chunk)
+            chunk = sock.recv(RECV_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -769,8 +766,8 @@ class _RedisReplies:
         buf = self._buf
         buf += chunk
         try:
-            answer, end = self._parse(buf, 0)  # one command in flight: what came is (a part of) its answer
-        except self._incomplete:
+            answer, end = resp.read_answer(buf, 0)  # one command in flight: what came is (a part of) its answer
+        except resp.Incomplete:
             return  # the rest comes: the next read waits for it
         if end != len(buf) or isinstance(answer, bytes):  # more than one answer, or an error
             raise self._lost(f"Redis answered a BRPOP with {bytes(buf[:200])!r}")

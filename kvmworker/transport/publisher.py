@@ -45,7 +45,7 @@ from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
-from kvmworker.transport import amqp_frames
+from kvmworker.transport import amqp_frames, resp
 from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, cut_frames, receive
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
@@ -900,7 +900,7 @@ class _PlainLane:
             if conn._sock is None:  # lost before: connected again, as redis-py's next command would
                 conn.connect()
             sock = conn._sock
-            sock.sendall(b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(text), text))
+            sock.sendall(resp.lpush(key, text))
             answer = sock.recv(1024)
             while not answer.endswith(b"\r\n"):  # the list's length, ":N", or an error
                 more = sock.recv(1024)

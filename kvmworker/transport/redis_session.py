@@ -11,7 +11,7 @@ import logging
 import selectors
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection
@@ -20,6 +20,7 @@ from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.connection import ConnectionLost
+from kvmworker.transport.resp import Incomplete, RedisError, bulk, lpush, pack, read_answer
 from kvmworker.transport.session import IDLE_WAIT_S, RECV_CHUNK, Port, reply_properties
 
 if TYPE_CHECKING:
@@ -113,10 +114,10 @@ class RedisSession:
         self._out: list[bytes] = []  # commands written at the end of the pass (in RESP), and how many
         self._out_count = 0
         # what every record and ack repeats, packed once
-        self._zadd = b"".join((b"*4\r\n", _bulk(b"ZADD"), _bulk(self._index.encode())))
-        self._hset = b"".join((b"*4\r\n", _bulk(b"HSET"), _bulk(self._table.encode())))
-        self._zrem = b"".join((b"*3\r\n", _bulk(b"ZREM"), _bulk(self._index.encode())))
-        self._hdel = b"".join((b"*3\r\n", _bulk(b"HDEL"), _bulk(self._table.encode())))
+        self._zadd = b"".join((b"*4\r\n", bulk(b"ZADD"), bulk(self._index.encode())))
+        self._hset = b"".join((b"*4\r\n", bulk(b"HSET"), bulk(self._table.encode())))
+        self._zrem = b"".join((b"*3\r\n", bulk(b"ZREM"), bulk(self._index.encode())))
+        self._hdel = b"".join((b"*3\r\n", bulk(b"HDEL"), bulk(self._table.encode())))
         self.waiting = False  # a take (BRPOP, or BLMOVE and TAKE) was sent and its answer not read
         self._skip = False  # the BLMOVE's answer (a wake-up, nothing taken) is read first
         self._more = False  # the last TAKE left messages in the queue: the next takes at once, without a BLMOVE
@@ -151,23 +152,23 @@ class RedisSession:
             blmove, sha = [None], None
         if not blmove or blmove[0] is None or not sha:  # Redis < 6.2 has no BLMOVE
             self._scripted = False
-            brpop = _resp((("BRPOP", *keys, wait),))
+            brpop = pack((("BRPOP", *keys, wait),))
             return lambda count, waits: brpop
         self._scripted = True
         sha = sha.decode() if isinstance(sha, bytes) else str(sha)
         # EVALSHA sha, the keys, then ARGV: how many, the records' tag (one per take), the queue (its JSON)
         args = ("EVALSHA", sha, len(keys) + 2, *keys, self._index, self._table)
         heads = [
-            b"".join((b"*%d\r\n" % (len(args) + 3), *(_bulk(str(arg).encode()) for arg in (*args, n))))
+            b"".join((b"*%d\r\n" % (len(args) + 3), *(bulk(str(arg).encode()) for arg in (*args, n))))
             for n in range(TAKE_MAX + 1)
         ]
-        queue = _bulk(json.dumps(self._worker._queue.name).encode())
+        queue = bulk(json.dumps(self._worker._queue.name).encode())
         # the highest priority's list (kombu's first key) moved onto itself: a wait that takes nothing
-        blmove = _resp((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),))
+        blmove = pack((("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait),))
         base, tags = self._tag_base, self._tags
 
         def take(count: int, waits: bool) -> bytes:
-            tag = _bulk(b"%s%012x." % (base.encode(), next(tags)))
+            tag = bulk(b"%s%012x." % (base.encode(), next(tags)))
             return b"".join((blmove if waits else b"", heads[count], tag, queue))
 
         return take
@@ -263,7 +264,7 @@ class RedisSession:
                     pos = _owed_answer(buf, pos)
                     self._owed -= 1
                     continue
-                answer, pos = _resp_answer(buf, pos)
+                answer, pos = read_answer(buf, pos)
                 if self.waiting:
                     _raise_error(answer)  # NOSCRIPT (the scripts flushed) among them: the session starts again
                     if self._skip:  # the BLMOVE's: something came, or it timed out; the TAKE's is next
@@ -285,7 +286,7 @@ class RedisSession:
                         self._deliver(answer[1], None)
                 else:
                     raise ConnectionLost(f"Redis answered nothing that was asked: {answer!r:.100}")
-        except _Incomplete:
+        except Incomplete:
             del buf[:pos]
 
     def _read_owed(self) -> None:
@@ -296,7 +297,7 @@ class RedisSession:
         while self._owed:
             try:
                 pos = _owed_answer(buf, pos)
-            except _Incomplete:
+            except Incomplete:
                 del buf[:pos]
                 pos = 0
                 self._recv_blocking()
@@ -333,15 +334,15 @@ class RedisSession:
                 "a message on %s that is not kombu's was dropped (%s): %r", self._worker._queue.name, exc, payload[:200]
             )
             if recorded is not None:  # its record goes too: restored, it would be dropped again and again
-                btag = _bulk(tag.encode())
+                btag = bulk(tag.encode())
                 self._out += (_MULTI, self._zrem, btag, self._hdel, btag, _EXEC)
                 self._out_count += 4
             return
         assert tag is not None
         if recorded is None:
-            btag = _bulk(tag.encode())
-            stamp = _bulk(repr(time.time()).encode())
-            self._send(b"".join((_MULTI, self._zadd, stamp, btag, self._hset, btag, _bulk(record), _EXEC)))
+            btag = bulk(tag.encode())
+            stamp = bulk(repr(time.time()).encode())
+            self._send(b"".join((_MULTI, self._zadd, stamp, btag, self._hset, btag, bulk(record), _EXEC)))
             self._owed += 4
         self._remember(self._qos, tag, tag)
         self._unsettled += 1
@@ -423,7 +424,7 @@ class RedisSession:
         out = self._out
         reply, self._reply = self._reply, None
         if ack:
-            btag = _bulk(tag.encode())
+            btag = bulk(tag.encode())
             if reply is not None:
                 out += (_MULTI, _lpush(reply), self._zrem, btag, self._hdel, btag, _EXEC)
                 self._out_count += 5
@@ -481,95 +482,46 @@ return taken
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 
 
-def _bulk(data: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 def _lpush(reply: tuple[str, str]) -> bytes:
     key, message = reply
-    return b"".join((b"*3\r\n$5\r\nLPUSH\r\n", _bulk(key.encode()), _bulk(message.encode())))
-
-
-class _Incomplete(Exception):
-    """The answer is not all read yet."""
-
-
-def _resp_answer(buf: bytearray, pos: int) -> tuple[Any, int]:
-    """One answer of Redis's protocol (RESP2 or RESP3) from ``buf`` at ``pos``: its value (an error as a
-    ``_RedisError``) and where the next begins; ``_Incomplete`` when it is not all there."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        raise _Incomplete
-    kind, line, pos = buf[pos], bytes(buf[pos + 1 : end]), end + 2
-    if kind in b"$=!":  # bulk string, verbatim string, bulk error
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buf) < pos + size + 2:
-            raise _Incomplete
-        data = bytes(buf[pos : pos + size])
-        return (_RedisError(data) if kind == 33 else data), pos + size + 2
-    if kind in b"*~>%|":  # array, set, push, map (and attribute): their items in a row
-        count = int(line)
-        if count < 0:
-            return None, pos
-        if kind in b"%|":
-            count *= 2
-        items = []
-        for _ in range(count):
-            item, pos = _resp_answer(buf, pos)
-            items.append(item)
-        if kind == 124:  # an attribute: the answer follows it
-            return _resp_answer(buf, pos)
-        if kind == 62:  # a push (out of band, never asked for here): not an answer
-            return _resp_answer(buf, pos)
-        return items, pos
-    if kind == 45:  # "-": an error
-        return _RedisError(line), pos
-    if kind == 95:  # "_": null
-        return None, pos
-    return line, pos  # +simple, :integer, ,double, #boolean, (big number: the worker needs none of them
+    return lpush(key.encode(), message.encode())
 
 
 def _owed_answer(buf: bytearray, pos: int) -> int:
     """Past one answer owed to the worker's writes (``+OK``, ``+QUEUED``, a transaction's integers), read
     without building it; an error in it raises (``_raise_error``)."""
     if pos >= len(buf):
-        raise _Incomplete
+        raise Incomplete
     kind = buf[pos]
     end = buf.find(b"\r\n", pos)
     if end < 0:
-        raise _Incomplete
+        raise Incomplete
     if kind == 43 or kind == 58:  # "+", ":"
         return end + 2
     if kind != 42:  # not "*": anything else, an error among them
-        answer, end = _resp_answer(buf, pos)
+        answer, end = read_answer(buf, pos)
         _raise_error(answer)
         return end
     at = end + 2
     for _ in range(int(buf[pos + 1 : end])):
         if at >= len(buf):
-            raise _Incomplete
+            raise Incomplete
         if buf[at] != 58:  # not an integer: the whole answer, built
-            answer, end = _resp_answer(buf, pos)
+            answer, end = read_answer(buf, pos)
             _raise_error(answer)
             return end
         end = buf.find(b"\r\n", at)
         if end < 0:
-            raise _Incomplete
+            raise Incomplete
         at = end + 2
     return at
-
-
-class _RedisError(bytes):
-    """An error answer."""
 
 
 def _raise_error(answer: Any) -> None:
     """An answer owed to the worker's writes that is an error, or a transaction's with one, fails the
     connection: what was written after it is out of step (kombu's restore hands its messages out again)."""
-    if isinstance(answer, _RedisError) or (
-        isinstance(answer, list) and any(isinstance(part, _RedisError) for part in answer)
+    if isinstance(answer, RedisError) or (
+        isinstance(answer, list) and any(isinstance(part, RedisError) for part in answer)
     ):
         raise ConnectionLost(f"Redis refused what the worker wrote: {answer!r:.200}")
 
@@ -632,14 +584,3 @@ class RedisBook:
         self._unread = 0
         self._conn.disconnect()
         self._pool.release(self._conn)
-
-
-def _resp(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """Commands in Redis's protocol (RESP), as redis-py's packer writes them, at a fraction of its cost."""
-    parts = []
-    for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = arg if isinstance(arg, bytes) else (repr(arg) if isinstance(arg, float) else str(arg)).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
