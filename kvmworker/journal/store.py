@@ -83,9 +83,11 @@ CREATE TABLE IF NOT EXISTS entries (
     delivery_count INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS entries_received ON entries (received_at);
-CREATE INDEX IF NOT EXISTS entries_command ON entries (handler, command);
-CREATE INDEX IF NOT EXISTS entries_code ON entries (code);
 """
+# Indexes of earlier versions, dropped (version 3): each cost every recorded command an index update, for filters
+# (``--handler/--command``, ``--code``) that an operator runs now and then over a journal bounded by retention;
+# those filters now walk ``entries_received`` (newest first) and test each row.
+_DROPPED_INDEXES = ("entries_command", "entries_code")
 # Columns added after the first release, each with ALTER TABLE ADD COLUMN on a journal that lacks it:
 # journals already on disk keep working. Add new columns here (never change or drop one).
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -96,7 +98,9 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
 _INDEXES_OF_ADDED = """
 CREATE INDEX IF NOT EXISTS entries_refused ON entries (received_at) WHERE state = 'refused';
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+WAL_AUTOCHECKPOINT_PAGES = 40_000
+"""Pages (4 KiB) of WAL after which a commit checkpoints it: the WAL file grows to about 160 MB, then is reused."""
 _JSON_COLUMNS = ("envelope", "properties", "reply", "deliveries")
 _ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
 # Up to MAX_DELIVERIES_KEPT deliveries are listed; the count always grows.
@@ -376,15 +380,15 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     # Checkpoints are where WAL mode fsyncs; the default (every 1000 pages) put one on every
-    # hundredth command. 10000 pages (≤ 40 MB of WAL) halves the journal's cost per command.
-    db.execute("PRAGMA wal_autocheckpoint=10000")
+    # hundredth command. 40000 pages (the WAL up to ~160 MB before it is checkpointed and reused) makes them rare.
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     db.executescript(_SCHEMA)
     _migrate(db)
     return db
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a journal written by an earlier version up to this one (additive only)."""
+    """Bring a journal written by an earlier version up to this one (columns only added; indexes may go)."""
     present = {row["name"] for row in db.execute("PRAGMA table_info(entries)")}
     for column, declaration in ADDED_COLUMNS:
         if column not in present:
@@ -394,6 +398,8 @@ def _migrate(db: sqlite3.Connection) -> None:
                 if "duplicate column" not in str(exc):
                     raise
     db.executescript(_INDEXES_OF_ADDED)
+    for index in _DROPPED_INDEXES:  # every time: an earlier version that opened the file again may have made them
+        db.execute(f"DROP INDEX IF EXISTS {index}")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         shrunk = _shrink_old_refusals(db)
