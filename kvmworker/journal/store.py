@@ -30,6 +30,7 @@ The file and its ``-wal``/``-shm`` are 0600 (see ``kvmworker.statefiles``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -182,15 +183,13 @@ class JournalStore:
         Anyone who can publish can make refusals, so each is a small record (``bounded``) under its
         own bound, and none can make room by pushing an answered msg_id out. Not waited for.
         """
-        small = Received(
-            **{
-                **received.__dict__,
-                "handler": _cut(received.handler),
-                "command": _cut(received.command),
-                "envelope": bounded(received.envelope),
-                "properties": bounded(received.properties),
-                "expires_at": None,  # nothing ran: nothing to guard against running twice
-            }
+        small = dataclasses.replace(
+            received,
+            handler=_cut(received.handler),
+            command=_cut(received.command),
+            envelope=bounded(received.envelope),
+            properties=bounded(received.properties),
+            expires_at=None,  # nothing ran: nothing to guard against running twice
         )
         if isinstance(reply, JsonText):  # its bound cuts into the reply's data: as a dict
             reply = json.loads(reply)
