@@ -255,7 +255,7 @@ class JournalStore:
 
     def add_delivery(self, msg_id: str, delivery: dict[str, Any]) -> None:
         """Another arrival of ``msg_id`` (a duplicate, answered from the journal): committed on return."""
-        self._run(msg_id, f"UPDATE entries SET {_ADD_DELIVERY} WHERE msg_id=?", (_dumps(_short(delivery)), msg_id))
+        self._run(msg_id, f"UPDATE entries SET {_ADD_DELIVERY} WHERE msg_id=?", (_delivery_text(delivery), msg_id))
 
     def flush(self) -> None:
         """Wait until every record handed over so far is committed."""
@@ -478,7 +478,7 @@ def _row(received: Received) -> tuple[Any, ...]:
         int(received.redelivered),
         _dumps(received.envelope),
         _dumps(received.properties),
-        _dumps(_short(received.delivery)),
+        _delivery_text(received.delivery),
     )
 
 
@@ -513,6 +513,40 @@ def _short(delivery: dict[str, Any]) -> dict[str, Any]:
     return {k: _cut(v, MAX_DELIVERY_TEXT) if isinstance(v, str) else v for k, v in delivery.items()}
 
 
+def _delivery_text(delivery: dict[str, Any]) -> str:
+    """``_dumps(_short(delivery))``: a delivery as the journal's middleware makes it (the five fields of
+    ``JournalMiddleware._delivery``, nothing to cut) written out at once, for half the general encoder's work;
+    any other through ``_dumps``."""
+    if len(delivery) == 5:
+        at, again, answered = delivery.get("received_at"), delivery.get("redelivered"), delivery.get("answered")
+        correlation, reply_to = delivery.get("correlation_id"), delivery.get("reply_to")
+        if (
+            type(at) is float
+            and at - at == 0.0  # finite: the encoder writes Infinity and NaN otherwise
+            and type(again) is bool
+            and type(answered) is str
+            and len(answered) <= MAX_DELIVERY_TEXT
+            and _plain_text(correlation)
+            and _plain_text(reply_to)
+        ):
+            return (
+                f'{{"received_at":{_FLOAT(at)},"redelivered":{"true" if again else "false"},'
+                f'"correlation_id":{text_json(correlation)},"reply_to":{text_json(reply_to)},'
+                f'"answered":{_STRING(answered)}}}'
+            )
+    return _dumps(_short(delivery))
+
+
+def _plain_text(value: Any) -> bool:
+    """None, or a str that ``_short`` keeps whole."""
+    return value is None or (type(value) is str and len(value) <= MAX_DELIVERY_TEXT)
+
+
+def text_json(value: str | None) -> str:
+    """A str or None as the journal's JSON writes it."""
+    return "null" if value is None else _STRING(value)
+
+
 def _loads(text: str | None) -> Any:
     try:
         return json.loads(text) if text is not None else None
@@ -535,6 +569,10 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 _C_ENCODE = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
     None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True
 )
+
+
+_STRING = json.encoder.encode_basestring  # a str as JSON without escaping what is not ASCII, as ``_ENCODER``
+_FLOAT = float.__repr__  # a finite float as ``_ENCODER`` writes it
 
 
 def dumps(value: Any) -> str:

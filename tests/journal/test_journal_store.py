@@ -242,3 +242,25 @@ def test_a_version_2_journal_loses_its_handler_and_code_indexes_and_the_cli_filt
     assert "entries_received" in indexes
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
+
+
+def test_deliveries_and_properties_are_written_as_the_general_json_encoder_writes_them_whatever_they_hold():
+    from kvmworker.journal.middleware import _properties_json
+    from kvmworker.journal.store import _delivery_text, _short, dumps
+
+    plain = {"received_at": NOW, "redelivered": False, "correlation_id": "c", "reply_to": "r", "answered": "executed"}
+    deliveries = [
+        plain,
+        {**plain, "redelivered": True, "correlation_id": None, "reply_to": 'q"é\n\u2028\ud800'},
+        {**plain, "correlation_id": "x" * 300},  # cut to MAX_DELIVERY_TEXT
+        {**plain, "received_at": float("inf")},
+        {**plain, "received_at": 5},
+        {**plain, "extra": 1},
+    ]
+    for delivery in deliveries:
+        assert _delivery_text(delivery) == dumps(_short(delivery)), delivery
+    assert json.loads(_delivery_text(deliveries[2]))["correlation_id"] == "x" * 256
+    props = {"content_type": "application/json", "message_id": "m", "correlation_id": None, "reply_to": "amq.\\é"}
+    for properties in ({**props, "headers": {}}, {**props, "headers": {"x-a": [1, 2.5, None]}},
+                       {**props, "message_id": 7, "headers": {}}):  # fmt: skip
+        assert _properties_json(properties) == dumps(properties), properties
