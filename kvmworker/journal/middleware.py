@@ -44,6 +44,7 @@ from kvmworker.journal.store import (
     JsonText,
     dumps,
     journal_path,
+    json_text,
     text_json,
 )
 from kvmworker.protocol.codec import json_encoding
@@ -307,7 +308,7 @@ def _redacted(properties: dict[str, Any]) -> dict[str, Any]:
 def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
     """``_redacted``, as JSON text when there is nothing in it to redact (it is encoded once, to be recorded)."""
     text = _properties_json(properties)
-    return JsonText(text) if not may_hold_secret(text) else _redacted(properties)
+    return json_text(text) if not may_hold_secret(text) else _redacted(properties)
 
 
 def _properties_json(properties: dict[str, Any]) -> str:
@@ -335,7 +336,7 @@ def _stored_text(reply: Reply, body: bytes | None = None) -> dict[str, Any] | Js
     """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy).
     ``body``: that text encoded already (the reply as published), so that it is not written twice."""
     text = body.decode() if body is not None else reply.model_dump_json()
-    return JsonText(text, reply.code) if not may_hold_secret(text) else _stored(reply)
+    return json_text(text, reply.code) if not may_hold_secret(text) else _stored(reply)
 
 
 def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
@@ -349,7 +350,7 @@ def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
         except UnicodeDecodeError:
             text = None
         if text is not None and not may_hold_secret(text):
-            return JsonText(text)
+            return json_text(text)
     try:
         if len(body) > MAX_PARSED_BODY:  # an oversize body is refused anyway: keep its start, never parse it whole
             raise ValueError("too large to record whole")

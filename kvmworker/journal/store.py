@@ -442,12 +442,24 @@ class JsonText(str):
     """JSON text already encoded (and redacted): recorded as it is, not parsed and encoded again.
     ``code``: the reply's code, when it is a reply."""
 
-    code: int | None
+    code: int | None = None
 
     def __new__(cls, text: str, code: int | None = None) -> JsonText:
         value = super().__new__(cls, text)
-        value.code = code
+        if code is not None:
+            value.code = code
         return value
+
+
+def json_text(text: str, code: int | None = None) -> JsonText:
+    """``JsonText(text, code)`` made without a call of its ``__new__`` in Python (three per recorded message)."""
+    value = _new_text(JsonText, text)
+    if code is not None:
+        value.code = code
+    return value
+
+
+_new_text = str.__new__
 
 
 def _code_of(reply: dict[str, Any] | JsonText) -> Any:
