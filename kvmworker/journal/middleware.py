@@ -44,6 +44,8 @@ from kvmworker.journal.store import (
     JsonText,
     dumps,
     journal_path,
+    json_text,
+    text_json,
 )
 from kvmworker.protocol.codec import json_encoding
 from kvmworker.protocol.codes import Code
@@ -305,15 +307,36 @@ def _redacted(properties: dict[str, Any]) -> dict[str, Any]:
 
 def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
     """``_redacted``, as JSON text when there is nothing in it to redact (it is encoded once, to be recorded)."""
-    text = dumps(properties)
-    return JsonText(text) if not may_hold_secret(text) else _redacted(properties)
+    text = _properties_json(properties)
+    return json_text(text) if not may_hold_secret(text) else _redacted(properties)
+
+
+def _properties_json(properties: dict[str, Any]) -> str:
+    """``dumps(properties)``, the four texts of ``_received``'s properties (each a str or None, as every transport
+    gives them) written out at once; the headers, when there are any, by ``dumps``."""
+    content_type, message_id = properties["content_type"], properties["message_id"]
+    correlation_id, reply_to, headers = properties["correlation_id"], properties["reply_to"], properties["headers"]
+    if len(properties) == 5 and _texts(content_type, message_id, correlation_id, reply_to):
+        return (
+            f'{{"content_type":{text_json(content_type)},"message_id":{text_json(message_id)},'
+            f'"correlation_id":{text_json(correlation_id)},"reply_to":{text_json(reply_to)},'
+            f'"headers":{dumps(headers) if headers else "{}"}}}'
+        )
+    return dumps(properties)
+
+
+def _texts(*values: Any) -> bool:
+    for value in values:  # noqa: SIM110 (a loop, not any() over a generator: it runs per message)
+        if value is not None and type(value) is not str:
+            return False
+    return True
 
 
 def _stored_text(reply: Reply, body: bytes | None = None) -> dict[str, Any] | JsonText:
     """``_stored``, as the JSON text pydantic writes when there is nothing in it to redact (no parse, no copy).
     ``body``: that text encoded already (the reply as published), so that it is not written twice."""
     text = body.decode() if body is not None else reply.model_dump_json()
-    return JsonText(text, reply.code) if not may_hold_secret(text) else _stored(reply)
+    return json_text(text, reply.code) if not may_hold_secret(text) else _stored(reply)
 
 
 def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
@@ -327,7 +350,7 @@ def _recorded_body(body: bytes, *, parsed: bool = False) -> Any:
         except UnicodeDecodeError:
             text = None
         if text is not None and not may_hold_secret(text):
-            return JsonText(text)
+            return json_text(text)
     try:
         if len(body) > MAX_PARSED_BODY:  # an oversize body is refused anyway: keep its start, never parse it whole
             raise ValueError("too large to record whole")

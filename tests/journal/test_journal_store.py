@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 
 from kvmworker.journal.entry import Received
 from kvmworker.journal.query import Query
-from kvmworker.journal.store import ANSWERED, JournalStore
+from kvmworker.journal.store import ANSWERED, SCHEMA_VERSION, JournalStore, journal_path
 from kvmworker.protocol.envelope import Reply
 
 DAY = 86400.0
@@ -206,3 +208,59 @@ def test_a_journal_written_by_the_previous_version_is_migrated_in_place(tmp_path
     assert store.find(fresh.msg_id).expires_at == NOW + 60
     store.close()
     assert JournalStore(path).count() == 3  # opening again changes nothing
+
+
+VERSION_2_INDEXES = """
+CREATE INDEX entries_command ON entries (handler, command);
+CREATE INDEX entries_code ON entries (code);
+"""
+
+
+def test_a_version_2_journal_loses_its_handler_and_code_indexes_and_the_cli_filters_still_select_right(tmp_path):
+    path = journal_path(tmp_path)
+    store = JournalStore(path)
+    a = answered(store, received(NOW + 100.0, "NetworkHandler", "create"))
+    b = answered(store, received(NOW + 200.0, "NetworkHandler", "delete"), code=30003)
+    c = answered(store, received(NOW + 300.0, "VmHandler", "start"), code=30003)
+    store.close()
+    db = sqlite3.connect(path)  # as version 2 left it: its two indexes, user_version 2
+    db.executescript(VERSION_2_INDEXES + "PRAGMA user_version=2;")
+    db.close()
+
+    def listed(*filters: str) -> list[str]:
+        cmd = [sys.executable, "-m", "kvmworker", "journal", "list", "--json", "--state-dir", str(tmp_path), *filters]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        return [entry["msg_id"] for entry in json.loads(out)]
+
+    assert listed("--handler", "NetworkHandler") == [b, a]
+    assert listed("--handler", "NetworkHandler", "--command", "delete") == [b]
+    assert listed("--code", "30003") == [c, b]
+    assert listed("--code", "30003", "--handler", "VmHandler") == [c]
+    db = sqlite3.connect(path)
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "entries_command" not in indexes and "entries_code" not in indexes
+    assert "entries_received" in indexes
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    db.close()
+
+
+def test_deliveries_and_properties_are_written_as_the_general_json_encoder_writes_them_whatever_they_hold():
+    from kvmworker.journal.middleware import _properties_json
+    from kvmworker.journal.store import _delivery_text, _short, dumps
+
+    plain = {"received_at": NOW, "redelivered": False, "correlation_id": "c", "reply_to": "r", "answered": "executed"}
+    deliveries = [
+        plain,
+        {**plain, "redelivered": True, "correlation_id": None, "reply_to": 'q"é\n\u2028\ud800'},
+        {**plain, "correlation_id": "x" * 300},  # cut to MAX_DELIVERY_TEXT
+        {**plain, "received_at": float("inf")},
+        {**plain, "received_at": 5},
+        {**plain, "extra": 1},
+    ]
+    for delivery in deliveries:
+        assert _delivery_text(delivery) == dumps(_short(delivery)), delivery
+    assert json.loads(_delivery_text(deliveries[2]))["correlation_id"] == "x" * 256
+    props = {"content_type": "application/json", "message_id": "m", "correlation_id": None, "reply_to": "amq.\\é"}
+    for properties in ({**props, "headers": {}}, {**props, "headers": {"x-a": [1, 2.5, None]}},
+                       {**props, "message_id": 7, "headers": {}}):  # fmt: skip
+        assert _properties_json(properties) == dumps(properties), properties

@@ -140,7 +140,8 @@ def test_a_secret_header_on_a_read_only_command_is_masked_and_its_clean_reply_ke
 
 def test_may_hold_secret_says_yes_for_everything_redact_would_change():
     for text in ('{"Password": 1}', '{"x": "Bearer abc"}', '{"x": "<g passwd=\'a\'/>"}', '{"API-KEY": 1}',
-                 '{"pa\\u0073s": 1}', '{"x": "ba\u017fic abc"}', '{"\u212aey": 1}', '{"cookie": 1}'):  # fmt: skip
+                 '{"pa\\u0073s": 1}', '{"x": "ba\u017fic abc"}', '{"\u212aey": 1}', '{"cookie": 1}',
+                 '{"msg": "成功", "api_key": 1}', '{"描述": "Bearer abc"}', '{"成功": {"passwd": "é"}}'):  # fmt: skip
         assert may_hold_secret(text), text
         assert redact(json.loads(text)) != json.loads(text) or "\\u" in text or "\u017f" in text, text
     for text in ('{"handler": "SystemHandler", "command": "ping", "data": {}}', '{"msg": "成功", "uptime": 1.5}'):
