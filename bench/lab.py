@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import procstat
 from bridge import LOGOUT, PING, BridgeSubject, InProcessApp, RawBackedBridge
 from peers import AmqpPeer, RedisPeer
-from subjects import AmqpConfirmPeer, ClientToRaw, KvmSubject, RawCallerToWorker, RawRedisCallerToWorker
+from subjects import (
+    AmqpConfirmPeer,
+    ClientToRaw,
+    KvmSubject,
+    RawCallerToWorker,
+    RawRedisCallerToWorker,
+    RedisGuaranteesPeer,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Lab:
             "amqp-raw-confirm": lambda: AmqpConfirmPeer(p.amqp_host_port),
             "amqp-raw-guarantees": lambda: AmqpConfirmPeer(p.amqp_host_port, confirmed=True),
             "redis-raw": lambda: RedisPeer(p.redis),
+            "redis-raw-guarantees": lambda: RedisGuaranteesPeer(p.redis),
             "amqp-default": lambda: KvmSubject(p.amqp, worker_args=p.worker_args),
             "amqp-fast": lambda: KvmSubject(p.amqp, confirms=False, persistent=False, worker_args=p.worker_args),
             "redis-default": lambda: KvmSubject(p.redis, worker_args=p.worker_args),
@@ -170,6 +178,12 @@ ROWS = [
     Row("bridge-1", bridge_over_client, "bridge (wrk), 1 connection; the client around it"),
     Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),
     Row("redis-raw", latency_row("redis-raw"), "raw Redis LPUSH/BRPOP, 1 caller"),
+    Row(
+        "redis-raw-guarantees",
+        latency_row("redis-raw-guarantees"),
+        "raw redis-py, each message recorded as it is popped (kombu's unacked), reply + ack in one MULTI: the"
+        " Redis default path's guarantees, 1 caller",
+    ),
     Row("redis-default", latency_row("redis-default"), "kvmworker over Redis, 1 caller"),
     Row(
         "raw-caller-worker-redis",

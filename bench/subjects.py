@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import amqp
+import redis
 from kombu import Connection
 from peers import AMQP_RESPONDER, AmqpCaller, KombuRedisCaller, responder
 
@@ -199,6 +200,64 @@ class AmqpConfirmPeer:
         self.caller.close()
         self.process.kill()
         self.process.wait()
+
+
+# The worker's Redis guarantees with nothing else: a message recorded in kombu's unacked bookkeeping the moment it
+# is popped (a script: RPOP, then kombu's ZADD + HSET of [message, exchange, queue]), waited for with a BLMOVE of
+# the list onto itself in front of it (in the same write); then the reply's LPUSH and the ack (ZREM + HDEL) in one
+# MULTI/EXEC, written together with the next wait and take. The message is kombu's (its JSON read for reply_to).
+REDIS_GUARANTEES_RESPONDER = r"""
+import json, sys, redis
+TAKE = "\n".join((
+    "local m = redis.call('RPOP', KEYS[1])",
+    "if not m then return false end",
+    "local t = redis.call('TIME')",
+    "redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])",
+    "redis.call('HSET', KEYS[3], ARGV[1], '[' .. m .. ',\"\",' .. ARGV[2] .. ']')",
+    "return m",
+))
+r = redis.Redis.from_url(sys.argv[1]); queue = sys.argv[2]
+index, table = queue + ".unacked_index", queue + ".unacked"
+sha = r.script_load(TAKE)
+reply = b'{"code":0,"msg":"ok","data":null}'
+print("ready", flush=True)
+count, settle = 0, None
+while True:
+    pipe = r.pipeline(transaction=False)
+    if settle is not None:
+        reply_to, tag = settle
+        pipe.execute_command("MULTI")
+        pipe.lpush(reply_to, reply)
+        pipe.zrem(index, tag)
+        pipe.hdel(table, tag)
+        pipe.execute_command("EXEC")
+    count += 1
+    tag = "t%d" % count
+    pipe.blmove(queue, queue, 1, "RIGHT", "RIGHT")  # waits, takes nothing (redis-py's socket timeout is 5 s)
+    pipe.evalsha(sha, 3, queue, index, table, tag, json.dumps(queue))
+    message = pipe.execute()[-1]
+    settle = None if message is None else (json.loads(message)["properties"]["reply_to"], tag)
+"""
+
+
+class RedisGuaranteesPeer:
+    """The floor for the worker's Redis guarantees (``REDIS_GUARANTEES_RESPONDER``), and a redis-py caller
+    sending kombu's message (LPUSH, then BRPOP of its reply)."""
+
+    def __init__(self, url: str):
+        queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
+        self._redis = redis.Redis.from_url(url)
+        self._keys = (queue, queue + ".unacked_index", queue + ".unacked")
+        self.process = responder(REDIS_GUARANTEES_RESPONDER, url, queue)
+        self.caller = KombuRedisCaller(url, queue)
+        self.pid = self.process.pid
+
+    def close(self) -> None:
+        self.caller.close()
+        self.process.kill()
+        self.process.wait()
+        self._redis.delete(*self._keys)
+        self._redis.close()
 
 
 class ClientToRaw:

@@ -118,6 +118,14 @@ TARGETS = [
         lambda s, i: f"{_ms(s, 'redis-default')}; {_ms(s, 'redis-raw')}",
     ),
     Target(
+        "over Redis p50 / raw Redis with the same guarantees (recorded as popped, reply + ack in one MULTI)",
+        "×",
+        None,
+        True,
+        lambda s, i: ratio(s, "redis-default", "redis-raw-guarantees"),
+        lambda s, i: _ms(s, "redis-raw-guarantees"),
+    ),
+    Target(
         "64 callers / raw window of 64 (throughput)",
         "%",
         50,
