@@ -46,7 +46,7 @@ from kombu import Connection, Exchange, Producer
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.transport import amqp_frames, resp
-from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, cut_frames, receive
+from kvmworker.transport.amqp_reading import ACK, RECV_CHUNK, TAG_AND_BIT, cut_frames
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
@@ -293,18 +293,46 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
 
 def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
     """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
-    what is left of a frame stays in that buffer. (Non-blocking for the reads: with a timeout set, Python would
-    wait for the socket before each receive, ``MSG_DONTWAIT`` or not.)"""
-    buf = bytearray(transport._read_buffer)
-    sock.settimeout(0)
-    try:
-        if not receive(sock, buf):
-            raise ConnectionResetError("the broker closed the connection")
-    finally:
+    what is left of a frame stays in that buffer. The socket has its timeout (``SOCKET_TIMEOUT_S``), so its
+    descriptor is non-blocking: read with ``os.read``, which returns what is there (Python's ``recv`` would first
+    wait for the socket, and switching the timeout off and on around it costs two system calls a read)."""
+    if sock.gettimeout() is None:  # blocking (never left so by py-amqp's waits, which restore the timeout)
         sock.settimeout(SOCKET_TIMEOUT_S)
+    buf = bytearray(transport._read_buffer)
+    fd = sock.fileno()
+    while True:
+        try:
+            chunk = os.read(fd, RECV_CHUNK)
+        except BlockingIOError:
+            break
+        if not chunk:
+            raise ConnectionResetError("the broker closed the connection")
+        buf += chunk
+        if len(chunk) < RECV_CHUNK:
+            break
     frames = cut_frames(buf)
     transport._read_buffer = bytes(buf)
     return frames
+
+
+def write_now(transport: Any, sock: Any, data: bytes) -> None:
+    """``transport.write(data)`` without Python's wait for the socket to be writable: on a plain TCP socket with a
+    timeout (a non-blocking descriptor) Python polls before each send, a system call (the GIL let go and taken
+    back) per write; here the bytes go to the descriptor at once, and only what the socket does not take then (a
+    full send buffer) goes through py-amqp's write, which waits for it within the timeout. A failed write marks
+    py-amqp's transport disconnected, as its own write does."""
+    if not isinstance(transport, TCPTransport) or sock.gettimeout() is None:
+        transport.write(data)
+        return
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.connected = False
+        raise
+    if sent < len(data):
+        transport.write(memoryview(data)[sent:])
 
 
 def _finish(item: _Pending, exc: BaseException | None) -> None:
@@ -487,7 +515,7 @@ class _ConfirmingLane:
             else:
                 transport._write = own
         if chunks:
-            transport.write(b"".join(chunks))
+            write_now(transport, self._sock, b"".join(chunks))
 
     def _wait(self, timeout: float | None, *, for_work: bool = False, watch_socket: bool = True) -> bool:
         """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is.
@@ -541,7 +569,7 @@ class _ConfirmingLane:
     def _read(self) -> None:
         """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read.
 
-        Plain TCP: the socket is read in chunks without blocking (``MSG_DONTWAIT``) and its whole frames cut out
+        Plain TCP: the socket is read in chunks without blocking (``_frames_received``) and its whole frames cut out
         here; a ``basic.ack`` goes straight to ``_on_ack`` (py-amqp's frame handler and channel dispatch cost
         more than the rest of a confirm), every other frame to py-amqp as it reads it. A frame's part read
         ahead stays in py-amqp's read buffer, where its own next read (a declare's wait) carries on from.
@@ -607,7 +635,7 @@ class _ConfirmingLane:
         self.counts.sent += 1
 
     def _write(self, frames: bytes) -> None:
-        self._raw.transport.write(frames)
+        write_now(self._raw.transport, self._sock, frames)
         self._raw.bytes_sent += 1  # as py-amqp counts a frame written: the heartbeats see the connection busy
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
