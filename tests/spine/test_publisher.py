@@ -243,3 +243,32 @@ def test_a_message_the_caller_writes_inline_reads_in_plain_kombu_as_the_publishi
     assert (inline_made.content_type, inline_made.content_encoding) == ("application/json", "utf-8")
     for key in ("correlation_id", "reply_to", "delivery_mode"):
         assert inline_made.properties.get(key) == thread_made.properties.get(key), key
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "publishing-thread"])
+def test_a_message_larger_than_the_sockets_send_buffer_arrives_whole_with_confirms(inline):
+    """The confirming lane writes to the socket's descriptor at once and leaves what does not fit (a full send
+    buffer) to py-amqp's waiting write: a message of several megabytes is confirmed and reads whole in kombu."""
+    url = require_broker("amqp", AMQP_URL)
+    queue = Queue(name("big"), durable=True, auto_delete=False)
+    body = json.dumps({"blob": uuid.uuid4().hex * 200_000}).encode()  # 6.4 MB: many times a socket's buffer
+    with queues(url, queue):
+        publisher = Publisher(open_connection(url, confirms=True))
+        outcomes = Outcomes(3)
+        try:
+            publisher.publish(b"{}", routing_key=queue.name, declare=(queue,), message_id="first")
+            outcomes.done_for(0)(None)
+            for i, (data, msg_id) in enumerate(((body, "big"), (b"{}", "after")), start=1):
+                publisher.publish_async(
+                    data, routing_key=queue.name, message_id=msg_id, inline=inline, done=outcomes.done_for(i)
+                )
+            assert outcomes.wait(30), "a confirm did not come: the broker did not get the message whole"
+            counts = publisher.counts
+        finally:
+            publisher.close(timeout=1)
+        with Connection(url) as conn:
+            channel = conn.channel()
+            seen = [queue.bind(channel).get(no_ack=True) for _ in range(3)]
+    assert counts.confirmed == 3 and counts.failed == 0, counts
+    assert [m.properties["message_id"] for m in seen] == ["first", "big", "after"]
+    assert seen[1].body == body.decode()  # kombu decodes the utf-8 body
