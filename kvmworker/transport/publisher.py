@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import selectors
+import struct
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.transport import amqp_frames, resp
 from kvmworker.transport.amqp_reading import ACK, RECV_CHUNK, TAG_AND_BIT, cut_frames
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
@@ -255,6 +257,16 @@ _COMMAND_SHARED = (
     _COMMAND_FLAGS.to_bytes(2, "big") + amqp_frames.shortstr(JSON_CONTENT_TYPE) + amqp_frames.shortstr("utf-8")
 )
 _DELIVERY_MODES = {1: b"\x01", 2: b"\x02"}
+# The client's unsigned command's headers, in the order it sets them: the host (text), when it was issued and when
+# it expires (floats). Their names and kinds are encoded once (``_command_headers``).
+_CLIENT_HEADERS = (HEADER_HOST, HEADER_ISSUED_AT, HEADER_EXPIRES_AT)
+_HOST_FIELD = amqp_frames.shortstr(HEADER_HOST) + b"S"
+_TIMES_FIELDS = struct.Struct(
+    f">{len(amqp_frames.shortstr(HEADER_ISSUED_AT)) + 1}sd{len(amqp_frames.shortstr(HEADER_EXPIRES_AT)) + 1}sd"
+)
+_ISSUED_FIELD = amqp_frames.shortstr(HEADER_ISSUED_AT) + b"d"
+_EXPIRES_FIELD = amqp_frames.shortstr(HEADER_EXPIRES_AT) + b"d"
+_LENGTHS = struct.Struct(">I")
 _METHODS: dict[tuple[int, str], bytes] = {}  # (channel, routing key) → basic.publish's method frame
 METHODS_KEPT = 1024
 
@@ -266,8 +278,9 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
     if item.exchange or properties.keys() != _COMMAND_PROPERTIES:
         return None
     mode = _DELIVERY_MODES.get(properties["delivery_mode"])
-    ids = (properties["correlation_id"], properties["reply_to"], properties["message_id"])
-    if mode is None or any(type(value) is not str for value in ids):
+    correlation_id, reply_to = properties["correlation_id"], properties["reply_to"]
+    message_id = properties["message_id"]
+    if mode is None or not (type(correlation_id) is type(reply_to) is type(message_id) is str):
         return None
     method = _METHODS.get((channel, item.routing_key))
     try:
@@ -279,16 +292,30 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
         encoded = b"".join(
             (
                 _COMMAND_SHARED,
-                amqp_frames.table(item.headers),
+                _command_headers(item.headers),
                 mode,
-                shortstr(ids[0]),
-                shortstr(ids[1]),
-                shortstr(ids[2]),
+                shortstr(correlation_id),
+                shortstr(reply_to),
+                shortstr(message_id),
             )
         )
     except ValueError:  # a name or an id over 255 bytes
         return None
     return amqp_frames.publish_frames(channel, frame_max, method, encoded, item.body)
+
+
+def _command_headers(headers: dict[str, Any]) -> bytes:
+    """``amqp_frames.table(headers)``: the same bytes, the client's unsigned command's headers (``_CLIENT_HEADERS``)
+    without the generic walk over names and kinds."""
+    if len(headers) != 3 or tuple(headers) != _CLIENT_HEADERS:
+        return amqp_frames.table(headers)
+    host, issued, expires = headers.values()
+    if type(host) is not str or type(issued) is not float or type(expires) is not float:
+        return amqp_frames.table(headers)
+    data = host.encode("utf-8", "surrogatepass")
+    times = _TIMES_FIELDS.pack(_ISSUED_FIELD, issued, _EXPIRES_FIELD, expires)
+    size = len(_HOST_FIELD) + 4 + len(data) + len(times)
+    return b"".join((_LENGTHS.pack(size), _HOST_FIELD, _LENGTHS.pack(len(data)), data, times))
 
 
 def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
