@@ -409,6 +409,7 @@ class _ConfirmingLane:
         # it waits) or a caller publishing inline.
         self._io = threading.Lock()
         self._broken: BaseException | None = None  # an inline write failed: the thread treats it as a loss
+        self._batch: list[bytes] | None = None  # the bytes of the publishes being batched (``_batched``)
         self._asleep = False  # the thread is (about to be) in select(): a new message must wake it
         self._woken = False  # a caller has written to the pipe since the thread last went to sleep
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
@@ -534,9 +535,11 @@ class _ConfirmingLane:
         own = vars(transport).get("_write")  # TCP: the socket's sendall, set per connection; TLS: the class's
         chunks: list[bytes] = []
         transport._write = lambda data: chunks.append(bytes(data))  # py-amqp reuses its frame buffer: copied
+        self._batch = chunks  # and the frames written here (``_write``), in the same order
         try:
             yield
         finally:
+            self._batch = None
             if own is None:
                 del transport._write
             else:
@@ -662,7 +665,10 @@ class _ConfirmingLane:
         self.counts.sent += 1
 
     def _write(self, frames: bytes) -> None:
-        write_now(self._raw.transport, self._sock, frames)
+        if self._batch is not None:
+            self._batch.append(frames)
+        else:
+            write_now(self._raw.transport, self._sock, frames)
         self._raw.bytes_sent += 1  # as py-amqp counts a frame written: the heartbeats see the connection busy
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
