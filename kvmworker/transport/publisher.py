@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import selectors
+import struct
 import threading
 import time
 import uuid
@@ -45,8 +46,9 @@ from kombu import Connection, Exchange, Producer
 
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
+from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.transport import amqp_frames, resp
-from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, cut_frames, receive
+from kvmworker.transport.amqp_reading import ACK, RECV_CHUNK, TAG_AND_BIT, cut_frames
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
@@ -255,6 +257,16 @@ _COMMAND_SHARED = (
     _COMMAND_FLAGS.to_bytes(2, "big") + amqp_frames.shortstr(JSON_CONTENT_TYPE) + amqp_frames.shortstr("utf-8")
 )
 _DELIVERY_MODES = {1: b"\x01", 2: b"\x02"}
+# The client's unsigned command's headers, in the order it sets them: the host (text), when it was issued and when
+# it expires (floats). Their names and kinds are encoded once (``_command_headers``).
+_CLIENT_HEADERS = (HEADER_HOST, HEADER_ISSUED_AT, HEADER_EXPIRES_AT)
+_HOST_FIELD = amqp_frames.shortstr(HEADER_HOST) + b"S"
+_TIMES_FIELDS = struct.Struct(
+    f">{len(amqp_frames.shortstr(HEADER_ISSUED_AT)) + 1}sd{len(amqp_frames.shortstr(HEADER_EXPIRES_AT)) + 1}sd"
+)
+_ISSUED_FIELD = amqp_frames.shortstr(HEADER_ISSUED_AT) + b"d"
+_EXPIRES_FIELD = amqp_frames.shortstr(HEADER_EXPIRES_AT) + b"d"
+_LENGTHS = struct.Struct(">I")
 _METHODS: dict[tuple[int, str], bytes] = {}  # (channel, routing key) → basic.publish's method frame
 METHODS_KEPT = 1024
 
@@ -266,8 +278,9 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
     if item.exchange or properties.keys() != _COMMAND_PROPERTIES:
         return None
     mode = _DELIVERY_MODES.get(properties["delivery_mode"])
-    ids = (properties["correlation_id"], properties["reply_to"], properties["message_id"])
-    if mode is None or any(type(value) is not str for value in ids):
+    correlation_id, reply_to = properties["correlation_id"], properties["reply_to"]
+    message_id = properties["message_id"]
+    if mode is None or not (type(correlation_id) is type(reply_to) is type(message_id) is str):
         return None
     method = _METHODS.get((channel, item.routing_key))
     try:
@@ -279,11 +292,11 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
         encoded = b"".join(
             (
                 _COMMAND_SHARED,
-                amqp_frames.table(item.headers),
+                _command_headers(item.headers),
                 mode,
-                shortstr(ids[0]),
-                shortstr(ids[1]),
-                shortstr(ids[2]),
+                shortstr(correlation_id),
+                shortstr(reply_to),
+                shortstr(message_id),
             )
         )
     except ValueError:  # a name or an id over 255 bytes
@@ -291,20 +304,62 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
     return amqp_frames.publish_frames(channel, frame_max, method, encoded, item.body)
 
 
+def _command_headers(headers: dict[str, Any]) -> bytes:
+    """``amqp_frames.table(headers)``: the same bytes, the client's unsigned command's headers (``_CLIENT_HEADERS``)
+    without the generic walk over names and kinds."""
+    if len(headers) != 3 or tuple(headers) != _CLIENT_HEADERS:
+        return amqp_frames.table(headers)
+    host, issued, expires = headers.values()
+    if type(host) is not str or type(issued) is not float or type(expires) is not float:
+        return amqp_frames.table(headers)
+    data = host.encode("utf-8", "surrogatepass")
+    times = _TIMES_FIELDS.pack(_ISSUED_FIELD, issued, _EXPIRES_FIELD, expires)
+    size = len(_HOST_FIELD) + 4 + len(data) + len(times)
+    return b"".join((_LENGTHS.pack(size), _HOST_FIELD, _LENGTHS.pack(len(data)), data, times))
+
+
 def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
     """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
-    what is left of a frame stays in that buffer. (Non-blocking for the reads: with a timeout set, Python would
-    wait for the socket before each receive, ``MSG_DONTWAIT`` or not.)"""
-    buf = bytearray(transport._read_buffer)
-    sock.settimeout(0)
-    try:
-        if not receive(sock, buf):
-            raise ConnectionResetError("the broker closed the connection")
-    finally:
+    what is left of a frame stays in that buffer. The socket has its timeout (``SOCKET_TIMEOUT_S``), so its
+    descriptor is non-blocking: read with ``os.read``, which returns what is there (Python's ``recv`` would first
+    wait for the socket, and switching the timeout off and on around it costs two system calls a read)."""
+    if sock.gettimeout() is None:  # blocking (never left so by py-amqp's waits, which restore the timeout)
         sock.settimeout(SOCKET_TIMEOUT_S)
+    buf = bytearray(transport._read_buffer)
+    fd = sock.fileno()
+    while True:
+        try:
+            chunk = os.read(fd, RECV_CHUNK)
+        except BlockingIOError:
+            break
+        if not chunk:
+            raise ConnectionResetError("the broker closed the connection")
+        buf += chunk
+        if len(chunk) < RECV_CHUNK:
+            break
     frames = cut_frames(buf)
     transport._read_buffer = bytes(buf)
     return frames
+
+
+def write_now(transport: Any, sock: Any, data: bytes) -> None:
+    """``transport.write(data)`` without Python's wait for the socket to be writable: on a plain TCP socket with a
+    timeout (a non-blocking descriptor) Python polls before each send, a system call (the GIL let go and taken
+    back) per write; here the bytes go to the descriptor at once, and only what the socket does not take then (a
+    full send buffer) goes through py-amqp's write, which waits for it within the timeout. A failed write marks
+    py-amqp's transport disconnected, as its own write does."""
+    if not isinstance(transport, TCPTransport) or sock.gettimeout() is None:
+        transport.write(data)
+        return
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.connected = False
+        raise
+    if sent < len(data):
+        transport.write(memoryview(data)[sent:])
 
 
 def _finish(item: _Pending, exc: BaseException | None) -> None:
@@ -354,6 +409,7 @@ class _ConfirmingLane:
         # it waits) or a caller publishing inline.
         self._io = threading.Lock()
         self._broken: BaseException | None = None  # an inline write failed: the thread treats it as a loss
+        self._batch: list[bytes] | None = None  # the bytes of the publishes being batched (``_batched``)
         self._asleep = False  # the thread is (about to be) in select(): a new message must wake it
         self._woken = False  # a caller has written to the pipe since the thread last went to sleep
         self._thread = threading.Thread(target=self._run, name="kvmworker-publish", daemon=True)
@@ -479,15 +535,17 @@ class _ConfirmingLane:
         own = vars(transport).get("_write")  # TCP: the socket's sendall, set per connection; TLS: the class's
         chunks: list[bytes] = []
         transport._write = lambda data: chunks.append(bytes(data))  # py-amqp reuses its frame buffer: copied
+        self._batch = chunks  # and the frames written here (``_write``), in the same order
         try:
             yield
         finally:
+            self._batch = None
             if own is None:
                 del transport._write
             else:
                 transport._write = own
         if chunks:
-            transport.write(b"".join(chunks))
+            write_now(transport, self._sock, b"".join(chunks))
 
     def _wait(self, timeout: float | None, *, for_work: bool = False, watch_socket: bool = True) -> bool:
         """Block until woken, the broker's socket is readable, or ``timeout``; True if the socket is.
@@ -541,7 +599,7 @@ class _ConfirmingLane:
     def _read(self) -> None:
         """Everything the broker has sent: confirms are dispatched to ``_on_ack``/``_on_nack`` as they are read.
 
-        Plain TCP: the socket is read in chunks without blocking (``MSG_DONTWAIT``) and its whole frames cut out
+        Plain TCP: the socket is read in chunks without blocking (``_frames_received``) and its whole frames cut out
         here; a ``basic.ack`` goes straight to ``_on_ack`` (py-amqp's frame handler and channel dispatch cost
         more than the rest of a confirm), every other frame to py-amqp as it reads it. A frame's part read
         ahead stays in py-amqp's read buffer, where its own next read (a declare's wait) carries on from.
@@ -607,7 +665,10 @@ class _ConfirmingLane:
         self.counts.sent += 1
 
     def _write(self, frames: bytes) -> None:
-        self._raw.transport.write(frames)
+        if self._batch is not None:
+            self._batch.append(frames)
+        else:
+            write_now(self._raw.transport, self._sock, frames)
         self._raw.bytes_sent += 1  # as py-amqp counts a frame written: the heartbeats see the connection busy
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:

@@ -81,7 +81,9 @@ ANSWERS = {  # the command's data["kind"] → the reply's body and headers
     "big": (json.dumps({"code": 0, "msg": "ok", "data": {"text": BIG}}).encode(), {}),
     "empty": (b"", {}),
     "headers": (b'{"code":0,"msg":"ok","data":{"n":1}}', HEADERS),
+    "late": (b'{"code":0,"msg":"ok","data":{"late":true}}', {}),  # answered after LATE_S
 }
+LATE_S = 0.45  # several of a waiting caller's reads (``LEAD_SLICE_S``, 0.1 s each)
 
 
 class _RawResponder:
@@ -99,7 +101,10 @@ class _RawResponder:
         self._thread.start()
 
     def _on_command(self, message: amqp.Message) -> None:
-        body, headers = ANSWERS[json.loads(message.body)["data"]["kind"]]
+        kind = json.loads(message.body)["data"]["kind"]
+        if kind == "late":
+            time.sleep(LATE_S)
+        body, headers = ANSWERS[kind]
         reply = amqp.Message(body, correlation_id=message.correlation_id, application_headers=headers)
         self._channel.basic_publish(reply, exchange="", routing_key=message.reply_to)
         self._channel.basic_ack(message.delivery_tag)
@@ -165,6 +170,59 @@ def _every_kind_by_submit_and_by_call(url: str, host: str, responder, monkeypatc
                 headers_seen.clear()
     finally:
         responder.close()
+
+
+def test_a_reply_that_comes_after_many_of_the_waiting_callers_reads_still_reaches_it(amqp_url, raw_host):
+    """A caller waiting alone waits in ``recv`` itself, each wait bounded by the socket's receive timeout (one
+    slice); the reply that comes slices later is read by it, and calls go on answered after it."""
+    responder = _RawResponder(host_queue_name(raw_host))
+    try:
+        with Client(amqp_url) as client:
+            for kind in ("headers", "late", "headers", "late"):
+                reply = client.call(raw_host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
+                assert reply.code == Code.OK, reply
+                assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+    finally:
+        responder.close()
+
+
+def test_a_call_nobody_answers_waits_out_its_timeout_over_whole_and_cut_reads_then_ends_as_unknown_outcome(
+    amqp_url, raw_host
+):
+    """The waiting caller reads in whole slices (one recv each) and, past the last whole one, polls for what is
+    left of its timeout."""
+    with Client(amqp_url) as client:
+        started = time.monotonic()
+        reply = client.call(raw_host, "SystemHandler", "ping", timeout=0.35)
+        took = time.monotonic() - started
+    assert reply.code == Code.UNKNOWN_OUTCOME and "no reply" in reply.data["detail"], reply
+    assert took >= 0.35, took
+
+
+def test_once_the_client_stops_reading_py_amqp_waits_on_the_reply_connection_as_long_as_it_takes(amqp_url):
+    """The client's reads leave no system timeout behind: py-amqp's own blocking wait (no timeout) on the
+    connection waits past the client's read slice for what comes."""
+    queue = unique("kvt.reading.")
+    with Connection(amqp_url) as conn, Connection(amqp_url) as sender:
+        raw = conn.connection
+        channel = conn.channel()
+        channel.queue_declare(queue, exclusive=True, auto_delete=True)
+        arrived: list[amqp.Message] = []
+        channel.basic_consume(queue, no_ack=True, callback=arrived.append)
+        replies: list = []
+        reader = _AmqpReplies(conn, raw, channel.channel_id, replies.append, 2.0)
+        reader.read(0.1, None)  # a whole slice's wait: nothing comes
+        reader.stop()
+        later = threading.Timer(
+            0.4, lambda: sender.default_channel.basic_publish(amqp.Message(b"late", correlation_id="1"), "", queue)
+        )
+        later.start()
+        try:
+            raw.sock.settimeout(None)  # as py-amqp's drain_events(timeout=None) sets it
+            raw.drain_events()  # a system timeout left behind would end this wait with an error
+        finally:
+            later.join()
+        assert replies == [] and [m.body for m in arrived] == [b"late"]
 
 
 class _Trickle:

@@ -243,3 +243,34 @@ def test_a_message_the_caller_writes_inline_reads_in_plain_kombu_as_the_publishi
     assert (inline_made.content_type, inline_made.content_encoding) == ("application/json", "utf-8")
     for key in ("correlation_id", "reply_to", "delivery_mode"):
         assert inline_made.properties.get(key) == thread_made.properties.get(key), key
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "publishing-thread"])
+def test_messages_larger_than_the_sockets_send_buffer_among_small_ones_arrive_whole_and_in_order_with_confirms(inline):
+    """The confirming lane writes to the socket's descriptor at once and leaves what does not fit (a full send
+    buffer) to py-amqp's waiting write; the publishing thread writes a batch of messages at once. Messages of
+    several megabytes among small ones, sent in a burst, are each confirmed and read whole, in order, in kombu."""
+    url = require_broker("amqp", AMQP_URL)
+    queue = Queue(name("big"), durable=True, auto_delete=False)
+    big = [json.dumps({"blob": uuid.uuid4().hex * 200_000}).encode() for _ in range(2)]  # 6.4 MB each
+    bodies = [b"{}", big[0], *[b"{}"] * 5, big[1], *[b"{}"] * 5]
+    with queues(url, queue):
+        publisher = Publisher(open_connection(url, confirms=True))
+        outcomes = Outcomes(len(bodies))
+        try:
+            publisher.publish(b"{}", routing_key=queue.name, declare=(queue,), message_id="declared")
+            for i, body in enumerate(bodies):
+                publisher.publish_async(
+                    body, routing_key=queue.name, message_id=str(i), inline=inline, done=outcomes.done_for(i)
+                )
+            assert outcomes.wait(60), "a confirm did not come: the broker did not get every message whole"
+            counts = publisher.counts
+        finally:
+            publisher.close(timeout=1)
+        with Connection(url) as conn:
+            channel = conn.channel()
+            seen = [queue.bind(channel).get(no_ack=True) for _ in range(len(bodies) + 1)]
+    assert outcomes.by_message == {i: [None] for i in range(len(bodies))}, counts
+    assert counts.resent == 0 and counts.failed == 0, counts
+    assert [m.properties["message_id"] for m in seen] == ["declared", *map(str, range(len(bodies)))]
+    assert [m.body for m in seen[1:]] == [body.decode() for body in bodies]  # kombu decodes the utf-8 bodies
