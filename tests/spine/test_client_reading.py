@@ -199,9 +199,10 @@ def test_a_call_nobody_answers_waits_out_its_timeout_over_whole_and_cut_reads_th
     assert took >= 0.35, took
 
 
-def test_once_the_client_stops_reading_py_amqp_waits_on_the_reply_connection_as_long_as_it_takes(amqp_url):
-    """The client's reads leave no system timeout behind: py-amqp's own blocking wait (no timeout) on the
-    connection waits past the client's read slice for what comes."""
+@contextlib.contextmanager
+def _raw_reading(amqp_url: str) -> Iterator[tuple]:
+    """A reply queue consumed by py-amqp (what it delivers lands in ``arrived``) and read by the client's reader
+    (what it takes lands in ``replies``), and a second connection to send on."""
     queue = unique("kvt.reading.")
     with Connection(amqp_url) as conn, Connection(amqp_url) as sender:
         raw = conn.connection
@@ -211,6 +212,13 @@ def test_once_the_client_stops_reading_py_amqp_waits_on_the_reply_connection_as_
         channel.basic_consume(queue, no_ack=True, callback=arrived.append)
         replies: list = []
         reader = _AmqpReplies(conn, raw, channel.channel_id, replies.append, 2.0)
+        yield raw, sender, queue, arrived, replies, reader
+
+
+def test_once_the_client_stops_reading_py_amqp_waits_on_the_reply_connection_as_long_as_it_takes(amqp_url):
+    """The client's reads leave no system timeout behind: py-amqp's own blocking wait (no timeout) on the
+    connection waits past the client's read slice for what comes."""
+    with _raw_reading(amqp_url) as (raw, sender, queue, arrived, replies, reader):
         reader.read(0.1, None)  # a whole slice's wait: nothing comes
         reader.stop()
         later = threading.Timer(
@@ -239,15 +247,7 @@ class _Trickle:
 
 
 def test_a_reply_half_read_when_the_reading_stops_is_read_whole_by_py_amqp_afterwards(amqp_url):
-    queue = unique("kvt.reading.")
-    with Connection(amqp_url) as conn, Connection(amqp_url) as sender:
-        raw = conn.connection
-        channel = conn.channel()
-        channel.queue_declare(queue, exclusive=True, auto_delete=True)
-        arrived: list[amqp.Message] = []
-        channel.basic_consume(queue, no_ack=True, callback=arrived.append)
-        replies: list = []
-        reader = _AmqpReplies(conn, raw, channel.channel_id, replies.append, 2.0)
+    with _raw_reading(amqp_url) as (raw, sender, queue, arrived, replies, reader):
         reader._sock = _Trickle(reader._sock, 10_000)
         sender.default_channel.basic_publish(amqp.Message(b"small", correlation_id="1"), "", queue)
         sender.default_channel.basic_publish(amqp.Message(BIG.encode(), correlation_id="2"), "", queue)
