@@ -650,8 +650,9 @@ class _AmqpReplies:
     def __init__(self, conn: Connection, raw: Any, channel_id: int, on_reply: Callable[[Any], None], timeout: float):
         self._conn, self._raw, self._timeout = conn, raw, timeout
         self._channel_id, self._on_reply = channel_id, on_reply
-        self._sock = raw.sock
-        self._plain = isinstance(raw.transport, TCPTransport)
+        self._transport = raw.transport  # connected now: consuming on it has just begun
+        self._sock = self._transport.sock
+        self._plain = isinstance(self._transport, TCPTransport)
         if self._plain:  # blocking, each wait bounded by the system: see ``_receive_waiting``
             self._sock.settimeout(None)
             _system_timeouts(self._sock, LEAD_SLICE_S, SEND_TIMEOUT_S)
@@ -663,7 +664,7 @@ class _AmqpReplies:
         self._readable = _Readable(self._sock.fileno())
         self._next_check = 0.0
         if self._plain:  # what py-amqp read ahead (while it waited for consume-ok) is read here from now on
-            transport = raw.transport
+            transport = self._transport
             self._rbuf += transport._read_buffer
             transport._read_buffer = b""
 
@@ -745,8 +746,11 @@ class _AmqpReplies:
             self._stopped = True
             arriving, self._deliveries.arriving = self._deliveries.arriving, None
             unused = arriving.frames(self._channel_id) if arriving is not None else b""
-            transport = self._raw.transport
-            transport._read_buffer = unused + bytes(self._rbuf) + transport._read_buffer
+            # A lost connection has nobody left to read it. Never ``self._raw.transport`` then: py-amqp answers
+            # it by connecting again, inside this stop (a stray connection, or a stop that waits for a broker).
+            if self._raw.connected:
+                transport = self._transport
+                transport._read_buffer = unused + bytes(self._rbuf) + transport._read_buffer
             self._rbuf.clear()
         self._stopped = True
         with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import amqp
@@ -231,6 +232,17 @@ def test_once_the_client_stops_reading_py_amqp_waits_on_the_reply_connection_as_
         finally:
             later.join()
         assert replies == [] and [m.body for m in arrived] == [b"late"]
+
+
+def test_stopping_the_reader_of_a_lost_connection_does_not_connect_it_again(amqp_url):
+    """py-amqp answers ``Connection.transport`` on a lost connection by connecting again (with a deprecation
+    warning): the reader's stop, run as the consumer gives a lost connection up, must not touch it."""
+    with _raw_reading(amqp_url) as (raw, _sender, _queue, _arrived, _replies, reader):
+        raw.collect()  # what py-amqp does once the broker is gone: the transport closed and dropped
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the reconnect comes with AMQPDeprecationWarning
+            reader.stop()
+        assert not raw.connected
 
 
 class _Trickle:
