@@ -42,10 +42,9 @@ from kvmworker.journal.store import (
     RUNNING,
     JournalStore,
     JsonText,
-    dumps,
     journal_path,
     json_text,
-    text_json,
+    properties_json,
 )
 from kvmworker.protocol.codec import json_encoding
 from kvmworker.protocol.codes import Code
@@ -307,29 +306,8 @@ def _redacted(properties: dict[str, Any]) -> dict[str, Any]:
 
 def _redacted_text(properties: dict[str, Any]) -> dict[str, Any] | JsonText:
     """``_redacted``, as JSON text when there is nothing in it to redact (it is encoded once, to be recorded)."""
-    text = _properties_json(properties)
+    text = properties_json(properties)
     return json_text(text) if not may_hold_secret(text) else _redacted(properties)
-
-
-def _properties_json(properties: dict[str, Any]) -> str:
-    """``dumps(properties)``, the four texts of ``_received``'s properties (each a str or None, as every transport
-    gives them) written out at once; the headers, when there are any, by ``dumps``."""
-    content_type, message_id = properties["content_type"], properties["message_id"]
-    correlation_id, reply_to, headers = properties["correlation_id"], properties["reply_to"], properties["headers"]
-    if len(properties) == 5 and _texts(content_type, message_id, correlation_id, reply_to):
-        return (
-            f'{{"content_type":{text_json(content_type)},"message_id":{text_json(message_id)},'
-            f'"correlation_id":{text_json(correlation_id)},"reply_to":{text_json(reply_to)},'
-            f'"headers":{dumps(headers) if headers else "{}"}}}'
-        )
-    return dumps(properties)
-
-
-def _texts(*values: Any) -> bool:
-    for value in values:  # noqa: SIM110 (a loop, not any() over a generator: it runs per message)
-        if value is not None and type(value) is not str:
-            return False
-    return True
 
 
 def _stored_text(reply: Reply, body: bytes | None = None) -> dict[str, Any] | JsonText:

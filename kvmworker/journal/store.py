@@ -444,22 +444,14 @@ class JsonText(str):
 
     code: int | None = None
 
-    def __new__(cls, text: str, code: int | None = None) -> JsonText:
-        value = super().__new__(cls, text)
-        if code is not None:
-            value.code = code
-        return value
-
 
 def json_text(text: str, code: int | None = None) -> JsonText:
-    """``JsonText(text, code)`` made without a call of its ``__new__`` in Python (three per recorded message)."""
-    value = _new_text(JsonText, text)
+    """``text`` as ``JsonText``, with the reply's ``code`` when it is a reply (no ``__new__`` of its own: three
+    are made per recorded message)."""
+    value = JsonText(text)
     if code is not None:
         value.code = code
     return value
-
-
-_new_text = str.__new__
 
 
 def _code_of(reply: dict[str, Any] | JsonText) -> Any:
@@ -545,10 +537,35 @@ def _delivery_text(delivery: dict[str, Any]) -> str:
         ):
             return (
                 f'{{"received_at":{_FLOAT(at)},"redelivered":{"true" if again else "false"},'
-                f'"correlation_id":{text_json(correlation)},"reply_to":{text_json(reply_to)},'
+                f'"correlation_id":{_text_json(correlation)},"reply_to":{_text_json(reply_to)},'
                 f'"answered":{_STRING(answered)}}}'
             )
     return _dumps(_short(delivery))
+
+
+def properties_json(properties: dict[str, Any]) -> str:
+    """``dumps(properties)``: the four texts of a recorded message's properties (each a str or None, as every
+    transport gives them) written out at once, as ``_delivery_text`` writes a delivery; the headers, when there
+    are any, by ``dumps``; anything else through ``dumps``."""
+    content_type, message_id = properties["content_type"], properties["message_id"]
+    correlation_id, reply_to, headers = properties["correlation_id"], properties["reply_to"], properties["headers"]
+    if (
+        len(properties) == 5
+        and _text_or_none(content_type)
+        and _text_or_none(message_id)
+        and _text_or_none(correlation_id)
+        and _text_or_none(reply_to)
+    ):
+        return (
+            f'{{"content_type":{_text_json(content_type)},"message_id":{_text_json(message_id)},'
+            f'"correlation_id":{_text_json(correlation_id)},"reply_to":{_text_json(reply_to)},'
+            f'"headers":{_dumps(headers) if headers else "{}"}}}'
+        )
+    return _dumps(properties)
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or type(value) is str
 
 
 def _plain_text(value: Any) -> bool:
@@ -556,7 +573,7 @@ def _plain_text(value: Any) -> bool:
     return value is None or (type(value) is str and len(value) <= MAX_DELIVERY_TEXT)
 
 
-def text_json(value: str | None) -> str:
+def _text_json(value: str | None) -> str:
     """A str or None as the journal's JSON writes it."""
     return "null" if value is None else _STRING(value)
 

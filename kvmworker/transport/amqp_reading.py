@@ -10,6 +10,7 @@ frame) and builds a channel dispatch, a promise and a ``Message`` per delivery. 
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any
@@ -30,10 +31,19 @@ _BODY_SIZE = struct.Struct(">Q")  # in a content header, after its class id and 
 def receive(sock: Any, buf: bytearray) -> bool:
     """What ``sock`` has now, appended to ``buf`` (received without blocking until it runs dry); False when the
     peer has closed the connection."""
-    recv = sock.recv
+    return _drain(sock.recv, buf, RECV_CHUNK, socket.MSG_DONTWAIT)
+
+
+def receive_fd(fd: int, buf: bytearray) -> bool:
+    """``receive`` for a socket with a timeout (its descriptor non-blocking): read with ``os.read``, which returns
+    what is there, where Python's ``recv`` would first wait for the socket."""
+    return _drain(os.read, buf, fd, RECV_CHUNK)
+
+
+def _drain(read: Any, buf: bytearray, *args: Any) -> bool:
     while True:
         try:
-            chunk = recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+            chunk = read(*args)
         except (BlockingIOError, InterruptedError):
             return True
         if not chunk:

@@ -48,7 +48,7 @@ from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.protocol.urls import mask_secrets
 from kvmworker.protocol.wire import HEADER_EXPIRES_AT, HEADER_HOST, HEADER_ISSUED_AT
 from kvmworker.transport import amqp_frames, resp
-from kvmworker.transport.amqp_reading import ACK, RECV_CHUNK, TAG_AND_BIT, cut_frames
+from kvmworker.transport.amqp_reading import ACK, TAG_AND_BIT, cut_frames, receive_fd
 from kvmworker.transport.connection import HEARTBEAT_S, connection_errors, try_every_url
 
 log = logging.getLogger("kvmworker.publisher")
@@ -261,11 +261,9 @@ _DELIVERY_MODES = {1: b"\x01", 2: b"\x02"}
 # it expires (floats). Their names and kinds are encoded once (``_command_headers``).
 _CLIENT_HEADERS = (HEADER_HOST, HEADER_ISSUED_AT, HEADER_EXPIRES_AT)
 _HOST_FIELD = amqp_frames.shortstr(HEADER_HOST) + b"S"
-_TIMES_FIELDS = struct.Struct(
-    f">{len(amqp_frames.shortstr(HEADER_ISSUED_AT)) + 1}sd{len(amqp_frames.shortstr(HEADER_EXPIRES_AT)) + 1}sd"
-)
 _ISSUED_FIELD = amqp_frames.shortstr(HEADER_ISSUED_AT) + b"d"
 _EXPIRES_FIELD = amqp_frames.shortstr(HEADER_EXPIRES_AT) + b"d"
+_TIMES_FIELDS = struct.Struct(f">{len(_ISSUED_FIELD)}sd{len(_EXPIRES_FIELD)}sd")
 _LENGTHS = struct.Struct(">I")
 _METHODS: dict[tuple[int, str], bytes] = {}  # (channel, routing key) → basic.publish's method frame
 METHODS_KEPT = 1024
@@ -307,7 +305,7 @@ def _command_frames(channel: int, frame_max: int, item: _Pending) -> bytes | Non
 def _command_headers(headers: dict[str, Any]) -> bytes:
     """``amqp_frames.table(headers)``: the same bytes, the client's unsigned command's headers (``_CLIENT_HEADERS``)
     without the generic walk over names and kinds."""
-    if len(headers) != 3 or tuple(headers) != _CLIENT_HEADERS:
+    if tuple(headers) != _CLIENT_HEADERS:
         return amqp_frames.table(headers)
     host, issued, expires = headers.values()
     if type(host) is not str or type(issued) is not float or type(expires) is not float:
@@ -321,22 +319,13 @@ def _command_headers(headers: dict[str, Any]) -> bytes:
 def _frames_received(transport: TCPTransport, sock: Any) -> list[tuple[int, int, bytes]]:
     """The whole frames in py-amqp's read buffer and the socket (read without blocking until it runs dry);
     what is left of a frame stays in that buffer. The socket has its timeout (``SOCKET_TIMEOUT_S``), so its
-    descriptor is non-blocking: read with ``os.read``, which returns what is there (Python's ``recv`` would first
-    wait for the socket, and switching the timeout off and on around it costs two system calls a read)."""
+    descriptor is non-blocking: read by it (``receive_fd``; Python's ``recv`` would first wait for the socket, and
+    switching the timeout off and on around it costs two system calls a read)."""
     if sock.gettimeout() is None:  # blocking (never left so by py-amqp's waits, which restore the timeout)
         sock.settimeout(SOCKET_TIMEOUT_S)
     buf = bytearray(transport._read_buffer)
-    fd = sock.fileno()
-    while True:
-        try:
-            chunk = os.read(fd, RECV_CHUNK)
-        except BlockingIOError:
-            break
-        if not chunk:
-            raise ConnectionResetError("the broker closed the connection")
-        buf += chunk
-        if len(chunk) < RECV_CHUNK:
-            break
+    if not receive_fd(sock.fileno(), buf):
+        raise ConnectionResetError("the broker closed the connection")
     frames = cut_frames(buf)
     transport._read_buffer = bytes(buf)
     return frames

@@ -245,8 +245,7 @@ def test_a_version_2_journal_loses_its_handler_and_code_indexes_and_the_cli_filt
 
 
 def test_deliveries_and_properties_are_written_as_the_general_json_encoder_writes_them_whatever_they_hold():
-    from kvmworker.journal.middleware import _properties_json
-    from kvmworker.journal.store import _delivery_text, _short, dumps
+    from kvmworker.journal.store import _delivery_text, _short, dumps, properties_json
 
     plain = {"received_at": NOW, "redelivered": False, "correlation_id": "c", "reply_to": "r", "answered": "executed"}
     deliveries = [
@@ -263,4 +262,4 @@ def test_deliveries_and_properties_are_written_as_the_general_json_encoder_write
     props = {"content_type": "application/json", "message_id": "m", "correlation_id": None, "reply_to": "amq.\\é"}
     for properties in ({**props, "headers": {}}, {**props, "headers": {"x-a": [1, 2.5, None]}},
                        {**props, "message_id": 7, "headers": {}}):  # fmt: skip
-        assert _properties_json(properties) == dumps(properties), properties
+        assert properties_json(properties) == dumps(properties), properties
