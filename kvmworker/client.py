@@ -207,6 +207,8 @@ class Client:
             if not ready:
                 self._parked[call.correlation_id] = command
         if ready:
+            if inline:
+                self._replies.arm()  # Redis: the reply's BRPOP ahead of the command
             self._send(command, inline=inline)
         return call
 
@@ -572,6 +574,12 @@ class _ReplyConsumer(Consuming):
     def expecting(self) -> None:
         self._turns.expecting()
 
+    def arm(self) -> None:
+        """A caller about to publish alone: Redis's reader sends its wait for the reply now (``_RedisReplies.arm``)."""
+        reader = self._reader
+        if isinstance(reader, _RedisReplies):
+            reader.arm()
+
     def wake(self) -> None:
         self._turns.wake()
 
@@ -817,6 +825,7 @@ class _RedisReplies:
         self._readable = _Readable(self._sock.fileno())
         self._buf = bytearray()  # what was read of the BRPOP's answer
         self._waiting = False  # a BRPOP was sent and its answer not read
+        self._sending = threading.Lock()  # a BRPOP sent by the reader, or by a caller about to publish (``arm``)
         self._sent_at = 0.0
         # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
         # (a half-open socket never becomes readable), as kombu's poller judges it
@@ -825,11 +834,11 @@ class _RedisReplies:
     def read(self, timeout: float, wake_fd: int | None) -> None:
         sock = self._sock
         if not self._waiting:
-            try:
-                sock.sendall(self._brpop)  # packed once
-            except OSError as exc:
-                raise self._lost(f"writing to Redis failed: {exc}") from exc
-            self._waiting, self._sent_at = True, time.monotonic()
+            with self._sending:
+                try:
+                    self._send_wait()
+                except OSError as exc:
+                    raise self._lost(f"writing to Redis failed: {exc}") from exc
         if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
             return
         try:
@@ -849,9 +858,28 @@ class _RedisReplies:
         if end != len(buf) or isinstance(answer, bytes):  # more than one answer, or an error
             raise self._lost(f"Redis answered a BRPOP with {bytes(buf[:200])!r}")
         buf.clear()
-        self._waiting = False
+        with self._sending:
+            self._waiting = False
         if answer:
             self._deliver(answer[1])
+
+    def _send_wait(self) -> None:
+        """The BRPOP, unless one is out (``_sending`` held)."""
+        if not self._waiting:
+            self._sock.sendall(self._brpop)  # packed once
+            self._waiting, self._sent_at = True, time.monotonic()
+
+    def arm(self) -> None:
+        """From a caller about to publish its command alone, whether or not it will read the reply itself: the
+        BRPOP goes out now, ahead of the command, so that Redis hands the reply over the moment it lands. Sent
+        when the caller reads, it would cost a round trip more whenever the worker answers before the caller
+        has had the CPU back from its publish (two cores shared by the caller, Redis and the worker: often).
+        Whoever reads reads its answer. Not over TLS (one SSL object written by one thread and read by another
+        at once is not safe); a failure is left to the reader, which finds the connection lost."""
+        if self._waiting or self._tls:
+            return
+        with self._sending, contextlib.suppress(OSError):
+            self._send_wait()
 
     def check(self) -> None:
         if self._waiting and time.monotonic() - self._sent_at > self._overdue_s:

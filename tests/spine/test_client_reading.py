@@ -326,3 +326,49 @@ def test_over_redis_replies_of_many_reads_of_no_body_and_with_every_kind_of_head
 ):
     url, host = redis_host
     _every_kind_by_submit_and_by_call(url, host, _KombuRedisResponder(url, host_queue_name(host)), monkeypatch)
+
+
+def test_over_redis_a_caller_alone_has_its_replys_brpop_at_redis_before_its_command(redis_host):
+    """A caller publishing alone sends the BRPOP for its reply ahead of its command's LPUSH (``arm``): Redis hands
+    the reply over as it lands, even when the caller has not had the CPU back since its publish. Seen as Redis
+    sees it (MONITOR), for each call: the reply list's BRPOP, then the host queue's LPUSH; every reply read."""
+    import redis
+
+    url, host = redis_host
+    queue = host_queue_name(host)
+    responder = _KombuRedisResponder(url, queue)
+    seen: list[tuple[str, str]] = []
+    watching = threading.Event()
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(url, socket_timeout=10).monitor() as m:
+            watching.set()
+            for event in m.listen():
+                words = event["command"].split(" ")
+                if words[0] in ("BRPOP", "LPUSH") and len(words) > 1:
+                    seen.append((words[0], words[1]))
+                if stop.is_set() and words[0] == "ECHO" and host in event["command"]:
+                    return
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    try:
+        with Client(url) as client:
+            assert client.call(host, "SystemHandler", "ping", {"kind": "headers"}, timeout=15).code == 0  # declares
+            reply_list = client._reply_queue.name
+            seen.clear()
+            for _ in range(5):
+                assert client.call(host, "SystemHandler", "ping", {"kind": "headers"}, timeout=15).code == 0
+    finally:
+        stop.set()
+        redis.Redis.from_url(url).echo(f"kvt-stop-{host}")
+        watcher.join(10)
+        responder.close()
+    # the client's BRPOPs and both LPUSHes (the responder's own BRPOPs of the host queue left out)
+    ours = [seen_ for seen_ in seen if seen_ in (("BRPOP", reply_list), ("LPUSH", queue), ("LPUSH", reply_list))]
+    pushes = [i for i, (command, key) in enumerate(ours) if command == "LPUSH" and key == queue]
+    assert len(pushes) == 5, ours
+    for at in pushes:  # each command's LPUSH comes right after the BRPOP for its reply, before the reply
+        assert ours[at - 1 : at + 2] == [("BRPOP", reply_list), ("LPUSH", queue), ("LPUSH", reply_list)], ours
