@@ -84,7 +84,33 @@ def read_answer(buf: bytearray, pos: int) -> tuple[Any, int]:
     end = buf.find(b"\r\n", pos)
     if end < 0:
         raise Incomplete
-    kind, line, pos = buf[pos], bytes(buf[pos + 1 : end]), end + 2
+    kind = buf[pos]
+    if kind == 42:  # "*", an array: a take's messages, a BRPOP's key and message (its bulk strings read here)
+        count = int(buf[pos + 1 : end])
+        if count < 0:
+            return None, end + 2
+        items = []
+        pos = end + 2
+        for _ in range(count):
+            if pos < len(buf) and buf[pos] == 36:  # "$"
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise Incomplete
+                size = int(buf[pos + 1 : end])
+                if size < 0:
+                    items.append(None)
+                    pos = end + 2
+                    continue
+                pos = end + 2 + size
+                if len(buf) < pos + 2:
+                    raise Incomplete
+                items.append(bytes(buf[end + 2 : pos]))
+                pos += 2
+            else:
+                item, pos = read_answer(buf, pos)
+                items.append(item)
+        return items, pos
+    line, pos = bytes(buf[pos + 1 : end]), end + 2
     if kind in b"$=!":  # bulk string, verbatim string, bulk error
         size = int(line)
         if size < 0:
@@ -93,7 +119,7 @@ def read_answer(buf: bytearray, pos: int) -> tuple[Any, int]:
             raise Incomplete
         data = bytes(buf[pos : pos + size])
         return (RedisError(data) if kind == 33 else data), pos + size + 2
-    if kind in b"*~>%|":  # array, set, push, map (and attribute): their items in a row
+    if kind in b"~>%|":  # set, push, map (and attribute): their items in a row
         count = int(line)
         if count < 0:
             return None, pos
