@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -808,24 +809,29 @@ class _RedisReplies:
     Redis channel decodes them (kombu's poller, its per-message objects and its per-command client cost more
     than the rest of a client's reply path). The replies are not acked (``no_ack``, as before): nothing to
     record. The queue is declared by kombu, as for kombu's consumer. Read by whoever holds the turn: the
-    socket itself (redis-py set it up), its answer cut out here (redis-py's parser costs a reply more than
-    the rest of its read)."""
+    socket itself (redis-py set it up), its answers cut out here (redis-py's parser costs a reply more than
+    the rest of its read). The consumer thread (reading for many callers) sends an ``RPOP`` of up to
+    ``AT_ONCE`` replies in front of its BRPOP (Redis >= 6.2): every reply waiting comes in one round trip."""
 
     BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
+    AT_ONCE = 64  # replies one RPOP takes at most
 
     def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None], stop: Callable[[], None]):
         self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
         self._brpop = resp.pack([("BRPOP", *keys, self.BRPOP_TIMEOUT_S)])
+        # the default priority's list (the worker's replies go there), then the wait, in one write
+        self._rpop_brpop = resp.pack([("RPOP", keys[0], self.AT_ONCE)]) + self._brpop
+        self._batches = True  # until Redis refuses RPOP's count (Redis < 6.2)
         self._pool = channel.pool
         self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
         self._sock = self._conn._sock  # from here on written and read here alone
         self._tls = hasattr(self._sock, "pending")
         self._readable = _Readable(self._sock.fileno())
-        self._buf = bytearray()  # what was read of the BRPOP's answer
-        self._waiting = False  # a BRPOP was sent and its answer not read
-        self._sending = threading.Lock()  # a BRPOP sent by the reader, or by a caller about to publish (``arm``)
+        self._buf = bytearray()  # what was read of the answers owed
+        self._owed: deque[bool] = deque()  # the answers Redis owes, in order: True for a BRPOP's, False an RPOP's
+        self._sending = threading.Lock()  # a wait sent by the reader, or by a caller about to publish (``arm``)
         self._sent_at = 0.0
         # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
         # (a half-open socket never becomes readable), as kombu's poller judges it
@@ -833,10 +839,10 @@ class _RedisReplies:
 
     def read(self, timeout: float, wake_fd: int | None) -> None:
         sock = self._sock
-        if not self._waiting:
+        if not self._owed:
             with self._sending:
                 try:
-                    self._send_wait()
+                    self._send_wait(batch=wake_fd is not None)  # the consumer thread's: it reads for many
                 except OSError as exc:
                     raise self._lost(f"writing to Redis failed: {exc}") from exc
         if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
@@ -851,23 +857,40 @@ class _RedisReplies:
             raise self._lost("Redis closed the connection")
         buf = self._buf
         buf += chunk
+        pos = 0
         try:
-            answer, end = resp.read_answer(buf, 0)  # one command in flight: what came is (a part of) its answer
+            while self._owed:
+                answer, pos = resp.read_answer(buf, pos)
+                with self._sending:
+                    waited = self._owed.popleft()
+                if waited:  # the BRPOP's: [key, message], or nothing (timed out)
+                    if isinstance(answer, bytes):  # an error
+                        raise self._lost(f"Redis answered a BRPOP with {answer[:200]!r}")
+                    if answer:
+                        self._deliver(answer[1])
+                elif isinstance(answer, resp.RedisError):  # RPOP with a count: Redis >= 6.2
+                    log.info("Redis takes replies one at a time (%s)", answer[:200].decode(errors="replace"))
+                    self._batches = False
+                else:
+                    for message in answer or ():
+                        self._deliver(message)
         except resp.Incomplete:
-            return  # the rest comes: the next read waits for it
-        if end != len(buf) or isinstance(answer, bytes):  # more than one answer, or an error
-            raise self._lost(f"Redis answered a BRPOP with {bytes(buf[:200])!r}")
-        buf.clear()
-        with self._sending:
-            self._waiting = False
-        if answer:
-            self._deliver(answer[1])
+            pass  # the rest comes: the next read waits for it
+        del buf[:pos]
+        if buf and not self._owed:
+            raise self._lost(f"Redis answered what was not asked: {bytes(buf[:200])!r}")
 
-    def _send_wait(self) -> None:
-        """The BRPOP, unless one is out (``_sending`` held)."""
-        if not self._waiting:
-            self._sock.sendall(self._brpop)  # packed once
-            self._waiting, self._sent_at = True, time.monotonic()
+    def _send_wait(self, batch: bool = False) -> None:
+        """The BRPOP (``batch``: an RPOP of what is waiting in front of it), unless a wait is out (``_sending``
+        held)."""
+        if not self._owed:
+            if batch and self._batches:
+                self._sock.sendall(self._rpop_brpop)  # packed once
+                self._owed += (False, True)
+            else:
+                self._sock.sendall(self._brpop)
+                self._owed.append(True)
+            self._sent_at = time.monotonic()
 
     def arm(self) -> None:
         """From a caller about to publish its command alone, whether or not it will read the reply itself: the
@@ -876,19 +899,20 @@ class _RedisReplies:
         has had the CPU back from its publish (two cores shared by the caller, Redis and the worker: often).
         Whoever reads reads its answer. Not over TLS (one SSL object written by one thread and read by another
         at once is not safe); a failure is left to the reader, which finds the connection lost."""
-        if self._waiting or self._tls:
+        if self._owed or self._tls:
             return
         with self._sending, contextlib.suppress(OSError):
             self._send_wait()
 
     def check(self) -> None:
-        if self._waiting and time.monotonic() - self._sent_at > self._overdue_s:
+        if self._owed and time.monotonic() - self._sent_at > self._overdue_s:
             raise self._lost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
 
     def _lost(self, why: str) -> ConnectionLost:
         """The connection is out of step (or gone): redis-py connects it again should it be used again."""
         self._conn.disconnect()
         self._buf.clear()
+        self._owed.clear()
         return ConnectionLost(why)
 
     def _deliver(self, payload: bytes) -> None:

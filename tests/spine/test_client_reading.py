@@ -372,3 +372,70 @@ def test_over_redis_a_caller_alone_has_its_replys_brpop_at_redis_before_its_comm
     assert len(pushes) == 5, ours
     for at in pushes:  # each command's LPUSH comes right after the BRPOP for its reply, before the reply
         assert ours[at - 1 : at + 2] == [("BRPOP", reply_list), ("LPUSH", queue), ("LPUSH", reply_list)], ours
+
+
+def test_over_redis_replies_waiting_together_reach_their_callers_in_a_few_reads_not_one_each(redis_host):
+    """With many calls in flight the consumer thread reads: in front of its BRPOP, an RPOP of up to 64 replies
+    takes whatever waits in the reply list in the same round trip. A foreign worker (plain kombu) answers 40
+    commands at once (its replies, made by kombu's Producer, moved onto the reply list in one transaction):
+    every caller gets its own reply, and Redis sees (MONITOR) a few reads of the reply list, not 40."""
+    import redis
+
+    url, host = redis_host
+    queue = Queue(host_queue_name(host), durable=True, auto_delete=False)
+    stage = unique("kvt-stage-")
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    seen: list[list[str]] = []
+    watching, moved = threading.Event(), threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(url, socket_timeout=10).monitor() as m:
+            watching.set()
+            for event in m.listen():
+                words = event["command"].split(" ")
+                if words[0] == "ECHO" and host in event["command"]:
+                    return
+                if words[0] == "LMOVE" and words[1:2] == [stage]:
+                    moved.set()
+                if moved.is_set() and words[0] in ("BRPOP", "RPOP"):
+                    seen.append(words)
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    try:
+        with Client(url) as client, Connection(url) as conn:
+            reply_list = client._reply_queue.name
+            calls = [
+                client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"i": i}})
+                for i in range(40)
+            ]
+            channel = conn.channel()
+            commands = []
+            deadline = time.monotonic() + 15
+            while len(commands) < 40 and time.monotonic() < deadline:
+                message = queue.bind(channel).get(no_ack=True)
+                if message is None:
+                    time.sleep(0.01)
+                else:
+                    commands.append(message)
+            assert len(commands) == 40
+            producer = Producer(channel)
+            for message in commands:
+                i = json.loads(message.body)["data"]["i"]
+                body = json.dumps({"code": 0, "msg": "ok", "data": {"i": i}})
+                producer.publish(body, routing_key=stage, correlation_id=message.properties["correlation_id"])
+            with db.pipeline(transaction=True) as pipe:  # all 40 in the reply list at once
+                for _ in commands:
+                    pipe.lmove(stage, reply_list, "RIGHT", "LEFT")
+                pipe.execute()
+            replies = [client.wait(pending, 15) for pending in calls]
+    finally:
+        db.echo(f"kvt-stop-{host}")
+        watcher.join(10)
+        db.delete(stage)
+        db.close()
+    assert [(reply.code, reply.data) for reply in replies] == [(0, {"i": i}) for i in range(40)]
+    reads = [words for words in seen if words[1] == reply_list]
+    assert ["RPOP", reply_list, "64"] in reads, reads
+    assert len(reads) < 10, reads
