@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -398,3 +399,23 @@ def test_calls_are_written_inline_again_once_redis_has_dropped_every_connection_
         assert client.publisher.counts.inline == inline + 5, client.publisher.counts
     assert count_of(worker.effects, "before") == 2
     assert count_of(worker.effects, "again") == 5
+
+
+def test_a_client_whose_redis_user_may_not_pop_many_at_once_still_gets_every_reply(redis, worker, caplog):
+    """The client's consumer thread takes the replies waiting with an RPOP of many in front of its BRPOP; a
+    Redis that refuses it (an ACL without RPOP; Redis < 6.2 has no count) leaves it to the BRPOP, one at a time:
+    many calls in flight are each answered."""
+    user, password = "kvtnorpop", "kvt-pw"
+    acl = ["redis-cli", "-p", str(redis.port)]
+    subprocess.run([*acl, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-rpop"], check=True)
+    try:
+        url = f"redis://{user}:{password}@127.0.0.1:{redis.port}/0"
+        with caplog.at_level(logging.INFO, "kvmworker.client"), Client(url) as client:
+            calls = [
+                client.submit(worker.host, {"handler": "SystemHandler", "command": "ping", "data": {}})
+                for _ in range(30)
+            ]
+            assert [client.wait(pending, 30).code for pending in calls] == [Code.OK] * 30, worker.log()
+        assert any("takes replies one at a time" in record.getMessage() for record in caplog.records)
+    finally:
+        subprocess.run([*acl, "ACL", "DELUSER", user], check=True)
