@@ -268,7 +268,8 @@ class RedisSession:
                     continue
                 answer, pos = read_answer(buf, pos)
                 if self.waiting:
-                    _raise_error(answer)  # NOSCRIPT (the scripts flushed) among them: the session starts again
+                    if answer.__class__ is RedisError:  # NOSCRIPT (the scripts flushed) among them: start again
+                        _raise_error(answer)  # (a take's array holds no error: its parts are not looked at)
                     if self._skip:  # the BLMOVE's: something came, or it timed out; the TAKE's is next
                         self._skip = False
                         continue

@@ -419,3 +419,17 @@ def test_a_client_whose_redis_user_may_not_pop_many_at_once_still_gets_every_rep
         assert any("takes replies one at a time" in record.getMessage() for record in caplog.records)
     finally:
         subprocess.run([*acl, "ACL", "DELUSER", user], check=True)
+
+
+def test_a_worker_whose_take_script_redis_flushed_takes_up_again_and_runs_each_command_once(redis, worker):
+    """``SCRIPT FLUSH`` under a waiting worker: its take (``EVALSHA``) is refused (NOSCRIPT) when the next command
+    comes; the worker starts its session again (the script loaded anew) and the command, never popped, is taken
+    then: answered, run once, as are those after it."""
+    with Client(redis.url) as client:
+        assert client.call(worker.host, "ProbeHandler", "count", {"name": "before"}, timeout=10).code == Code.OK
+        subprocess.run(["redis-cli", "-p", str(redis.port), "SCRIPT", "FLUSH"], check=True)
+        for i in range(3):
+            reply = client.call(worker.host, "ProbeHandler", "count", {"name": f"after{i}"}, timeout=30)
+            assert reply.code == Code.OK, worker.log()
+    assert [count_of(worker.effects, name) for name in ("before", "after0", "after1", "after2")] == [1, 1, 1, 1]
+    assert "NOSCRIPT" in worker.log()
