@@ -858,6 +858,7 @@ class _RedisReplies:
         buf = self._buf
         buf += chunk
         pos = 0
+        came: list[bytes] = []
         try:
             while self._owed:
                 answer, pos = resp.read_answer(buf, pos)
@@ -867,18 +868,19 @@ class _RedisReplies:
                     if isinstance(answer, bytes):  # an error
                         raise self._lost(f"Redis answered a BRPOP with {answer[:200]!r}")
                     if answer:
-                        self._deliver(answer[1])
+                        came.append(answer[1])
                 elif isinstance(answer, resp.RedisError):  # RPOP with a count: Redis >= 6.2
                     log.info("Redis takes replies one at a time (%s)", answer[:200].decode(errors="replace"))
                     self._batches = False
                 else:
-                    for message in answer or ():
-                        self._deliver(message)
+                    came += answer or ()
         except resp.Incomplete:
             pass  # the rest comes: the next read waits for it
         del buf[:pos]
         if buf and not self._owed:
             raise self._lost(f"Redis answered what was not asked: {bytes(buf[:200])!r}")
+        for message in came:  # read off the connection, whatever becomes of each
+            self._deliver(message)
 
     def _send_wait(self, batch: bool = False) -> None:
         """The BRPOP (``batch``: an RPOP of what is waiting in front of it), unless a wait is out (``_sending``
@@ -916,14 +918,19 @@ class _RedisReplies:
         return ConnectionLost(why)
 
     def _deliver(self, payload: bytes) -> None:
-        message = json.loads(payload)
-        properties = message.get("properties") or {}
-        body = message.get("body") or ""
-        if properties.get("body_encoding") == "base64":
-            data = base64.b64decode(body)
-        else:
-            data = body.encode() if isinstance(body, str) else bytes(body)
-        self._on_reply(_RedisReply(data, message.get("headers") or {}, properties))
+        try:
+            message = json.loads(payload)
+            properties = message.get("properties") or {}
+            body = message.get("body") or ""
+            if properties.get("body_encoding") == "base64":
+                data = base64.b64decode(body)
+            else:
+                data = body.encode() if isinstance(body, str) else bytes(body)
+            headers = message.get("headers") or {}
+        except Exception as exc:  # its caller (if any) gets -1 at its timeout, as for a reply that never came
+            log.warning("a reply that is not kombu's message was dropped (%s): %r", exc, payload[:200])
+            return
+        self._on_reply(_RedisReply(data, headers, properties))
 
     def stop(self) -> None:
         """No caller reads any more (the consumer is going down): nothing to restore."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -439,3 +440,30 @@ def test_over_redis_replies_waiting_together_reach_their_callers_in_a_few_reads_
     reads = [words for words in seen if words[1] == reply_list]
     assert ["RPOP", reply_list, "64"] in reads, reads
     assert len(reads) < 10, reads
+
+
+def test_over_redis_a_reply_that_is_not_kombus_message_is_dropped_with_a_warning_and_the_replies_around_it_arrive(
+    redis_host, caplog
+):
+    import redis
+
+    url, host = redis_host
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        with caplog.at_level(logging.WARNING, "kvmworker.client"), Client(url) as client:
+            reply_list = client._reply_queue.name
+            calls = [client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"kind": "headers"}})]
+            db.lpush(reply_list, b"not json at all")  # in the list ahead of every reply
+            calls += [
+                client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"kind": "headers"}})
+                for _ in range(5)
+            ]
+            responder = _KombuRedisResponder(url, host_queue_name(host))
+            try:
+                assert [client.wait(pending, 15).code for pending in calls] == [Code.OK] * 6
+            finally:
+                responder.close()
+    finally:
+        db.close()
+    dropped = [r.getMessage() for r in caplog.records if "not kombu's message was dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "not json at all" in dropped[0], dropped
