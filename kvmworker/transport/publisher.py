@@ -813,10 +813,10 @@ _LPUSHED = frozenset({"delivery_mode", "message_id", "correlation_id", "reply_to
 BATCH_MAX = 64
 
 
-def _read_answers(sock: Any, count: int) -> list[Any]:
-    """``count`` answers of Redis read from ``sock``, in order (an error answer as ``resp.RedisError``)."""
+def _read_answers(sock: Any, count: int, answers: list[Any]) -> list[Any]:
+    """``count`` answers of Redis read from ``sock`` into ``answers``, in order (an error answer as
+    ``resp.RedisError``)."""
     buf = bytearray()
-    answers: list[Any] = []
     pos = 0
     while len(answers) < count:
         try:
@@ -978,28 +978,25 @@ class _PlainLane:
     def _lpush_run(self, run: list[tuple[_Pending, bytes]]) -> None:
         if not run:
             return
+        answers: list[Any] = []  # as they are read: those read before a failure are the broker's word
         try:
-            answers = self._lpushes([command for _, command in run])
+            self._lpushes([command for _, command in run], answers)
         except Exception as exc:
-            log.debug("a write of %d LPUSHes failed (%s); kombu publishes them again", len(run), exc)
-            for item, _ in run:
-                self._publish(item)
-            return
+            log.debug("a write of %d LPUSHes failed (%s); kombu publishes the unanswered again", len(run), exc)
         if len(run) > 1:
-            self.counts.batched += len(run)
-        for (item, _), answer in zip(run, answers, strict=True):
-            if isinstance(answer, resp.RedisError):
-                log.debug("[%s] Redis refused the LPUSH (%r); kombu publishes it", item.msg_id, answer[:200])
-                self._publish(item)
-            else:
+            self.counts.batched += len(answers)
+        for at, (item, _) in enumerate(run):
+            if at < len(answers) and not isinstance(answers[at], resp.RedisError):
                 self._published(item)
+            else:  # refused, or its answer lost with the connection: kombu's publish, with its retry policy
+                self._publish(item)
 
     def _lpush(self, item: _Pending) -> bool:
         """Redis, inline: ``_lpush_command``'s LPUSH written and its answer read; False for what kombu publishes."""
         command = self._lpush_command(item)
         if command is None:
             return False
-        (answer,) = self._lpushes([command])
+        (answer,) = self._lpushes([command], [])
         if isinstance(answer, resp.RedisError):
             raise RuntimeError(f"Redis refused the LPUSH: {answer[:200]!r}")
         return True
@@ -1021,18 +1018,19 @@ class _PlainLane:
             return None
         return resp.lpush(key, message)
 
-    def _lpushes(self, commands: list[bytes]) -> list[Any]:
+    def _lpushes(self, commands: list[bytes], answers: list[Any]) -> list[Any]:
         """``commands`` (LPUSHes) in one write on a connection of the channel's pool kept for it (only under
-        ``_io``), and their answers, in order (a refusal as ``resp.RedisError``): redis-py's lpush (its packer,
-        its per-command retry and callbacks) and the pool's checkout and checkin per message cost several times
-        the write and the read of its answer. A lost connection raises; the next write connects again."""
+        ``_io``); their answers, in order, added to ``answers`` as they are read (a refusal as
+        ``resp.RedisError``): redis-py's lpush (its packer, its per-command retry and callbacks) and the pool's
+        checkout and checkin per message cost several times the write and the read of its answer. A lost
+        connection raises (``answers`` then holds those read before); the next write connects again."""
         conn = self._lpush_connection(self._producer.channel.client.connection_pool)
         try:
             if conn._sock is None:  # lost before: connected again, as redis-py's next command would
                 conn.connect()
             sock = conn._sock
             sock.sendall(b"".join(commands))
-            return _read_answers(sock, len(commands))
+            return _read_answers(sock, len(commands), answers)
         except BaseException:
             conn.disconnect()  # its state is unknown: the next command connects again
             raise

@@ -321,3 +321,45 @@ def test_messages_larger_than_the_sockets_send_buffer_among_small_ones_arrive_wh
     assert counts.resent == 0 and counts.failed == 0, counts
     assert [m.properties["message_id"] for m in seen] == ["declared", *map(str, range(len(bodies)))]
     assert [m.body for m in seen[1:]] == [body.decode() for body in bodies]  # kombu decodes the utf-8 bodies
+
+
+def test_over_redis_an_lpush_redis_refuses_in_a_write_of_many_fails_that_message_alone():
+    """In one write of LPUSHes, one Redis refuses (its key holds a string: WRONGTYPE) goes to kombu's publish,
+    which is refused too: that message fails (``done(exc)``); those around it are each done once and in their
+    queue, in order."""
+    import redis
+
+    url = require_broker("redis", BROKERS["redis"])
+    queue = Queue(name("good"), durable=True, auto_delete=False)
+    wrong = name("wrongtype")
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    db.set(wrong, "a string, not a list")
+    total = 41
+    outcomes = Outcomes(total)
+    try:
+        with queues(url, queue):
+            publisher = Publisher(open_connection(url, confirms=False))
+            try:
+                for i in range(total):  # the first declares (kombu's publish): the rest queue up behind it
+                    publisher.publish_async(
+                        b"{}",
+                        routing_key=wrong if i % 10 == 5 else queue.name,
+                        declare=(queue,) if i == 0 else (),
+                        message_id=str(i),
+                        done=outcomes.done_for(i),
+                    )
+                assert outcomes.wait(20)
+                counts = publisher.counts
+            finally:
+                publisher.close()
+            good = drain(url, queue)
+    finally:
+        db.delete(wrong)
+        db.close()
+    refused = {i for i in range(total) if i % 10 == 5}
+    assert {i for i, done in outcomes.by_message.items() if done != [None]} == refused
+    assert all(
+        len(done) == 1 and "WRONGTYPE" in str(done[0]) for i, done in outcomes.by_message.items() if i in refused
+    )
+    assert good == [str(i) for i in range(total) if i not in refused]
+    assert counts.batched > 0 and counts.failed == len(refused), counts
