@@ -828,6 +828,9 @@ class _RedisReplies:
         self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
         self._sock = self._conn._sock  # from here on written and read here alone
         self._tls = hasattr(self._sock, "pending")
+        if not self._tls:  # blocking, each wait bounded by the system: see ``read``
+            self._sock.settimeout(None)
+            _system_timeouts(self._sock, LEAD_SLICE_S, SEND_TIMEOUT_S)
         self._readable = _Readable(self._sock.fileno())
         self._buf = bytearray()  # what was read of the answers owed
         self._owed: deque[bool] = deque()  # the answers Redis owes, in order: True for a BRPOP's, False an RPOP's
@@ -845,11 +848,15 @@ class _RedisReplies:
                     self._send_wait(batch=wake_fd is not None)  # the consumer thread's: it reads for many
                 except OSError as exc:
                     raise self._lost(f"writing to Redis failed: {exc}") from exc
-        if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
+        # a caller's read of a whole slice: one ``recv`` that waits up to the socket's receive timeout (the slice),
+        # instead of a ``poll`` and then a ``recv`` (as ``_AmqpReplies._receive_waiting``); the consumer thread
+        # waits with its wake-up pipe
+        waits = wake_fd is None and timeout >= LEAD_SLICE_S and not self._tls
+        if not waits and not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
             return
         try:
-            chunk = sock.recv(RECV_CHUNK)
-        except (BlockingIOError, InterruptedError):
+            chunk = sock.recv(RECV_CHUNK) if waits or self._tls else sock.recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):  # the receive timeout: nothing within the slice
             return
         except OSError as exc:
             raise self._lost(f"reading from Redis failed: {exc}") from exc

@@ -467,3 +467,25 @@ def test_over_redis_a_reply_that_is_not_kombus_message_is_dropped_with_a_warning
         db.close()
     dropped = [r.getMessage() for r in caplog.records if "not kombu's message was dropped" in r.getMessage()]
     assert len(dropped) == 1 and "not json at all" in dropped[0], dropped
+
+
+def test_over_redis_a_reply_that_comes_after_many_of_the_waiting_callers_reads_still_reaches_it(redis_host):
+    """A caller waiting alone waits in ``recv`` itself, each wait bounded by the socket's receive timeout (one
+    slice, ``LEAD_SLICE_S``); a reply that comes several slices later is read by it, and calls go on answered."""
+    url, host = redis_host
+
+    class _Late(_KombuRedisResponder):
+        def _on_command(self, message) -> None:
+            if json.loads(message.body)["data"]["kind"] == "late":
+                time.sleep(LATE_S)
+            super()._on_command(message)
+
+    responder = _Late(url, host_queue_name(host))
+    try:
+        with Client(url) as client:
+            for kind in ("headers", "late", "headers", "late"):
+                reply = client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
+                assert reply.code == Code.OK, reply
+                assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+    finally:
+        responder.close()
