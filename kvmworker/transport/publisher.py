@@ -835,7 +835,8 @@ _STOP = object()
 
 
 class _PlainLane:
-    """The publishing thread without confirms: kombu's publish (with its retry policy), then ``done``."""
+    """The publishing thread without confirms: kombu's publish (with its retry policy), then ``done``. Redis: what
+    is queued goes out as LPUSHes in one write (``_publish_redis``), kombu's publish for the rest."""
 
     def __init__(self, connection: Connection):
         self.counts = PublishCounts()
@@ -966,7 +967,12 @@ class _PlainLane:
         msg_id)."""
         run: list[tuple[_Pending, bytes]] = []
         for item in batch:
-            command = self._lpush_command(item) if self._producer.connection.connected else None
+            command = None
+            if self._producer.connection.connected:
+                try:
+                    command = self._lpush_command(item)
+                except Exception as exc:  # kombu's publish below meets it too, and fails the message alone
+                    log.debug("[%s] not packed as an LPUSH (%s); kombu publishes it", item.msg_id, exc)
             if command is None:  # kombu's (it connects, declares, routes): after what is before it
                 self._lpush_run(run)
                 run = []
