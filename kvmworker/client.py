@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -207,6 +208,8 @@ class Client:
             if not ready:
                 self._parked[call.correlation_id] = command
         if ready:
+            if inline:
+                self._replies.arm()  # Redis: the reply's BRPOP ahead of the command
             self._send(command, inline=inline)
         return call
 
@@ -572,6 +575,12 @@ class _ReplyConsumer(Consuming):
     def expecting(self) -> None:
         self._turns.expecting()
 
+    def arm(self) -> None:
+        """A caller about to publish alone: Redis's reader sends its wait for the reply now (``_RedisReplies.arm``)."""
+        reader = self._reader
+        if isinstance(reader, _RedisReplies):
+            reader.arm()
+
     def wake(self) -> None:
         self._turns.wake()
 
@@ -800,23 +809,32 @@ class _RedisReplies:
     Redis channel decodes them (kombu's poller, its per-message objects and its per-command client cost more
     than the rest of a client's reply path). The replies are not acked (``no_ack``, as before): nothing to
     record. The queue is declared by kombu, as for kombu's consumer. Read by whoever holds the turn: the
-    socket itself (redis-py set it up), its answer cut out here (redis-py's parser costs a reply more than
-    the rest of its read)."""
+    socket itself (redis-py set it up), its answers cut out here (redis-py's parser costs a reply more than
+    the rest of its read). The consumer thread (reading for many callers) sends an ``RPOP`` of up to
+    ``AT_ONCE`` replies in front of its BRPOP (Redis >= 6.2): every reply waiting comes in one round trip."""
 
     BRPOP_TIMEOUT_S = 1  # Redis answers an idle BRPOP this often: a dead connection is noticed within it
+    AT_ONCE = 64  # replies one RPOP takes at most
 
     def __init__(self, channel: Any, queue: Queue, on_reply: Callable[[Any], None], stop: Callable[[], None]):
         self._on_reply, self._stop = on_reply, stop
         prefix = channel.global_keyprefix or ""
         keys = [prefix + channel._q_for_pri(queue.name, pri) for pri in channel.priority_steps]  # kombu's keys
         self._brpop = resp.pack([("BRPOP", *keys, self.BRPOP_TIMEOUT_S)])
+        # the default priority's list (the worker's replies go there), then the wait, in one write
+        self._rpop_brpop = resp.pack([("RPOP", keys[0], self.AT_ONCE)]) + self._brpop
+        self._batches = True  # until Redis refuses RPOP's count (Redis < 6.2)
         self._pool = channel.pool
         self._conn = self._pool.get_connection()  # connected, authenticated, its database selected
         self._sock = self._conn._sock  # from here on written and read here alone
         self._tls = hasattr(self._sock, "pending")
+        if not self._tls:  # blocking, each wait bounded by the system: see ``read``
+            self._sock.settimeout(None)
+            _system_timeouts(self._sock, LEAD_SLICE_S, SEND_TIMEOUT_S)
         self._readable = _Readable(self._sock.fileno())
-        self._buf = bytearray()  # what was read of the BRPOP's answer
-        self._waiting = False  # a BRPOP was sent and its answer not read
+        self._buf = bytearray()  # what was read of the answers owed
+        self._owed: deque[bool] = deque()  # the answers Redis owes, in order: True for a BRPOP's, False an RPOP's
+        self._sending = threading.Lock()  # a wait sent by the reader, or by a caller about to publish (``arm``)
         self._sent_at = 0.0
         # a live Redis answers a BRPOP within its timeout: one unanswered this much longer is a dead connection
         # (a half-open socket never becomes readable), as kombu's poller judges it
@@ -824,17 +842,21 @@ class _RedisReplies:
 
     def read(self, timeout: float, wake_fd: int | None) -> None:
         sock = self._sock
-        if not self._waiting:
-            try:
-                sock.sendall(self._brpop)  # packed once
-            except OSError as exc:
-                raise self._lost(f"writing to Redis failed: {exc}") from exc
-            self._waiting, self._sent_at = True, time.monotonic()
-        if not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
+        if not self._owed:
+            with self._sending:
+                try:
+                    self._send_wait(batch=wake_fd is not None)  # the consumer thread's: it reads for many
+                except OSError as exc:
+                    raise self._lost(f"writing to Redis failed: {exc}") from exc
+        # a caller's read of a whole slice: one ``recv`` that waits up to the socket's receive timeout (the slice),
+        # instead of a ``poll`` and then a ``recv`` (as ``_AmqpReplies._receive_waiting``); the consumer thread
+        # waits with its wake-up pipe
+        waits = wake_fd is None and timeout >= LEAD_SLICE_S and not self._tls
+        if not waits and not (self._tls and sock.pending()) and not self._readable(wake_fd, timeout):
             return
         try:
-            chunk = sock.recv(RECV_CHUNK)
-        except (BlockingIOError, InterruptedError):
+            chunk = sock.recv(RECV_CHUNK) if waits or self._tls else sock.recv(RECV_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):  # the receive timeout: nothing within the slice
             return
         except OSError as exc:
             raise self._lost(f"reading from Redis failed: {exc}") from exc
@@ -842,36 +864,80 @@ class _RedisReplies:
             raise self._lost("Redis closed the connection")
         buf = self._buf
         buf += chunk
+        pos = 0
+        came: list[bytes] = []
         try:
-            answer, end = resp.read_answer(buf, 0)  # one command in flight: what came is (a part of) its answer
+            while self._owed:
+                answer, pos = resp.read_answer(buf, pos)
+                with self._sending:
+                    waited = self._owed.popleft()
+                if waited:  # the BRPOP's: [key, message], or nothing (timed out)
+                    if isinstance(answer, bytes):  # an error
+                        raise self._lost(f"Redis answered a BRPOP with {answer[:200]!r}")
+                    if answer:
+                        came.append(answer[1])
+                elif isinstance(answer, resp.RedisError):  # RPOP with a count: Redis >= 6.2
+                    log.info("Redis takes replies one at a time (%s)", answer[:200].decode(errors="replace"))
+                    self._batches = False
+                else:
+                    came += answer or ()
         except resp.Incomplete:
-            return  # the rest comes: the next read waits for it
-        if end != len(buf) or isinstance(answer, bytes):  # more than one answer, or an error
-            raise self._lost(f"Redis answered a BRPOP with {bytes(buf[:200])!r}")
-        buf.clear()
-        self._waiting = False
-        if answer:
-            self._deliver(answer[1])
+            pass  # the rest comes: the next read waits for it
+        del buf[:pos]
+        if buf and not self._owed:
+            raise self._lost(f"Redis answered what was not asked: {bytes(buf[:200])!r}")
+        for message in came:  # read off the connection, whatever becomes of each
+            self._deliver(message)
+
+    def _send_wait(self, batch: bool = False) -> None:
+        """The BRPOP (``batch``: an RPOP of what is waiting in front of it), unless a wait is out (``_sending``
+        held)."""
+        if not self._owed:
+            if batch and self._batches:
+                self._sock.sendall(self._rpop_brpop)  # packed once
+                self._owed += (False, True)
+            else:
+                self._sock.sendall(self._brpop)
+                self._owed.append(True)
+            self._sent_at = time.monotonic()
+
+    def arm(self) -> None:
+        """From a caller about to publish its command alone, whether or not it will read the reply itself: the
+        BRPOP goes out now, ahead of the command, so that Redis hands the reply over the moment it lands. Sent
+        when the caller reads, it would cost a round trip more whenever the worker answers before the caller
+        has had the CPU back from its publish (two cores shared by the caller, Redis and the worker: often).
+        Whoever reads reads its answer. Not over TLS (one SSL object written by one thread and read by another
+        at once is not safe); a failure is left to the reader, which finds the connection lost."""
+        if self._owed or self._tls:
+            return
+        with self._sending, contextlib.suppress(OSError):
+            self._send_wait()
 
     def check(self) -> None:
-        if self._waiting and time.monotonic() - self._sent_at > self._overdue_s:
+        if self._owed and time.monotonic() - self._sent_at > self._overdue_s:
             raise self._lost(f"Redis did not answer a BRPOP within {self._overdue_s:g} s")
 
     def _lost(self, why: str) -> ConnectionLost:
         """The connection is out of step (or gone): redis-py connects it again should it be used again."""
         self._conn.disconnect()
         self._buf.clear()
+        self._owed.clear()
         return ConnectionLost(why)
 
     def _deliver(self, payload: bytes) -> None:
-        message = json.loads(payload)
-        properties = message.get("properties") or {}
-        body = message.get("body") or ""
-        if properties.get("body_encoding") == "base64":
-            data = base64.b64decode(body)
-        else:
-            data = body.encode() if isinstance(body, str) else bytes(body)
-        self._on_reply(_RedisReply(data, message.get("headers") or {}, properties))
+        try:
+            message = json.loads(payload)
+            properties = message.get("properties") or {}
+            body = message.get("body") or ""
+            if properties.get("body_encoding") == "base64":
+                data = base64.b64decode(body)
+            else:
+                data = body.encode() if isinstance(body, str) else bytes(body)
+            headers = message.get("headers") or {}
+        except Exception as exc:  # its caller (if any) gets -1 at its timeout, as for a reply that never came
+            log.warning("a reply that is not kombu's message was dropped (%s): %r", exc, payload[:200])
+            return
+        self._on_reply(_RedisReply(data, headers, properties))
 
     def stop(self) -> None:
         """No caller reads any more (the consumer is going down): nothing to restore."""

@@ -21,11 +21,9 @@ calls ``done(None)`` once the publish returned: there is nothing more to wait fo
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import os
 import selectors
@@ -91,6 +89,7 @@ class PublishCounts:
     resent: int = 0  # messages sent again after a nack or over a new connection
     multiple_acks: int = 0  # acks that confirmed several messages at once
     inline: int = 0  # messages the calling thread wrote itself (``publish_async(inline=True)``)
+    batched: int = 0  # Redis: messages the publishing thread wrote with others queued behind them, in one write
 
 
 @dataclass(eq=False)
@@ -810,13 +809,34 @@ class _ConfirmingLane:
 # -- without confirms ------------------------------------------------------------------------------------------
 
 _LPUSHED = frozenset({"delivery_mode", "message_id", "correlation_id", "reply_to"})
+# Redis: messages the publishing thread writes in one write at most
+BATCH_MAX = 64
+
+
+def _read_answers(sock: Any, count: int, answers: list[Any]) -> list[Any]:
+    """``count`` answers of Redis read from ``sock`` into ``answers``, in order (an error answer as
+    ``resp.RedisError``)."""
+    buf = bytearray()
+    pos = 0
+    while len(answers) < count:
+        try:
+            answer, pos = resp.read_answer(buf, pos)
+        except resp.Incomplete:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection") from None
+            buf += chunk
+            continue
+        answers.append(answer)
+    return answers
 
 
 _STOP = object()
 
 
 class _PlainLane:
-    """The publishing thread without confirms: kombu's publish (with its retry policy), then ``done``."""
+    """The publishing thread without confirms: kombu's publish (with its retry policy), then ``done``. Redis: what
+    is queued goes out as LPUSHes in one write (``_publish_redis``), kombu's publish for the rest."""
 
     def __init__(self, connection: Connection):
         self.counts = PublishCounts()
@@ -868,17 +888,39 @@ class _PlainLane:
 
     def _run(self) -> None:
         try:
-            while (item := self._next()) is not _STOP:
-                if item is not None:
-                    with self._io:
+            stop = False
+            while not stop and (item := self._next()) is not _STOP:
+                if item is None:
+                    continue
+                batch = [item]
+                if self._redis:  # what else is queued goes out in the same write
+                    stop = self._take_queued(batch)
+                with self._io:
+                    if self._redis:
+                        self._publish_redis(batch)
+                    else:
                         self._publish(item)
-                    with self._count_lock:
-                        self._queued -= 1
+                with self._count_lock:
+                    self._queued -= len(batch)
         finally:
             self._stopped = True
             with contextlib.suppress(Exception):
                 self._producer.connection.release()
             self._fail_inbox()
+
+    def _take_queued(self, batch: list[_Pending]) -> bool:
+        """Redis: what is queued behind ``batch``'s first message, up to ``BATCH_MAX`` in all; True when the
+        publisher was closed behind them (they are published first)."""
+        inbox = self._inbox
+        while len(batch) < BATCH_MAX:
+            try:
+                item = inbox.get_nowait()
+            except Empty:
+                return False
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
 
     def _next(self) -> Any:
         try:
@@ -917,52 +959,87 @@ class _PlainLane:
         raw.bytes_sent += 1
         return True
 
+    def _publish_redis(self, batch: list[_Pending]) -> None:
+        """Redis: the batch's messages in order, those ``_lpush_command`` packs LPUSHed in one write (kombu's
+        publish per message costs the publishing thread about twice the LPUSH); any other, and any whose LPUSH
+        failed, through kombu's publish with its retry policy (a lost connection: the same message again, as
+        kombu's retry does: a message whose answer was lost may be there twice; the worker's journal dedupes by
+        msg_id)."""
+        run: list[tuple[_Pending, bytes]] = []
+        for item in batch:
+            command = None
+            if self._producer.connection.connected:
+                try:
+                    command = self._lpush_command(item)
+                except Exception as exc:  # kombu's publish below meets it too, and fails the message alone
+                    log.debug("[%s] not packed as an LPUSH (%s); kombu publishes it", item.msg_id, exc)
+            if command is None:  # kombu's (it connects, declares, routes): after what is before it
+                self._lpush_run(run)
+                run = []
+                self._publish(item)
+            else:
+                run.append((item, command))
+        self._lpush_run(run)
+
+    def _lpush_run(self, run: list[tuple[_Pending, bytes]]) -> None:
+        if not run:
+            return
+        answers: list[Any] = []  # as they are read: those read before a failure are the broker's word
+        try:
+            self._lpushes([command for _, command in run], answers)
+        except Exception as exc:
+            log.debug("a write of %d LPUSHes failed (%s); kombu publishes the unanswered again", len(run), exc)
+        if len(run) > 1:
+            self.counts.batched += len(answers)
+        for at, (item, _) in enumerate(run):
+            if at < len(answers) and not isinstance(answers[at], resp.RedisError):
+                self._published(item)
+            else:  # refused, or its answer lost with the connection: kombu's publish, with its retry policy
+                self._publish(item)
+
     def _lpush(self, item: _Pending) -> bool:
-        """Redis, to a queue by name (the default exchange): kombu's message written with one LPUSH, as kombu's
-        Redis channel writes it (its publish path costs a caller twice the LPUSH itself); False for anything
-        else (an exchange, a priority, a queue that expires), which kombu publishes."""
+        """Redis, inline: ``_lpush_command``'s LPUSH written and its answer read; False for what kombu publishes."""
+        command = self._lpush_command(item)
+        if command is None:
+            return False
+        (answer,) = self._lpushes([command], [])
+        if isinstance(answer, resp.RedisError):
+            raise RuntimeError(f"Redis refused the LPUSH: {answer[:200]!r}")
+        return True
+
+    def _lpush_command(self, item: _Pending) -> bytes | None:
+        """Redis, to a queue by name (the default exchange): kombu's message as kombu's Redis channel writes it,
+        in one LPUSH, packed; None for anything else (an exchange, a priority, a queue that expires), which
+        kombu publishes."""
         channel = self._producer.channel
         if item.exchange or not item.properties.keys() <= _LPUSHED or item.routing_key in (channel._expires or ()):
-            return False
-        properties = {
-            **item.properties,
-            "delivery_info": {"exchange": "", "routing_key": item.routing_key},
-            "priority": 0,
-            "body_encoding": "base64",
-            # kombu's unacked bookkeeping is keyed by it: kombu's are uuid4s, these look the same (unique
-            # without a uuid4, a system call, per message)
-            "delivery_tag": f"{self._tag_base}{next(self._tags):012x}",
-        }
-        message = {
-            "body": base64.b64encode(item.body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": JSON_CONTENT_TYPE,
-            "headers": item.headers,
-            "properties": properties,
-        }
+            return None
         key = ((channel.global_keyprefix or "") + channel._q_for_pri(item.routing_key, 0)).encode()
-        text = json.dumps(message).encode()
-        # packed, written and read here, on a connection of the channel's pool kept for it (only under _io):
-        # redis-py's lpush (its packer, its per-command retry and callbacks) and the pool's checkout and
-        # checkin per message cost several times the write and the read of its answer
-        conn = self._lpush_connection(channel.client.connection_pool)
+        # kombu's unacked bookkeeping is keyed by the delivery tag: kombu's are uuid4s, these look the same
+        # (unique without a uuid4, a system call, per message)
+        tag = f"{self._tag_base}{next(self._tags):012x}"
+        try:
+            message = resp.kombu_message(item.body, item.headers, item.properties, item.routing_key, tag)
+        except (TypeError, ValueError):  # a header only kombu's encoder knows (a UUID, a datetime …)
+            return None
+        return resp.lpush(key, message)
+
+    def _lpushes(self, commands: list[bytes], answers: list[Any]) -> list[Any]:
+        """``commands`` (LPUSHes) in one write on a connection of the channel's pool kept for it (only under
+        ``_io``); their answers, in order, added to ``answers`` as they are read (a refusal as
+        ``resp.RedisError``): redis-py's lpush (its packer, its per-command retry and callbacks) and the pool's
+        checkout and checkin per message cost several times the write and the read of its answer. A lost
+        connection raises (``answers`` then holds those read before); the next write connects again."""
+        conn = self._lpush_connection(self._producer.channel.client.connection_pool)
         try:
             if conn._sock is None:  # lost before: connected again, as redis-py's next command would
                 conn.connect()
             sock = conn._sock
-            sock.sendall(resp.lpush(key, text))
-            answer = sock.recv(1024)
-            while not answer.endswith(b"\r\n"):  # the list's length, ":N", or an error
-                more = sock.recv(1024)
-                if not more:
-                    raise ConnectionError("Redis closed the connection")
-                answer += more
-            if answer[:1] != b":":
-                raise RuntimeError(f"Redis refused the LPUSH: {answer[:200]!r}")
+            sock.sendall(b"".join(commands))
+            return _read_answers(sock, len(commands), answers)
         except BaseException:
             conn.disconnect()  # its state is unknown: the next command connects again
             raise
-        return True
 
     def _lpush_connection(self, pool: Any) -> Any:
         """The connection ``_lpush`` writes on: taken from the channel's pool once (the pool of the moment: a

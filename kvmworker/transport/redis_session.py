@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import json
 import logging
-import selectors
+import select
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from kvmworker.dispatch.delivery import Delivery
 from kvmworker.dispatch.port import Done, Outgoing
 from kvmworker.protocol.codec import JSON_CONTENT_TYPE
 from kvmworker.transport.connection import ConnectionLost
-from kvmworker.transport.resp import Incomplete, RedisError, bulk, lpush, pack, read_answer
+from kvmworker.transport.resp import Incomplete, RedisError, bulk, kombu_message, lpush, pack, read_answer
 from kvmworker.transport.session import IDLE_WAIT_S, RECV_CHUNK, Port, reply_properties
 
 if TYPE_CHECKING:
@@ -126,12 +126,14 @@ class RedisSession:
         self._next_restore = 0.0  # at once: what an earlier worker left
         self._unsettled = 0
         self._cancelled = False
-        self._reply: tuple[str, str] | None = None  # the reply published, waiting for its message's ack
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._sock, selectors.EVENT_READ)
-        self._selector.register(worker._inbox.fd, selectors.EVENT_READ)
-        self._answering = selectors.DefaultSelector()  # the socket alone: see _read_owed
-        self._answering.register(self._sock, selectors.EVENT_READ)
+        self._reply: bytes | None = None  # the reply's LPUSH, packed, waiting for its message's ack
+        # the system's poll objects themselves (a selector's bookkeeping costs a pass more than the wait)
+        self._inbox_fd = worker._inbox.fd
+        self._selector = select.epoll()
+        self._selector.register(self._sock.fileno(), select.EPOLLIN)
+        self._selector.register(self._inbox_fd, select.EPOLLIN)
+        self._answering = select.epoll()  # the socket alone: see _read_owed
+        self._answering.register(self._sock.fileno(), select.EPOLLIN)
         self._wait_s = min(IDLE_WAIT_S, worker._notifier.watchdog_interval or IDLE_WAIT_S)
         worker._session = self
 
@@ -191,12 +193,12 @@ class RedisSession:
         pending = self._tls and self._sock.pending()  # TLS: read from the socket already, not seen by select
         inbox.asleep = True  # set before the inbox is looked at: see Inbox.put
         try:
-            events = self._selector.select(0 if inbox or pending or self._unparsed else self._wait_s)
+            events = self._selector.poll(0 if inbox or pending or self._unparsed else self._wait_s)
         finally:
             inbox.asleep = False
         readable = pending
-        for key, _ in events:
-            if key.fd == inbox.fd:
+        for fd, _ in events:
+            if fd == self._inbox_fd:
                 inbox.drain_pipe()
             else:
                 readable = True
@@ -266,7 +268,8 @@ class RedisSession:
                     continue
                 answer, pos = read_answer(buf, pos)
                 if self.waiting:
-                    _raise_error(answer)  # NOSCRIPT (the scripts flushed) among them: the session starts again
+                    if answer.__class__ is RedisError:  # NOSCRIPT (the scripts flushed) among them: start again
+                        _raise_error(answer)  # (a take's array holds no error: its parts are not looked at)
                     if self._skip:  # the BLMOVE's: something came, or it timed out; the TAKE's is next
                         self._skip = False
                         continue
@@ -308,7 +311,7 @@ class RedisSession:
 
     def _recv_blocking(self) -> None:
         buffered = self._tls and self._sock.pending()
-        if not buffered and not self._answering.select(self._overdue_s):  # a half-open socket: never readable
+        if not buffered and not self._answering.poll(self._overdue_s):  # a half-open socket: never readable
             raise ConnectionLost(f"Redis did not answer within {self._overdue_s:g} s")
         self._recv()
 
@@ -386,38 +389,34 @@ class RedisSession:
         nothing settle it within ``done``, the reply goes out alone. Written at the end of the pass: a write
         that fails leaves the message to Redis, which hands it out again (the journal answers it)."""
         queue = outgoing.routing_key
-        if self._base64:  # kombu's prepare_message and _inplace_augment_message, in one go
-            message = {
-                "body": base64.b64encode(outgoing.body).decode(),
-                "content-encoding": "utf-8",
-                "content-type": JSON_CONTENT_TYPE,
-                "headers": dict(outgoing.headers),
-                "properties": reply_properties(outgoing)
-                | {
-                    "delivery_info": {"exchange": "", "routing_key": queue},
-                    "priority": 0,
-                    "body_encoding": "base64",
-                    "delivery_tag": f"{self._tag_base}{next(self._tags):012x}",
-                },
-            }
-        else:
-            channel = self._channel
-            message = channel.prepare_message(
-                outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), reply_properties(outgoing)
-            )
-            channel._inplace_augment_message(message, "", queue)
-        try:
-            text = json.dumps(message)  # the C encoder; kombu's makes an encoder per call
-        except TypeError:  # a header only kombu's encoder knows (a UUID, a datetime …)
-            text = self._json(message)
-        self._reply = (self._prefix + queue, text)
+        text = None
+        if self._base64:  # kombu's prepare_message and _inplace_augment_message, in one go, as JSON text
+            tag = f"{self._tag_base}{next(self._tags):012x}"
+            with contextlib.suppress(TypeError, ValueError):  # a header only kombu's encoder knows: below
+                text = kombu_message(outgoing.body, outgoing.headers, reply_properties(outgoing), queue, tag)
+        if text is None:
+            text = self._kombu_text(outgoing)
+        self._reply = lpush((self._prefix + queue).encode(), text)
         try:
             done(None)
         finally:
             reply, self._reply = self._reply, None
         if reply is not None:
-            self._out += (_MULTI, _lpush(reply), _EXEC)
+            self._out += (_MULTI, reply, _EXEC)
             self._out_count += 3
+
+    def _kombu_text(self, outgoing: Outgoing) -> bytes:
+        """kombu's message as kombu's channel builds it (its encodings other than its defaults), in JSON."""
+        channel = self._channel
+        message = channel.prepare_message(
+            outgoing.body, None, JSON_CONTENT_TYPE, "utf-8", dict(outgoing.headers), reply_properties(outgoing)
+        )
+        channel._inplace_augment_message(message, "", outgoing.routing_key)
+        try:
+            text = json.dumps(message)  # the C encoder; kombu's makes an encoder per call
+        except TypeError:  # a header only kombu's encoder knows (a UUID, a datetime …)
+            text = self._json(message)
+        return text.encode()
 
     def settle(self, tag: str, ack: bool) -> None:
         self._unsettled -= 1
@@ -426,7 +425,7 @@ class RedisSession:
         if ack:
             btag = bulk(tag.encode())
             if reply is not None:
-                out += (_MULTI, _lpush(reply), self._zrem, btag, self._hdel, btag, _EXEC)
+                out += (_MULTI, reply, self._zrem, btag, self._hdel, btag, _EXEC)
                 self._out_count += 5
             else:
                 out += (_MULTI, self._zrem, btag, self._hdel, btag, _EXEC)
@@ -434,7 +433,7 @@ class RedisSession:
             self._forget(self._qos, tag)
             return
         if reply is not None:
-            out += (_MULTI, _lpush(reply), _EXEC)
+            out += (_MULTI, reply, _EXEC)
             self._out_count += 3
         # kombu restores the message from its record on a connection of its own: the record and what went
         # before are in first
@@ -482,11 +481,6 @@ return taken
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 
 
-def _lpush(reply: tuple[str, str]) -> bytes:
-    key, message = reply
-    return lpush(key.encode(), message.encode())
-
-
 def _owed_answer(buf: bytearray, pos: int) -> int:
     """Past one answer owed to the worker's writes (``+OK``, ``+QUEUED``, a transaction's integers), read
     without building it; an error in it raises (``_raise_error``)."""
@@ -531,7 +525,9 @@ def _kombu_body(channel: Any, message: dict[str, Any], props: dict[str, Any], he
     headers say so."""
     body = message.get("body")
     if body:
-        body = channel.decode_body(body, props.get("body_encoding"))
+        encoding = props.get("body_encoding")
+        # kombu's default (base64) decoded here, as kombu's codec does: its lookup costs more than the decode
+        body = base64.b64decode(body) if encoding == "base64" else channel.decode_body(body, encoding)
     data = b"" if body is None else body if isinstance(body, bytes) else str(body).encode()
     compression = headers.get("compression")
     if compression:

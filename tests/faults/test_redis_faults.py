@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -398,3 +399,37 @@ def test_calls_are_written_inline_again_once_redis_has_dropped_every_connection_
         assert client.publisher.counts.inline == inline + 5, client.publisher.counts
     assert count_of(worker.effects, "before") == 2
     assert count_of(worker.effects, "again") == 5
+
+
+def test_a_client_whose_redis_user_may_not_pop_many_at_once_still_gets_every_reply(redis, worker, caplog):
+    """The client's consumer thread takes the replies waiting with an RPOP of many in front of its BRPOP; a
+    Redis that refuses it (an ACL without RPOP; Redis < 6.2 has no count) leaves it to the BRPOP, one at a time:
+    many calls in flight are each answered."""
+    user, password = "kvtnorpop", "kvt-pw"
+    acl = ["redis-cli", "-p", str(redis.port)]
+    subprocess.run([*acl, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-rpop"], check=True)
+    try:
+        url = f"redis://{user}:{password}@127.0.0.1:{redis.port}/0"
+        with caplog.at_level(logging.INFO, "kvmworker.client"), Client(url) as client:
+            calls = [
+                client.submit(worker.host, {"handler": "SystemHandler", "command": "ping", "data": {}})
+                for _ in range(30)
+            ]
+            assert [client.wait(pending, 30).code for pending in calls] == [Code.OK] * 30, worker.log()
+        assert any("takes replies one at a time" in record.getMessage() for record in caplog.records)
+    finally:
+        subprocess.run([*acl, "ACL", "DELUSER", user], check=True)
+
+
+def test_a_worker_whose_take_script_redis_flushed_takes_up_again_and_runs_each_command_once(redis, worker):
+    """``SCRIPT FLUSH`` under a waiting worker: its take (``EVALSHA``) is refused (NOSCRIPT) when the next command
+    comes; the worker starts its session again (the script loaded anew) and the command, never popped, is taken
+    then: answered, run once, as are those after it."""
+    with Client(redis.url) as client:
+        assert client.call(worker.host, "ProbeHandler", "count", {"name": "before"}, timeout=10).code == Code.OK
+        subprocess.run(["redis-cli", "-p", str(redis.port), "SCRIPT", "FLUSH"], check=True)
+        for i in range(3):
+            reply = client.call(worker.host, "ProbeHandler", "count", {"name": f"after{i}"}, timeout=30)
+            assert reply.code == Code.OK, worker.log()
+    assert [count_of(worker.effects, name) for name in ("before", "after0", "after1", "after2")] == [1, 1, 1, 1]
+    assert "NOSCRIPT" in worker.log()

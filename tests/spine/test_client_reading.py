@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -326,3 +327,165 @@ def test_over_redis_replies_of_many_reads_of_no_body_and_with_every_kind_of_head
 ):
     url, host = redis_host
     _every_kind_by_submit_and_by_call(url, host, _KombuRedisResponder(url, host_queue_name(host)), monkeypatch)
+
+
+def test_over_redis_a_caller_alone_has_its_replys_brpop_at_redis_before_its_command(redis_host):
+    """A caller publishing alone sends the BRPOP for its reply ahead of its command's LPUSH (``arm``): Redis hands
+    the reply over as it lands, even when the caller has not had the CPU back since its publish. Seen as Redis
+    sees it (MONITOR), for each call: the reply list's BRPOP, then the host queue's LPUSH; every reply read."""
+    import redis
+
+    url, host = redis_host
+    queue = host_queue_name(host)
+    responder = _KombuRedisResponder(url, queue)
+    seen: list[tuple[str, str]] = []
+    watching = threading.Event()
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(url, socket_timeout=10).monitor() as m:
+            watching.set()
+            for event in m.listen():
+                words = event["command"].split(" ")
+                if words[0] in ("BRPOP", "LPUSH") and len(words) > 1:
+                    seen.append((words[0], words[1]))
+                if stop.is_set() and words[0] == "ECHO" and host in event["command"]:
+                    return
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    try:
+        with Client(url) as client:
+            assert client.call(host, "SystemHandler", "ping", {"kind": "headers"}, timeout=15).code == 0  # declares
+            reply_list = client._reply_queue.name
+            seen.clear()
+            for _ in range(5):
+                assert client.call(host, "SystemHandler", "ping", {"kind": "headers"}, timeout=15).code == 0
+    finally:
+        stop.set()
+        redis.Redis.from_url(url).echo(f"kvt-stop-{host}")
+        watcher.join(10)
+        responder.close()
+    # the client's BRPOPs and both LPUSHes (the responder's own BRPOPs of the host queue left out)
+    ours = [seen_ for seen_ in seen if seen_ in (("BRPOP", reply_list), ("LPUSH", queue), ("LPUSH", reply_list))]
+    pushes = [i for i, (command, key) in enumerate(ours) if command == "LPUSH" and key == queue]
+    assert len(pushes) == 5, ours
+    for at in pushes:  # each command's LPUSH comes right after the BRPOP for its reply, before the reply
+        assert ours[at - 1 : at + 2] == [("BRPOP", reply_list), ("LPUSH", queue), ("LPUSH", reply_list)], ours
+
+
+def test_over_redis_replies_waiting_together_reach_their_callers_in_a_few_reads_not_one_each(redis_host):
+    """With many calls in flight the consumer thread reads: in front of its BRPOP, an RPOP of up to 64 replies
+    takes whatever waits in the reply list in the same round trip. A foreign worker (plain kombu) answers 40
+    commands at once (its replies, made by kombu's Producer, moved onto the reply list in one transaction):
+    every caller gets its own reply, and Redis sees (MONITOR) a few reads of the reply list, not 40."""
+    import redis
+
+    url, host = redis_host
+    queue = Queue(host_queue_name(host), durable=True, auto_delete=False)
+    stage = unique("kvt-stage-")
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    seen: list[list[str]] = []
+    watching, moved = threading.Event(), threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(url, socket_timeout=10).monitor() as m:
+            watching.set()
+            for event in m.listen():
+                words = event["command"].split(" ")
+                if words[0] == "ECHO" and host in event["command"]:
+                    return
+                if words[0] == "LMOVE" and words[1:2] == [stage]:
+                    moved.set()
+                if moved.is_set() and words[0] in ("BRPOP", "RPOP"):
+                    seen.append(words)
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    try:
+        with Client(url) as client, Connection(url) as conn:
+            reply_list = client._reply_queue.name
+            calls = [
+                client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"i": i}})
+                for i in range(40)
+            ]
+            channel = conn.channel()
+            commands = []
+            deadline = time.monotonic() + 15
+            while len(commands) < 40 and time.monotonic() < deadline:
+                message = queue.bind(channel).get(no_ack=True)
+                if message is None:
+                    time.sleep(0.01)
+                else:
+                    commands.append(message)
+            assert len(commands) == 40
+            producer = Producer(channel)
+            for message in commands:
+                i = json.loads(message.body)["data"]["i"]
+                body = json.dumps({"code": 0, "msg": "ok", "data": {"i": i}})
+                producer.publish(body, routing_key=stage, correlation_id=message.properties["correlation_id"])
+            with db.pipeline(transaction=True) as pipe:  # all 40 in the reply list at once
+                for _ in commands:
+                    pipe.lmove(stage, reply_list, "RIGHT", "LEFT")
+                pipe.execute()
+            replies = [client.wait(pending, 15) for pending in calls]
+    finally:
+        db.echo(f"kvt-stop-{host}")
+        watcher.join(10)
+        db.delete(stage)
+        db.close()
+    assert [(reply.code, reply.data) for reply in replies] == [(0, {"i": i}) for i in range(40)]
+    reads = [words for words in seen if words[1] == reply_list]
+    assert ["RPOP", reply_list, "64"] in reads, reads
+    assert len(reads) < 10, reads
+
+
+def test_over_redis_a_reply_that_is_not_kombus_message_is_dropped_with_a_warning_and_the_replies_around_it_arrive(
+    redis_host, caplog
+):
+    import redis
+
+    url, host = redis_host
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        with caplog.at_level(logging.WARNING, "kvmworker.client"), Client(url) as client:
+            reply_list = client._reply_queue.name
+            calls = [client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"kind": "headers"}})]
+            db.lpush(reply_list, b"not json at all")  # in the list ahead of every reply
+            calls += [
+                client.submit(host, {"handler": "SystemHandler", "command": "ping", "data": {"kind": "headers"}})
+                for _ in range(5)
+            ]
+            responder = _KombuRedisResponder(url, host_queue_name(host))
+            try:
+                assert [client.wait(pending, 15).code for pending in calls] == [Code.OK] * 6
+            finally:
+                responder.close()
+    finally:
+        db.close()
+    dropped = [r.getMessage() for r in caplog.records if "not kombu's message was dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "not json at all" in dropped[0], dropped
+
+
+def test_over_redis_a_reply_that_comes_after_many_of_the_waiting_callers_reads_still_reaches_it(redis_host):
+    """A caller waiting alone waits in ``recv`` itself, each wait bounded by the socket's receive timeout (one
+    slice, ``LEAD_SLICE_S``); a reply that comes several slices later is read by it, and calls go on answered."""
+    url, host = redis_host
+
+    class _Late(_KombuRedisResponder):
+        def _on_command(self, message) -> None:
+            if json.loads(message.body)["data"]["kind"] == "late":
+                time.sleep(LATE_S)
+            super()._on_command(message)
+
+    responder = _Late(url, host_queue_name(host))
+    try:
+        with Client(url) as client:
+            for kind in ("headers", "late", "headers", "late"):
+                reply = client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
+                assert reply.code == Code.OK, reply
+                assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+    finally:
+        responder.close()

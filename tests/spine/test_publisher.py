@@ -245,6 +245,53 @@ def test_a_message_the_caller_writes_inline_reads_in_plain_kombu_as_the_publishi
         assert inline_made.properties.get(key) == thread_made.properties.get(key), key
 
 
+def test_over_redis_messages_queued_behind_one_another_leave_in_one_write_and_read_in_plain_kombu_as_kombus_own():
+    """The publishing thread writes what is queued for Redis as LPUSHes in one write (kombu's publish per message
+    costs it twice as much): each message is done once, in the queue once, in order, and reads in plain kombu
+    as the message kombu publishes does: body, headers (strings, numbers, nested, non-ASCII) and properties."""
+    url = require_broker("redis", BROKERS["redis"])
+    queue = Queue(name("batch"), durable=True, auto_delete=False)
+    headers = {"x-kvm-host": "kvt-é", "x-kvm-expires-at": 1.5, "n": 7, "flag": True, "none": None, "l": [1, "☃"]}
+    total = 120
+    outcomes = Outcomes(total)
+    with queues(url, queue):
+        publisher = Publisher(open_connection(url, confirms=False))
+        try:
+            for i in range(total):  # the first declares the queue (kombu's publish): the rest queue up behind it
+                publisher.publish_async(
+                    b'{"a":"\xc3\xa9","i":%d}' % i,
+                    routing_key=queue.name,
+                    declare=(queue,) if i == 0 else (),
+                    persistent=True,
+                    headers=headers,
+                    message_id=f"m{i}",
+                    correlation_id=f"c{i}",
+                    reply_to="kvt-reply",
+                    done=outcomes.done_for(i),
+                )
+            assert outcomes.wait(20)
+            counts = publisher.counts
+        finally:
+            publisher.close()
+        with Connection(url) as conn:
+            channel = conn.channel()
+            seen = [queue.bind(channel).get(no_ack=True) for _ in range(total)]
+            assert queue.bind(channel).get(no_ack=True) is None  # none twice
+    assert outcomes.by_message == {i: [None] for i in range(total)}
+    assert counts.batched > 0 and counts.failed == 0, counts
+    assert [m.properties["message_id"] for m in seen] == [f"m{i}" for i in range(total)]
+    kombus, *batched = seen
+    for i, message in enumerate(seen):
+        assert json.loads(message.body) == {"a": "\u00e9", "i": i}
+        assert message.headers == kombus.headers == headers
+        assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
+        assert message.properties["correlation_id"] == f"c{i}"
+    for message in batched:
+        for key in ("reply_to", "delivery_mode", "priority", "body_encoding"):
+            assert message.properties.get(key) == kombus.properties.get(key), key
+        assert message.delivery_info["routing_key"] == kombus.delivery_info["routing_key"]
+
+
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "publishing-thread"])
 def test_messages_larger_than_the_sockets_send_buffer_among_small_ones_arrive_whole_and_in_order_with_confirms(inline):
     """The confirming lane writes to the socket's descriptor at once and leaves what does not fit (a full send
@@ -274,3 +321,45 @@ def test_messages_larger_than_the_sockets_send_buffer_among_small_ones_arrive_wh
     assert counts.resent == 0 and counts.failed == 0, counts
     assert [m.properties["message_id"] for m in seen] == ["declared", *map(str, range(len(bodies)))]
     assert [m.body for m in seen[1:]] == [body.decode() for body in bodies]  # kombu decodes the utf-8 bodies
+
+
+def test_over_redis_an_lpush_redis_refuses_in_a_write_of_many_fails_that_message_alone():
+    """In one write of LPUSHes, one Redis refuses (its key holds a string: WRONGTYPE) goes to kombu's publish,
+    which is refused too: that message fails (``done(exc)``); those around it are each done once and in their
+    queue, in order."""
+    import redis
+
+    url = require_broker("redis", BROKERS["redis"])
+    queue = Queue(name("good"), durable=True, auto_delete=False)
+    wrong = name("wrongtype")
+    db = redis.Redis.from_url(url, socket_timeout=10)
+    db.set(wrong, "a string, not a list")
+    total = 41
+    outcomes = Outcomes(total)
+    try:
+        with queues(url, queue):
+            publisher = Publisher(open_connection(url, confirms=False))
+            try:
+                for i in range(total):  # the first declares (kombu's publish): the rest queue up behind it
+                    publisher.publish_async(
+                        b"{}",
+                        routing_key=wrong if i % 10 == 5 else queue.name,
+                        declare=(queue,) if i == 0 else (),
+                        message_id=str(i),
+                        done=outcomes.done_for(i),
+                    )
+                assert outcomes.wait(20)
+                counts = publisher.counts
+            finally:
+                publisher.close()
+            good = drain(url, queue)
+    finally:
+        db.delete(wrong)
+        db.close()
+    refused = {i for i in range(total) if i % 10 == 5}
+    assert {i for i, done in outcomes.by_message.items() if done != [None]} == refused
+    assert all(
+        len(done) == 1 and "WRONGTYPE" in str(done[0]) for i, done in outcomes.by_message.items() if i in refused
+    )
+    assert good == [str(i) for i in range(total) if i not in refused]
+    assert counts.batched > 0 and counts.failed == len(refused), counts
