@@ -476,24 +476,26 @@ def _execute(sql: str, params: Any, db: sqlite3.Connection) -> int:
 
 
 def _execute_rows(sql: str, rows: list[tuple[Any, ...]], db: sqlite3.Connection) -> int:
-    """``sql`` over ``rows`` in one transaction: the group's (within a savepoint of its own), else its own, so that
-    the rows are committed together, never one by one. Run over them at once (``executemany``); if that fails, each
-    again alone, and a row that fails then is logged and lost by itself, as when each was a write of its own (a
-    statement that fails leaves the transaction it is in as it was)."""
-    alone = not db.in_transaction
-    db.execute("BEGIN IMMEDIATE" if alone else "SAVEPOINT journal_rows")
+    """``sql`` run over ``rows`` at once (``executemany``), in one transaction: its group's, else one of its own, so
+    that the rows are never committed one by one. In a group, a row that fails fails the write: the writer rolls
+    the group back and runs each of its writes again alone (``GroupWriter._commit``). Alone, the rows are run again
+    one by one after a failure, and a row that fails then is logged and lost by itself, as when each was a write
+    of its own (a statement that fails leaves the transaction it is in as it was)."""
+    if db.in_transaction:
+        db.executemany(sql, rows)
+        return len(rows)
+    db.execute("BEGIN IMMEDIATE")
     try:
         db.executemany(sql, rows)
     except Exception:
-        db.execute("ROLLBACK TO journal_rows" if not alone else "ROLLBACK")
-        if alone:
-            db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
         for params in rows:
             try:
                 db.execute(sql, params)
             except Exception as exc:
                 log.error("journal: the record of %s failed and is lost: %s", params[0], exc)
-    db.execute("RELEASE journal_rows" if not alone else "COMMIT")
+    db.execute("COMMIT")
     return len(rows)
 
 
