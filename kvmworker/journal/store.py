@@ -486,16 +486,21 @@ def _execute_rows(sql: str, rows: list[tuple[Any, ...]], db: sqlite3.Connection)
         return len(rows)
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany(sql, rows)
-    except Exception:
-        db.execute("ROLLBACK")
-        db.execute("BEGIN IMMEDIATE")
-        for params in rows:
-            try:
-                db.execute(sql, params)
-            except Exception as exc:
-                log.error("journal: the record of %s failed and is lost: %s", params[0], exc)
-    db.execute("COMMIT")
+        try:
+            db.executemany(sql, rows)
+        except Exception:
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            for params in rows:
+                try:
+                    db.execute(sql, params)
+                except Exception as exc:
+                    log.error("journal: the record of %s failed and is lost: %s", params[0], exc)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # never left open: the next group begins its own
+            db.execute("ROLLBACK")
+        raise
     return len(rows)
 
 

@@ -140,6 +140,25 @@ def test_rows_written_as_one_write_alone_are_committed_together_and_a_row_that_f
     db.close()
 
 
+def test_rows_written_alone_whose_commit_fails_leave_no_transaction_open_behind_them(tmp_path):
+    db = _open_for_writing(tmp_path / "journal.sqlite")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE kvt_parent (k TEXT PRIMARY KEY)")
+    db.execute(  # checked at COMMIT, which then fails and leaves its transaction open
+        "CREATE TABLE kvt_child (k TEXT PRIMARY KEY,"
+        " parent TEXT REFERENCES kvt_parent (k) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        _execute_rows("INSERT INTO kvt_child VALUES (?, ?)", [("a", "nobody")], db)
+    assert not db.in_transaction  # rolled back: what the writer runs next begins a transaction of its own
+    db.execute("INSERT INTO kvt_parent VALUES ('p')")  # autocommitted, as the next write would be
+    db.close()
+    reader = sqlite3.connect(tmp_path / "journal.sqlite")
+    assert reader.execute("SELECT k FROM kvt_parent").fetchall() == [("p",)]
+    assert reader.execute("SELECT count(*) FROM kvt_child").fetchone() == (0,)
+    reader.close()
+
+
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Settings]:
     url = require_broker("amqp", AMQP_URL)
