@@ -26,7 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
-from functools import partial
 from typing import Any
 
 from kvmworker.dispatch.deferred import defer, deferring
@@ -97,6 +96,7 @@ class JournalMiddleware(Middleware[Claim]):
         # Read-only commands answered on the consumer thread whose record waits for the end of its pass (see
         # ``_finish``): msg_id → what to record. Each stays in ``_running`` until recorded.
         self._unrecorded: dict[str, tuple[InFlight, Reply, float]] = {}
+        self._pass_deferred = False  # ``_record_pass`` waits for the end of the pass: one per pass
 
     def new_state(self) -> Claim:
         return Claim()
@@ -196,13 +196,15 @@ class JournalMiddleware(Middleware[Claim]):
     def _finish(self, msg: InFlight, reply: Reply, duration: float) -> None:
         """Record the reply. A read-only command's record (not waited for: a crash may lose it, and it is safe to
         run again) is built once the consumer thread has written its pass's replies, when it answered on that
-        thread (``dispatch.deferred``); until then its msg_id stays running, and whatever looks it up first
-        (a duplicate, ``result``) records it then."""
+        thread (``dispatch.deferred``), with the others of that pass (``_record_pass``); until then its msg_id stays
+        running, and whatever looks it up first (a duplicate, ``result``) records it then."""
         msg_id = msg.msg_id
         if msg.read_only and deferring():
             with self._lock:
                 self._unrecorded[msg_id] = (msg, reply, duration)
-            defer(partial(self._record_deferred, msg_id))
+                first, self._pass_deferred = not self._pass_deferred, True
+            if first:
+                defer(self._record_pass)
             return
         self._record(msg, reply, duration)
 
@@ -211,6 +213,27 @@ class JournalMiddleware(Middleware[Claim]):
             held = self._unrecorded.pop(msg_id, None)
         if held is not None:
             self._record(*held)
+
+    def _record_pass(self) -> None:
+        """At the end of a pass: the records of the read-only commands it answered (less those a duplicate or
+        ``result`` recorded first), handed to the store as one write (``answered_all``); as ``_record`` each."""
+        with self._lock:
+            held, self._unrecorded, self._pass_deferred = list(self._unrecorded.values()), {}, False
+        try:
+            records = []
+            for msg, reply, duration in held:
+                try:
+                    records.append((self._received(msg, "executed"), _stored_text(reply, msg.reply_body), duration))
+                except Exception:  # as a write that fails: logged, and only this record is lost
+                    log.exception("[%s] the journal's record could not be made; it is lost", msg.msg_id)
+            if records:
+                self.store.answered_all(records)
+        finally:
+            with self._lock:  # waiting duplicates get the reply even if it could not be recorded
+                pending = [self._running.pop(msg.msg_id, None) for msg, _, _ in held]
+            for (_, reply, _), waiting in zip(held, pending, strict=True):
+                if waiting is not None:
+                    waiting.set_result(reply)
 
     def _record(self, msg: InFlight, reply: Reply, duration: float) -> None:
         msg_id = msg.msg_id

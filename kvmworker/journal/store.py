@@ -104,6 +104,10 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 """Pages (4 KiB) of WAL after which a commit checkpoints it: the WAL file grows to about 40 MB, then is reused.
 40,000 was measured (round 8): no less CPU per message at 64 callers, and one caller's p50 went up by a fifth
 (each checkpoint then writes and fsyncs four times as much at once, beside the broker's own writes)."""
+_ANSWERED_CONFLICT = """state='answered', code=excluded.code, reply=excluded.reply,
+                        duration_ms=excluded.duration_ms, answered_at=excluded.answered_at, size_bytes=NULL,
+                        expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),"""
+"""What an existing row of the msg_id takes from a read-only command's record (``answered``)."""
 _JSON_COLUMNS = ("envelope", "properties", "reply", "deliveries")
 _ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
 # Up to MAX_DELIVERIES_KEPT deliveries are listed; the count always grows.
@@ -204,41 +208,45 @@ class JournalStore:
     def answered(self, received: Received, reply: dict[str, Any] | JsonText, duration: float) -> None:
         """A read-only command, recorded once when answered (it needs no ``running`` claim: a crash
         before this only means it runs again). Not waited for."""
-        self._record(
-            received,
-            "answered",
-            reply,
-            duration,
-            on_conflict="""state='answered', code=excluded.code, reply=excluded.reply,
-                           duration_ms=excluded.duration_ms, answered_at=excluded.answered_at, size_bytes=NULL,
-                           expires_at=max(coalesce(expires_at, 0), coalesce(excluded.expires_at, 0)),""",
-        )
+        self._record(received, ANSWERED, reply, duration, on_conflict=_ANSWERED_CONFLICT)
+
+    def answered_all(self, records: list[tuple[Received, dict[str, Any] | JsonText, float]]) -> None:
+        """``answered`` for several commands (those one pass of the consumer answered), handed to the writer as one
+        write: one statement run over their rows (``_execute_rows``). Each row is recorded as by ``answered``,
+        and one that cannot be written is lost alone. Not waited for."""
+        sql = _record_sql(ANSWERED, _ANSWERED_CONFLICT)
+        rows = [self._params(received, ANSWERED, reply, duration) for received, reply, duration in records]
+        self._check_open()
+        keys = tuple(received.msg_id for received, _, _ in records)
+        self._writer.submit(partial(_execute_rows, sql, rows), keys=keys, inserts=True)
+        self._maybe_prune()
 
     def _record(
         self, received: Received, state: str, reply: dict[str, Any] | JsonText, duration: float, on_conflict: str
     ) -> None:
         """One row for a message answered in one go; ``on_conflict`` says what an existing row takes from it."""
-        row, reply_text = _row(received), _dumps(reply)
+        params = self._params(received, state, reply, duration)
         self._check_open()
         self._writer.submit(
-            partial(
-                _execute,
-                _record_sql(state, on_conflict),
-                (
-                    *row,
-                    _code_of(reply),
-                    reply_text,
-                    round(duration * 1000, 3),
-                    self._clock(),
-                    received.expires_at,
-                    sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
-                    row[9],
-                ),
-            ),
-            key=received.msg_id,
-            inserts=True,
+            partial(_execute, _record_sql(state, on_conflict), params), key=received.msg_id, inserts=True
         )
         self._maybe_prune()
+
+    def _params(
+        self, received: Received, state: str, reply: dict[str, Any] | JsonText, duration: float
+    ) -> tuple[Any, ...]:
+        """The parameters of ``_record_sql`` for one message."""
+        row, reply_text = _row(received), _dumps(reply)
+        return (
+            *row,
+            _code_of(reply),
+            reply_text,
+            round(duration * 1000, 3),
+            self._clock(),
+            received.expires_at,
+            sum(len(text.encode()) for text in (*row[7:10], reply_text)) if state == REFUSED else None,
+            row[9],
+        )
 
     def close_abandoned(self, msg: str, detail: str) -> int:
         """At start: rows a dead process left ``running`` become ``interrupted``, answered with -1.
@@ -465,6 +473,35 @@ def _add_all_ids(seen: SeenIds, db: sqlite3.Connection) -> None:
 
 def _execute(sql: str, params: Any, db: sqlite3.Connection) -> int:
     return db.execute(sql, params).rowcount
+
+
+def _execute_rows(sql: str, rows: list[tuple[Any, ...]], db: sqlite3.Connection) -> int:
+    """``sql`` run over ``rows`` at once (``executemany``), in one transaction: its group's, else one of its own, so
+    that the rows are never committed one by one. In a group, a row that fails fails the write: the writer rolls
+    the group back and runs each of its writes again alone (``GroupWriter._commit``). Alone, the rows are run again
+    one by one after a failure, and a row that fails then is logged and lost by itself, as when each was a write
+    of its own (a statement that fails leaves the transaction it is in as it was)."""
+    if db.in_transaction:
+        db.executemany(sql, rows)
+        return len(rows)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        try:
+            db.executemany(sql, rows)
+        except Exception:
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            for params in rows:
+                try:
+                    db.execute(sql, params)
+                except Exception as exc:
+                    log.error("journal: the record of %s failed and is lost: %s", params[0], exc)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # never left open: the next group begins its own
+            db.execute("ROLLBACK")
+        raise
+    return len(rows)
 
 
 def journal_path(state_dir: Path) -> Path:

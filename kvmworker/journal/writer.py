@@ -50,7 +50,8 @@ MAX_QUEUED = 4096
 class _Queued:
     write: Write
     seq: int
-    key: str | None
+    keys: tuple[str, ...]
+    """The msg_ids it writes (``flush(key)`` waits for it): one, or a pass's records (``submit(keys=…)``)."""
     in_transaction: bool
     waited: bool
     wake: threading.Condition | None = None
@@ -151,7 +152,7 @@ class GroupWriter:
         """Write and wait until committed: ``write``'s result, or its exception raised here. ``inserts``: it may add
         the row of ``key`` (the msg_id), which ``seen`` then holds."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction, waited=True, inserts=inserts)
+            queued = self._enqueue(write, _keys(key), in_transaction, waited=True, inserts=inserts)
             while not queued.done:
                 if not self._busy:
                     self._write_queue_locked()
@@ -165,11 +166,18 @@ class GroupWriter:
         return queued.result
 
     def submit(
-        self, write: Write, *, key: str | None = None, in_transaction: bool = True, inserts: bool = False
+        self,
+        write: Write,
+        *,
+        key: str | None = None,
+        keys: tuple[str, ...] = (),
+        in_transaction: bool = True,
+        inserts: bool = False,
     ) -> None:
-        """Write soon, in order, without waiting (a failure is logged). ``inserts``: as for ``run``."""
+        """Write soon, in order, without waiting (a failure is logged). ``inserts``: as for ``run``. ``keys``: the
+        msg_ids of a write of several rows, instead of ``key``."""
         with self._lock:
-            queued = self._enqueue(write, key, in_transaction, waited=False, inserts=inserts)
+            queued = self._enqueue(write, _keys(key) or keys, in_transaction, waited=False, inserts=inserts)
             if len(self._queue) >= MAX_QUEUED:
                 self._wait_locked(queued.seq)
             elif self._thread is None:
@@ -183,16 +191,19 @@ class GroupWriter:
             seq = self._last_seq if key is None else self._pending_keys.get(key, 0)
             self._wait_locked(seq)
 
-    def _enqueue(self, write: Write, key: str | None, in_transaction: bool, waited: bool, inserts: bool) -> _Queued:
+    def _enqueue(
+        self, write: Write, keys: tuple[str, ...], in_transaction: bool, waited: bool, inserts: bool
+    ) -> _Queued:
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        if inserts and key is not None and self.seen is not None:  # under the lock: in order with ``remember_ids``
-            self.seen.add(key)
         self._last_seq += 1
-        queued = _Queued(write, self._last_seq, key, in_transaction, waited)
+        queued = _Queued(write, self._last_seq, keys, in_transaction, waited)
         self._queue.append(queued)
-        if key is not None:
-            self._pending_keys[key] = queued.seq
+        seen, pending = self.seen if inserts else None, self._pending_keys
+        for key in keys:
+            if seen is not None:  # under the lock: in order with ``remember_ids``
+                seen.add(key)
+            pending[key] = queued.seq
         return queued
 
     def _wait_locked(self, seq: int) -> None:
@@ -220,15 +231,17 @@ class GroupWriter:
             if queued.error is not None and not queued.waited:
                 log.error(
                     "journal: a write%s failed and is lost: %s",
-                    f" for {queued.key}" if queued.key else "",
+                    f" for {', '.join(queued.keys)}" if queued.keys else "",
                     queued.error,
                 )
 
     def _written_locked(self, group: list[_Queued]) -> None:
         """Wake who waits for ``group``, and who writes next: the first caller waiting in the queue, else the thread."""
+        pending = self._pending_keys
         for queued in group:
-            if queued.key is not None and self._pending_keys.get(queued.key) == queued.seq:
-                del self._pending_keys[queued.key]
+            for key in queued.keys:
+                if pending.get(key) == queued.seq:
+                    del pending[key]
         still = []
         for queued in self._waiting:
             if queued.seq <= self._done_seq:
@@ -324,6 +337,10 @@ class GroupWriter:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _keys(key: str | None) -> tuple[str, ...]:
+    return () if key is None else (key,)
 
 
 def _identity(path: str) -> tuple[int, int]:

@@ -208,6 +208,35 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_others_of_its_group_a
     store.close()
 
 
+def test_a_pass_s_records_handed_over_as_one_write_among_others_lose_only_the_one_that_cannot_be_written(
+    tmp_path, caplog
+):
+    path = tmp_path / "j.sqlite"
+    store = JournalStore(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer waits for the file: what follows piles up into one group
+    store.answered(received("first"), OK, 0.001)
+    bad = {"text": "\ud800"}  # cannot be stored as UTF-8
+    store.answered_all([(received(f"ro-{i}", data=bad if i == 2 else {}), OK, 0.001) for i in range(5)])
+    store.answered_all([(received("again"), OK, 0.001), (received("again", at=1_800_000_001.0), OK, 0.002)])
+    store.refused(received("last"), {"code": 20004, "msg": "m", "data": {}}, 0.0)
+    with caplog.at_level(logging.ERROR, logger="kvmworker.journal"):
+        blocker.execute("COMMIT")
+        blocker.close()
+        store.flush()
+    assert rows(path) == [
+        ("first", ANSWERED),
+        *((f"ro-{i}", ANSWERED) for i in (0, 1, 3, 4)),
+        ("again", ANSWERED),
+        ("last", REFUSED),
+    ]
+    assert "the record of ro-2 failed and is lost" in caplog.text
+    assert store.find("ro-2") is None
+    again = store.find("again")  # the same msg_id twice in one write: its second arrival added to the first
+    assert again.delivery_count == 2 and again.duration_ms == 2.0
+    store.close()
+
+
 def test_records_piled_up_into_one_group_are_written_as_one_after_another_even_for_the_same_msg_id(tmp_path):
     path = tmp_path / "j.sqlite"
     store = JournalStore(path)
