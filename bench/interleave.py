@@ -5,10 +5,11 @@
 
 ``compare.py`` measures a row's rounds one after the other, so the machine's load moves between the sides:
 identical code reads anywhere from 0.67× to 1.63×. Here one caller process starts every subject once, then runs
-``--batches`` rounds in which each subject answers ``--per`` sequential calls, the order rotated each round, so
-that whatever loads the machine loads every subject alike. Latency: median and p99 over all of a subject's
-calls. CPU: the responder's (worker's) CPU measured around each of its batches (``procstat.CpuMeter``), summed,
-per message.
+``--batches`` rounds in which each subject answers ``--per`` sequential calls, the order rotated each round (and
+reversed every other cycle), so that whatever loads the machine loads every subject alike. Latency: median and
+p99 over all of a subject's calls. CPU: the responder's (worker's) CPU measured around each of its batches
+(``procstat.CpuMeter``), summed, per message. "halves": the same ratio over the first and the second half of
+the batches, a glimpse of how far it moves within one run.
 
 Subjects per broker (``bench/lab.py``'s raw subjects, ``bench/subjects.py``'s worker):
 
@@ -157,7 +158,10 @@ def run(subjects: dict, batches: int, per: int, warm_up: int) -> dict[str, dict[
     started = time.monotonic()
     for number in range(batches):
         shift = number % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = names[shift:] + names[:shift]
+        if (number // len(names)) % 2:  # every other cycle backwards: no subject always follows the same one
+            order.reverse()
+        for name in order:
             subject = subjects[name]
             meter = procstat.CpuMeter(subject.pid).start()
             samples = caller_of(subject).latencies(per)
@@ -228,7 +232,7 @@ def report(sides: dict[str, dict], args: argparse.Namespace, summary: dict, foun
     for label in ("before", "after"):
         print(f"{label:7s} {sides[label]['commit'] or '(not a git checkout)'}  ({sides[label]['tree']})")
     print(f"client  the after checkout's kvmworker.client.Client (defaults), in this process ({sys.executable})")
-    calls = f"{args.batches} batches × {args.per} calls per subject, order rotated each batch"
+    calls = f"{args.batches} batches × {args.per} calls per subject, order rotated each batch, reversed each cycle"
     print(f"{calls}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print(f"{'subject':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU µs/msg':>11s} {'calls':>7s}")
     for name, one in summary.items():
