@@ -50,6 +50,7 @@ if CLIENT_SIDE in os.environ:  # the measuring side: the after checkout's kvmwor
     from kvmworker.client import Client
 else:  # the launcher (``python3 bench/interleave.py``, maybe without amqp or kvmworker) only re-runs this file
     KvmSubject = object
+
 GOALS = {"amqp": 1.6, "redis": 1.5}  # issue 15: default p50 / raw p50 at most
 
 
