@@ -2,6 +2,10 @@
 
     python3 bench/compare.py --before /work/main --after /work/wt/x [--quick] [--only …] [--rounds 5] [--json FILE]
 
+For latency and CPU ratios on a loaded, shared machine use ``bench/interleave.py`` instead: here a row's rounds
+run one after the other, so the load moves between the sides (identical code has read 0.67–1.63×); there every
+subject answers short batches in turns, many rounds, and identical code reads within a few percent of 1.0.
+
 Each checkout runs with its own Python: ``DIR/.venv/bin/python`` when there is one, else this Python
 (``--before-python`` / ``--after-python`` to choose), always with ``PYTHONPATH=DIR`` so that a plain source
 tree (``git archive``) works with another checkout's venv; a side whose ``kvmworker`` does not import from

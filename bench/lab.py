@@ -173,7 +173,8 @@ ROWS = [
     Row(
         "amqp-raw-guarantees",
         latency_row("amqp-raw-guarantees"),
-        "raw py-amqp, as amqp-raw-confirm and each request's confirm awaited: the default path's guarantees, 1 caller",
+        "raw py-amqp, as amqp-raw-confirm, the caller's channel in confirm mode (each request's confirm read, not"
+        " awaited, as the client does): the default path's guarantees, 1 caller",
     ),
     Row("bridge-1", bridge_over_client, "bridge (wrk), 1 connection; the client around it"),
     Row("amqp-fast", latency_row("amqp-fast"), "kvmworker, no confirms, transient, 1 caller"),

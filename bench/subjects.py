@@ -177,8 +177,10 @@ class PersistentCaller(AmqpCaller):
 
 
 class ConfirmingCaller(PersistentCaller):
-    """The persistent raw caller, each request confirmed by the broker (as the client's are by default): py-amqp's
-    confirm mode waits for a publish's ack, delivering whatever else arrives meanwhile (the reply) to its callback."""
+    """The persistent raw caller on a channel in confirm mode, as the client's is by default: the broker confirms
+    each request, and the caller reads that ``basic.ack`` as it comes, in the same drain as its reply, but never
+    awaits it (py-amqp awaits a publish's confirm only on a connection opened with ``confirm_publish=True``, which
+    this one is not). Exactly what the client does: it returns on the reply and matches the confirm later."""
 
     def __init__(self, host_port: str, queue: str):
         super().__init__(host_port, queue)
@@ -188,7 +190,8 @@ class ConfirmingCaller(PersistentCaller):
 class AmqpConfirmPeer:
     """The floor for the worker's guarantees: a py-amqp responder that publishes its reply persistent with
     confirms on and acks the request only after that confirm; a raw caller sending persistent requests (and,
-    ``confirmed``, waiting for each one's confirm: every guarantee of the default path, nothing else)."""
+    ``confirmed``, on a confirm-mode channel whose confirms it reads as they come without awaiting them, as the
+    client does: every guarantee of the default path, nothing else)."""
 
     def __init__(self, host_port: str, confirmed: bool = False):
         queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
