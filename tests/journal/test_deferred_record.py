@@ -171,16 +171,22 @@ def worker(tmp_path: Path) -> Iterator[Settings]:
         running.stop(timeout=10)
 
 
+def _reading_replies(conn: amqp.Connection) -> tuple[amqp.Channel, str, dict[str, dict]]:
+    """A channel of ``conn``, an exclusive reply queue it consumes, and the replies by correlation id as they come."""
+    channel = conn.channel()
+    reply_queue, _, _ = channel.queue_declare("", exclusive=True)
+    replies: dict[str, dict] = {}
+    channel.basic_consume(
+        reply_queue, callback=lambda m: replies.setdefault(m.correlation_id, json.loads(m.body)), no_ack=True
+    )
+    return channel, reply_queue, replies
+
+
 def test_two_deliveries_of_one_ping_published_back_to_back_are_answered_alike_and_journalled_once(worker):
     msg_id = str(uuid.uuid4())
     with Connection(worker.broker_url) as kombu_conn:
         conn = kombu_conn.connection  # py-amqp's own connection: no kvmworker code on the sending side
-        channel = conn.channel()
-        reply_queue, _, _ = channel.queue_declare("", exclusive=True)
-        replies: dict[str, dict] = {}
-        channel.basic_consume(
-            reply_queue, callback=lambda m: replies.setdefault(m.correlation_id, json.loads(m.body)), no_ack=True
-        )
+        channel, reply_queue, replies = _reading_replies(conn)
         for correlation_id in ("one", "two"):
             message = amqp.Message(
                 _ping(msg_id), content_type="application/json", correlation_id=correlation_id, reply_to=reply_queue
@@ -203,12 +209,7 @@ def test_a_burst_of_pings_from_a_foreign_publisher_is_journalled_each_once_with_
     msg_ids = [str(uuid.uuid4()) for _ in range(60)]
     with Connection(worker.broker_url) as kombu_conn:
         conn = kombu_conn.connection  # py-amqp's own connection: no kvmworker code on the sending side
-        channel = conn.channel()
-        reply_queue, _, _ = channel.queue_declare("", exclusive=True)
-        replies: dict[str, dict] = {}
-        channel.basic_consume(
-            reply_queue, callback=lambda m: replies.setdefault(m.correlation_id, json.loads(m.body)), no_ack=True
-        )
+        channel, reply_queue, replies = _reading_replies(conn)
         for msg_id in msg_ids:  # back to back: the worker takes several in one pass
             message = amqp.Message(
                 _ping(msg_id), content_type="application/json", correlation_id=msg_id, reply_to=reply_queue

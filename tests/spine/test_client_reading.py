@@ -174,16 +174,21 @@ def _every_kind_by_submit_and_by_call(url: str, host: str, responder, monkeypatc
         responder.close()
 
 
+def _calls_answered_late_and_at_once(url: str, host: str) -> None:
+    """Pings a responder answers at once (``headers``) and late (``late``), in turn: each reaches its caller."""
+    with Client(url) as client:
+        for kind in ("headers", "late", "headers", "late"):
+            reply = client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
+            assert reply.code == Code.OK, reply
+            assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+
+
 def test_a_reply_that_comes_after_many_of_the_waiting_callers_reads_still_reaches_it(amqp_url, raw_host):
     """A caller waiting alone waits in ``recv`` itself, each wait bounded by the socket's receive timeout (one
     slice); the reply that comes slices later is read by it, and calls go on answered after it."""
     responder = _RawResponder(host_queue_name(raw_host))
     try:
-        with Client(amqp_url) as client:
-            for kind in ("headers", "late", "headers", "late"):
-                reply = client.call(raw_host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
-                assert reply.code == Code.OK, reply
-                assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+        _calls_answered_late_and_at_once(amqp_url, raw_host)
     finally:
         responder.close()
 
@@ -482,10 +487,6 @@ def test_over_redis_a_reply_that_comes_after_many_of_the_waiting_callers_reads_s
 
     responder = _Late(url, host_queue_name(host))
     try:
-        with Client(url) as client:
-            for kind in ("headers", "late", "headers", "late"):
-                reply = client.call(host, "SystemHandler", "ping", {"kind": kind}, timeout=15)
-                assert reply.code == Code.OK, reply
-                assert reply.data == ({"late": True} if kind == "late" else {"n": 1})
+        _calls_answered_late_and_at_once(url, host)
     finally:
         responder.close()
