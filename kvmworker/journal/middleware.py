@@ -229,11 +229,7 @@ class JournalMiddleware(Middleware[Claim]):
             if records:
                 self.store.answered_all(records)
         finally:
-            with self._lock:  # waiting duplicates get the reply even if it could not be recorded
-                pending = [self._running.pop(msg.msg_id, None) for msg, _, _ in held]
-            for (_, reply, _), waiting in zip(held, pending, strict=True):
-                if waiting is not None:
-                    waiting.set_result(reply)
+            self._release([(msg.msg_id, reply) for msg, reply, _ in held])
 
     def _record(self, msg: InFlight, reply: Reply, duration: float) -> None:
         msg_id = msg.msg_id
@@ -244,9 +240,14 @@ class JournalMiddleware(Middleware[Claim]):
             else:
                 self.store.finish(msg_id, ANSWERED, stored, duration)
         finally:
-            # Waiting duplicates get the reply even if it could not be recorded.
-            with self._lock:
-                pending = self._running.pop(msg_id, None)
+            self._release([(msg_id, reply)])
+
+    def _release(self, answered: list[tuple[str, Reply]]) -> None:
+        """The msg_ids are no longer running: duplicates waiting for them get the reply, even if it could not be
+        recorded."""
+        with self._lock:
+            waiting = [(self._running.pop(msg_id, None), reply) for msg_id, reply in answered]
+        for pending, reply in waiting:
             if pending is not None:
                 pending.set_result(reply)
 

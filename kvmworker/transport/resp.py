@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _escape  # json.dumps's own, in C
 from typing import Any
 
+from kvmworker.protocol.codec import JSON_CONTENT_TYPE
+
 
 def bulk(data: bytes) -> bytes:
     """One argument of a command (a bulk string)."""
@@ -41,7 +43,7 @@ def kombu_message(
     props = "".join(f"{_escape(key)}: {_json_value(value)}, " for key, value in properties.items())
     return (
         f'{{"body": "{base64.b64encode(body).decode()}", "content-encoding": "utf-8", "content-type": '
-        f'"application/json", "headers": {_json_object(headers)}, "properties": {{{props}"delivery_info": '
+        f'{_CONTENT_TYPE}, "headers": {_json_object(headers)}, "properties": {{{props}"delivery_info": '
         f'{{"exchange": "", "routing_key": {_escape(queue)}}}, "priority": 0, "body_encoding": "base64", '
         f'"delivery_tag": {_escape(tag)}}}}}'
     ).encode()
@@ -68,6 +70,7 @@ def _json_object(mapping: Mapping[str, Any]) -> str:
 
 
 _INFINITE = (float("inf"), float("-inf"))
+_CONTENT_TYPE = _escape(JSON_CONTENT_TYPE)
 
 
 class Incomplete(Exception):
